@@ -1,0 +1,313 @@
+//! The policy core: domain types and the pure rules of toolgate.
+//!
+//! Nothing under `policy/` knows about tonic, prost or sqlx. Seeding, decisions, approval
+//! rules and canonical hashing are plain functions over these types.
+
+pub mod approval;
+pub mod canonical;
+pub mod decide;
+pub mod names;
+pub mod seed;
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// What happens when an agent wants to run a tool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Policy {
+    Auto,
+    ApprovalNeeded,
+    Disabled,
+}
+
+impl Policy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Policy::Auto => "auto",
+            Policy::ApprovalNeeded => "approval_needed",
+            Policy::Disabled => "disabled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "auto" => Some(Policy::Auto),
+            "approval_needed" => Some(Policy::ApprovalNeeded),
+            "disabled" => Some(Policy::Disabled),
+            _ => None,
+        }
+    }
+}
+
+/// Which rule chose a tool's current policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PolicySource {
+    Annotation,
+    Verb,
+    Fallback,
+    Admin,
+}
+
+impl PolicySource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PolicySource::Annotation => "annotation",
+            PolicySource::Verb => "verb",
+            PolicySource::Fallback => "fallback",
+            PolicySource::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "annotation" => Some(PolicySource::Annotation),
+            "verb" => Some(PolicySource::Verb),
+            "fallback" => Some(PolicySource::Fallback),
+            "admin" => Some(PolicySource::Admin),
+            _ => None,
+        }
+    }
+}
+
+/// MCP-style hints; `None` means the integration did not say.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Annotations {
+    pub read_only: Option<bool>,
+    pub destructive: Option<bool>,
+    pub idempotent: Option<bool>,
+    pub open_world: Option<bool>,
+}
+
+/// A tool as an integration offers it, already validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolDefinition {
+    pub name: String,
+    pub description: String,
+    pub input_schema_json: String,
+    pub annotations: Annotations,
+}
+
+/// A tool with its policy: the unit of configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tool {
+    pub integration_id: String,
+    pub name: String,
+    pub description: String,
+    pub input_schema_json: String,
+    pub annotations: Annotations,
+    pub policy: Policy,
+    /// Invariant: true only when `policy` is `ApprovalNeeded`.
+    pub manager_approval: bool,
+    pub source: PolicySource,
+    pub source_reason: String,
+    /// The revision that last changed this tool.
+    pub revision: u64,
+}
+
+impl Tool {
+    /// The approver roles this tool's policy requires now; empty unless approval is needed.
+    pub fn required_roles(&self) -> Vec<ApproverRole> {
+        required_roles(self.policy, self.manager_approval)
+    }
+}
+
+pub fn required_roles(policy: Policy, manager_approval: bool) -> Vec<ApproverRole> {
+    match (policy, manager_approval) {
+        (Policy::ApprovalNeeded, false) => vec![ApproverRole::Technician],
+        (Policy::ApprovalNeeded, true) => vec![ApproverRole::Technician, ApproverRole::Manager],
+        _ => Vec::new(),
+    }
+}
+
+/// One tool's entry in a saved revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToolChange {
+    Upsert(Tool),
+    Remove {
+        integration_id: String,
+        name: String,
+    },
+}
+
+impl ToolChange {
+    pub fn key(&self) -> (&str, &str) {
+        match self {
+            ToolChange::Upsert(t) => (&t.integration_id, &t.name),
+            ToolChange::Remove {
+                integration_id,
+                name,
+            } => (integration_id, name),
+        }
+    }
+}
+
+/// Everything one saved revision changed, in the tenant's change log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevisionChanges {
+    pub revision: u64,
+    pub changes: Vec<ToolChange>,
+}
+
+/// A person of the tenant's directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Person {
+    pub id: String,
+    pub display_name: String,
+    pub email: String,
+    /// Empty when the person has no manager of record.
+    pub manager_id: String,
+    pub technician: bool,
+}
+
+/// The role of an API key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    Agent,
+    Approver,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Agent => "agent",
+            Role::Approver => "approver",
+            Role::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "agent" => Some(Role::Agent),
+            "approver" => Some(Role::Approver),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Who is calling: what an authenticated API key stands for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub key_id: String,
+    pub tenant: String,
+    pub role: Role,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ApproverRole {
+    Technician,
+    Manager,
+}
+
+impl ApproverRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApproverRole::Technician => "technician",
+            ApproverRole::Manager => "manager",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "technician" => Some(ApproverRole::Technician),
+            "manager" => Some(ApproverRole::Manager),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ApprovalState {
+    Pending,
+    Approved,
+    Denied,
+    Expired,
+    Consumed,
+    Cancelled,
+}
+
+impl ApprovalState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApprovalState::Pending => "pending",
+            ApprovalState::Approved => "approved",
+            ApprovalState::Denied => "denied",
+            ApprovalState::Expired => "expired",
+            ApprovalState::Consumed => "consumed",
+            ApprovalState::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pending" => Some(ApprovalState::Pending),
+            "approved" => Some(ApprovalState::Approved),
+            "denied" => Some(ApprovalState::Denied),
+            "expired" => Some(ApprovalState::Expired),
+            "consumed" => Some(ApprovalState::Consumed),
+            "cancelled" => Some(ApprovalState::Cancelled),
+            _ => None,
+        }
+    }
+
+    /// Whether the approval can still change by an approver's decision or by time.
+    pub fn is_open(self) -> bool {
+        matches!(self, ApprovalState::Pending | ApprovalState::Approved)
+    }
+}
+
+/// One approver's decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApprovalStep {
+    pub role: ApproverRole,
+    pub approver_id: String,
+    pub approved: bool,
+    pub comment: String,
+    pub decided_at: UnixMillis,
+}
+
+/// A request to run one exact tool call, and the decisions on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Approval {
+    pub id: String,
+    pub state: ApprovalState,
+    pub integration_id: String,
+    pub tool_name: String,
+    pub arguments_json: String,
+    pub arguments_sha256: String,
+    pub requester_id: String,
+    pub request_id: String,
+    pub required_roles: Vec<ApproverRole>,
+    pub steps: Vec<ApprovalStep>,
+    pub created_at: UnixMillis,
+    pub expires_at: UnixMillis,
+    /// The API key that asked for it (an agent sees only its own).
+    pub created_by_key: String,
+    /// The request that consumed it; a retry of that request gets the same ALLOW.
+    pub consumed_by_request: Option<String>,
+}
+
+/// Milliseconds since the Unix epoch: the one clock type of the domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct UnixMillis(pub i64);
+
+impl UnixMillis {
+    pub fn now() -> Self {
+        let ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        UnixMillis(ms)
+    }
+
+    pub fn plus(self, d: Duration) -> Self {
+        UnixMillis(self.0.saturating_add(d.as_millis() as i64))
+    }
+}
