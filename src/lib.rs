@@ -1,2 +1,26 @@
+//! toolgate: a gRPC policy decision point for AI agents' tool calls.
+//!
+//! # Layout
+//!
+//! - [`policy`]: the pure core. Domain types, default seeding, Decide's rules, approval
+//!   rules, RFC 8785 canonical hashing, Save planning. No tonic, prost or sqlx in here.
+//! - [`snapshot`]: every tenant's tools in memory; the Decide hot path reads only this.
+//! - [`store`]: the one seam to the database (a trait and its SQLite implementation).
+//! - [`grpc`]: the `toolgate.v1.PolicyService` implementation: authentication, validation,
+//!   proto ↔ domain conversion, and the single mapping of errors to gRPC statuses.
+//! - [`server`]: wires store, snapshot, health and reflection, and drains on shutdown.
+//! - [`config`]: flags, environment, TOML file and defaults, resolved once.
+//! - [`keys`]: API key generation and hashing.
+//! - [`proto`]: the generated code.
 #![forbid(unsafe_code)]
+
+pub mod config;
+pub mod grpc;
+pub mod keys;
 pub mod policy;
+pub mod proto;
+pub mod server;
+pub mod snapshot;
+pub mod store;
+
+pub use server::{run, serve};

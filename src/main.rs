@@ -1,1 +1,142 @@
-fn main() {}
+//! The `toolgate` binary: parse the command line, set up logging, and hand over to the
+//! library. Bad configuration prints one clear message and exits non-zero.
+#![forbid(unsafe_code)]
+
+use clap::Parser;
+use std::process::ExitCode;
+use toolgate::config::{Cli, Command, Config, KeysCommand, LogFormat, resolve_database_url};
+use toolgate::policy::{Role, names::check_id};
+use toolgate::store::Store;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(format!("cannot start the runtime: {e}")),
+    };
+    let result = match cli.command {
+        Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Keys { command } => runtime.block_on(keys(command)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => fail(message),
+    }
+}
+
+fn fail(message: String) -> ExitCode {
+    eprintln!("toolgate: {message}");
+    ExitCode::from(2)
+}
+
+async fn serve(args: toolgate::config::ServeArgs) -> Result<(), String> {
+    let config = Config::resolve(&args).map_err(|e| e.to_string())?;
+    init_tracing(config.log_format);
+    tracing::info!(?config, "starting");
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    toolgate::run(config, listener, shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Logs go to standard error, so standard output stays clean for `keys create`.
+fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
+
+async fn keys(command: KeysCommand) -> Result<(), String> {
+    match command {
+        KeysCommand::Create { tenant, role, db } => {
+            check_id("--tenant", &tenant).map_err(|e| e.to_string())?;
+            let role = Role::parse(&role)
+                .ok_or_else(|| format!("--role: {role:?} is not agent, approver or admin"))?;
+            let store = open(&db).await?;
+            let key = toolgate::keys::generate().map_err(|e| format!("no randomness: {e}"))?;
+            store
+                .create_key(&key.id, &tenant, role, &key.secret_sha256)
+                .await
+                .map_err(|e| e.to_string())?;
+            eprintln!(
+                "created key {} for tenant {tenant:?} with role {role}; it is shown once:",
+                key.id
+            );
+            println!("{}", key.token);
+            Ok(())
+        }
+        KeysCommand::List { db } => {
+            let store = open(&db).await?;
+            let keys = store.list_keys().await.map_err(|e| e.to_string())?;
+            println!(
+                "{:<18} {:<24} {:<9} {:<14} revoked_at",
+                "id", "tenant", "role", "created_at"
+            );
+            for k in keys {
+                let revoked = k
+                    .revoked_at
+                    .map(|t| t.to_string())
+                    .unwrap_or_else(|| "-".into());
+                println!(
+                    "{:<18} {:<24} {:<9} {:<14} {revoked}",
+                    k.id,
+                    k.tenant,
+                    k.role.as_str(),
+                    k.created_at
+                );
+            }
+            Ok(())
+        }
+        KeysCommand::Revoke { id, db } => {
+            let store = open(&db).await?;
+            if store.revoke_key(&id).await.map_err(|e| e.to_string())? {
+                eprintln!("revoked key {id}; its next call is refused");
+                Ok(())
+            } else {
+                Err(format!("no live key with id {id:?}"))
+            }
+        }
+    }
+}
+
+async fn open(
+    db: &toolgate::config::DatabaseArgs,
+) -> Result<toolgate::store::sqlite::SqliteStore, String> {
+    let url = resolve_database_url(db).map_err(|e| e.to_string())?;
+    toolgate::server::open_store(url.expose())
+        .await
+        .map_err(|e| format!("database {:?}: {e}", url))
+}

@@ -44,21 +44,37 @@ impl StepError {
 impl fmt::Display for StepError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            StepError::NotOpen(s) => write!(f, "approval is {} and takes no more decisions", s.as_str()),
+            StepError::NotOpen(s) => {
+                write!(f, "approval is {} and takes no more decisions", s.as_str())
+            }
             StepError::Expired => f.write_str("approval expired"),
             StepError::RoleNotRequired(r) => {
-                write!(f, "role: this approval does not need a {} decision", r.as_str())
+                write!(
+                    f,
+                    "role: this approval does not need a {} decision",
+                    r.as_str()
+                )
             }
-            StepError::AlreadyDecided(r) => write!(f, "role: the {} decision was already made", r.as_str()),
-            StepError::SelfApproval => f.write_str("approver_id: nobody may approve their own request"),
+            StepError::AlreadyDecided(r) => {
+                write!(f, "role: the {} decision was already made", r.as_str())
+            }
+            StepError::SelfApproval => {
+                f.write_str("approver_id: nobody may approve their own request")
+            }
             StepError::NotTechnician(id) => {
                 write!(f, "approver_id: {id:?} is not a technician of this tenant")
             }
             StepError::NotManager(id) => {
-                write!(f, "approver_id: {id:?} is not the requester's manager of record")
+                write!(
+                    f,
+                    "approver_id: {id:?} is not the requester's manager of record"
+                )
             }
             StepError::BothRoles(id) => {
-                write!(f, "approver_id: {id:?} already decided in the other role; one person cannot fill both")
+                write!(
+                    f,
+                    "approver_id: {id:?} already decided in the other role; one person cannot fill both"
+                )
             }
         }
     }
@@ -187,9 +203,25 @@ mod tests {
         let tech = person("tech", "", true);
         let mgr = person("mgr", "", false);
         let a = approval(vec![ApproverRole::Technician, ApproverRole::Manager]);
-        let a = submit_step(&a, None, Some(&alice), Some(&tech), &req(ApproverRole::Technician, "tech", true), NOW).unwrap();
+        let a = submit_step(
+            &a,
+            None,
+            Some(&alice),
+            Some(&tech),
+            &req(ApproverRole::Technician, "tech", true),
+            NOW,
+        )
+        .unwrap();
         assert_eq!(a.state, ApprovalState::Pending);
-        let a = submit_step(&a, None, Some(&alice), Some(&mgr), &req(ApproverRole::Manager, "mgr", true), NOW).unwrap();
+        let a = submit_step(
+            &a,
+            None,
+            Some(&alice),
+            Some(&mgr),
+            &req(ApproverRole::Manager, "mgr", true),
+            NOW,
+        )
+        .unwrap();
         assert_eq!(a.state, ApprovalState::Approved);
         assert_eq!(a.steps.len(), 2);
     }
@@ -198,7 +230,15 @@ mod tests {
     fn one_no_denies() {
         let tech = person("tech", "", true);
         let a = approval(vec![ApproverRole::Technician]);
-        let a = submit_step(&a, None, None, Some(&tech), &req(ApproverRole::Technician, "tech", false), NOW).unwrap();
+        let a = submit_step(
+            &a,
+            None,
+            None,
+            Some(&tech),
+            &req(ApproverRole::Technician, "tech", false),
+            NOW,
+        )
+        .unwrap();
         assert_eq!(a.state, ApprovalState::Denied);
     }
 
@@ -208,7 +248,10 @@ mod tests {
         let nobody = person("nobody", "", false);
         let a = approval(vec![ApproverRole::Technician, ApproverRole::Manager]);
         let tech = |who: &str| req(ApproverRole::Technician, who, true);
-        assert_eq!(submit_step(&a, None, Some(&alice), Some(&alice), &tech("alice"), NOW), Err(StepError::SelfApproval));
+        assert_eq!(
+            submit_step(&a, None, Some(&alice), Some(&alice), &tech("alice"), NOW),
+            Err(StepError::SelfApproval)
+        );
         assert_eq!(
             submit_step(&a, None, Some(&alice), Some(&nobody), &tech("nobody"), NOW),
             Err(StepError::NotTechnician("nobody".into()))
@@ -218,7 +261,14 @@ mod tests {
             Err(StepError::NotTechnician("ghost".into()))
         );
         assert_eq!(
-            submit_step(&a, None, Some(&alice), Some(&nobody), &req(ApproverRole::Manager, "nobody", true), NOW),
+            submit_step(
+                &a,
+                None,
+                Some(&alice),
+                Some(&nobody),
+                &req(ApproverRole::Manager, "nobody", true),
+                NOW
+            ),
             Err(StepError::NotManager("nobody".into()))
         );
     }
@@ -228,9 +278,24 @@ mod tests {
         let alice = person("alice", "boss", false);
         let boss = person("boss", "", true);
         let a = approval(vec![ApproverRole::Technician, ApproverRole::Manager]);
-        let a = submit_step(&a, None, Some(&alice), Some(&boss), &req(ApproverRole::Technician, "boss", true), NOW).unwrap();
+        let a = submit_step(
+            &a,
+            None,
+            Some(&alice),
+            Some(&boss),
+            &req(ApproverRole::Technician, "boss", true),
+            NOW,
+        )
+        .unwrap();
         assert_eq!(
-            submit_step(&a, None, Some(&alice), Some(&boss), &req(ApproverRole::Manager, "boss", true), NOW),
+            submit_step(
+                &a,
+                None,
+                Some(&alice),
+                Some(&boss),
+                &req(ApproverRole::Manager, "boss", true),
+                NOW
+            ),
             Err(StepError::BothRoles("boss".into()))
         );
     }
@@ -241,21 +306,57 @@ mod tests {
         let tech2 = person("tech2", "", true);
         let mut a = approval(vec![ApproverRole::Technician]);
         assert_eq!(
-            submit_step(&a, None, None, None, &req(ApproverRole::Manager, "m", true), NOW),
+            submit_step(
+                &a,
+                None,
+                None,
+                None,
+                &req(ApproverRole::Manager, "m", true),
+                NOW
+            ),
             Err(StepError::RoleNotRequired(ApproverRole::Manager))
         );
         assert_eq!(
-            submit_step(&a, None, None, Some(&tech), &req(ApproverRole::Technician, "tech", true), UnixMillis(1000)),
+            submit_step(
+                &a,
+                None,
+                None,
+                Some(&tech),
+                &req(ApproverRole::Technician, "tech", true),
+                UnixMillis(1000)
+            ),
             Err(StepError::Expired)
         );
-        let approved = submit_step(&a, None, None, Some(&tech), &req(ApproverRole::Technician, "tech", true), NOW).unwrap();
+        let approved = submit_step(
+            &a,
+            None,
+            None,
+            Some(&tech),
+            &req(ApproverRole::Technician, "tech", true),
+            NOW,
+        )
+        .unwrap();
         assert_eq!(
-            submit_step(&approved, None, None, Some(&tech2), &req(ApproverRole::Technician, "tech2", true), NOW),
+            submit_step(
+                &approved,
+                None,
+                None,
+                Some(&tech2),
+                &req(ApproverRole::Technician, "tech2", true),
+                NOW
+            ),
             Err(StepError::AlreadyDecided(ApproverRole::Technician))
         );
         a.state = ApprovalState::Consumed;
         assert_eq!(
-            submit_step(&a, None, None, Some(&tech), &req(ApproverRole::Technician, "tech", true), NOW),
+            submit_step(
+                &a,
+                None,
+                None,
+                Some(&tech),
+                &req(ApproverRole::Technician, "tech", true),
+                NOW
+            ),
             Err(StepError::NotOpen(ApprovalState::Consumed))
         );
     }
@@ -264,6 +365,9 @@ mod tests {
     fn effective_state_shows_expiry_before_it_is_written() {
         let a = approval(vec![ApproverRole::Technician]);
         assert_eq!(effective_state(&a, UnixMillis(999)), ApprovalState::Pending);
-        assert_eq!(effective_state(&a, UnixMillis(1000)), ApprovalState::Expired);
+        assert_eq!(
+            effective_state(&a, UnixMillis(1000)),
+            ApprovalState::Expired
+        );
     }
 }

@@ -361,8 +361,18 @@ mod tests {
     #[test]
     fn arguments_must_be_an_object_within_the_size_limit() {
         assert_eq!(parse_arguments("", 10), Ok(Json::Object(vec![])));
-        assert!(parse_arguments("[1]", 100).unwrap_err().0.contains("JSON object"));
-        assert!(parse_arguments(r#"{"a":"0123456789"}"#, 10).unwrap_err().0.contains("at most 10"));
+        assert!(
+            parse_arguments("[1]", 100)
+                .unwrap_err()
+                .0
+                .contains("JSON object")
+        );
+        assert!(
+            parse_arguments(r#"{"a":"0123456789"}"#, 10)
+                .unwrap_err()
+                .0
+                .contains("at most 10")
+        );
     }
 
     #[test]
@@ -381,7 +391,8 @@ mod tests {
             // Doubles of 2^53 and beyond are integers whose canonical text an exact-integer
             // parser would read differently, so the strict parser refuses that text.
             any::<f64>()
-                .prop_filter("finite, below 2^53", |f| f.is_finite() && f.abs() < 9.007199254740992e15)
+                .prop_filter("finite, below 2^53", |f| f.is_finite()
+                    && f.abs() < 9.007199254740992e15)
                 .prop_map(Json::Number),
             "\\PC{0,8}".prop_map(Json::String),
         ];

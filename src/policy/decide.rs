@@ -162,10 +162,16 @@ pub fn decide_with_approval(
             };
         }
         ApprovalState::Denied => {
-            return (Decision::deny(C::ApprovalDenied, "an approver said no"), None);
+            return (
+                Decision::deny(C::ApprovalDenied, "an approver said no"),
+                None,
+            );
         }
         ApprovalState::Cancelled => {
-            return (Decision::deny(C::ApprovalDenied, "approval was cancelled"), None);
+            return (
+                Decision::deny(C::ApprovalDenied, "approval was cancelled"),
+                None,
+            );
         }
         ApprovalState::Expired => {
             return (Decision::deny(C::ApprovalExpired, "approval expired"), None);
@@ -295,9 +301,18 @@ mod tests {
             PolicyOutcome::Final(d) => Some((d.verdict, d.code)),
             PolicyOutcome::NeedsApproval(_) => None,
         };
-        assert_eq!(code(decide_by_policy(Some(&auto))), Some((Verdict::Allow, DecisionCode::PolicyAuto)));
-        assert_eq!(code(decide_by_policy(Some(&disabled))), Some((Verdict::Deny, DecisionCode::ToolDisabled)));
-        assert_eq!(code(decide_by_policy(None)), Some((Verdict::Deny, DecisionCode::UnknownTool)));
+        assert_eq!(
+            code(decide_by_policy(Some(&auto))),
+            Some((Verdict::Allow, DecisionCode::PolicyAuto))
+        );
+        assert_eq!(
+            code(decide_by_policy(Some(&disabled))),
+            Some((Verdict::Deny, DecisionCode::ToolDisabled))
+        );
+        assert_eq!(
+            code(decide_by_policy(None)),
+            Some((Verdict::Deny, DecisionCode::UnknownTool))
+        );
         assert_eq!(code(decide_by_policy(Some(&needs))), None);
     }
 
@@ -322,10 +337,22 @@ mod tests {
         let t = tool(Policy::ApprovalNeeded, false);
         let a = approval(vec![ApproverRole::Technician]);
         for call in [
-            CallBinding { integration_id: "other", ..CALL },
-            CallBinding { tool_name: "other", ..CALL },
-            CallBinding { requester_id: "bob", ..CALL },
-            CallBinding { arguments_sha256: "other", ..CALL },
+            CallBinding {
+                integration_id: "other",
+                ..CALL
+            },
+            CallBinding {
+                tool_name: "other",
+                ..CALL
+            },
+            CallBinding {
+                requester_id: "bob",
+                ..CALL
+            },
+            CallBinding {
+                arguments_sha256: "other",
+                ..CALL
+            },
         ] {
             let (d, next) = decide_with_approval(&a, &t, None, &call, "r1", UnixMillis(5));
             assert_eq!(d.code, DecisionCode::ApprovalMismatch);
@@ -350,9 +377,15 @@ mod tests {
         a.state = ApprovalState::Approved;
         let alice = alice_with_manager();
         let (d, next) = decide_with_approval(&a, &t, Some(&alice), &CALL, "r1", UnixMillis(5));
-        assert_eq!((d.verdict, d.code), (Verdict::PendingApproval, DecisionCode::ApprovalPending));
+        assert_eq!(
+            (d.verdict, d.code),
+            (Verdict::PendingApproval, DecisionCode::ApprovalPending)
+        );
         let next = next.expect("roles are reconciled");
-        assert_eq!(next.required_roles, vec![ApproverRole::Technician, ApproverRole::Manager]);
+        assert_eq!(
+            next.required_roles,
+            vec![ApproverRole::Technician, ApproverRole::Manager]
+        );
         assert_eq!(next.state, ApprovalState::Pending);
         // Without a manager of record it can never be satisfied: fail closed.
         let (d, _) = decide_with_approval(&a, &t, None, &CALL, "r1", UnixMillis(5));
@@ -374,8 +407,18 @@ mod tests {
         let t = tool(Policy::ApprovalNeeded, false);
         let mut a = approval(vec![ApproverRole::Technician]);
         a.state = ApprovalState::Denied;
-        assert_eq!(decide_with_approval(&a, &t, None, &CALL, "r1", UnixMillis(5)).0.code, DecisionCode::ApprovalDenied);
+        assert_eq!(
+            decide_with_approval(&a, &t, None, &CALL, "r1", UnixMillis(5))
+                .0
+                .code,
+            DecisionCode::ApprovalDenied
+        );
         a.state = ApprovalState::Cancelled;
-        assert_eq!(decide_with_approval(&a, &t, None, &CALL, "r1", UnixMillis(5)).0.code, DecisionCode::ApprovalDenied);
+        assert_eq!(
+            decide_with_approval(&a, &t, None, &CALL, "r1", UnixMillis(5))
+                .0
+                .code,
+            DecisionCode::ApprovalDenied
+        );
     }
 }

@@ -7,6 +7,7 @@ pub mod approval;
 pub mod canonical;
 pub mod decide;
 pub mod names;
+pub mod save;
 pub mod seed;
 
 use std::fmt;

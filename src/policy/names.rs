@@ -83,7 +83,13 @@ mod tests {
 
     #[test]
     fn ids_accept_every_naming_style() {
-        for name in ["get_user", "users.list", "Get-MgUser", "chat.postMessage", "a/b:c"] {
+        for name in [
+            "get_user",
+            "users.list",
+            "Get-MgUser",
+            "chat.postMessage",
+            "a/b:c",
+        ] {
             assert_eq!(check_id("tool_name", name), Ok(()), "{name}");
         }
     }

@@ -1,0 +1,334 @@
+//! Configuration: command-line flags, then `TOOLGATE_*` environment variables, then an
+//! optional TOML file, then defaults. Resolved once into [`Config`].
+
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "toolgate",
+    version,
+    about = "Policy decision point for AI agents' tool calls"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gRPC server.
+    Serve(ServeArgs),
+    /// Manage API keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Mint a key; prints the key alone on standard output, once.
+    Create {
+        #[arg(long)]
+        tenant: String,
+        /// agent, approver or admin.
+        #[arg(long)]
+        role: String,
+        #[command(flatten)]
+        db: DatabaseArgs,
+    },
+    /// List keys (never their secrets).
+    List {
+        #[command(flatten)]
+        db: DatabaseArgs,
+    },
+    /// Revoke a key by id; takes effect on its next call.
+    Revoke {
+        id: String,
+        #[command(flatten)]
+        db: DatabaseArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct DatabaseArgs {
+    /// sqlite://PATH (created if missing).
+    #[arg(long, env = "TOOLGATE_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// TOML file with the same settings as `serve`.
+    #[arg(long, env = "TOOLGATE_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// TOML file; flags and environment variables override it.
+    #[arg(long, env = "TOOLGATE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address of the gRPC server [default: 127.0.0.1:50051].
+    #[arg(long, env = "TOOLGATE_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// sqlite://PATH [default: sqlite://toolgate.db, created if missing].
+    #[arg(long, env = "TOOLGATE_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// How long an approval stays valid, e.g. 24h, 30m, 90s [default: 24h].
+    #[arg(long, env = "TOOLGATE_APPROVAL_TTL")]
+    pub approval_ttl: Option<String>,
+    /// Largest arguments_json accepted, in bytes [default: 65536].
+    #[arg(long, env = "TOOLGATE_MAX_ARGUMENTS_BYTES")]
+    pub max_arguments_bytes: Option<usize>,
+    /// How long a Decide or ListTools waits for min_revision [default: 2s].
+    #[arg(long, env = "TOOLGATE_MIN_REVISION_WAIT")]
+    pub min_revision_wait: Option<String>,
+    /// How long in-flight calls may run after SIGTERM [default: 20s].
+    #[arg(long, env = "TOOLGATE_SHUTDOWN_GRACE")]
+    pub shutdown_grace: Option<String>,
+    /// Log format: text or json [default: text].
+    #[arg(long, env = "TOOLGATE_LOG_FORMAT")]
+    pub log_format: Option<String>,
+}
+
+/// The settings a TOML file may hold; every one optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<SocketAddr>,
+    pub database_url: Option<String>,
+    pub approval_ttl: Option<String>,
+    pub max_arguments_bytes: Option<usize>,
+    pub min_revision_wait: Option<String>,
+    pub shutdown_grace: Option<String>,
+    pub log_format: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A database URL whose password never reaches a log.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    pub fn new(url: impl Into<String>) -> Self {
+        DatabaseUrl(url.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // scheme://user:secret@host → scheme://user:***@host
+        let url = &self.0;
+        let redacted = match (url.find("://"), url.rfind('@')) {
+            (Some(s), Some(at)) if at > s => {
+                let userinfo = &url[s + 3..at];
+                match userinfo.find(':') {
+                    Some(c) => format!("{}{}:***{}", &url[..s + 3], &userinfo[..c], &url[at..]),
+                    None => url.clone(),
+                }
+            }
+            _ => url.clone(),
+        };
+        write!(f, "{redacted:?}")
+    }
+}
+
+/// Everything `serve` needs, resolved.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub database_url: DatabaseUrl,
+    pub approval_ttl: Duration,
+    pub max_arguments_bytes: usize,
+    pub min_revision_wait: Duration,
+    pub shutdown_grace: Duration,
+    pub log_format: LogFormat,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            database_url: DatabaseUrl::new("sqlite://toolgate.db"),
+            approval_ttl: Duration::from_secs(24 * 3600),
+            max_arguments_bytes: 64 * 1024,
+            min_revision_wait: Duration::from_secs(2),
+            shutdown_grace: Duration::from_secs(20),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+/// A configuration value that could not be used; the message names it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+impl Config {
+    pub fn resolve(args: &ServeArgs) -> Result<Config, ConfigError> {
+        let file = read_file(args.config.as_deref())?;
+        let d = Config::default();
+        let ttl = args.approval_ttl.clone().or(file.approval_ttl);
+        let wait = args.min_revision_wait.clone().or(file.min_revision_wait);
+        let grace = args.shutdown_grace.clone().or(file.shutdown_grace);
+        let format = args.log_format.clone().or(file.log_format);
+        let config = Config {
+            listen: args.listen.or(file.listen).unwrap_or(d.listen),
+            database_url: args
+                .database_url
+                .clone()
+                .or(file.database_url)
+                .map(DatabaseUrl::new)
+                .unwrap_or(d.database_url),
+            approval_ttl: opt_duration("approval_ttl", ttl)?.unwrap_or(d.approval_ttl),
+            max_arguments_bytes: args
+                .max_arguments_bytes
+                .or(file.max_arguments_bytes)
+                .unwrap_or(d.max_arguments_bytes),
+            min_revision_wait: opt_duration("min_revision_wait", wait)?
+                .unwrap_or(d.min_revision_wait),
+            shutdown_grace: opt_duration("shutdown_grace", grace)?.unwrap_or(d.shutdown_grace),
+            log_format: match format.as_deref() {
+                None | Some("text") => LogFormat::Text,
+                Some("json") => LogFormat::Json,
+                Some(other) => {
+                    return Err(ConfigError(format!(
+                        "log_format: {other:?} is not text or json"
+                    )));
+                }
+            },
+        };
+        if config.approval_ttl.is_zero() {
+            return Err(ConfigError("approval_ttl: must be more than zero".into()));
+        }
+        if config.max_arguments_bytes == 0 {
+            return Err(ConfigError(
+                "max_arguments_bytes: must be more than zero".into(),
+            ));
+        }
+        Ok(config)
+    }
+}
+
+/// The database URL for the `keys` commands: flag or env, then the TOML file, then default.
+pub fn resolve_database_url(args: &DatabaseArgs) -> Result<DatabaseUrl, ConfigError> {
+    if let Some(url) = &args.database_url {
+        return Ok(DatabaseUrl::new(url.clone()));
+    }
+    let file = read_file(args.config.as_deref())?;
+    Ok(file
+        .database_url
+        .map(DatabaseUrl::new)
+        .unwrap_or(Config::default().database_url))
+}
+
+fn read_file(path: Option<&std::path::Path>) -> Result<FileConfig, ConfigError> {
+    let Some(path) = path else {
+        return Ok(FileConfig::default());
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError(format!("config file {}: {e}", path.display())))?;
+    toml::from_str(&text).map_err(|e| ConfigError(format!("config file {}: {e}", path.display())))
+}
+
+fn opt_duration(name: &str, value: Option<String>) -> Result<Option<Duration>, ConfigError> {
+    value
+        .map(|v| parse_duration(&v).map_err(|e| ConfigError(format!("{name}: {e}"))))
+        .transpose()
+}
+
+/// Parses `500ms`, `90s`, `15m`, `24h`, `7d`, or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 500ms, 90s, 15m, 24h or 7d"))?;
+    let per_unit_ms = match unit {
+        "ms" => 1,
+        "" | "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => {
+            return Err(format!(
+                "{text:?} has unknown unit {unit:?}; use ms, s, m, h or d"
+            ));
+        }
+    };
+    n.checked_mul(per_unit_ms)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("{text:?} is too long"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86400)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn database_password_never_shows_in_debug() {
+        let url = DatabaseUrl::new("postgres://toolgate:hunter2@db:5432/toolgate");
+        let shown = format!("{url:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("toolgate:***@db"), "{shown}");
+    }
+
+    #[test]
+    fn flags_override_file_which_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("toolgate.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:7000\"\napproval_ttl = \"1h\"\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            listen: Some("127.0.0.1:8000".parse().unwrap()),
+            database_url: None,
+            approval_ttl: None,
+            max_arguments_bytes: None,
+            min_revision_wait: None,
+            shutdown_grace: None,
+            log_format: None,
+        };
+        let config = Config::resolve(&args).unwrap();
+        assert_eq!(config.listen.port(), 8000);
+        assert_eq!(config.approval_ttl, Duration::from_secs(3600));
+        assert_eq!(config.database_url.expose(), "sqlite://toolgate.db");
+    }
+
+    #[test]
+    fn unknown_file_settings_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("toolgate.toml");
+        std::fs::write(&path, "listne = \"127.0.0.1:7000\"\n").unwrap();
+        let err = read_file(Some(&path)).unwrap_err();
+        assert!(err.0.contains("listne"), "{err}");
+    }
+}

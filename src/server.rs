@@ -1,0 +1,120 @@
+//! Builds and runs the gRPC server: store, snapshot, health, reflection and graceful drain.
+
+use crate::config::Config;
+use crate::grpc::{AppState, Limits, PolicyApi};
+use crate::proto::v1::policy_service_server::PolicyServiceServer;
+use crate::snapshot::{Snapshots, TenantSnapshot};
+use crate::store::{Store, StoreError, sqlite::SqliteStore};
+use std::future::Future;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("server task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// Opens the store named by the URL's scheme (created and migrated if needed).
+pub async fn open_store(url: &str) -> Result<SqliteStore, StoreError> {
+    if url.starts_with("sqlite:") {
+        SqliteStore::connect(url).await
+    } else {
+        Err(StoreError::UnsupportedUrl(
+            url.split("://").next().unwrap_or(url).to_owned(),
+        ))
+    }
+}
+
+/// Runs toolgate on `listener` until `shutdown` completes, then drains.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    let store = open_store(config.database_url.expose()).await?;
+    serve(store, config, listener, shutdown).await
+}
+
+/// Runs toolgate over an opened store. Health turns SERVING only once the snapshot of
+/// every tenant is loaded; on shutdown it turns NOT_SERVING first, then the server stops
+/// accepting, lets in-flight calls finish within the grace period, and returns.
+pub async fn serve<S: Store>(
+    store: S,
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    let snapshots = Snapshots::new();
+    let mut tools = 0;
+    let tenants = store.load_all_tools().await?;
+    for t in &tenants {
+        tools += t.tools.len();
+    }
+    for t in tenants {
+        snapshots.replace(&t.tenant, TenantSnapshot::new(t.revision, t.tools));
+    }
+    let limits = Limits {
+        approval_ttl: config.approval_ttl,
+        max_arguments_bytes: config.max_arguments_bytes,
+        min_revision_wait: config.min_revision_wait,
+    };
+    let api = PolicyApi::new(Arc::new(AppState::new(store, snapshots, limits)));
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<PolicyServiceServer<PolicyApi<S>>>()
+        .await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let addr = listener.local_addr().ok();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(PolicyServiceServer::new(api))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            let _ = stop_rx.await;
+        });
+    let mut server = tokio::spawn(server);
+    tracing::info!(?addr, tools, "toolgate serving");
+
+    tokio::select! {
+        finished = &mut server => return Ok(finished??),
+        () = shutdown => {}
+    }
+    tracing::info!("shutdown requested: health NOT_SERVING, draining in-flight calls");
+    health
+        .set_not_serving::<PolicyServiceServer<PolicyApi<S>>>()
+        .await;
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    let _ = stop_tx.send(());
+    match tokio::time::timeout(config.shutdown_grace, &mut server).await {
+        Ok(finished) => finished??,
+        Err(_) => {
+            tracing::warn!(grace = ?config.shutdown_grace, "grace period over; dropping calls still running");
+            server.abort();
+        }
+    }
+    tracing::info!("toolgate stopped");
+    Ok(())
+}

@@ -1,0 +1,805 @@
+//! The embedded SQLite store: one file, WAL, `synchronous=FULL`.
+//!
+//! All writes go through a pool of one connection and open with `BEGIN IMMEDIATE`, so
+//! writers queue in-process instead of failing with SQLITE_BUSY, and a second process (the
+//! `keys` CLI) waits on the busy timeout. Reads use a separate pool.
+
+use super::{
+    ApprovalQuery, Inserted, IntegrationMeta, KeyInfo, People, ReadScope, SaveError, SaveKind,
+    Saved, Store, StoreError, TenantTools, UpdateError,
+};
+use crate::policy::{
+    Annotations, Approval, ApprovalState, ApprovalStep, ApproverRole, Caller, Person, Policy,
+    PolicySource, RevisionChanges, Role, Tool, ToolChange, UnixMillis,
+};
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool as Pool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, Transaction};
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "init",
+    include_str!("../../migrations/sqlite/0001_init.sql"),
+)];
+
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    writer: Pool,
+    reader: Pool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database at `url` and runs the migrations.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: a committed approval or Save survives a power cut, not just a crash.
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await?;
+        migrator().run(&writer).await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options.read_only(true))
+            .await?;
+        Ok(SqliteStore { writer, reader })
+    }
+
+    async fn begin(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
+        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+    }
+}
+
+fn migrator() -> Migrator {
+    let migrations = MIGRATIONS
+        .iter()
+        .map(|(version, name, sql)| {
+            Migration::new(
+                *version,
+                (*name).into(),
+                MigrationType::Simple,
+                sqlx::SqlSafeStr::into_sql_str(*sql),
+                false,
+            )
+        })
+        .collect();
+    Migrator::with_migrations(migrations)
+}
+
+fn corrupt(what: &str, value: &str) -> StoreError {
+    StoreError::Corrupt(format!("{what} {value:?}"))
+}
+
+fn u64_of(v: i64) -> u64 {
+    v.max(0) as u64
+}
+
+const TOOL_COLUMNS: &str = "integration_id, name, description, input_schema_json, \
+     read_only_hint, destructive_hint, idempotent_hint, open_world_hint, policy, \
+     manager_approval, source, source_reason";
+
+fn tool_from_row(row: &SqliteRow, revision: u64) -> Result<Tool, StoreError> {
+    let policy: String = row.try_get("policy")?;
+    let source: String = row.try_get("source")?;
+    Ok(Tool {
+        integration_id: row.try_get("integration_id")?,
+        name: row.try_get("name")?,
+        description: row.try_get("description")?,
+        input_schema_json: row.try_get("input_schema_json")?,
+        annotations: Annotations {
+            read_only: row.try_get("read_only_hint")?,
+            destructive: row.try_get("destructive_hint")?,
+            idempotent: row.try_get("idempotent_hint")?,
+            open_world: row.try_get("open_world_hint")?,
+        },
+        policy: Policy::parse(&policy).ok_or_else(|| corrupt("policy", &policy))?,
+        manager_approval: row.try_get("manager_approval")?,
+        source: PolicySource::parse(&source).ok_or_else(|| corrupt("source", &source))?,
+        source_reason: row.try_get("source_reason")?,
+        revision,
+    })
+}
+
+/// Binds the twelve [`TOOL_COLUMNS`] in order.
+fn bind_tool<'q>(
+    query: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments>,
+    t: &'q Tool,
+) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments> {
+    query
+        .bind(&t.integration_id)
+        .bind(&t.name)
+        .bind(&t.description)
+        .bind(&t.input_schema_json)
+        .bind(t.annotations.read_only)
+        .bind(t.annotations.destructive)
+        .bind(t.annotations.idempotent)
+        .bind(t.annotations.open_world)
+        .bind(t.policy.as_str())
+        .bind(t.manager_approval)
+        .bind(t.source.as_str())
+        .bind(&t.source_reason)
+}
+
+fn roles_to_text(roles: &[ApproverRole]) -> String {
+    roles
+        .iter()
+        .map(|r| r.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn roles_from_text(text: &str) -> Result<Vec<ApproverRole>, StoreError> {
+    text.split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| ApproverRole::parse(s).ok_or_else(|| corrupt("approver role", s)))
+        .collect()
+}
+
+const APPROVAL_COLUMNS: &str = "seq, id, state, integration_id, tool_name, arguments_json, \
+     arguments_sha256, requester_id, request_id, required_roles, created_at, expires_at, \
+     created_by_key, consumed_by_request";
+
+fn approval_from_row(row: &SqliteRow) -> Result<Approval, StoreError> {
+    let state: String = row.try_get("state")?;
+    let roles: String = row.try_get("required_roles")?;
+    Ok(Approval {
+        id: row.try_get("id")?,
+        state: ApprovalState::parse(&state).ok_or_else(|| corrupt("approval state", &state))?,
+        integration_id: row.try_get("integration_id")?,
+        tool_name: row.try_get("tool_name")?,
+        arguments_json: row.try_get("arguments_json")?,
+        arguments_sha256: row.try_get("arguments_sha256")?,
+        requester_id: row.try_get("requester_id")?,
+        request_id: row.try_get("request_id")?,
+        required_roles: roles_from_text(&roles)?,
+        steps: Vec::new(),
+        created_at: UnixMillis(row.try_get("created_at")?),
+        expires_at: UnixMillis(row.try_get("expires_at")?),
+        created_by_key: row.try_get("created_by_key")?,
+        consumed_by_request: row.try_get("consumed_by_request")?,
+    })
+}
+
+fn step_from_row(row: &SqliteRow) -> Result<ApprovalStep, StoreError> {
+    let role: String = row.try_get("role")?;
+    Ok(ApprovalStep {
+        role: ApproverRole::parse(&role).ok_or_else(|| corrupt("approver role", &role))?,
+        approver_id: row.try_get("approver_id")?,
+        approved: row.try_get("approved")?,
+        comment: row.try_get("comment")?,
+        decided_at: UnixMillis(row.try_get("decided_at")?),
+    })
+}
+
+fn person_from_row(row: &SqliteRow) -> Result<Person, StoreError> {
+    Ok(Person {
+        id: row.try_get("id")?,
+        display_name: row.try_get("display_name")?,
+        email: row.try_get("email")?,
+        manager_id: row.try_get("manager_id")?,
+        technician: row.try_get("technician")?,
+    })
+}
+
+/// Loads an approval with its steps through any executor (pool or transaction).
+async fn fetch_approval(
+    conn: &mut sqlx::SqliteConnection,
+    tenant: &str,
+    column: &str,
+    value: &str,
+) -> Result<Option<Approval>, StoreError> {
+    let sql = format!("SELECT {APPROVAL_COLUMNS} FROM approvals WHERE tenant = ? AND {column} = ?");
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(tenant)
+        .bind(value)
+        .fetch_optional(&mut *conn)
+        .await?;
+    let Some(row) = row else { return Ok(None) };
+    let mut approval = approval_from_row(&row)?;
+    approval.steps = fetch_steps(conn, tenant, &approval.id).await?;
+    Ok(Some(approval))
+}
+
+async fn fetch_steps(
+    conn: &mut sqlx::SqliteConnection,
+    tenant: &str,
+    approval_id: &str,
+) -> Result<Vec<ApprovalStep>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT role, approver_id, approved, comment, decided_at FROM approval_steps \
+         WHERE tenant = ? AND approval_id = ? ORDER BY decided_at, rowid",
+    )
+    .bind(tenant)
+    .bind(approval_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter().map(step_from_row).collect()
+}
+
+async fn ensure_tenant(
+    tx: &mut Transaction<'static, Sqlite>,
+    tenant: &str,
+) -> Result<u64, StoreError> {
+    sqlx::query("INSERT INTO tenants (id, revision) VALUES (?, 0) ON CONFLICT (id) DO NOTHING")
+        .bind(tenant)
+        .execute(&mut **tx)
+        .await?;
+    let revision: i64 = sqlx::query_scalar("SELECT revision FROM tenants WHERE id = ?")
+        .bind(tenant)
+        .fetch_one(&mut **tx)
+        .await?;
+    Ok(u64_of(revision))
+}
+
+async fn read_scope(
+    tx: &mut Transaction<'static, Sqlite>,
+    tenant: &str,
+    scope: &ReadScope,
+) -> Result<Vec<Tool>, StoreError> {
+    let sql = format!("SELECT {TOOL_COLUMNS}, revision FROM tools WHERE tenant = ?");
+    let mut tools = Vec::new();
+    match scope {
+        ReadScope::Integration(integration) => {
+            let sql = format!("{sql} AND integration_id = ? ORDER BY name");
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(tenant)
+                .bind(integration)
+                .fetch_all(&mut **tx)
+                .await?;
+            for row in &rows {
+                tools.push(tool_from_row(row, u64_of(row.try_get("revision")?))?);
+            }
+        }
+        ReadScope::Tools(keys) => {
+            let sql = format!("{sql} AND integration_id = ? AND name = ?");
+            for (integration, name) in keys {
+                let row = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                    .bind(tenant)
+                    .bind(integration)
+                    .bind(name)
+                    .fetch_optional(&mut **tx)
+                    .await?;
+                if let Some(row) = row {
+                    tools.push(tool_from_row(&row, u64_of(row.try_get("revision")?))?);
+                }
+            }
+        }
+    }
+    Ok(tools)
+}
+
+async fn write_change(
+    tx: &mut Transaction<'static, Sqlite>,
+    tenant: &str,
+    revision: u64,
+    change: &ToolChange,
+) -> Result<(), StoreError> {
+    match change {
+        ToolChange::Upsert(tool) => {
+            let sql = format!(
+                "INSERT INTO tools (tenant, {TOOL_COLUMNS}, revision) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+                 ON CONFLICT (tenant, integration_id, name) DO UPDATE SET \
+                 description = excluded.description, input_schema_json = excluded.input_schema_json, \
+                 read_only_hint = excluded.read_only_hint, destructive_hint = excluded.destructive_hint, \
+                 idempotent_hint = excluded.idempotent_hint, open_world_hint = excluded.open_world_hint, \
+                 policy = excluded.policy, manager_approval = excluded.manager_approval, \
+                 source = excluded.source, source_reason = excluded.source_reason, \
+                 revision = excluded.revision"
+            );
+            bind_tool(sqlx::query(sqlx::AssertSqlSafe(sql)).bind(tenant), tool)
+                .bind(revision as i64)
+                .execute(&mut **tx)
+                .await?;
+            let sql = format!(
+                "INSERT INTO tool_changes (tenant, revision, removed, {TOOL_COLUMNS}) \
+                 VALUES (?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            );
+            bind_tool(
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(tenant)
+                    .bind(revision as i64),
+                tool,
+            )
+            .execute(&mut **tx)
+            .await?;
+        }
+        ToolChange::Remove {
+            integration_id,
+            name,
+        } => {
+            sqlx::query("DELETE FROM tools WHERE tenant = ? AND integration_id = ? AND name = ?")
+                .bind(tenant)
+                .bind(integration_id)
+                .bind(name)
+                .execute(&mut **tx)
+                .await?;
+            sqlx::query(
+                "INSERT INTO tool_changes (tenant, revision, integration_id, name, removed) \
+                 VALUES (?, ?, ?, ?, 1)",
+            )
+            .bind(tenant)
+            .bind(revision as i64)
+            .bind(integration_id)
+            .bind(name)
+            .execute(&mut **tx)
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Stamps the revision on every upserted tool.
+fn stamp(changes: Vec<ToolChange>, revision: u64) -> Vec<ToolChange> {
+    changes
+        .into_iter()
+        .map(|c| match c {
+            ToolChange::Upsert(mut t) => {
+                t.revision = revision;
+                ToolChange::Upsert(t)
+            }
+            removal => removal,
+        })
+        .collect()
+}
+
+impl Store for SqliteStore {
+    async fn create_key(
+        &self,
+        id: &str,
+        tenant: &str,
+        role: Role,
+        secret_sha256: &str,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        ensure_tenant(&mut tx, tenant).await?;
+        sqlx::query(
+            "INSERT INTO api_keys (id, tenant, role, secret_sha256, created_at) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(id)
+        .bind(tenant)
+        .bind(role.as_str())
+        .bind(secret_sha256)
+        .bind(UnixMillis::now().0)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn list_keys(&self) -> Result<Vec<KeyInfo>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, tenant, role, created_at, revoked_at FROM api_keys ORDER BY tenant, created_at, id",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let role: String = row.try_get("role")?;
+                Ok(KeyInfo {
+                    id: row.try_get("id")?,
+                    tenant: row.try_get("tenant")?,
+                    role: Role::parse(&role).ok_or_else(|| corrupt("role", &role))?,
+                    created_at: row.try_get("created_at")?,
+                    revoked_at: row.try_get("revoked_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn revoke_key(&self, id: &str) -> Result<bool, StoreError> {
+        let done =
+            sqlx::query("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
+                .bind(UnixMillis::now().0)
+                .bind(id)
+                .execute(&self.writer)
+                .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn caller_by_secret(&self, secret_sha256: &str) -> Result<Option<Caller>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, tenant, role FROM api_keys WHERE secret_sha256 = ? AND revoked_at IS NULL",
+        )
+        .bind(secret_sha256)
+        .fetch_optional(&self.reader)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let role: String = row.try_get("role")?;
+        Ok(Some(Caller {
+            key_id: row.try_get("id")?,
+            tenant: row.try_get("tenant")?,
+            role: Role::parse(&role).ok_or_else(|| corrupt("role", &role))?,
+        }))
+    }
+
+    async fn load_all_tools(&self) -> Result<Vec<TenantTools>, StoreError> {
+        let tenants = sqlx::query("SELECT id, revision FROM tenants ORDER BY id")
+            .fetch_all(&self.reader)
+            .await?;
+        let mut by_tenant: HashMap<String, TenantTools> = HashMap::new();
+        for row in &tenants {
+            let tenant: String = row.try_get("id")?;
+            let revision: i64 = row.try_get("revision")?;
+            by_tenant.insert(
+                tenant.clone(),
+                TenantTools {
+                    tenant,
+                    revision: u64_of(revision),
+                    tools: Vec::new(),
+                },
+            );
+        }
+        let sql = format!("SELECT tenant, {TOOL_COLUMNS}, revision FROM tools");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&self.reader)
+            .await?;
+        for row in &rows {
+            let tenant: String = row.try_get("tenant")?;
+            let tool = tool_from_row(row, u64_of(row.try_get("revision")?))?;
+            if let Some(t) = by_tenant.get_mut(&tenant) {
+                t.tools.push(tool);
+            }
+        }
+        let mut all: Vec<TenantTools> = by_tenant.into_values().collect();
+        all.sort_by(|a, b| a.tenant.cmp(&b.tenant));
+        Ok(all)
+    }
+
+    async fn load_tenant_tools(&self, tenant: &str) -> Result<TenantTools, StoreError> {
+        // One read transaction, so the revision and the tools agree.
+        let mut tx = self.reader.begin().await?;
+        let revision: Option<i64> = sqlx::query_scalar("SELECT revision FROM tenants WHERE id = ?")
+            .bind(tenant)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let sql = format!("SELECT {TOOL_COLUMNS}, revision FROM tools WHERE tenant = ?");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(tenant)
+            .fetch_all(&mut *tx)
+            .await?;
+        let tools = rows
+            .iter()
+            .map(|row| tool_from_row(row, u64_of(row.try_get("revision")?)))
+            .collect::<Result<_, _>>()?;
+        tx.commit().await?;
+        Ok(TenantTools {
+            tenant: tenant.to_owned(),
+            revision: u64_of(revision.unwrap_or(0)),
+            tools,
+        })
+    }
+
+    async fn changes_since(
+        &self,
+        tenant: &str,
+        after: u64,
+    ) -> Result<Vec<RevisionChanges>, StoreError> {
+        let sql = format!(
+            "SELECT revision, removed, {TOOL_COLUMNS} FROM tool_changes \
+             WHERE tenant = ? AND revision > ? ORDER BY revision, integration_id, name"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(tenant)
+            .bind(after as i64)
+            .fetch_all(&self.reader)
+            .await?;
+        let mut out: Vec<RevisionChanges> = Vec::new();
+        for row in &rows {
+            let revision = u64_of(row.try_get("revision")?);
+            let removed: bool = row.try_get("removed")?;
+            let change = if removed {
+                ToolChange::Remove {
+                    integration_id: row.try_get("integration_id")?,
+                    name: row.try_get("name")?,
+                }
+            } else {
+                ToolChange::Upsert(tool_from_row(row, revision)?)
+            };
+            match out.last_mut() {
+                Some(last) if last.revision == revision => last.changes.push(change),
+                _ => out.push(RevisionChanges {
+                    revision,
+                    changes: vec![change],
+                }),
+            }
+        }
+        Ok(out)
+    }
+
+    async fn save_revision<F, E>(
+        &self,
+        tenant: &str,
+        actor_key_id: &str,
+        kind: SaveKind,
+        expected_revision: Option<u64>,
+        integration: Option<IntegrationMeta>,
+        scope: ReadScope,
+        plan: F,
+    ) -> Result<Saved, SaveError<E>>
+    where
+        F: FnOnce(&[Tool]) -> Result<Vec<ToolChange>, E> + Send,
+        E: Send,
+    {
+        let mut tx = self.begin().await?;
+        let current = ensure_tenant(&mut tx, tenant).await?;
+        if let Some(expected) = expected_revision
+            && expected != current
+        {
+            return Err(SaveError::Stale { current });
+        }
+        let existing = read_scope(&mut tx, tenant, &scope).await?;
+        let changes = plan(&existing).map_err(SaveError::Plan)?;
+        let now = UnixMillis::now().0;
+        if let Some(meta) = &integration {
+            sqlx::query(
+                "INSERT INTO integrations (tenant, id, kind, display_name, connected_at, updated_at) \
+                 VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (tenant, id) DO UPDATE SET \
+                 kind = excluded.kind, display_name = excluded.display_name, updated_at = excluded.updated_at",
+            )
+            .bind(tenant)
+            .bind(&meta.id)
+            .bind(&meta.kind)
+            .bind(&meta.display_name)
+            .bind(now)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::from)?;
+        }
+        if changes.is_empty() {
+            tx.commit().await.map_err(StoreError::from)?;
+            return Ok(Saved {
+                revision: current,
+                changes,
+            });
+        }
+        let revision = current + 1;
+        sqlx::query("UPDATE tenants SET revision = ? WHERE id = ?")
+            .bind(revision as i64)
+            .bind(tenant)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::from)?;
+        sqlx::query(
+            "INSERT INTO revisions (tenant, revision, kind, actor_key_id, created_at) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(tenant)
+        .bind(revision as i64)
+        .bind(kind.as_str())
+        .bind(actor_key_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::from)?;
+        let changes = stamp(changes, revision);
+        for change in &changes {
+            write_change(&mut tx, tenant, revision, change).await?;
+        }
+        tx.commit().await.map_err(StoreError::from)?;
+        Ok(Saved { revision, changes })
+    }
+
+    async fn upsert_people(&self, tenant: &str, people: &[Person]) -> Result<u32, StoreError> {
+        let mut tx = self.begin().await?;
+        ensure_tenant(&mut tx, tenant).await?;
+        let now = UnixMillis::now().0;
+        for p in people {
+            sqlx::query(
+                "INSERT INTO people (tenant, id, display_name, email, manager_id, technician, updated_at) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tenant, id) DO UPDATE SET \
+                 display_name = excluded.display_name, email = excluded.email, \
+                 manager_id = excluded.manager_id, technician = excluded.technician, \
+                 updated_at = excluded.updated_at",
+            )
+            .bind(tenant)
+            .bind(&p.id)
+            .bind(&p.display_name)
+            .bind(&p.email)
+            .bind(&p.manager_id)
+            .bind(p.technician)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(people.len() as u32)
+    }
+
+    async fn get_person(&self, tenant: &str, id: &str) -> Result<Option<Person>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, display_name, email, manager_id, technician FROM people WHERE tenant = ? AND id = ?",
+        )
+        .bind(tenant)
+        .bind(id)
+        .fetch_optional(&self.reader)
+        .await?;
+        row.as_ref().map(person_from_row).transpose()
+    }
+
+    async fn insert_approval(&self, tenant: &str, a: &Approval) -> Result<Inserted, StoreError> {
+        let mut tx = self.begin().await?;
+        ensure_tenant(&mut tx, tenant).await?;
+        let done = sqlx::query(
+            "INSERT INTO approvals (tenant, id, state, integration_id, tool_name, arguments_json, \
+             arguments_sha256, requester_id, request_id, required_roles, created_at, expires_at, \
+             created_by_key, consumed_by_request, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?) \
+             ON CONFLICT (tenant, request_id) DO NOTHING",
+        )
+        .bind(tenant)
+        .bind(&a.id)
+        .bind(a.state.as_str())
+        .bind(&a.integration_id)
+        .bind(&a.tool_name)
+        .bind(&a.arguments_json)
+        .bind(&a.arguments_sha256)
+        .bind(&a.requester_id)
+        .bind(&a.request_id)
+        .bind(roles_to_text(&a.required_roles))
+        .bind(a.created_at.0)
+        .bind(a.expires_at.0)
+        .bind(&a.created_by_key)
+        .bind(a.created_at.0)
+        .execute(&mut *tx)
+        .await?;
+        let stored = fetch_approval(&mut *tx, tenant, "request_id", &a.request_id)
+            .await?
+            .ok_or_else(|| {
+                StoreError::Corrupt("approval vanished inside its transaction".into())
+            })?;
+        tx.commit().await?;
+        Ok(if done.rows_affected() == 1 {
+            Inserted::New(stored)
+        } else {
+            Inserted::Existing(stored)
+        })
+    }
+
+    async fn get_approval(&self, tenant: &str, id: &str) -> Result<Option<Approval>, StoreError> {
+        fetch_approval(&mut *self.reader.acquire().await?, tenant, "id", id).await
+    }
+
+    async fn approval_by_request(
+        &self,
+        tenant: &str,
+        request_id: &str,
+    ) -> Result<Option<Approval>, StoreError> {
+        fetch_approval(
+            &mut *self.reader.acquire().await?,
+            tenant,
+            "request_id",
+            request_id,
+        )
+        .await
+    }
+
+    async fn list_approvals(
+        &self,
+        tenant: &str,
+        q: &ApprovalQuery,
+    ) -> Result<(Vec<Approval>, Option<i64>), StoreError> {
+        // Filter on the state a reader sees: open approvals past expiry count as expired.
+        let state_clause = match q.state {
+            None => "1 = 1",
+            Some(ApprovalState::Expired) => {
+                "(state = 'expired' OR (state IN ('pending', 'approved') AND expires_at <= ?2))"
+            }
+            Some(ApprovalState::Pending | ApprovalState::Approved) => {
+                "state = ?1 AND expires_at > ?2"
+            }
+            Some(_) => "state = ?1",
+        };
+        let sql = format!(
+            "SELECT {APPROVAL_COLUMNS} FROM approvals WHERE tenant = ?3 AND {state_clause} \
+             AND (?4 IS NULL OR created_by_key = ?4) AND (?5 IS NULL OR seq < ?5) \
+             ORDER BY seq DESC LIMIT ?6"
+        );
+        let mut conn = self.reader.acquire().await?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(q.state.map(|s| s.as_str()))
+            .bind(q.now)
+            .bind(tenant)
+            .bind(q.created_by_key.as_deref())
+            .bind(q.before_seq)
+            .bind(i64::from(q.limit) + 1)
+            .fetch_all(&mut *conn)
+            .await?;
+        let mut approvals = Vec::new();
+        let mut next = None;
+        for (i, row) in rows.iter().enumerate() {
+            if i == q.limit as usize {
+                break;
+            }
+            let mut a = approval_from_row(row)?;
+            a.steps = fetch_steps(&mut conn, tenant, &a.id).await?;
+            approvals.push(a);
+            if i + 1 == q.limit as usize && rows.len() > q.limit as usize {
+                next = Some(row.try_get("seq")?);
+            }
+        }
+        Ok((approvals, next))
+    }
+
+    async fn update_approval<F, T, E>(
+        &self,
+        tenant: &str,
+        id: &str,
+        person_ids: Vec<String>,
+        f: F,
+    ) -> Result<Option<(Approval, T)>, UpdateError<E>>
+    where
+        F: FnOnce(&Approval, &People) -> Result<(Option<Approval>, T), E> + Send,
+        T: Send,
+        E: Send,
+    {
+        let mut tx = self.begin().await?;
+        let Some(current) = fetch_approval(&mut *tx, tenant, "id", id).await? else {
+            return Ok(None);
+        };
+        let mut people = People::new();
+        for pid in person_ids.iter().chain([&current.requester_id]) {
+            if people.contains_key(pid) {
+                continue;
+            }
+            let row = sqlx::query(
+                "SELECT id, display_name, email, manager_id, technician FROM people WHERE tenant = ? AND id = ?",
+            )
+            .bind(tenant)
+            .bind(pid)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(StoreError::from)?;
+            if let Some(row) = row {
+                people.insert(pid.clone(), person_from_row(&row)?);
+            }
+        }
+        let (next, out) = f(&current, &people).map_err(UpdateError::Rule)?;
+        let Some(next) = next else {
+            tx.commit().await.map_err(StoreError::from)?;
+            return Ok(Some((current, out)));
+        };
+        sqlx::query(
+            "UPDATE approvals SET state = ?, required_roles = ?, consumed_by_request = ?, updated_at = ? \
+             WHERE tenant = ? AND id = ?",
+        )
+        .bind(next.state.as_str())
+        .bind(roles_to_text(&next.required_roles))
+        .bind(next.consumed_by_request.as_deref())
+        .bind(UnixMillis::now().0)
+        .bind(tenant)
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::from)?;
+        for step in next.steps.iter().skip(current.steps.len()) {
+            sqlx::query(
+                "INSERT INTO approval_steps (tenant, approval_id, role, approver_id, approved, comment, decided_at) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(tenant)
+            .bind(id)
+            .bind(step.role.as_str())
+            .bind(&step.approver_id)
+            .bind(step.approved)
+            .bind(&step.comment)
+            .bind(step.decided_at.0)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::from)?;
+        }
+        tx.commit().await.map_err(StoreError::from)?;
+        Ok(Some((next, out)))
+    }
+}

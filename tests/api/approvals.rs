@@ -1,0 +1,400 @@
+//! Every approval path, through Decide and SubmitApproval.
+
+use crate::helpers::*;
+use pb::ApproverRole::{Manager, Technician};
+use tonic::Code;
+use toolgate::proto::v1 as pb;
+
+const ARGS: &str = r#"{"user":"bob","group":"Helpdesk"}"#;
+
+async fn pending(app: &TestApp, tool: &str, request_id: &str) -> pb::Approval {
+    let r = app.decide_ok(ask(tool, ARGS, request_id)).await;
+    assert_eq!(
+        verdict(&r),
+        (Verdict::PendingApproval, DecisionCode::ApprovalRequired)
+    );
+    r.approval.expect("approval")
+}
+
+async fn ready_app() -> TestApp {
+    let app = spawn_app().await;
+    app.connect_sample().await;
+    app.sample_people().await;
+    app
+}
+
+#[tokio::test]
+async fn technician_approval_allows_the_exact_call_once() {
+    let app = ready_app().await;
+    let a = pending(&app, "add_user_to_group", "r1").await;
+    let still = app
+        .decide_ok(with_approval(ask("add_user_to_group", ARGS, "r1"), &a.id))
+        .await;
+    assert_eq!(
+        verdict(&still),
+        (Verdict::PendingApproval, DecisionCode::ApprovalPending)
+    );
+    let approved = app.submit(&a.id, Technician, "tech", true).await.unwrap();
+    assert_eq!(approved.state, pb::ApprovalState::Approved as i32);
+    assert_eq!(approved.steps.len(), 1);
+    let go = app
+        .decide_ok(with_approval(ask("add_user_to_group", ARGS, "r1"), &a.id))
+        .await;
+    assert_eq!(
+        verdict(&go),
+        (Verdict::Allow, DecisionCode::ApprovalGranted)
+    );
+    assert_eq!(
+        go.approval.unwrap().state,
+        pb::ApprovalState::Consumed as i32
+    );
+    // A retry of the same request gets the same answer; any other request is refused.
+    let retry = app
+        .decide_ok(with_approval(ask("add_user_to_group", ARGS, "r1"), &a.id))
+        .await;
+    assert_eq!(
+        verdict(&retry),
+        (Verdict::Allow, DecisionCode::ApprovalGranted)
+    );
+    let replay = app
+        .decide_ok(with_approval(ask("add_user_to_group", ARGS, "r2"), &a.id))
+        .await;
+    assert_eq!(
+        verdict(&replay),
+        (Verdict::Deny, DecisionCode::ApprovalConsumed)
+    );
+}
+
+#[tokio::test]
+async fn technician_and_manager_must_both_approve() {
+    let app = ready_app().await;
+    app.set_one("add_user_to_group", Policy::ApprovalNeeded, Some(true))
+        .await;
+    let a = pending(&app, "add_user_to_group", "r1").await;
+    assert_eq!(a.required_roles, vec![Technician as i32, Manager as i32]);
+    app.submit(&a.id, Technician, "tech", true).await.unwrap();
+    let r = app
+        .decide_ok(with_approval(ask("add_user_to_group", ARGS, "r1"), &a.id))
+        .await;
+    assert_eq!(
+        verdict(&r),
+        (Verdict::PendingApproval, DecisionCode::ApprovalPending)
+    );
+    let done = app.submit(&a.id, Manager, "mgr", true).await.unwrap();
+    assert_eq!(done.state, pb::ApprovalState::Approved as i32);
+    let r = app
+        .decide_ok(with_approval(ask("add_user_to_group", ARGS, "r1"), &a.id))
+        .await;
+    assert_eq!(verdict(&r), (Verdict::Allow, DecisionCode::ApprovalGranted));
+}
+
+#[tokio::test]
+async fn a_no_denies() {
+    let app = ready_app().await;
+    let a = pending(&app, "reset_password", "r1").await;
+    let denied = app.submit(&a.id, Technician, "tech", false).await.unwrap();
+    assert_eq!(denied.state, pb::ApprovalState::Denied as i32);
+    let r = app
+        .decide_ok(with_approval(ask("reset_password", ARGS, "r1"), &a.id))
+        .await;
+    assert_eq!(verdict(&r), (Verdict::Deny, DecisionCode::ApprovalDenied));
+    // No more decisions on a denied approval.
+    assert_status(
+        app.submit(&a.id, Technician, "tech2", true).await,
+        Code::FailedPrecondition,
+        "denied",
+    );
+}
+
+#[tokio::test]
+async fn approvals_expire() {
+    let app = spawn_app_with(|c| c.approval_ttl = std::time::Duration::from_millis(100)).await;
+    app.connect_sample().await;
+    app.sample_people().await;
+    let a = pending(&app, "reset_password", "r1").await;
+    app.submit(&a.id, Technician, "tech", true).await.unwrap();
+    wait_until_past(a.expires_at.as_ref().unwrap()).await;
+    let r = app
+        .decide_ok(with_approval(ask("reset_password", ARGS, "r1"), &a.id))
+        .await;
+    assert_eq!(verdict(&r), (Verdict::Deny, DecisionCode::ApprovalExpired));
+    assert_eq!(r.approval.unwrap().state, pb::ApprovalState::Expired as i32);
+    let b = pending(&app, "reset_password", "r2").await;
+    wait_until_past(b.expires_at.as_ref().unwrap()).await;
+    assert_status(
+        app.submit(&b.id, Technician, "tech", true).await,
+        Code::FailedPrecondition,
+        "expired",
+    );
+}
+
+#[tokio::test]
+async fn a_change_of_any_bound_field_is_a_mismatch() {
+    let app = ready_app().await;
+    let a = pending(&app, "add_user_to_group", "r1").await;
+    app.submit(&a.id, Technician, "tech", true).await.unwrap();
+    let base = with_approval(ask("add_user_to_group", ARGS, "r1"), &a.id);
+    let mut other_args = base.clone();
+    other_args.arguments_json = r#"{"user":"bob","group":"Domain Admins"}"#.into();
+    let mut other_tool = base.clone();
+    other_tool.tool_name = "reset_password".into();
+    let mut other_requester = base.clone();
+    other_requester.requester_id = "bob".into();
+    app.connect(&app.admin, "entra2", &[("add_user_to_group", None)])
+        .await;
+    let mut other_integration = base.clone();
+    other_integration.integration_id = "entra2".into();
+    for req in [other_args, other_tool, other_requester, other_integration] {
+        let r = app.decide_ok(req).await;
+        assert_eq!(verdict(&r), (Verdict::Deny, DecisionCode::ApprovalMismatch));
+    }
+    // The approval is still there, unused, for the call it was granted for.
+    let r = app.decide_ok(base).await;
+    assert_eq!(verdict(&r), (Verdict::Allow, DecisionCode::ApprovalGranted));
+}
+
+#[tokio::test]
+async fn nobody_approves_their_own_request() {
+    let app = ready_app().await;
+    // alice is the requester; make her a technician too.
+    app.people(vec![person("alice", "mgr", true)]).await;
+    let a = pending(&app, "reset_password", "r1").await;
+    assert_status(
+        app.submit(&a.id, Technician, "alice", true).await,
+        Code::PermissionDenied,
+        "own request",
+    );
+}
+
+#[tokio::test]
+async fn approvers_are_checked_against_the_directory() {
+    let app = ready_app().await;
+    app.set_one("reset_password", Policy::ApprovalNeeded, Some(true))
+        .await;
+    let a = pending(&app, "reset_password", "r1").await;
+    assert_status(
+        app.submit(&a.id, Technician, "bob", true).await,
+        Code::PermissionDenied,
+        "not a technician",
+    );
+    assert_status(
+        app.submit(&a.id, Technician, "ghost", true).await,
+        Code::PermissionDenied,
+        "not a technician",
+    );
+    assert_status(
+        app.submit(&a.id, Manager, "tech", true).await,
+        Code::PermissionDenied,
+        "manager of record",
+    );
+    // Nothing was recorded by the refused steps.
+    let got = app
+        .client
+        .clone()
+        .get_approval(with_key(
+            &app.approver,
+            pb::GetApprovalRequest {
+                approval_id: a.id.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .approval
+        .unwrap();
+    assert!(got.steps.is_empty());
+}
+
+#[tokio::test]
+async fn one_person_cannot_fill_both_roles() {
+    let app = ready_app().await;
+    app.set_one("reset_password", Policy::ApprovalNeeded, Some(true))
+        .await;
+    let a = pending(&app, "reset_password", "r1").await;
+    // mgr is alice's manager and also a technician.
+    app.submit(&a.id, Technician, "mgr", true).await.unwrap();
+    assert_status(
+        app.submit(&a.id, Manager, "mgr", true).await,
+        Code::PermissionDenied,
+        "both",
+    );
+}
+
+#[tokio::test]
+async fn a_requester_without_a_manager_cannot_get_manager_approval() {
+    let app = ready_app().await;
+    app.set_one("reset_password", Policy::ApprovalNeeded, Some(true))
+        .await;
+    for requester in ["bob", "nobody-in-directory"] {
+        let mut req = ask("reset_password", ARGS, &format!("r-{requester}"));
+        req.requester_id = requester.into();
+        let r = app.decide_ok(req).await;
+        assert_eq!(verdict(&r), (Verdict::Deny, DecisionCode::ManagerUnknown));
+        assert!(r.approval.is_none());
+    }
+}
+
+#[tokio::test]
+async fn sixteen_racing_consumers_get_exactly_one_allow() {
+    let app = ready_app().await;
+    let a = pending(&app, "reset_password", "r0").await;
+    app.submit(&a.id, Technician, "tech", true).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let app_client = app.client.clone();
+        let agent = app.agent.clone();
+        let req = with_approval(ask("reset_password", ARGS, &format!("race-{i}")), &a.id);
+        tasks.push(tokio::spawn(async move {
+            let mut c = app_client;
+            c.decide(with_key(&agent, req))
+                .await
+                .expect("decide")
+                .into_inner()
+        }));
+    }
+    let mut allows = 0;
+    let mut consumed = 0;
+    for t in tasks {
+        let r = t.await.unwrap();
+        match verdict(&r) {
+            (Verdict::Allow, DecisionCode::ApprovalGranted) => allows += 1,
+            (Verdict::Deny, DecisionCode::ApprovalConsumed) => consumed += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!((allows, consumed), (1, 15));
+}
+
+#[tokio::test]
+async fn the_policy_at_the_time_of_the_call_rules() {
+    let app = ready_app().await;
+    let a = pending(&app, "reset_password", "r1").await;
+    app.submit(&a.id, Technician, "tech", true).await.unwrap();
+    // Manager approval switched on after the technician said yes: not enough any more.
+    app.set_one("reset_password", Policy::ApprovalNeeded, Some(true))
+        .await;
+    let r = app
+        .decide_ok(with_approval(ask("reset_password", ARGS, "r1"), &a.id))
+        .await;
+    assert_eq!(
+        verdict(&r),
+        (Verdict::PendingApproval, DecisionCode::ApprovalPending)
+    );
+    assert_eq!(
+        r.approval.as_ref().unwrap().required_roles,
+        vec![Technician as i32, Manager as i32]
+    );
+    app.submit(&a.id, Manager, "mgr", true).await.unwrap();
+    // Disabled after it was approved: denied, and the approval is not used up.
+    app.set_one("reset_password", Policy::Disabled, None).await;
+    let r = app
+        .decide_ok(with_approval(ask("reset_password", ARGS, "r1"), &a.id))
+        .await;
+    assert_eq!(verdict(&r), (Verdict::Deny, DecisionCode::ToolDisabled));
+    app.set_one("reset_password", Policy::ApprovalNeeded, Some(true))
+        .await;
+    let r = app
+        .decide_ok(with_approval(ask("reset_password", ARGS, "r1"), &a.id))
+        .await;
+    assert_eq!(verdict(&r), (Verdict::Allow, DecisionCode::ApprovalGranted));
+}
+
+#[tokio::test]
+async fn submit_approval_checks_its_fields_and_the_role_asked_for() {
+    let app = ready_app().await;
+    let a = pending(&app, "reset_password", "r1").await;
+    assert_status(
+        app.submit(&a.id, pb::ApproverRole::Unspecified, "tech", true)
+            .await,
+        Code::InvalidArgument,
+        "role",
+    );
+    assert_status(
+        app.submit(&a.id, Technician, "", true).await,
+        Code::InvalidArgument,
+        "approver_id",
+    );
+    assert_status(
+        app.submit("apr_nope", Technician, "tech", true).await,
+        Code::NotFound,
+        "approval_id",
+    );
+    assert_status(
+        app.submit(&a.id, Manager, "mgr", true).await,
+        Code::FailedPrecondition,
+        "does not need",
+    );
+    app.submit(&a.id, Technician, "tech", true).await.unwrap();
+    assert_status(
+        app.submit(&a.id, Technician, "tech2", true).await,
+        Code::FailedPrecondition,
+        "already made",
+    );
+}
+
+#[tokio::test]
+async fn list_approvals_pages_newest_first_and_filters_by_state() {
+    let app = ready_app().await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(pending(&app, "reset_password", &format!("r{i}")).await.id);
+    }
+    app.submit(&ids[0], Technician, "tech", false)
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = app
+            .client
+            .clone()
+            .list_approvals(with_key(
+                &app.approver,
+                pb::ListApprovalsRequest {
+                    state: pb::ApprovalState::Unspecified as i32,
+                    page_size: 2,
+                    page_token: token.clone(),
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(page.approvals.len() <= 2);
+        seen.extend(page.approvals.into_iter().map(|a| a.id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    let newest_first: Vec<String> = ids.iter().rev().cloned().collect();
+    assert_eq!(seen, newest_first);
+    let denied = app
+        .client
+        .clone()
+        .list_approvals(with_key(
+            &app.approver,
+            pb::ListApprovalsRequest {
+                state: pb::ApprovalState::Denied as i32,
+                page_size: 0,
+                page_token: String::new(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(denied.approvals.len(), 1);
+    assert_eq!(denied.approvals[0].id, ids[0]);
+    let bad = app
+        .client
+        .clone()
+        .list_approvals(with_key(
+            &app.approver,
+            pb::ListApprovalsRequest {
+                state: 0,
+                page_size: 2,
+                page_token: "garbage".into(),
+            },
+        ))
+        .await;
+    assert_status(bad, Code::InvalidArgument, "page_token");
+}

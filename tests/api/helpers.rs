@@ -1,0 +1,393 @@
+//! `spawn_app()`: the real server on 127.0.0.1:0 over a temporary SQLite file, with keys
+//! minted through the store and a generated client.
+
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+use tonic::{Code, Request, Status};
+use toolgate::config::{Config, DatabaseUrl};
+use toolgate::policy::Role;
+use toolgate::proto::v1 as pb;
+use toolgate::proto::v1::policy_service_client::PolicyServiceClient;
+use toolgate::store::Store;
+
+pub use pb::{DecisionCode, Policy, Verdict};
+
+pub struct TestApp {
+    pub addr: std::net::SocketAddr,
+    pub client: PolicyServiceClient<Channel>,
+    pub admin: String,
+    pub agent: String,
+    pub approver: String,
+    pub db_path: PathBuf,
+    pub config: Config,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<Result<(), toolgate::server::RunError>>>,
+    _dir: std::sync::Arc<tempfile::TempDir>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db_path = dir.path().join("toolgate.db");
+    let mut config = Config {
+        database_url: DatabaseUrl::new(format!("sqlite://{}", db_path.display())),
+        ..Config::default()
+    };
+    adjust(&mut config);
+    let store = toolgate::server::open_store(config.database_url.expose())
+        .await
+        .expect("open store");
+    let admin = mint(&store, "acme", Role::Admin).await;
+    let agent = mint(&store, "acme", Role::Agent).await;
+    let approver = mint(&store, "acme", Role::Approver).await;
+    drop(store);
+    start(
+        config,
+        db_path,
+        std::sync::Arc::new(dir),
+        admin,
+        agent,
+        approver,
+    )
+    .await
+}
+
+async fn start(
+    config: Config,
+    db_path: PathBuf,
+    dir: std::sync::Arc<tempfile::TempDir>,
+    admin: String,
+    agent: String,
+    approver: String,
+) -> TestApp {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(toolgate::run(config.clone(), listener, async {
+        let _ = stop_rx.await;
+    }));
+    // The listener is bound already: the connection waits in the backlog until serving.
+    let client = PolicyServiceClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect");
+    TestApp {
+        addr,
+        client,
+        admin,
+        agent,
+        approver,
+        db_path,
+        config,
+        stop: Some(stop_tx),
+        server: Some(server),
+        _dir: dir,
+    }
+}
+
+pub async fn mint(store: &impl Store, tenant: &str, role: Role) -> String {
+    let key = toolgate::keys::generate().expect("randomness");
+    store
+        .create_key(&key.id, tenant, role, &key.secret_sha256)
+        .await
+        .expect("create key");
+    key.token
+}
+
+pub fn with_key<T>(key: &str, message: T) -> Request<T> {
+    let mut req = Request::new(message);
+    req.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {key}").parse().expect("ascii header"),
+    );
+    req
+}
+
+impl TestApp {
+    /// Stops the server and waits until it has exited.
+    pub async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server
+                .await
+                .expect("server task")
+                .expect("server exits cleanly");
+        }
+    }
+
+    /// Stops the server and starts a new one on the same database file.
+    pub async fn restart(mut self) -> TestApp {
+        self.stop().await;
+        let dir = self._dir.clone();
+        start(
+            self.config.clone(),
+            self.db_path.clone(),
+            dir,
+            self.admin.clone(),
+            self.agent.clone(),
+            self.approver.clone(),
+        )
+        .await
+    }
+
+    /// Mints a key of another tenant (or this one) while the server runs.
+    pub async fn mint(&self, tenant: &str, role: Role) -> String {
+        let store = toolgate::server::open_store(self.config.database_url.expose())
+            .await
+            .expect("open store");
+        mint(&store, tenant, role).await
+    }
+
+    pub async fn connect(
+        &self,
+        key: &str,
+        integration: &str,
+        tools: &[(&str, Option<pb::ToolAnnotations>)],
+    ) -> pb::ConnectIntegrationResponse {
+        let tools = tools
+            .iter()
+            .map(|(name, annotations)| pb::ToolDefinition {
+                name: name.to_string(),
+                description: format!("{name} tool"),
+                input_schema_json: r#"{"type":"object"}"#.into(),
+                annotations: *annotations,
+            })
+            .collect();
+        self.client
+            .clone()
+            .connect_integration(with_key(
+                key,
+                pb::ConnectIntegrationRequest {
+                    integration_id: integration.into(),
+                    kind: "entra_id".into(),
+                    display_name: "Entra ID".into(),
+                    tools,
+                },
+            ))
+            .await
+            .expect("connect integration")
+            .into_inner()
+    }
+
+    /// Connects the standard sample integration `entra` for the admin.
+    pub async fn connect_sample(&self) -> pb::ConnectIntegrationResponse {
+        self.connect(
+            &self.admin,
+            "entra",
+            &[
+                ("get_user", None),
+                ("list_groups", None),
+                ("add_user_to_group", None),
+                ("reset_password", None),
+                ("delete_user", None),
+            ],
+        )
+        .await
+    }
+
+    pub async fn set_policy(
+        &self,
+        changes: Vec<pb::PolicyChange>,
+        expected: Option<u64>,
+    ) -> Result<pb::SetPolicyResponse, Status> {
+        self.client
+            .clone()
+            .set_policy(with_key(
+                &self.admin,
+                pb::SetPolicyRequest {
+                    changes,
+                    expected_revision: expected,
+                },
+            ))
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    pub async fn set_one(
+        &self,
+        tool: &str,
+        policy: Policy,
+        manager: Option<bool>,
+    ) -> pb::SetPolicyResponse {
+        self.set_policy(vec![change("entra", tool, policy, manager)], None)
+            .await
+            .expect("set policy")
+    }
+
+    pub async fn people(&self, people: Vec<pb::Person>) {
+        self.client
+            .clone()
+            .upsert_people(with_key(&self.admin, pb::UpsertPeopleRequest { people }))
+            .await
+            .expect("upsert people");
+    }
+
+    /// The standard directory: alice (requester, manager mgr), tech (technician),
+    /// tech2 (technician), mgr (alice's manager, also a technician), bob (no manager).
+    pub async fn sample_people(&self) {
+        self.people(vec![
+            person("alice", "mgr", false),
+            person("tech", "", true),
+            person("tech2", "", true),
+            person("mgr", "", true),
+            person("bob", "", false),
+        ])
+        .await;
+    }
+
+    pub async fn decide(
+        &self,
+        key: &str,
+        req: pb::DecideRequest,
+    ) -> Result<pb::DecideResponse, Status> {
+        self.client
+            .clone()
+            .decide(with_key(key, req))
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    pub async fn decide_ok(&self, req: pb::DecideRequest) -> pb::DecideResponse {
+        self.decide(&self.agent, req).await.expect("decide")
+    }
+
+    pub async fn submit(
+        &self,
+        approval_id: &str,
+        role: pb::ApproverRole,
+        approver: &str,
+        approve: bool,
+    ) -> Result<pb::Approval, Status> {
+        self.client
+            .clone()
+            .submit_approval(with_key(
+                &self.approver,
+                pb::SubmitApprovalRequest {
+                    approval_id: approval_id.into(),
+                    role: role as i32,
+                    approver_id: approver.into(),
+                    approve,
+                    comment: "checked".into(),
+                },
+            ))
+            .await
+            .map(|r| r.into_inner().approval.expect("approval"))
+    }
+
+    pub async fn list_tools(
+        &self,
+        key: &str,
+        include_disabled: bool,
+    ) -> Result<pb::ListToolsResponse, Status> {
+        self.client
+            .clone()
+            .list_tools(with_key(
+                key,
+                pb::ListToolsRequest {
+                    integration_id: String::new(),
+                    include_disabled,
+                    min_revision: None,
+                },
+            ))
+            .await
+            .map(|r| r.into_inner())
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+pub fn change(
+    integration: &str,
+    tool: &str,
+    policy: Policy,
+    manager: Option<bool>,
+) -> pb::PolicyChange {
+    pb::PolicyChange {
+        integration_id: integration.into(),
+        tool_name: tool.into(),
+        policy: policy as i32,
+        manager_approval: manager,
+    }
+}
+
+pub fn person(id: &str, manager: &str, technician: bool) -> pb::Person {
+    pb::Person {
+        id: id.into(),
+        display_name: id.to_uppercase(),
+        email: format!("{id}@example.com"),
+        manager_id: manager.into(),
+        technician,
+    }
+}
+
+/// A Decide of `tool` in `entra` by alice with these arguments.
+pub fn ask(tool: &str, args: &str, request_id: &str) -> pb::DecideRequest {
+    pb::DecideRequest {
+        integration_id: "entra".into(),
+        tool_name: tool.into(),
+        arguments_json: args.into(),
+        requester_id: "alice".into(),
+        request_id: request_id.into(),
+        approval_id: String::new(),
+        min_revision: None,
+    }
+}
+
+pub fn with_approval(mut req: pb::DecideRequest, approval_id: &str) -> pb::DecideRequest {
+    req.approval_id = approval_id.into();
+    req
+}
+
+pub fn verdict(r: &pb::DecideResponse) -> (Verdict, DecisionCode) {
+    (
+        Verdict::try_from(r.verdict).expect("verdict"),
+        DecisionCode::try_from(r.code).expect("code"),
+    )
+}
+
+pub fn assert_status(result: Result<impl std::fmt::Debug, Status>, code: Code, mentions: &str) {
+    match result {
+        Ok(v) => panic!("expected {code:?} mentioning {mentions:?}, got Ok({v:?})"),
+        Err(s) => {
+            assert_eq!(s.code(), code, "status {s:?}");
+            assert!(
+                s.message().contains(mentions),
+                "{:?} does not mention {mentions:?}",
+                s.message()
+            );
+        }
+    }
+}
+
+/// Waits until the wall clock is past `t` (an approval's expiry): the event itself, checked,
+/// rather than a guess at how long it takes.
+pub async fn wait_until_past(t: &prost_types::Timestamp) {
+    let deadline_ms = t.seconds * 1000 + i64::from(t.nanos) / 1_000_000;
+    loop {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_millis() as i64;
+        if now > deadline_ms {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
+pub const SHORT: Duration = Duration::from_millis(200);
