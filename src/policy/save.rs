@@ -211,7 +211,7 @@ mod tests {
         };
         let after = tools_after(
             &with_manager,
-            &plan_set_policy(&[auto.clone()], &with_manager, "k").unwrap(),
+            &plan_set_policy(std::slice::from_ref(&auto), &with_manager, "k").unwrap(),
         );
         assert!(!after[0].manager_approval);
         // Saving the same admin choice again changes nothing.

@@ -654,7 +654,7 @@ impl Store for SqliteStore {
         .bind(a.created_at.0)
         .execute(&mut *tx)
         .await?;
-        let stored = fetch_approval(&mut *tx, tenant, "request_id", &a.request_id)
+        let stored = fetch_approval(&mut tx, tenant, "request_id", &a.request_id)
             .await?
             .ok_or_else(|| {
                 StoreError::Corrupt("approval vanished inside its transaction".into())
@@ -745,7 +745,7 @@ impl Store for SqliteStore {
         E: Send,
     {
         let mut tx = self.begin().await?;
-        let Some(current) = fetch_approval(&mut *tx, tenant, "id", id).await? else {
+        let Some(current) = fetch_approval(&mut tx, tenant, "id", id).await? else {
             return Ok(None);
         };
         let mut people = People::new();
