@@ -91,6 +91,18 @@ pub struct ServeArgs {
     /// Log format: text or json [default: text].
     #[arg(long, env = "TOOLGATE_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// Heartbeat on an idle WatchConfig stream [default: 15s].
+    #[arg(long, env = "TOOLGATE_HEARTBEAT_INTERVAL")]
+    pub heartbeat_interval: Option<String>,
+    /// Revisions a WatchConfig resume may replay; older resumes get a snapshot [default: 1000].
+    #[arg(long, env = "TOOLGATE_WATCH_HISTORY")]
+    pub watch_history: Option<u64>,
+    /// Revisions buffered per tenant for watchers that fall behind [default: 64].
+    #[arg(long, env = "TOOLGATE_WATCH_BUFFER")]
+    pub watch_buffer: Option<usize>,
+    /// How often expired approvals are marked and pushed to watchers [default: 5s].
+    #[arg(long, env = "TOOLGATE_EXPIRY_SWEEP")]
+    pub expiry_sweep: Option<String>,
 }
 
 /// The settings a TOML file may hold; every one optional.
@@ -104,6 +116,10 @@ pub struct FileConfig {
     pub min_revision_wait: Option<String>,
     pub shutdown_grace: Option<String>,
     pub log_format: Option<String>,
+    pub heartbeat_interval: Option<String>,
+    pub watch_history: Option<u64>,
+    pub watch_buffer: Option<usize>,
+    pub expiry_sweep: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,6 +170,10 @@ pub struct Config {
     pub min_revision_wait: Duration,
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
+    pub heartbeat_interval: Duration,
+    pub watch_history: u64,
+    pub watch_buffer: usize,
+    pub expiry_sweep: Duration,
 }
 
 impl Default for Config {
@@ -166,6 +186,10 @@ impl Default for Config {
             min_revision_wait: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(20),
             log_format: LogFormat::Text,
+            heartbeat_interval: Duration::from_secs(15),
+            watch_history: 1000,
+            watch_buffer: 64,
+            expiry_sweep: Duration::from_secs(5),
         }
     }
 }
@@ -183,6 +207,8 @@ impl Config {
         let wait = args.min_revision_wait.clone().or(file.min_revision_wait);
         let grace = args.shutdown_grace.clone().or(file.shutdown_grace);
         let format = args.log_format.clone().or(file.log_format);
+        let heartbeat = args.heartbeat_interval.clone().or(file.heartbeat_interval);
+        let sweep = args.expiry_sweep.clone().or(file.expiry_sweep);
         let config = Config {
             listen: args.listen.or(file.listen).unwrap_or(d.listen),
             database_url: args
@@ -199,6 +225,17 @@ impl Config {
             min_revision_wait: opt_duration("min_revision_wait", wait)?
                 .unwrap_or(d.min_revision_wait),
             shutdown_grace: opt_duration("shutdown_grace", grace)?.unwrap_or(d.shutdown_grace),
+            heartbeat_interval: opt_duration("heartbeat_interval", heartbeat)?
+                .unwrap_or(d.heartbeat_interval),
+            watch_history: args
+                .watch_history
+                .or(file.watch_history)
+                .unwrap_or(d.watch_history),
+            watch_buffer: args
+                .watch_buffer
+                .or(file.watch_buffer)
+                .unwrap_or(d.watch_buffer),
+            expiry_sweep: opt_duration("expiry_sweep", sweep)?.unwrap_or(d.expiry_sweep),
             log_format: match format.as_deref() {
                 None | Some("text") => LogFormat::Text,
                 Some("json") => LogFormat::Json,
@@ -211,6 +248,17 @@ impl Config {
         };
         if config.approval_ttl.is_zero() {
             return Err(ConfigError("approval_ttl: must be more than zero".into()));
+        }
+        for (name, d) in [
+            ("heartbeat_interval", config.heartbeat_interval),
+            ("expiry_sweep", config.expiry_sweep),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError(format!("{name}: must be more than zero")));
+            }
+        }
+        if config.watch_buffer == 0 {
+            return Err(ConfigError("watch_buffer: must be more than zero".into()));
         }
         if config.max_arguments_bytes == 0 {
             return Err(ConfigError(
@@ -316,6 +364,10 @@ mod tests {
             min_revision_wait: None,
             shutdown_grace: None,
             log_format: None,
+            heartbeat_interval: None,
+            watch_history: None,
+            watch_buffer: None,
+            expiry_sweep: None,
         };
         let config = Config::resolve(&args).unwrap();
         assert_eq!(config.listen.port(), 8000);

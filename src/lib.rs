@@ -5,6 +5,8 @@
 //! - [`policy`]: the pure core. Domain types, default seeding, Decide's rules, approval
 //!   rules, RFC 8785 canonical hashing, Save planning. No tonic, prost or sqlx in here.
 //! - [`snapshot`]: every tenant's tools in memory; the Decide hot path reads only this.
+//!   It also broadcasts each applied revision to WatchConfig streams.
+//! - [`hub`]: the per-tenant broadcast of approval changes for WatchApprovals.
 //! - [`store`]: the one seam to the database (a trait and its SQLite implementation).
 //! - [`grpc`]: the `toolgate.v1.PolicyService` implementation: authentication, validation,
 //!   proto ↔ domain conversion, and the single mapping of errors to gRPC statuses.
@@ -16,6 +18,7 @@
 
 pub mod config;
 pub mod grpc;
+pub mod hub;
 pub mod keys;
 pub mod policy;
 pub mod proto;

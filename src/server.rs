@@ -2,6 +2,8 @@
 
 use crate::config::Config;
 use crate::grpc::{AppState, Limits, PolicyApi};
+use crate::hub::ApprovalHub;
+use crate::policy::UnixMillis;
 use crate::proto::v1::policy_service_server::PolicyServiceServer;
 use crate::snapshot::{Snapshots, TenantSnapshot};
 use crate::store::{Store, StoreError, sqlite::SqliteStore};
@@ -54,7 +56,7 @@ pub async fn serve<S: Store>(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
-    let snapshots = Snapshots::new();
+    let snapshots = Snapshots::with_buffer(config.watch_buffer);
     let mut tools = 0;
     let tenants = store.load_all_tools().await?;
     for t in &tenants {
@@ -67,8 +69,14 @@ pub async fn serve<S: Store>(
         approval_ttl: config.approval_ttl,
         max_arguments_bytes: config.max_arguments_bytes,
         min_revision_wait: config.min_revision_wait,
+        heartbeat_interval: config.heartbeat_interval,
+        watch_history: config.watch_history,
     };
-    let api = PolicyApi::new(Arc::new(AppState::new(store, snapshots, limits)));
+    let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
+    let approvals = ApprovalHub::new(config.watch_buffer);
+    let state = Arc::new(AppState::new(store, snapshots, approvals, limits, drain_rx));
+    let sweeper = tokio::spawn(sweep_expired(state.clone(), config.expiry_sweep));
+    let api = PolicyApi::new(state);
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -107,6 +115,9 @@ pub async fn serve<S: Store>(
     health
         .set_service_status("", ServingStatus::NotServing)
         .await;
+    // Streams end with UNAVAILABLE so their clients resume on another replica.
+    let _ = drain_tx.send(true);
+    sweeper.abort();
     let _ = stop_tx.send(());
     match tokio::time::timeout(config.shutdown_grace, &mut server).await {
         Ok(finished) => finished??,
@@ -117,4 +128,30 @@ pub async fn serve<S: Store>(
     }
     tracing::info!("toolgate stopped");
     Ok(())
+}
+
+/// Marks approvals past their expiry as expired, so their watchers hear of it even when
+/// nobody asks about them again.
+async fn sweep_expired<S: Store>(state: Arc<AppState<S>>, every: std::time::Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        loop {
+            match state.store.expire_due(UnixMillis::now().0, 500).await {
+                Ok(expired) => {
+                    for (tenant, approval) in &expired {
+                        state.approvals.publish(tenant, approval);
+                    }
+                    if expired.len() < 500 {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "expiry sweep failed; retrying next tick");
+                    break;
+                }
+            }
+        }
+    }
 }

@@ -4,11 +4,31 @@
 //! and swaps it in. Changes are applied strictly in revision order: a revision that does
 //! not follow the current one is refused, and the caller catches up from the store's
 //! change log instead. Readers never wait on a Save and never touch the database.
+//!
+//! Each tenant also has a bounded broadcast of its revisions for WatchConfig. Events are
+//! sent while the write lock is held, so they leave in revision order, and a subscriber
+//! gets its receiver and the snapshot under one read lock, so every event it then receives
+//! is newer than that snapshot.
 
 use crate::policy::{RevisionChanges, Tool, ToolChange};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, broadcast};
+
+/// What a tenant's watchers are told.
+#[derive(Debug, Clone)]
+pub enum TenantEvent {
+    /// One revision, applied in order.
+    Changes(Arc<RevisionChanges>),
+    /// The snapshot was replaced wholesale (a reload): take a fresh one.
+    Reset,
+}
+
+#[derive(Debug)]
+struct Entry {
+    snapshot: Arc<TenantSnapshot>,
+    events: broadcast::Sender<TenantEvent>,
+}
 
 /// One tenant's tools at one revision.
 #[derive(Debug, Clone, Default)]
@@ -95,11 +115,19 @@ pub struct Gap {
 }
 
 /// Every tenant's snapshot.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Snapshots {
-    tenants: RwLock<HashMap<String, Arc<TenantSnapshot>>>,
+    tenants: RwLock<HashMap<String, Entry>>,
     /// Woken on every new revision, for readers waiting on `min_revision`.
     advanced: Notify,
+    /// How many revisions a tenant's broadcast holds for a watcher that is behind.
+    buffer: usize,
+}
+
+impl Default for Snapshots {
+    fn default() -> Self {
+        Self::with_buffer(64)
+    }
 }
 
 impl Snapshots {
@@ -107,15 +135,61 @@ impl Snapshots {
         Self::default()
     }
 
+    pub fn with_buffer(buffer: usize) -> Self {
+        Snapshots {
+            tenants: RwLock::new(HashMap::new()),
+            advanced: Notify::new(),
+            buffer: buffer.max(1),
+        }
+    }
+
+    fn entry(&self, snapshot: TenantSnapshot) -> Entry {
+        Entry {
+            snapshot: Arc::new(snapshot),
+            events: broadcast::channel(self.buffer).0,
+        }
+    }
+
     /// The tenant's current snapshot (empty at revision 0 for a tenant with no tools).
     pub fn get(&self, tenant: &str) -> Arc<TenantSnapshot> {
         let tenants = self.tenants.read().unwrap_or_else(|e| e.into_inner());
-        tenants.get(tenant).cloned().unwrap_or_default()
+        tenants
+            .get(tenant)
+            .map(|e| e.snapshot.clone())
+            .unwrap_or_default()
+    }
+
+    /// The current snapshot and a receiver of every later event, taken together.
+    pub fn subscribe(
+        &self,
+        tenant: &str,
+    ) -> (Arc<TenantSnapshot>, broadcast::Receiver<TenantEvent>) {
+        {
+            let tenants = self.tenants.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(e) = tenants.get(tenant) {
+                return (e.snapshot.clone(), e.events.subscribe());
+            }
+        }
+        let mut tenants = self.tenants.write().unwrap_or_else(|e| e.into_inner());
+        let e = tenants
+            .entry(tenant.to_owned())
+            .or_insert_with(|| self.entry(TenantSnapshot::default()));
+        (e.snapshot.clone(), e.events.subscribe())
     }
 
     pub fn replace(&self, tenant: &str, snapshot: TenantSnapshot) {
         let mut tenants = self.tenants.write().unwrap_or_else(|e| e.into_inner());
-        tenants.insert(tenant.to_owned(), Arc::new(snapshot));
+        match tenants.get_mut(tenant) {
+            Some(e) => {
+                e.snapshot = Arc::new(snapshot);
+                // No receivers is not an error: nobody is watching.
+                let _ = e.events.send(TenantEvent::Reset);
+            }
+            None => {
+                let e = self.entry(snapshot);
+                tenants.insert(tenant.to_owned(), e);
+            }
+        }
         drop(tenants);
         self.advanced.notify_waiters();
     }
@@ -123,17 +197,21 @@ impl Snapshots {
     /// Applies one revision if it follows the current one; ignores one already applied.
     pub fn apply(&self, tenant: &str, rc: &RevisionChanges) -> Result<(), Gap> {
         let mut tenants = self.tenants.write().unwrap_or_else(|e| e.into_inner());
-        let current = tenants.get(tenant).cloned().unwrap_or_default();
-        if rc.revision <= current.revision {
+        let e = tenants
+            .entry(tenant.to_owned())
+            .or_insert_with(|| self.entry(TenantSnapshot::default()));
+        let have = e.snapshot.revision;
+        if rc.revision <= have {
             return Ok(());
         }
-        if rc.revision != current.revision + 1 {
+        if rc.revision != have + 1 {
             return Err(Gap {
-                have: current.revision,
+                have,
                 got: rc.revision,
             });
         }
-        tenants.insert(tenant.to_owned(), Arc::new(current.apply(rc)));
+        e.snapshot = Arc::new(e.snapshot.apply(rc));
+        let _ = e.events.send(TenantEvent::Changes(Arc::new(rc.clone())));
         drop(tenants);
         self.advanced.notify_waiters();
         Ok(())

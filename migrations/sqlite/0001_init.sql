@@ -122,3 +122,7 @@ CREATE TABLE approval_steps (
     PRIMARY KEY (tenant, approval_id, role),
     FOREIGN KEY (tenant, approval_id) REFERENCES approvals (tenant, id)
 );
+
+-- The expiry sweep reads open approvals by expiry.
+CREATE INDEX approvals_open_by_expiry ON approvals (expires_at)
+    WHERE state IN ('pending', 'approved');

@@ -3,7 +3,9 @@
 
 pub mod convert;
 pub mod error;
+mod watch;
 
+use crate::hub::ApprovalHub;
 use crate::keys::{self, MAX_TOKEN_BYTES};
 use crate::policy::approval::{StepRequest, submit_step};
 use crate::policy::canonical::{self, CanonicalArguments};
@@ -21,15 +23,16 @@ use crate::proto::v1::policy_service_server::PolicyService;
 use crate::snapshot::{Snapshots, TenantSnapshot};
 use crate::store::{
     ApprovalQuery, Inserted, IntegrationMeta, ReadScope, SaveError, SaveKind, Saved, Store,
-    UpdateError,
+    UpdateError, Updated,
 };
 use convert::*;
 use error::ApiError;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
-use tokio::sync::OwnedMutexGuard;
+use tokio::sync::{OwnedMutexGuard, watch as drain_watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -42,6 +45,9 @@ pub struct Limits {
     pub approval_ttl: Duration,
     pub max_arguments_bytes: usize,
     pub min_revision_wait: Duration,
+    pub heartbeat_interval: Duration,
+    /// Revisions a WatchConfig resume may replay before it gets a snapshot instead.
+    pub watch_history: u64,
 }
 
 /// Shared state of one server: cheap to clone through its `Arc`.
@@ -49,18 +55,32 @@ pub struct Limits {
 pub struct AppState<S> {
     pub store: S,
     pub snapshots: Snapshots,
+    pub approvals: ApprovalHub,
     pub limits: Limits,
+    /// Turns true when the server drains: open streams end with UNAVAILABLE.
+    pub drain: drain_watch::Receiver<bool>,
+    /// Watchers that fell behind and were brought current with a snapshot (or ended).
+    pub watchers_lagged: AtomicU64,
     /// One lock per tenant around "commit a revision, then apply it to the snapshot", so
     /// revisions reach the snapshot in the order they were committed.
     write_locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl<S: Store> AppState<S> {
-    pub fn new(store: S, snapshots: Snapshots, limits: Limits) -> Self {
+    pub fn new(
+        store: S,
+        snapshots: Snapshots,
+        approvals: ApprovalHub,
+        limits: Limits,
+        drain: drain_watch::Receiver<bool>,
+    ) -> Self {
         AppState {
             store,
             snapshots,
+            approvals,
             limits,
+            drain,
+            watchers_lagged: AtomicU64::new(0),
             write_locks: std::sync::Mutex::new(HashMap::new()),
         }
     }
@@ -273,14 +293,17 @@ impl<S: Store> PolicyApi<S> {
             consumed_by_request: None,
         };
         match store.insert_approval(&caller.tenant, &approval).await? {
-            Inserted::New(created) => Ok((
-                Decision {
-                    verdict: Verdict::PendingApproval,
-                    code: DecisionCode::ApprovalRequired,
-                    reason: "approval requested".into(),
-                },
-                Some(created),
-            )),
+            Inserted::New(created) => {
+                self.state.approvals.publish(&caller.tenant, &created);
+                Ok((
+                    Decision {
+                        verdict: Verdict::PendingApproval,
+                        code: DecisionCode::ApprovalRequired,
+                        reason: "approval requested".into(),
+                    },
+                    Some(created),
+                ))
+            }
             Inserted::Existing(existing) => {
                 let same_call = existing.integration_id == approval.integration_id
                     && existing.tool_name == approval.tool_name
@@ -344,7 +367,16 @@ impl<S: Store> PolicyApi<S> {
             )
             .await;
         match outcome {
-            Ok(Some((approval, decision))) => Ok((decision, Some(approval))),
+            Ok(Some(Updated {
+                approval,
+                changed,
+                out: decision,
+            })) => {
+                if changed {
+                    self.state.approvals.publish(&caller.tenant, &approval);
+                }
+                Ok((decision, Some(approval)))
+            }
             Ok(None) => Err(ApiError::NotFound(format!(
                 "approval_id: no approval {approval_id:?} in this tenant"
             ))),
@@ -670,7 +702,10 @@ impl<S: Store> PolicyService for PolicyApi<S> {
             )
             .await;
         let approval = match outcome {
-            Ok(Some((approval, ()))) => approval,
+            Ok(Some(Updated { approval, .. })) => {
+                self.state.approvals.publish(&caller.tenant, &approval);
+                approval
+            }
             Ok(None) => {
                 return Err(ApiError::NotFound(format!(
                     "approval_id: no approval {:?} in this tenant",
@@ -712,7 +747,7 @@ impl<S: Store> PolicyService for PolicyApi<S> {
             .await
             .map_err(ApiError::from)?
             // An agent sees only the approvals it asked for.
-            .filter(|a| caller.role != Role::Agent || a.created_by_key == caller.key_id)
+            .filter(|a| watch::may_see(&caller, a))
             .ok_or_else(|| {
                 ApiError::NotFound(format!(
                     "approval_id: no approval {:?} in this tenant",
@@ -767,11 +802,16 @@ impl<S: Store> PolicyService for PolicyApi<S> {
         &self,
         request: Request<pb::WatchConfigRequest>,
     ) -> Result<Response<Self::WatchConfigStream>, Status> {
-        self.authenticate(&request, "WatchConfig", &[Role::Agent, Role::Admin])
+        let caller = self
+            .authenticate(&request, "WatchConfig", &[Role::Agent, Role::Admin])
             .await?;
-        Err(Status::unimplemented(
-            "WatchConfig is not available in this version; poll ListTools with min_revision",
-        ))
+        let req = request.into_inner();
+        // A resume from a revision this server has not reached yet waits for it, bounded.
+        if let Some(since) = req.since_revision {
+            self.snapshot_at_least(&caller.tenant, Some(since)).await?;
+        }
+        let stream = watch::watch_config(self.state.clone(), caller, req).await?;
+        Ok(Response::new(stream))
     }
 
     type WatchApprovalsStream = Stream<pb::WatchApprovalsResponse>;
@@ -780,15 +820,16 @@ impl<S: Store> PolicyService for PolicyApi<S> {
         &self,
         request: Request<pb::WatchApprovalsRequest>,
     ) -> Result<Response<Self::WatchApprovalsStream>, Status> {
-        self.authenticate(
-            &request,
-            "WatchApprovals",
-            &[Role::Agent, Role::Approver, Role::Admin],
-        )
-        .await?;
-        Err(Status::unimplemented(
-            "WatchApprovals is not available in this version; poll GetApproval",
-        ))
+        let caller = self
+            .authenticate(
+                &request,
+                "WatchApprovals",
+                &[Role::Agent, Role::Approver, Role::Admin],
+            )
+            .await?;
+        let stream =
+            watch::watch_approvals(self.state.clone(), caller, request.into_inner()).await?;
+        Ok(Response::new(stream))
     }
 }
 

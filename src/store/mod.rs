@@ -126,6 +126,16 @@ pub enum Inserted {
     Existing(Approval),
 }
 
+/// The result of an approval update.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Updated<T> {
+    /// The approval as it is now.
+    pub approval: Approval,
+    /// Whether this update saved a change (watchers are told only of those).
+    pub changed: bool,
+    pub out: T,
+}
+
 /// People of the directory read inside an approval transaction, by id.
 pub type People = HashMap<String, Person>;
 
@@ -218,9 +228,16 @@ pub trait Store: Clone + Send + Sync + 'static {
         id: &str,
         person_ids: Vec<String>,
         f: F,
-    ) -> impl Future<Output = Result<Option<(Approval, T)>, UpdateError<E>>> + Send
+    ) -> impl Future<Output = Result<Option<Updated<T>>, UpdateError<E>>> + Send
     where
         F: FnOnce(&Approval, &People) -> Result<(Option<Approval>, T), E> + Send,
         T: Send,
         E: Send;
+    /// Marks open approvals past their expiry as expired (at most `limit` at once) and
+    /// returns them with their tenants, so watchers can be told.
+    fn expire_due(
+        &self,
+        now: i64,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<(String, Approval)>, StoreError>> + Send;
 }

@@ -6,7 +6,7 @@
 
 use super::{
     ApprovalQuery, Inserted, IntegrationMeta, KeyInfo, People, ReadScope, SaveError, SaveKind,
-    Saved, Store, StoreError, TenantTools, UpdateError,
+    Saved, Store, StoreError, TenantTools, UpdateError, Updated,
 };
 use crate::policy::{
     Annotations, Approval, ApprovalState, ApprovalStep, ApproverRole, Caller, Person, Policy,
@@ -738,7 +738,7 @@ impl Store for SqliteStore {
         id: &str,
         person_ids: Vec<String>,
         f: F,
-    ) -> Result<Option<(Approval, T)>, UpdateError<E>>
+    ) -> Result<Option<Updated<T>>, UpdateError<E>>
     where
         F: FnOnce(&Approval, &People) -> Result<(Option<Approval>, T), E> + Send,
         T: Send,
@@ -766,9 +766,13 @@ impl Store for SqliteStore {
             }
         }
         let (next, out) = f(&current, &people).map_err(UpdateError::Rule)?;
-        let Some(next) = next else {
+        let Some(next) = next.filter(|n| n != &current) else {
             tx.commit().await.map_err(StoreError::from)?;
-            return Ok(Some((current, out)));
+            return Ok(Some(Updated {
+                approval: current,
+                changed: false,
+                out,
+            }));
         };
         sqlx::query(
             "UPDATE approvals SET state = ?, required_roles = ?, consumed_by_request = ?, updated_at = ? \
@@ -800,6 +804,37 @@ impl Store for SqliteStore {
             .map_err(StoreError::from)?;
         }
         tx.commit().await.map_err(StoreError::from)?;
-        Ok(Some((next, out)))
+        Ok(Some(Updated {
+            approval: next,
+            changed: true,
+            out,
+        }))
+    }
+
+    async fn expire_due(
+        &self,
+        now: i64,
+        limit: u32,
+    ) -> Result<Vec<(String, Approval)>, StoreError> {
+        let mut tx = self.begin().await?;
+        let rows = sqlx::query(
+            "UPDATE approvals SET state = 'expired', updated_at = ?1 WHERE seq IN \
+             (SELECT seq FROM approvals WHERE state IN ('pending', 'approved') AND expires_at <= ?1 \
+              ORDER BY expires_at LIMIT ?2) RETURNING tenant, id",
+        )
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut expired = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let tenant: String = row.try_get("tenant")?;
+            let id: String = row.try_get("id")?;
+            if let Some(a) = fetch_approval(&mut tx, &tenant, "id", &id).await? {
+                expired.push((tenant, a));
+            }
+        }
+        tx.commit().await?;
+        Ok(expired)
     }
 }

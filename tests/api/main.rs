@@ -6,3 +6,4 @@ mod auth;
 mod decide;
 mod helpers;
 mod ops;
+mod watch;

@@ -1,0 +1,333 @@
+//! WatchConfig and WatchApprovals: server streams fed from the per-tenant broadcasts.
+//!
+//! Each stream is a task writing into a small bounded channel. The task never holds up a
+//! Save: when its client reads too slowly, the tenant's broadcast moves on, the task is told
+//! it lagged, and it sends a fresh snapshot (policies are state, so nothing is lost). On
+//! drain every stream ends with UNAVAILABLE so clients reconnect elsewhere and resume.
+
+use super::convert::{approval_to_proto, tool_to_proto};
+use super::error::ApiError;
+use super::{AppState, Stream};
+use crate::policy::names::check_optional_id;
+use crate::policy::{Approval, Caller, Policy, RevisionChanges, Role, ToolChange, UnixMillis};
+use crate::proto::v1 as pb;
+use crate::snapshot::{TenantEvent, TenantSnapshot};
+use crate::store::Store;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+
+/// Events queued per stream before the task waits for its client.
+const STREAM_QUEUE: usize = 16;
+
+/// What one watcher may see.
+#[derive(Debug, Clone)]
+struct View {
+    agent: bool,
+    integration: Option<String>,
+}
+
+impl View {
+    fn wants(&self, integration_id: &str) -> bool {
+        self.integration
+            .as_deref()
+            .is_none_or(|i| i == integration_id)
+    }
+
+    fn snapshot(&self, snapshot: &TenantSnapshot, reset: bool) -> pb::WatchConfigResponse {
+        let tools = snapshot
+            .tools(self.integration.as_deref())
+            .into_iter()
+            .filter(|t| !(self.agent && t.policy == Policy::Disabled))
+            .map(|t| tool_to_proto(t, !self.agent))
+            .collect();
+        pb::WatchConfigResponse {
+            revision: snapshot.revision,
+            event: Some(pb::watch_config_response::Event::Snapshot(pb::Snapshot {
+                tools,
+                reset,
+            })),
+        }
+    }
+
+    /// The revision as this watcher sees it; `None` when none of it is visible.
+    fn change(&self, rc: &RevisionChanges) -> Option<pb::WatchConfigResponse> {
+        let mut change = pb::Change::default();
+        for c in &rc.changes {
+            let (integration_id, name) = c.key();
+            if !self.wants(integration_id) {
+                continue;
+            }
+            match c {
+                // For an agent a disabled tool is gone.
+                ToolChange::Upsert(t) if !(self.agent && t.policy == Policy::Disabled) => {
+                    change.upserted.push(tool_to_proto(t, !self.agent));
+                }
+                _ => change.removed.push(pb::ToolRef {
+                    integration_id: integration_id.to_owned(),
+                    tool_name: name.to_owned(),
+                }),
+            }
+        }
+        (!change.upserted.is_empty() || !change.removed.is_empty()).then_some(
+            pb::WatchConfigResponse {
+                revision: rc.revision,
+                event: Some(pb::watch_config_response::Event::Change(change)),
+            },
+        )
+    }
+}
+
+fn heartbeat(revision: u64) -> pb::WatchConfigResponse {
+    pb::WatchConfigResponse {
+        revision,
+        event: Some(pb::watch_config_response::Event::Heartbeat(
+            pb::Heartbeat {},
+        )),
+    }
+}
+
+fn draining() -> Status {
+    Status::unavailable("server is shutting down; reconnect and resume with since_revision")
+}
+
+/// Completes when the server starts to drain.
+async fn drained(drain: &mut watch::Receiver<bool>) {
+    // An error means the server is gone altogether: drain as well.
+    let _ = drain.wait_for(|d| *d).await;
+}
+
+/// Sends one item unless the client is gone or the server drains; false means stop.
+async fn send<T>(
+    tx: &mpsc::Sender<Result<T, Status>>,
+    item: T,
+    drain: &mut watch::Receiver<bool>,
+) -> bool {
+    tokio::select! {
+        sent = tx.send(Ok(item)) => sent.is_ok(),
+        () = drained(drain) => {
+            let _ = tx.try_send(Err(draining()));
+            false
+        }
+    }
+}
+
+pub(super) async fn watch_config<S: Store>(
+    state: Arc<AppState<S>>,
+    caller: Caller,
+    req: pb::WatchConfigRequest,
+) -> Result<Stream<pb::WatchConfigResponse>, ApiError> {
+    check_optional_id("integration_id", &req.integration_id)?;
+    let view = View {
+        agent: caller.role == Role::Agent,
+        integration: (!req.integration_id.is_empty()).then_some(req.integration_id.clone()),
+    };
+    let (snapshot, events) = state.snapshots.subscribe(&caller.tenant);
+    let mut initial = Vec::new();
+    let position = match req.since_revision {
+        Some(since)
+            if since <= snapshot.revision
+                && snapshot.revision - since <= state.limits.watch_history =>
+        {
+            let replay = state.store.changes_since(&caller.tenant, since).await?;
+            // The log must hold every revision after `since`; otherwise start over.
+            let contiguous = replay
+                .iter()
+                .zip(since + 1..)
+                .all(|(rc, want)| rc.revision == want);
+            if contiguous && replay.last().map_or(since, |rc| rc.revision) >= snapshot.revision {
+                initial.extend(replay.iter().filter_map(|rc| view.change(rc)));
+                replay.last().map_or(since, |rc| rc.revision)
+            } else {
+                initial.push(view.snapshot(&snapshot, true));
+                snapshot.revision
+            }
+        }
+        Some(_) => {
+            initial.push(view.snapshot(&snapshot, true));
+            snapshot.revision
+        }
+        None => {
+            initial.push(view.snapshot(&snapshot, false));
+            snapshot.revision
+        }
+    };
+    let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+    let watcher = ConfigWatcher {
+        state,
+        tenant: caller.tenant,
+        view,
+        position,
+    };
+    tokio::spawn(watcher.run(initial, events, tx));
+    Ok(ReceiverStream::new(rx))
+}
+
+struct ConfigWatcher<S> {
+    state: Arc<AppState<S>>,
+    tenant: String,
+    view: View,
+    /// The newest revision this watcher has been brought to.
+    position: u64,
+}
+
+impl<S: Store> ConfigWatcher<S> {
+    async fn run(
+        mut self,
+        initial: Vec<pb::WatchConfigResponse>,
+        mut events: broadcast::Receiver<TenantEvent>,
+        tx: mpsc::Sender<Result<pb::WatchConfigResponse, Status>>,
+    ) {
+        let mut drain = self.state.drain.clone();
+        for item in initial {
+            if !send(&tx, item, &mut drain).await {
+                return;
+            }
+        }
+        let every = self.state.limits.heartbeat_interval;
+        let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            let outgoing = tokio::select! {
+                () = drained(&mut drain) => {
+                    let _ = tx.send(Err(draining())).await;
+                    return;
+                }
+                () = tx.closed() => return,
+                _ = beat.tick() => vec![heartbeat(self.position)],
+                event = events.recv() => match self.on_event(event).await {
+                    Ok(items) => items,
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                },
+            };
+            for item in outgoing {
+                if !send(&tx, item, &mut drain).await {
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn on_event(
+        &mut self,
+        event: Result<TenantEvent, broadcast::error::RecvError>,
+    ) -> Result<Vec<pb::WatchConfigResponse>, Status> {
+        match event {
+            Ok(TenantEvent::Changes(rc)) if rc.revision <= self.position => Ok(Vec::new()),
+            Ok(TenantEvent::Changes(rc)) if rc.revision == self.position + 1 => {
+                self.position = rc.revision;
+                Ok(self.view.change(&rc).into_iter().collect())
+            }
+            Ok(TenantEvent::Changes(_)) => self.fill_gap().await,
+            Ok(TenantEvent::Reset) => Ok(vec![self.resync()]),
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                self.state.watchers_lagged.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    missed,
+                    position = self.position,
+                    "watcher fell behind; sending a fresh snapshot"
+                );
+                Ok(vec![self.resync()])
+            }
+            Err(broadcast::error::RecvError::Closed) => Err(draining()),
+        }
+    }
+
+    /// Revisions this watcher has not seen came before the one received: read them from
+    /// the change log (the one received is among them).
+    async fn fill_gap(&mut self) -> Result<Vec<pb::WatchConfigResponse>, Status> {
+        let replay = self
+            .state
+            .store
+            .changes_since(&self.tenant, self.position)
+            .await
+            .map_err(|e| Status::from(ApiError::from(e)))?;
+        let mut out = Vec::new();
+        for rc in replay {
+            if rc.revision != self.position + 1 {
+                return Ok(vec![self.resync()]);
+            }
+            self.position = rc.revision;
+            out.extend(self.view.change(&rc));
+        }
+        Ok(out)
+    }
+
+    fn resync(&mut self) -> pb::WatchConfigResponse {
+        let snapshot = self.state.snapshots.get(&self.tenant);
+        self.position = snapshot.revision;
+        self.view.snapshot(&snapshot, true)
+    }
+}
+
+/// Whether `caller` may see `approval`: agents see the approvals they asked for.
+pub(super) fn may_see(caller: &Caller, approval: &Approval) -> bool {
+    caller.role != Role::Agent || approval.created_by_key == caller.key_id
+}
+
+pub(super) async fn watch_approvals<S: Store>(
+    state: Arc<AppState<S>>,
+    caller: Caller,
+    req: pb::WatchApprovalsRequest,
+) -> Result<Stream<pb::WatchApprovalsResponse>, ApiError> {
+    check_optional_id("approval_id", &req.approval_id)?;
+    let mut events = state.approvals.subscribe(&caller.tenant);
+    let only = (!req.approval_id.is_empty()).then_some(req.approval_id.clone());
+    let mut initial = None;
+    if let Some(id) = &only {
+        let current = state
+            .store
+            .get_approval(&caller.tenant, id)
+            .await?
+            .filter(|a| may_see(&caller, a))
+            .ok_or_else(|| {
+                ApiError::NotFound(format!("approval_id: no approval {id:?} in this tenant"))
+            })?;
+        initial = Some(current);
+    }
+    let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+    tokio::spawn(async move {
+        let mut drain = state.drain.clone();
+        let message = |a: &Approval| pb::WatchApprovalsResponse {
+            approval: Some(approval_to_proto(a, UnixMillis::now())),
+        };
+        if let Some(a) = initial
+            && !send(&tx, message(&a), &mut drain).await
+        {
+            return;
+        }
+        loop {
+            let approval = tokio::select! {
+                () = drained(&mut drain) => {
+                    let _ = tx.send(Err(draining())).await;
+                    return;
+                }
+                () = tx.closed() => return,
+                event = events.recv() => match event {
+                    Ok(a) => a,
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        state.watchers_lagged.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(missed, "approval watcher fell behind; ending its stream");
+                        let _ = tx
+                            .send(Err(Status::resource_exhausted(
+                                "watcher fell behind; re-read with GetApproval or ListApprovals and watch again",
+                            )))
+                            .await;
+                        return;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+            };
+            let wanted =
+                only.as_deref().is_none_or(|id| id == approval.id) && may_see(&caller, &approval);
+            if wanted && !send(&tx, message(&approval), &mut drain).await {
+                return;
+            }
+        }
+    });
+    Ok(ReceiverStream::new(rx))
+}
