@@ -1,5 +1,9 @@
-//! The generated `toolgate.v1` types and client/server, and the descriptor set that server
-//! reflection serves.
+//! The generated `toolgate.v1` types and client/server, their codec, and the descriptor set
+//! that server reflection serves.
+
+use std::marker::PhantomData;
+use tonic::codec::BufferSettings;
+use tonic_prost::{ProstDecoder, ProstEncoder};
 
 #[allow(clippy::all, clippy::pedantic)]
 pub mod v1 {
@@ -9,3 +13,42 @@ pub mod v1 {
 /// The encoded `FileDescriptorSet` of `proto/toolgate/v1`.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/toolgate_descriptor.bin"));
+
+/// Initial buffer of each call's encoder and decoder; it grows for larger messages.
+///
+/// tonic's default is 8 KiB per call, which an open WatchConfig stream keeps for its whole
+/// life. Our messages are mostly far smaller, so 1 KiB keeps ten thousand idle streams
+/// cheap without costing large messages anything but a reallocation.
+const BUFFER_BYTES: usize = 1024;
+/// Bytes encoded before a stream yields to the runtime (tonic's default).
+const YIELD_THRESHOLD: usize = 32 * 1024;
+
+/// tonic's prost codec with a small initial buffer; `build.rs` makes the generated
+/// services use it.
+#[derive(Debug, Clone, Copy)]
+pub struct Codec<T, U>(PhantomData<(T, U)>);
+
+impl<T, U> Default for Codec<T, U> {
+    fn default() -> Self {
+        Codec(PhantomData)
+    }
+}
+
+impl<T, U> tonic::codec::Codec for Codec<T, U>
+where
+    T: prost::Message + Send + 'static,
+    U: prost::Message + Default + Send + 'static,
+{
+    type Encode = T;
+    type Decode = U;
+    type Encoder = ProstEncoder<T>;
+    type Decoder = ProstDecoder<U>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        ProstEncoder::new(BufferSettings::new(BUFFER_BYTES, YIELD_THRESHOLD))
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        ProstDecoder::new(BufferSettings::new(BUFFER_BYTES, YIELD_THRESHOLD))
+    }
+}

@@ -33,7 +33,6 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 use tokio::sync::{OwnedMutexGuard, watch as drain_watch};
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 /// Most entries one request may carry (tools, changes, people).
@@ -426,7 +425,8 @@ fn decode_page_token(token: &str) -> Result<Option<i64>, FieldError> {
         .ok_or_else(|| FieldError::new("page_token", "is not a token from ListApprovals"))
 }
 
-type Stream<T> = ReceiverStream<Result<T, Status>>;
+/// A server stream as tonic takes it: polled directly, one allocation per stream.
+type Stream<T> = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl<S: Store> PolicyService for PolicyApi<S> {

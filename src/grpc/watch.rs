@@ -1,9 +1,11 @@
 //! WatchConfig and WatchApprovals: server streams fed from the per-tenant broadcasts.
 //!
-//! Each stream is a task writing into a small bounded channel. The task never holds up a
-//! Save: when its client reads too slowly, the tenant's broadcast moves on, the task is told
-//! it lagged, and it sends a fresh snapshot (policies are state, so nothing is lost). On
-//! drain every stream ends with UNAVAILABLE so clients reconnect elsewhere and resume.
+//! Each stream is a state machine that tonic polls directly: no task and no channel per
+//! stream, which keeps an open stream to a few hundred bytes of server memory and saves a
+//! wake-up per event. A stream never holds up a Save: when its client reads too slowly, the
+//! tenant's broadcast moves on, the stream is told it lagged, and it sends a fresh snapshot
+//! (policies are state, so nothing is lost). On drain every stream ends with UNAVAILABLE so
+//! clients reconnect elsewhere and resume.
 
 use super::convert::{approval_to_proto, tool_to_proto};
 use super::error::ApiError;
@@ -13,14 +15,12 @@ use crate::policy::{Approval, Caller, Policy, RevisionChanges, Role, ToolChange,
 use crate::proto::v1 as pb;
 use crate::snapshot::{TenantEvent, TenantSnapshot};
 use crate::store::Store;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use tokio::sync::{broadcast, mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::{broadcast, watch};
+use tokio::time::Interval;
 use tonic::Status;
-
-/// Events queued per stream before the task waits for its client.
-const STREAM_QUEUE: usize = 16;
 
 /// What one watcher may see.
 #[derive(Debug, Clone)]
@@ -99,21 +99,6 @@ async fn drained(drain: &mut watch::Receiver<bool>) {
     let _ = drain.wait_for(|d| *d).await;
 }
 
-/// Sends one item unless the client is gone or the server drains; false means stop.
-async fn send<T>(
-    tx: &mpsc::Sender<Result<T, Status>>,
-    item: T,
-    drain: &mut watch::Receiver<bool>,
-) -> bool {
-    tokio::select! {
-        sent = tx.send(Ok(item)) => sent.is_ok(),
-        () = drained(drain) => {
-            let _ = tx.try_send(Err(draining()));
-            false
-        }
-    }
-}
-
 pub(super) async fn watch_config<S: Store>(
     state: Arc<AppState<S>>,
     caller: Caller,
@@ -154,15 +139,29 @@ pub(super) async fn watch_config<S: Store>(
             snapshot.revision
         }
     };
-    let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+    let every = state.limits.heartbeat_interval;
     let watcher = ConfigWatcher {
+        drain: state.drain.clone(),
         state,
         tenant: caller.tenant,
         view,
         position,
+        events,
+        beat: tokio::time::interval_at(tokio::time::Instant::now() + every, every),
+        queue: initial.into(),
+        done: false,
     };
-    tokio::spawn(watcher.run(initial, events, tx));
-    Ok(ReceiverStream::new(rx))
+    Ok(Box::pin(futures_util::stream::unfold(
+        watcher,
+        ConfigWatcher::next,
+    )))
+}
+
+/// What woke a waiting stream.
+enum Wake<E> {
+    Drain,
+    Beat,
+    Event(E),
 }
 
 struct ConfigWatcher<S> {
@@ -171,43 +170,48 @@ struct ConfigWatcher<S> {
     view: View,
     /// The newest revision this watcher has been brought to.
     position: u64,
+    events: broadcast::Receiver<TenantEvent>,
+    drain: watch::Receiver<bool>,
+    beat: Interval,
+    /// Events decided but not yet taken by the client.
+    queue: VecDeque<pb::WatchConfigResponse>,
+    done: bool,
 }
 
 impl<S: Store> ConfigWatcher<S> {
-    async fn run(
-        mut self,
-        initial: Vec<pb::WatchConfigResponse>,
-        mut events: broadcast::Receiver<TenantEvent>,
-        tx: mpsc::Sender<Result<pb::WatchConfigResponse, Status>>,
-    ) {
-        let mut drain = self.state.drain.clone();
-        for item in initial {
-            if !send(&tx, item, &mut drain).await {
-                return;
-            }
-        }
-        let every = self.state.limits.heartbeat_interval;
-        let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    /// The next item of the stream; `None` ends it. Drain is checked before anything
+    /// queued, so a draining server stops promptly.
+    async fn next(mut self) -> Option<(Result<pb::WatchConfigResponse, Status>, Self)> {
         loop {
-            let outgoing = tokio::select! {
-                () = drained(&mut drain) => {
-                    let _ = tx.send(Err(draining())).await;
-                    return;
+            if self.done {
+                return None;
+            }
+            if *self.drain.borrow() {
+                self.done = true;
+                return Some((Err(draining()), self));
+            }
+            if let Some(item) = self.queue.pop_front() {
+                return Some((Ok(item), self));
+            }
+            let wake = tokio::select! {
+                () = drained(&mut self.drain) => Wake::Drain,
+                _ = self.beat.tick() => Wake::Beat,
+                event = self.events.recv() => Wake::Event(event),
+            };
+            match wake {
+                // Draining, or the server is gone altogether: end either way.
+                Wake::Drain => {
+                    self.done = true;
+                    return Some((Err(draining()), self));
                 }
-                () = tx.closed() => return,
-                _ = beat.tick() => vec![heartbeat(self.position)],
-                event = events.recv() => match self.on_event(event).await {
-                    Ok(items) => items,
+                Wake::Beat => self.queue.push_back(heartbeat(self.position)),
+                Wake::Event(event) => match Box::pin(self.on_event(event)).await {
+                    Ok(items) => self.queue.extend(items),
                     Err(status) => {
-                        let _ = tx.send(Err(status)).await;
-                        return;
+                        self.done = true;
+                        return Some((Err(status), self));
                     }
                 },
-            };
-            for item in outgoing {
-                if !send(&tx, item, &mut drain).await {
-                    return;
-                }
             }
         }
     }
@@ -222,7 +226,8 @@ impl<S: Store> ConfigWatcher<S> {
                 self.position = rc.revision;
                 Ok(self.view.change(&rc).into_iter().collect())
             }
-            Ok(TenantEvent::Changes(_)) => self.fill_gap().await,
+            // Rare: boxed so the store query's future does not sit inside every idle stream.
+            Ok(TenantEvent::Changes(_)) => Box::pin(self.fill_gap()).await,
             Ok(TenantEvent::Reset) => Ok(vec![self.resync()]),
             Err(broadcast::error::RecvError::Lagged(missed)) => {
                 self.state.watchers_lagged.fetch_add(1, Ordering::Relaxed);
@@ -275,7 +280,7 @@ pub(super) async fn watch_approvals<S: Store>(
     req: pb::WatchApprovalsRequest,
 ) -> Result<Stream<pb::WatchApprovalsResponse>, ApiError> {
     check_optional_id("approval_id", &req.approval_id)?;
-    let mut events = state.approvals.subscribe(&caller.tenant);
+    let events = state.approvals.subscribe(&caller.tenant);
     let only = (!req.approval_id.is_empty()).then_some(req.approval_id.clone());
     let mut initial = None;
     if let Some(id) = &only {
@@ -289,45 +294,77 @@ pub(super) async fn watch_approvals<S: Store>(
             })?;
         initial = Some(current);
     }
-    let (tx, rx) = mpsc::channel(STREAM_QUEUE);
-    tokio::spawn(async move {
-        let mut drain = state.drain.clone();
-        let message = |a: &Approval| pb::WatchApprovalsResponse {
-            approval: Some(approval_to_proto(a, UnixMillis::now())),
-        };
-        if let Some(a) = initial
-            && !send(&tx, message(&a), &mut drain).await
-        {
-            return;
-        }
+    let watcher = ApprovalWatcher {
+        drain: state.drain.clone(),
+        state,
+        caller,
+        only,
+        events,
+        queue: initial.into_iter().collect(),
+        done: false,
+    };
+    Ok(Box::pin(futures_util::stream::unfold(
+        watcher,
+        ApprovalWatcher::next,
+    )))
+}
+
+struct ApprovalWatcher<S> {
+    state: Arc<AppState<S>>,
+    caller: Caller,
+    only: Option<String>,
+    events: broadcast::Receiver<Arc<Approval>>,
+    drain: watch::Receiver<bool>,
+    queue: VecDeque<Approval>,
+    done: bool,
+}
+
+impl<S: Store> ApprovalWatcher<S> {
+    async fn next(mut self) -> Option<(Result<pb::WatchApprovalsResponse, Status>, Self)> {
         loop {
-            let approval = tokio::select! {
-                () = drained(&mut drain) => {
-                    let _ = tx.send(Err(draining())).await;
-                    return;
-                }
-                () = tx.closed() => return,
-                event = events.recv() => match event {
-                    Ok(a) => a,
-                    Err(broadcast::error::RecvError::Lagged(missed)) => {
-                        state.watchers_lagged.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(missed, "approval watcher fell behind; ending its stream");
-                        let _ = tx
-                            .send(Err(Status::resource_exhausted(
-                                "watcher fell behind; re-read with GetApproval or ListApprovals and watch again",
-                            )))
-                            .await;
-                        return;
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return,
-                },
+            if self.done {
+                return None;
+            }
+            if *self.drain.borrow() {
+                self.done = true;
+                return Some((Err(draining()), self));
+            }
+            if let Some(a) = self.queue.pop_front() {
+                let message = pb::WatchApprovalsResponse {
+                    approval: Some(approval_to_proto(&a, UnixMillis::now())),
+                };
+                return Some((Ok(message), self));
+            }
+            let wake = tokio::select! {
+                () = drained(&mut self.drain) => Wake::Drain,
+                event = self.events.recv() => Wake::<_>::Event(event),
             };
-            let wanted =
-                only.as_deref().is_none_or(|id| id == approval.id) && may_see(&caller, &approval);
-            if wanted && !send(&tx, message(&approval), &mut drain).await {
-                return;
+            match wake {
+                Wake::Drain | Wake::Beat => {
+                    self.done = true;
+                    return Some((Err(draining()), self));
+                }
+                Wake::Event(Ok(a)) => {
+                    let wanted = self.only.as_deref().is_none_or(|id| id == a.id)
+                        && may_see(&self.caller, &a);
+                    if wanted {
+                        self.queue.push_back((*a).clone());
+                    }
+                }
+                Wake::Event(Err(broadcast::error::RecvError::Lagged(missed))) => {
+                    self.state.watchers_lagged.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(missed, "approval watcher fell behind; ending its stream");
+                    self.done = true;
+                    let status = Status::resource_exhausted(
+                        "watcher fell behind; re-read with GetApproval or ListApprovals and watch again",
+                    );
+                    return Some((Err(status), self));
+                }
+                Wake::Event(Err(broadcast::error::RecvError::Closed)) => {
+                    self.done = true;
+                    return Some((Err(draining()), self));
+                }
             }
         }
-    });
-    Ok(ReceiverStream::new(rx))
+    }
 }

@@ -1,0 +1,484 @@
+//! WatchConfig fan-out: N streams over C connections on one server, an admin Save, and the
+//! time until the last stream has the Change; plus the server's memory per open stream.
+//! Measured for toolgate and, in the same run, for a bare tonic server that forwards one
+//! broadcast event of the same size to every stream (same proto, same tonic, same runtime).
+//!
+//! Run: `cargo bench --bench fanout` (defaults: 10000 streams, 100 connections, 5 rounds);
+//! `cargo bench --bench fanout -- --streams 2000 --connections 20 --rounds 3` for less.
+//! Both servers run as their own processes so their memory is read from /proc alone.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint, Server};
+use tonic::{Request, Response, Status};
+use toolgate::proto::v1 as pb;
+use toolgate::proto::v1::policy_service_client::PolicyServiceClient;
+use toolgate::proto::v1::policy_service_server::{PolicyService, PolicyServiceServer};
+
+struct Options {
+    streams: usize,
+    connections: usize,
+    rounds: usize,
+}
+
+fn options() -> Options {
+    let args: Vec<String> = std::env::args().collect();
+    let get = |flag: &str, default: usize| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    Options {
+        streams: get("--streams", 10_000),
+        connections: get("--connections", 100),
+        rounds: get("--rounds", 5),
+    }
+}
+
+fn main() {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    if std::env::args().any(|a| a == "--serve-bare") {
+        runtime.block_on(serve_bare());
+        return;
+    }
+    let opts = options();
+    println!(
+        "fan-out: {} streams over {} connections, {} Saves each, on {} cores",
+        opts.streams,
+        opts.connections,
+        opts.rounds,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    let bare = runtime.block_on(measure("bare tonic broadcast", Target::Bare, &opts));
+    let toolgate = runtime.block_on(measure("toolgate WatchConfig", Target::Toolgate, &opts));
+    println!();
+    println!(
+        "{:<22} {:>12} {:>12} {:>14}",
+        "", "last p50", "last max", "server B/stream"
+    );
+    for r in [&bare, &toolgate] {
+        println!(
+            "{:<22} {:>10.1}ms {:>10.1}ms {:>14.0}",
+            r.name,
+            ms(r.p50),
+            ms(r.max),
+            r.bytes_per_stream
+        );
+    }
+    println!(
+        "ratio toolgate/bare: last-delivery p50 {:.2}x, max {:.2}x; memory per stream {:.2}x (target: <= 1.0x time, <= 6144 B/stream)",
+        ms(toolgate.p50) / ms(bare.p50),
+        ms(toolgate.max) / ms(bare.max),
+        toolgate.bytes_per_stream / bare.bytes_per_stream.max(1.0)
+    );
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+#[derive(Clone, Copy)]
+enum Target {
+    Bare,
+    Toolgate,
+}
+
+struct Result_ {
+    name: &'static str,
+    p50: Duration,
+    max: Duration,
+    bytes_per_stream: f64,
+}
+
+/// A server process, killed when dropped.
+struct ServerProcess {
+    child: Child,
+    addr: SocketAddr,
+    _dir: Option<tempfile::TempDir>,
+    admin: String,
+    agent: String,
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn free_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
+fn start(target: Target) -> ServerProcess {
+    match target {
+        Target::Bare => {
+            let mut child = Command::new(std::env::current_exe().expect("exe"))
+                .arg("--serve-bare")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("spawn bare server");
+            let mut line = String::new();
+            BufReader::new(child.stdout.take().expect("stdout"))
+                .read_line(&mut line)
+                .expect("address");
+            ServerProcess {
+                child,
+                addr: line.trim().parse().expect("address"),
+                _dir: None,
+                admin: String::new(),
+                agent: String::new(),
+            }
+        }
+        Target::Toolgate => {
+            let bin = env!("CARGO_BIN_EXE_toolgate");
+            let dir = tempfile::tempdir().expect("temp dir");
+            let url = format!("sqlite://{}", dir.path().join("bench.db").display());
+            let key = |role: &str| {
+                let out = Command::new(bin)
+                    .args([
+                        "keys",
+                        "create",
+                        "--tenant",
+                        "bench",
+                        "--role",
+                        role,
+                        "--database-url",
+                        &url,
+                    ])
+                    .output()
+                    .expect("keys create");
+                String::from_utf8(out.stdout)
+                    .expect("utf8")
+                    .trim()
+                    .to_owned()
+            };
+            let (admin, agent) = (key("admin"), key("agent"));
+            let addr = free_port();
+            let child = Command::new(bin)
+                .args([
+                    "serve",
+                    "--listen",
+                    &addr.to_string(),
+                    "--database-url",
+                    &url,
+                ])
+                .args(["--heartbeat-interval", "1h", "--watch-buffer", "64"])
+                .env("RUST_LOG", "warn")
+                .stdin(Stdio::null())
+                .spawn()
+                .expect("spawn toolgate");
+            ServerProcess {
+                child,
+                addr,
+                _dir: Some(dir),
+                admin,
+                agent,
+            }
+        }
+    }
+}
+
+async fn connect(addr: SocketAddr) -> Channel {
+    let endpoint = Endpoint::from_shared(format!("http://{addr}")).expect("endpoint");
+    for _ in 0..200 {
+        if let Ok(c) = endpoint.connect().await {
+            return c;
+        }
+        // Waiting for the child process to bind; there is no event to wait on from here.
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("server at {addr} did not come up");
+}
+
+fn with_key<T>(key: &str, message: T) -> Request<T> {
+    let mut r = Request::new(message);
+    if !key.is_empty() {
+        r.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {key}").parse().expect("header"),
+        );
+    }
+    r
+}
+
+/// The tool every Save changes; the bare server sends the same tool in its event.
+fn bench_tool(policy: pb::Policy) -> pb::ToolDefinition {
+    let _ = policy;
+    pb::ToolDefinition {
+        name: "reset_password".into(),
+        description: "Reset a user's password and require a change at next sign-in".into(),
+        input_schema_json:
+            r#"{"type":"object","properties":{"user":{"type":"string"}},"required":["user"]}"#
+                .into(),
+        annotations: None,
+    }
+}
+
+async fn measure(name: &'static str, target: Target, opts: &Options) -> Result_ {
+    let server = start(target);
+    let channels: Vec<Channel> = {
+        let mut v = Vec::new();
+        for _ in 0..opts.connections {
+            v.push(connect(server.addr).await);
+        }
+        v
+    };
+    let mut admin = PolicyServiceClient::new(channels[0].clone());
+    if let Target::Toolgate = target {
+        admin
+            .connect_integration(with_key(
+                &server.admin,
+                pb::ConnectIntegrationRequest {
+                    integration_id: "entra".into(),
+                    kind: "entra_id".into(),
+                    display_name: "Entra".into(),
+                    tools: vec![bench_tool(pb::Policy::ApprovalNeeded)],
+                },
+            ))
+            .await
+            .expect("connect integration");
+    }
+    let before = rss_bytes(server.child.id());
+    // Open every stream and read its first event, so each is fully set up.
+    let (arrived_tx, mut arrived_rx) = mpsc::unbounded_channel::<(usize, Instant)>();
+    let mut ready = Vec::new();
+    for i in 0..opts.streams {
+        let mut client = PolicyServiceClient::new(channels[i % channels.len()].clone());
+        let agent = server.agent.clone();
+        let arrived = arrived_tx.clone();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        ready.push(ready_rx);
+        tokio::spawn(async move {
+            let mut s = client
+                .watch_config(with_key(&agent, pb::WatchConfigRequest::default()))
+                .await
+                .expect("watch")
+                .into_inner();
+            s.message().await.expect("first event").expect("open");
+            let _ = ready_tx.send(());
+            let mut round = 0;
+            while let Ok(Some(m)) = s.message().await {
+                if matches!(m.event, Some(pb::watch_config_response::Event::Change(_))) {
+                    let _ = arrived.send((round, Instant::now()));
+                    round += 1;
+                }
+            }
+        });
+    }
+    for r in ready {
+        r.await.expect("stream ready");
+    }
+    let after = rss_bytes(server.child.id());
+    let bytes_per_stream = after.saturating_sub(before) as f64 / opts.streams as f64;
+
+    let mut lasts = Vec::new();
+    for round in 0..opts.rounds {
+        let policy = if round % 2 == 0 {
+            pb::Policy::Auto
+        } else {
+            pb::Policy::ApprovalNeeded
+        };
+        let t0 = Instant::now();
+        admin
+            .set_policy(with_key(
+                &server.admin,
+                pb::SetPolicyRequest {
+                    changes: vec![pb::PolicyChange {
+                        integration_id: "entra".into(),
+                        tool_name: "reset_password".into(),
+                        policy: policy as i32,
+                        manager_approval: None,
+                    }],
+                    expected_revision: None,
+                },
+            ))
+            .await
+            .expect("save");
+        let mut last = t0;
+        for _ in 0..opts.streams {
+            let (r, at) = arrived_rx.recv().await.expect("delivery");
+            assert_eq!(r, round, "every stream gets every Save, in order");
+            last = last.max(at);
+        }
+        lasts.push(last - t0);
+    }
+    lasts.sort();
+    let result = Result_ {
+        name,
+        p50: lasts[lasts.len() / 2],
+        max: *lasts.last().expect("rounds"),
+        bytes_per_stream,
+    };
+    println!(
+        "{name}: last delivery p50 {:.1} ms, max {:.1} ms; server RSS {:.1} MiB → {:.1} MiB ({:.0} B/stream)",
+        ms(result.p50),
+        ms(result.max),
+        before as f64 / 1048576.0,
+        after as f64 / 1048576.0,
+        bytes_per_stream
+    );
+    result
+}
+
+/// The baseline: a tonic server that forwards one pre-built event to every open stream.
+struct Bare {
+    events: broadcast::Sender<pb::WatchConfigResponse>,
+}
+
+fn bare_change(revision: u64) -> pb::WatchConfigResponse {
+    let def = bench_tool(pb::Policy::Auto);
+    pb::WatchConfigResponse {
+        revision,
+        event: Some(pb::watch_config_response::Event::Change(pb::Change {
+            upserted: vec![pb::Tool {
+                integration_id: "entra".into(),
+                name: def.name,
+                description: def.description,
+                input_schema_json: def.input_schema_json,
+                annotations: Some(pb::ToolAnnotations::default()),
+                policy: pb::Policy::Auto as i32,
+                manager_approval: false,
+                source: 0,
+                source_reason: String::new(),
+                revision,
+            }],
+            removed: vec![],
+        })),
+    }
+}
+
+async fn serve_bare() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    println!("{}", listener.local_addr().expect("addr"));
+    std::io::stdout().flush().expect("flush");
+    let (events, _) = broadcast::channel(64);
+    let svc = PolicyServiceServer::new(Bare { events });
+    let stdin_closed = async {
+        let _ = tokio::task::spawn_blocking(|| {
+            let mut s = String::new();
+            let _ = std::io::stdin().read_line(&mut s);
+        })
+        .await;
+    };
+    Server::builder()
+        .add_service(svc)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            stdin_closed,
+        )
+        .await
+        .expect("serve");
+}
+
+type Out<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
+
+fn unimplemented_rpc<T>() -> Result<Response<T>, Status> {
+    Err(Status::unimplemented("bare baseline"))
+}
+
+#[tonic::async_trait]
+impl PolicyService for Bare {
+    async fn connect_integration(
+        &self,
+        _: Request<pb::ConnectIntegrationRequest>,
+    ) -> Result<Response<pb::ConnectIntegrationResponse>, Status> {
+        unimplemented_rpc()
+    }
+    async fn list_tools(
+        &self,
+        _: Request<pb::ListToolsRequest>,
+    ) -> Result<Response<pb::ListToolsResponse>, Status> {
+        unimplemented_rpc()
+    }
+    async fn set_policy(
+        &self,
+        _: Request<pb::SetPolicyRequest>,
+    ) -> Result<Response<pb::SetPolicyResponse>, Status> {
+        let _ = self.events.send(bare_change(2));
+        Ok(Response::new(pb::SetPolicyResponse::default()))
+    }
+    async fn upsert_people(
+        &self,
+        _: Request<pb::UpsertPeopleRequest>,
+    ) -> Result<Response<pb::UpsertPeopleResponse>, Status> {
+        unimplemented_rpc()
+    }
+    async fn decide(
+        &self,
+        _: Request<pb::DecideRequest>,
+    ) -> Result<Response<pb::DecideResponse>, Status> {
+        unimplemented_rpc()
+    }
+    async fn submit_approval(
+        &self,
+        _: Request<pb::SubmitApprovalRequest>,
+    ) -> Result<Response<pb::SubmitApprovalResponse>, Status> {
+        unimplemented_rpc()
+    }
+    async fn get_approval(
+        &self,
+        _: Request<pb::GetApprovalRequest>,
+    ) -> Result<Response<pb::GetApprovalResponse>, Status> {
+        unimplemented_rpc()
+    }
+    async fn list_approvals(
+        &self,
+        _: Request<pb::ListApprovalsRequest>,
+    ) -> Result<Response<pb::ListApprovalsResponse>, Status> {
+        unimplemented_rpc()
+    }
+    type WatchConfigStream = ReceiverStream<Result<pb::WatchConfigResponse, Status>>;
+    async fn watch_config(
+        &self,
+        _: Request<pb::WatchConfigRequest>,
+    ) -> Result<Response<Self::WatchConfigStream>, Status> {
+        let mut rx = self.events.subscribe();
+        let (tx, out) = mpsc::channel(16);
+        tokio::spawn(async move {
+            let first = pb::WatchConfigResponse {
+                revision: 1,
+                event: Some(pb::watch_config_response::Event::Snapshot(
+                    pb::Snapshot::default(),
+                )),
+            };
+            if tx.send(Ok(first)).await.is_err() {
+                return;
+            }
+            while let Ok(event) = rx.recv().await {
+                if tx.send(Ok(event)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(out)))
+    }
+    type WatchApprovalsStream = Out<pb::WatchApprovalsResponse>;
+    async fn watch_approvals(
+        &self,
+        _: Request<pb::WatchApprovalsRequest>,
+    ) -> Result<Response<Self::WatchApprovalsStream>, Status> {
+        unimplemented_rpc()
+    }
+}
