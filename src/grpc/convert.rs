@@ -1,6 +1,7 @@
 //! Proto ↔ domain conversions. Inbound conversions validate and name the offending field.
 
 use crate::policy::names::{FieldError, check_id, check_optional_id, check_text};
+use crate::policy::save::PolicyEdit;
 use crate::policy::{
     Annotations, Approval, ApprovalState, ApproverRole, Person, Policy, PolicySource, Tool,
     ToolDefinition, UnixMillis,
@@ -190,6 +191,25 @@ pub fn definition_from_proto(
         description: d.description,
         input_schema_json: d.input_schema_json,
         annotations: annotations_from_proto(d.annotations),
+    })
+}
+
+pub fn policy_edit_from_proto(index: usize, c: pb::PolicyChange) -> Result<PolicyEdit, FieldError> {
+    let field = |name: &str| format!("changes[{index}].{name}");
+    check_id(&field("integration_id"), &c.integration_id)?;
+    check_id(&field("tool_name"), &c.tool_name)?;
+    let policy = policy_from_proto(&field("policy"), c.policy)?;
+    if c.manager_approval == Some(true) && policy != Policy::ApprovalNeeded {
+        return Err(FieldError::new(
+            field("manager_approval"),
+            "applies only to POLICY_APPROVAL_NEEDED",
+        ));
+    }
+    Ok(PolicyEdit {
+        integration_id: c.integration_id,
+        tool_name: c.tool_name,
+        policy,
+        manager_approval: c.manager_approval,
     })
 }
 

@@ -409,6 +409,31 @@ fn check_batch(field: &str, len: usize) -> Result<(), FieldError> {
     Ok(())
 }
 
+/// Converts a batch entry by entry and refuses a second entry with the same key; every
+/// error names its entry (`tools[3].name: duplicates tools[1]`).
+fn unique_batch<P, T, K: Eq + std::hash::Hash>(
+    field: &str,
+    key_field: &str,
+    entries: Vec<P>,
+    convert: impl Fn(usize, P) -> Result<T, FieldError>,
+    key: impl Fn(&T) -> K,
+) -> Result<Vec<T>, FieldError> {
+    check_batch(field, entries.len())?;
+    let mut out = Vec::with_capacity(entries.len());
+    let mut seen: HashMap<K, usize> = HashMap::new();
+    for (i, entry) in entries.into_iter().enumerate() {
+        let item = convert(i, entry)?;
+        if let Some(first) = seen.insert(key(&item), i) {
+            return Err(FieldError::new(
+                format!("{field}[{i}].{key_field}"),
+                format!("duplicates {field}[{first}]"),
+            ));
+        }
+        out.push(item);
+    }
+    Ok(out)
+}
+
 /// Page tokens are opaque to clients; inside, the position to continue before.
 fn encode_page_token(seq: i64) -> String {
     format!("v1.{seq}")
@@ -441,20 +466,10 @@ impl<S: Store> PolicyService for PolicyApi<S> {
         check_id("integration_id", &req.integration_id).map_err(ApiError::from)?;
         check_id("kind", &req.kind).map_err(ApiError::from)?;
         check_text("display_name", &req.display_name).map_err(ApiError::from)?;
-        check_batch("tools", req.tools.len()).map_err(ApiError::from)?;
-        let mut offered = Vec::with_capacity(req.tools.len());
-        let mut seen: HashMap<String, usize> = HashMap::new();
-        for (i, def) in req.tools.into_iter().enumerate() {
-            let def = definition_from_proto(i, def).map_err(ApiError::from)?;
-            if let Some(first) = seen.insert(def.name.clone(), i) {
-                let e = FieldError::new(
-                    format!("tools[{i}].name"),
-                    format!("duplicates tools[{first}]"),
-                );
-                return Err(ApiError::from(e).into());
-            }
-            offered.push(def);
-        }
+        let offered = unique_batch("tools", "name", req.tools, definition_from_proto, |d| {
+            d.name.clone()
+        })
+        .map_err(ApiError::from)?;
         let integration_id = req.integration_id.clone();
         let meta = IntegrationMeta {
             id: req.integration_id,
@@ -547,35 +562,14 @@ impl<S: Store> PolicyService for PolicyApi<S> {
             ))
             .into());
         }
-        check_batch("changes", req.changes.len()).map_err(ApiError::from)?;
-        let mut edits = Vec::with_capacity(req.changes.len());
-        let mut seen: HashMap<(String, String), usize> = HashMap::new();
-        for (i, c) in req.changes.into_iter().enumerate() {
-            let field = |name: &str| format!("changes[{i}].{name}");
-            check_id(&field("integration_id"), &c.integration_id).map_err(ApiError::from)?;
-            check_id(&field("tool_name"), &c.tool_name).map_err(ApiError::from)?;
-            let policy = policy_from_proto(&field("policy"), c.policy).map_err(ApiError::from)?;
-            if c.manager_approval == Some(true) && policy != Policy::ApprovalNeeded {
-                let e = FieldError::new(
-                    field("manager_approval"),
-                    "applies only to POLICY_APPROVAL_NEEDED",
-                );
-                return Err(ApiError::from(e).into());
-            }
-            if let Some(first) = seen.insert((c.integration_id.clone(), c.tool_name.clone()), i) {
-                let e = FieldError::new(
-                    field("tool_name"),
-                    format!("the same tool as changes[{first}]"),
-                );
-                return Err(ApiError::from(e).into());
-            }
-            edits.push(PolicyEdit {
-                integration_id: c.integration_id,
-                tool_name: c.tool_name,
-                policy,
-                manager_approval: c.manager_approval,
-            });
-        }
+        let edits = unique_batch(
+            "changes",
+            "tool_name",
+            req.changes,
+            policy_edit_from_proto,
+            |e: &PolicyEdit| (e.integration_id.clone(), e.tool_name.clone()),
+        )
+        .map_err(ApiError::from)?;
         let keys: Vec<(String, String)> = edits
             .iter()
             .map(|e| (e.integration_id.clone(), e.tool_name.clone()))
@@ -631,20 +625,10 @@ impl<S: Store> PolicyService for PolicyApi<S> {
             .authenticate(&request, "UpsertPeople", &[Role::Admin])
             .await?;
         let req = request.into_inner();
-        check_batch("people", req.people.len()).map_err(ApiError::from)?;
-        let mut people = Vec::with_capacity(req.people.len());
-        let mut seen: HashMap<String, usize> = HashMap::new();
-        for (i, p) in req.people.into_iter().enumerate() {
-            let person = person_from_proto(i, p).map_err(ApiError::from)?;
-            if let Some(first) = seen.insert(person.id.clone(), i) {
-                let e = FieldError::new(
-                    format!("people[{i}].id"),
-                    format!("duplicates people[{first}]"),
-                );
-                return Err(ApiError::from(e).into());
-            }
-            people.push(person);
-        }
+        let people = unique_batch("people", "id", req.people, person_from_proto, |p| {
+            p.id.clone()
+        })
+        .map_err(ApiError::from)?;
         let upserted = self
             .state
             .store
