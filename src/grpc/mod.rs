@@ -249,7 +249,7 @@ impl<S: Store> PolicyApi<S> {
         let (decision, approval) = if req.approval_id.is_empty() {
             self.first_ask(caller, &tool, &req, canon, now).await?
         } else {
-            self.ask_with_approval(caller, &tool, &req.approval_id, &req, &canon, now)
+            self.ask_with_approval(caller, &tool, &req.approval_id, &req, &canon.sha256, now)
                 .await?
         };
         Ok(decide_response(
@@ -303,25 +303,18 @@ impl<S: Store> PolicyApi<S> {
                     Some(created),
                 ))
             }
+            // Asking again with the same request id is the same as presenting its approval:
+            // the same call may use it, a different call gets APPROVAL_MISMATCH.
             Inserted::Existing(existing) => {
-                let same_call = existing.integration_id == approval.integration_id
-                    && existing.tool_name == approval.tool_name
-                    && existing.requester_id == approval.requester_id
-                    && existing.arguments_sha256 == approval.arguments_sha256;
-                if !same_call {
-                    let deny = Decision::deny(
-                        DecisionCode::ApprovalMismatch,
-                        "request_id was already used for a different call",
-                    );
-                    return Ok((deny, Some(existing)));
-                }
-                // Asking again with the same request id is the same as presenting its approval.
-                let binding_args = CanonicalArguments {
-                    canonical: approval.arguments_json,
-                    sha256: approval.arguments_sha256,
-                };
-                self.ask_with_approval(caller, tool, &existing.id, req, &binding_args, now)
-                    .await
+                self.ask_with_approval(
+                    caller,
+                    tool,
+                    &existing.id,
+                    req,
+                    &approval.arguments_sha256,
+                    now,
+                )
+                .await
             }
         }
     }
@@ -333,7 +326,7 @@ impl<S: Store> PolicyApi<S> {
         tool: &Tool,
         approval_id: &str,
         req: &pb::DecideRequest,
-        canon: &CanonicalArguments,
+        arguments_sha256: &str,
         now: UnixMillis,
     ) -> Result<(Decision, Option<Approval>), ApiError> {
         let tool = tool.clone();
@@ -341,7 +334,7 @@ impl<S: Store> PolicyApi<S> {
             req.integration_id.clone(),
             req.tool_name.clone(),
             req.requester_id.clone(),
-            canon.sha256.clone(),
+            arguments_sha256.to_owned(),
         );
         let request_id = req.request_id.clone();
         let outcome = self
@@ -376,13 +369,35 @@ impl<S: Store> PolicyApi<S> {
                 }
                 Ok((decision, Some(approval)))
             }
-            Ok(None) => Err(ApiError::NotFound(format!(
-                "approval_id: no approval {approval_id:?} in this tenant"
-            ))),
+            Ok(None) => Err(approval_not_found(approval_id)),
             Err(UpdateError::Rule(never)) => match never {},
             Err(UpdateError::Store(e)) => Err(e.into()),
         }
     }
+}
+
+fn approval_not_found(id: &str) -> ApiError {
+    ApiError::NotFound(format!("approval_id: no approval {id:?} in this tenant"))
+}
+
+/// Whether `caller` may see `approval`: agents see the approvals their key asked for.
+fn may_see(caller: &Caller, approval: &Approval) -> bool {
+    caller.role != Role::Agent || approval.created_by_key == caller.key_id
+}
+
+/// The approval `id` as `caller` may see it; NOT_FOUND when it is another tenant's, or
+/// another agent's.
+async fn visible_approval<S: Store>(
+    state: &AppState<S>,
+    caller: &Caller,
+    id: &str,
+) -> Result<Approval, ApiError> {
+    state
+        .store
+        .get_approval(&caller.tenant, id)
+        .await?
+        .filter(|a| may_see(caller, a))
+        .ok_or_else(|| approval_not_found(id))
 }
 
 fn decide_response(
@@ -691,11 +706,7 @@ impl<S: Store> PolicyService for PolicyApi<S> {
                 approval
             }
             Ok(None) => {
-                return Err(ApiError::NotFound(format!(
-                    "approval_id: no approval {:?} in this tenant",
-                    req.approval_id
-                ))
-                .into());
+                return Err(approval_not_found(&req.approval_id).into());
             }
             Err(UpdateError::Rule(e)) if e.is_permission() => {
                 return Err(ApiError::PermissionDenied(e.to_string()).into());
@@ -724,20 +735,7 @@ impl<S: Store> PolicyService for PolicyApi<S> {
             .await?;
         let req = request.into_inner();
         check_id("approval_id", &req.approval_id).map_err(ApiError::from)?;
-        let approval = self
-            .state
-            .store
-            .get_approval(&caller.tenant, &req.approval_id)
-            .await
-            .map_err(ApiError::from)?
-            // An agent sees only the approvals it asked for.
-            .filter(|a| watch::may_see(&caller, a))
-            .ok_or_else(|| {
-                ApiError::NotFound(format!(
-                    "approval_id: no approval {:?} in this tenant",
-                    req.approval_id
-                ))
-            })?;
+        let approval = visible_approval(&self.state, &caller, &req.approval_id).await?;
         Ok(Response::new(pb::GetApprovalResponse {
             approval: Some(approval_to_proto(&approval, UnixMillis::now())),
         }))

@@ -9,7 +9,7 @@
 
 use super::convert::{approval_to_proto, tool_to_proto};
 use super::error::ApiError;
-use super::{AppState, Stream};
+use super::{AppState, Stream, may_see, visible_approval};
 use crate::policy::names::check_optional_id;
 use crate::policy::{Approval, Caller, Policy, RevisionChanges, Role, ToolChange, UnixMillis};
 use crate::proto::v1 as pb;
@@ -269,11 +269,6 @@ impl<S: Store> ConfigWatcher<S> {
     }
 }
 
-/// Whether `caller` may see `approval`: agents see the approvals they asked for.
-pub(super) fn may_see(caller: &Caller, approval: &Approval) -> bool {
-    caller.role != Role::Agent || approval.created_by_key == caller.key_id
-}
-
 pub(super) async fn watch_approvals<S: Store>(
     state: Arc<AppState<S>>,
     caller: Caller,
@@ -282,18 +277,10 @@ pub(super) async fn watch_approvals<S: Store>(
     check_optional_id("approval_id", &req.approval_id)?;
     let events = state.approvals.subscribe(&caller.tenant);
     let only = (!req.approval_id.is_empty()).then_some(req.approval_id.clone());
-    let mut initial = None;
-    if let Some(id) = &only {
-        let current = state
-            .store
-            .get_approval(&caller.tenant, id)
-            .await?
-            .filter(|a| may_see(&caller, a))
-            .ok_or_else(|| {
-                ApiError::NotFound(format!("approval_id: no approval {id:?} in this tenant"))
-            })?;
-        initial = Some(current);
-    }
+    let initial = match &only {
+        Some(id) => Some(visible_approval(&state, &caller, id).await?),
+        None => None,
+    };
     let watcher = ApprovalWatcher {
         drain: state.drain.clone(),
         state,

@@ -145,7 +145,7 @@ pub fn decide_with_approval(
         return (
             Decision::deny(
                 C::ApprovalMismatch,
-                "approval was granted for a different tool, requester or arguments",
+                "the approval (or this request_id) binds a different tool, requester or arguments",
             ),
             None,
         );

@@ -208,11 +208,6 @@ pub trait Store: Clone + Send + Sync + 'static {
         tenant: &str,
         id: &str,
     ) -> impl Future<Output = Result<Option<Approval>, StoreError>> + Send;
-    fn approval_by_request(
-        &self,
-        tenant: &str,
-        request_id: &str,
-    ) -> impl Future<Output = Result<Option<Approval>, StoreError>> + Send;
     /// A page of approvals, newest first, with the position to continue from.
     fn list_approvals(
         &self,

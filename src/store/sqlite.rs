@@ -671,20 +671,6 @@ impl Store for SqliteStore {
         fetch_approval(&mut *self.reader.acquire().await?, tenant, "id", id).await
     }
 
-    async fn approval_by_request(
-        &self,
-        tenant: &str,
-        request_id: &str,
-    ) -> Result<Option<Approval>, StoreError> {
-        fetch_approval(
-            &mut *self.reader.acquire().await?,
-            tenant,
-            "request_id",
-            request_id,
-        )
-        .await
-    }
-
     async fn list_approvals(
         &self,
         tenant: &str,

@@ -346,19 +346,9 @@ async fn list_approvals_pages_newest_first_and_filters_by_state() {
     let mut token = String::new();
     loop {
         let page = app
-            .client
-            .clone()
-            .list_approvals(with_key(
-                &app.approver,
-                pb::ListApprovalsRequest {
-                    state: pb::ApprovalState::Unspecified as i32,
-                    page_size: 2,
-                    page_token: token.clone(),
-                },
-            ))
+            .list_approvals(&app.approver, pb::ApprovalState::Unspecified, 2, &token)
             .await
-            .unwrap()
-            .into_inner();
+            .unwrap();
         assert!(page.approvals.len() <= 2);
         seen.extend(page.approvals.into_iter().map(|a| a.id));
         if page.next_page_token.is_empty() {
@@ -369,32 +359,13 @@ async fn list_approvals_pages_newest_first_and_filters_by_state() {
     let newest_first: Vec<String> = ids.iter().rev().cloned().collect();
     assert_eq!(seen, newest_first);
     let denied = app
-        .client
-        .clone()
-        .list_approvals(with_key(
-            &app.approver,
-            pb::ListApprovalsRequest {
-                state: pb::ApprovalState::Denied as i32,
-                page_size: 0,
-                page_token: String::new(),
-            },
-        ))
+        .list_approvals(&app.approver, pb::ApprovalState::Denied, 0, "")
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert_eq!(denied.approvals.len(), 1);
     assert_eq!(denied.approvals[0].id, ids[0]);
     let bad = app
-        .client
-        .clone()
-        .list_approvals(with_key(
-            &app.approver,
-            pb::ListApprovalsRequest {
-                state: 0,
-                page_size: 2,
-                page_token: "garbage".into(),
-            },
-        ))
+        .list_approvals(&app.approver, pb::ApprovalState::Unspecified, 2, "garbage")
         .await;
     assert_status(bad, Code::InvalidArgument, "page_token");
 }

@@ -165,14 +165,10 @@ async fn another_tenants_ids_are_not_found_and_its_data_never_shows() {
         ))
         .await;
     assert_status(r, Code::NotFound, "approval_id");
-    let listed = c
-        .list_approvals(with_key(
-            &globex_approver,
-            pb::ListApprovalsRequest::default(),
-        ))
+    let listed = app
+        .list_approvals(&globex_approver, pb::ApprovalState::Unspecified, 0, "")
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert!(listed.approvals.is_empty());
     let r = c
         .submit_approval(with_key(

@@ -87,12 +87,9 @@ async fn the_same_request_id_never_creates_a_second_approval() {
         (Verdict::Deny, DecisionCode::ApprovalMismatch)
     );
     let listed = app
-        .client
-        .clone()
-        .list_approvals(with_key(&app.admin, pb::ListApprovalsRequest::default()))
+        .list_approvals(&app.admin, pb::ApprovalState::Unspecified, 0, "")
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert_eq!(listed.approvals.len(), 1);
 }
 
@@ -126,12 +123,9 @@ async fn bad_arguments_are_invalid_and_create_nothing() {
         "arguments_json",
     );
     let listed = app
-        .client
-        .clone()
-        .list_approvals(with_key(&app.admin, pb::ListApprovalsRequest::default()))
+        .list_approvals(&app.admin, pb::ApprovalState::Unspecified, 0, "")
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert!(listed.approvals.is_empty());
 }
 

@@ -283,6 +283,27 @@ impl TestApp {
             .map(|r| r.into_inner().approval.expect("approval"))
     }
 
+    pub async fn list_approvals(
+        &self,
+        key: &str,
+        state: pb::ApprovalState,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<pb::ListApprovalsResponse, Status> {
+        self.client
+            .clone()
+            .list_approvals(with_key(
+                key,
+                pb::ListApprovalsRequest {
+                    state: state as i32,
+                    page_size,
+                    page_token: page_token.into(),
+                },
+            ))
+            .await
+            .map(|r| r.into_inner())
+    }
+
     pub async fn list_tools(
         &self,
         key: &str,

@@ -311,8 +311,7 @@ async fn hundred_watchers_see_the_same_gapless_sequence_while_four_admins_save()
         tools.iter().map(|t| (t.as_str(), None)).collect();
     app.connect(&app.admin, "entra", &defs).await;
     let mut watchers = Vec::new();
-    for i in 0..100 {
-        let _ = i;
+    for _ in 0..100 {
         let s = watch(&app, &app.admin, None, "").await;
         watchers.push(tokio::spawn(async move {
             let mut s = s;
@@ -579,17 +578,8 @@ async fn expiry_is_pushed_without_anyone_asking() {
         );
     }
     let listed = app
-        .client
-        .clone()
-        .list_approvals(with_key(
-            &app.admin,
-            pb::ListApprovalsRequest {
-                state: pb::ApprovalState::Expired as i32,
-                ..Default::default()
-            },
-        ))
+        .list_approvals(&app.admin, pb::ApprovalState::Expired, 0, "")
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert_eq!(listed.approvals.len(), 1);
 }
