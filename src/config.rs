@@ -22,7 +22,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gRPC server.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Manage API keys.
     Keys {
         #[command(subcommand)]
@@ -47,7 +47,7 @@ pub enum KeysCommand {
         #[command(flatten)]
         db: DatabaseArgs,
     },
-    /// Revoke a key by id; takes effect on its next call.
+    /// Revoke a key by id; running servers refuse it within key_refresh_interval.
     Revoke {
         id: String,
         #[command(flatten)]
@@ -57,7 +57,7 @@ pub enum KeysCommand {
 
 #[derive(Debug, Args)]
 pub struct DatabaseArgs {
-    /// sqlite://PATH (created if missing).
+    /// sqlite://PATH (created if missing) or postgres://USER@HOST/DB.
     #[arg(long, env = "TOOLGATE_DATABASE_URL")]
     pub database_url: Option<String>,
     /// TOML file with the same settings as `serve`.
@@ -65,7 +65,7 @@ pub struct DatabaseArgs {
     pub config: Option<PathBuf>,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Default, Args)]
 pub struct ServeArgs {
     /// TOML file; flags and environment variables override it.
     #[arg(long, env = "TOOLGATE_CONFIG")]
@@ -73,7 +73,7 @@ pub struct ServeArgs {
     /// Address of the gRPC server [default: 127.0.0.1:50051].
     #[arg(long, env = "TOOLGATE_LISTEN")]
     pub listen: Option<SocketAddr>,
-    /// sqlite://PATH [default: sqlite://toolgate.db, created if missing].
+    /// sqlite://PATH or postgres://USER@HOST/DB [default: sqlite://toolgate.db, created if missing].
     #[arg(long, env = "TOOLGATE_DATABASE_URL")]
     pub database_url: Option<String>,
     /// How long an approval stays valid, e.g. 24h, 30m, 90s [default: 24h].
@@ -103,6 +103,24 @@ pub struct ServeArgs {
     /// How often expired approvals are marked and pushed to watchers [default: 5s].
     #[arg(long, env = "TOOLGATE_EXPIRY_SWEEP")]
     pub expiry_sweep: Option<String>,
+    /// Bound on every database query and connection wait [default: 5s].
+    #[arg(long, env = "TOOLGATE_DB_TIMEOUT")]
+    pub db_timeout: Option<String>,
+    /// How often the change log is polled for revisions other replicas saved (NOTIFY is only a hint) [default: 1s].
+    #[arg(long, env = "TOOLGATE_CATCH_UP_INTERVAL")]
+    pub catch_up_interval: Option<String>,
+    /// How often approval changes made by other replicas are read, for WatchApprovals [default: 250ms].
+    #[arg(long, env = "TOOLGATE_APPROVAL_POLL_INTERVAL")]
+    pub approval_poll_interval: Option<String>,
+    /// How often the in-memory key cache is reloaded; a revocation takes effect within it [default: 1s].
+    #[arg(long, env = "TOOLGATE_KEY_REFRESH_INTERVAL")]
+    pub key_refresh_interval: Option<String>,
+    /// Health turns NOT_SERVING after this long without the database [default: 10s].
+    #[arg(long, env = "TOOLGATE_DB_UNAVAILABLE_AFTER")]
+    pub db_unavailable_after: Option<String>,
+    /// Most connections to PostgreSQL this replica opens [default: 16].
+    #[arg(long, env = "TOOLGATE_DB_POOL_SIZE")]
+    pub db_pool_size: Option<u32>,
 }
 
 /// The settings a TOML file may hold; every one optional.
@@ -120,6 +138,12 @@ pub struct FileConfig {
     pub watch_history: Option<u64>,
     pub watch_buffer: Option<usize>,
     pub expiry_sweep: Option<String>,
+    pub db_timeout: Option<String>,
+    pub catch_up_interval: Option<String>,
+    pub approval_poll_interval: Option<String>,
+    pub key_refresh_interval: Option<String>,
+    pub db_unavailable_after: Option<String>,
+    pub db_pool_size: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -174,6 +198,12 @@ pub struct Config {
     pub watch_history: u64,
     pub watch_buffer: usize,
     pub expiry_sweep: Duration,
+    pub db_timeout: Duration,
+    pub catch_up_interval: Duration,
+    pub approval_poll_interval: Duration,
+    pub key_refresh_interval: Duration,
+    pub db_unavailable_after: Duration,
+    pub db_pool_size: u32,
 }
 
 impl Default for Config {
@@ -190,6 +220,12 @@ impl Default for Config {
             watch_history: 1000,
             watch_buffer: 64,
             expiry_sweep: Duration::from_secs(5),
+            db_timeout: Duration::from_secs(5),
+            catch_up_interval: Duration::from_secs(1),
+            approval_poll_interval: Duration::from_millis(250),
+            key_refresh_interval: Duration::from_secs(1),
+            db_unavailable_after: Duration::from_secs(10),
+            db_pool_size: 16,
         }
     }
 }
@@ -200,6 +236,14 @@ impl Default for Config {
 pub struct ConfigError(pub String);
 
 impl Config {
+    /// The PostgreSQL connection settings (unused with SQLite).
+    pub fn pg_settings(&self) -> crate::store::pg::PgSettings {
+        crate::store::pg::PgSettings {
+            query_timeout: self.db_timeout,
+            max_connections: self.db_pool_size,
+        }
+    }
+
     pub fn resolve(args: &ServeArgs) -> Result<Config, ConfigError> {
         let file = read_file(args.config.as_deref())?;
         let d = Config::default();
@@ -236,6 +280,38 @@ impl Config {
                 .or(file.watch_buffer)
                 .unwrap_or(d.watch_buffer),
             expiry_sweep: opt_duration("expiry_sweep", sweep)?.unwrap_or(d.expiry_sweep),
+            db_timeout: opt_duration("db_timeout", args.db_timeout.clone().or(file.db_timeout))?
+                .unwrap_or(d.db_timeout),
+            catch_up_interval: opt_duration(
+                "catch_up_interval",
+                args.catch_up_interval.clone().or(file.catch_up_interval),
+            )?
+            .unwrap_or(d.catch_up_interval),
+            approval_poll_interval: opt_duration(
+                "approval_poll_interval",
+                args.approval_poll_interval
+                    .clone()
+                    .or(file.approval_poll_interval),
+            )?
+            .unwrap_or(d.approval_poll_interval),
+            key_refresh_interval: opt_duration(
+                "key_refresh_interval",
+                args.key_refresh_interval
+                    .clone()
+                    .or(file.key_refresh_interval),
+            )?
+            .unwrap_or(d.key_refresh_interval),
+            db_unavailable_after: opt_duration(
+                "db_unavailable_after",
+                args.db_unavailable_after
+                    .clone()
+                    .or(file.db_unavailable_after),
+            )?
+            .unwrap_or(d.db_unavailable_after),
+            db_pool_size: args
+                .db_pool_size
+                .or(file.db_pool_size)
+                .unwrap_or(d.db_pool_size),
             log_format: match format.as_deref() {
                 None | Some("text") => LogFormat::Text,
                 Some("json") => LogFormat::Json,
@@ -252,10 +328,18 @@ impl Config {
         for (name, d) in [
             ("heartbeat_interval", config.heartbeat_interval),
             ("expiry_sweep", config.expiry_sweep),
+            ("db_timeout", config.db_timeout),
+            ("catch_up_interval", config.catch_up_interval),
+            ("approval_poll_interval", config.approval_poll_interval),
+            ("key_refresh_interval", config.key_refresh_interval),
+            ("db_unavailable_after", config.db_unavailable_after),
         ] {
             if d.is_zero() {
                 return Err(ConfigError(format!("{name}: must be more than zero")));
             }
+        }
+        if config.db_pool_size == 0 {
+            return Err(ConfigError("db_pool_size: must be more than zero".into()));
         }
         if config.watch_buffer == 0 {
             return Err(ConfigError("watch_buffer: must be more than zero".into()));
@@ -366,8 +450,7 @@ mod tests {
             log_format: None,
             heartbeat_interval: None,
             watch_history: None,
-            watch_buffer: None,
-            expiry_sweep: None,
+            ..ServeArgs::default()
         };
         let config = Config::resolve(&args).unwrap();
         assert_eq!(config.listen.port(), 8000);

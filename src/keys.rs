@@ -65,3 +65,33 @@ mod tests {
         assert!(!format!("{a:?}").contains(&a.token));
     }
 }
+
+/// Live keys in memory, by the SHA-256 of their secret, so authenticating a call needs no
+/// database round trip, and calls keep authenticating while the database is unreachable.
+///
+/// A key not found here is looked up in the store (a key minted a moment ago works at
+/// once). Revocations reach the cache when it is reloaded: on every `key_refresh_interval`
+/// tick and, on PostgreSQL, at once through `NOTIFY toolgate_keys`.
+#[derive(Debug, Default)]
+pub struct KeyCache {
+    keys: std::sync::RwLock<std::collections::HashMap<String, crate::policy::Caller>>,
+}
+
+impl KeyCache {
+    pub fn get(&self, secret_sha256: &str) -> Option<crate::policy::Caller> {
+        let keys = self.keys.read().unwrap_or_else(|e| e.into_inner());
+        keys.get(secret_sha256).cloned()
+    }
+
+    pub fn insert(&self, secret_sha256: String, caller: crate::policy::Caller) {
+        let mut keys = self.keys.write().unwrap_or_else(|e| e.into_inner());
+        keys.insert(secret_sha256, caller);
+    }
+
+    /// Replaces the whole cache with the store's live keys (revoked keys drop out).
+    pub fn replace_all(&self, live: Vec<(String, crate::policy::Caller)>) {
+        let fresh = live.into_iter().collect();
+        let mut keys = self.keys.write().unwrap_or_else(|e| e.into_inner());
+        *keys = fresh;
+    }
+}

@@ -7,7 +7,10 @@
 //! - [`snapshot`]: every tenant's tools in memory; the Decide hot path reads only this.
 //!   It also broadcasts each applied revision to WatchConfig streams.
 //! - [`hub`]: the per-tenant broadcast of approval changes for WatchApprovals.
-//! - [`store`]: the one seam to the database (a trait and its SQLite implementation).
+//! - [`store`]: the one seam to the database: a trait, and its SQLite and PostgreSQL
+//!   implementations.
+//! - [`follow`]: follows what other processes wrote (other replicas' Saves and approval
+//!   changes, key changes) and the database's health.
 //! - [`grpc`]: the `toolgate.v1.PolicyService` implementation: authentication, validation,
 //!   proto ↔ domain conversion, and the single mapping of errors to gRPC statuses.
 //! - [`server`]: wires store, snapshot, health and reflection, and drains on shutdown.
@@ -17,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod follow;
 pub mod grpc;
 pub mod hub;
 pub mod keys;

@@ -18,7 +18,7 @@ fn main() -> ExitCode {
         Err(e) => return fail(format!("cannot start the runtime: {e}")),
     };
     let result = match cli.command {
-        Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Serve(args) => runtime.block_on(serve(*args)),
         Command::Keys { command } => runtime.block_on(keys(command)),
     };
     match result {
@@ -123,7 +123,9 @@ async fn keys(command: KeysCommand) -> Result<(), String> {
         KeysCommand::Revoke { id, db } => {
             let store = open(&db).await?;
             if store.revoke_key(&id).await.map_err(|e| e.to_string())? {
-                eprintln!("revoked key {id}; its next call is refused");
+                eprintln!(
+                    "revoked key {id}; running servers refuse it within their key_refresh_interval"
+                );
                 Ok(())
             } else {
                 Err(format!("no live key with id {id:?}"))
@@ -132,11 +134,9 @@ async fn keys(command: KeysCommand) -> Result<(), String> {
     }
 }
 
-async fn open(
-    db: &toolgate::config::DatabaseArgs,
-) -> Result<toolgate::store::sqlite::SqliteStore, String> {
+async fn open(db: &toolgate::config::DatabaseArgs) -> Result<toolgate::store::AnyStore, String> {
     let url = resolve_database_url(db).map_err(|e| e.to_string())?;
-    toolgate::server::open_store(url.expose())
+    toolgate::store::AnyStore::open(url.expose(), &Default::default())
         .await
         .map_err(|e| format!("database {:?}: {e}", url))
 }

@@ -1,12 +1,13 @@
 //! Builds and runs the gRPC server: store, snapshot, health, reflection and graceful drain.
 
 use crate::config::Config;
+use crate::follow::{FollowSettings, HealthSwitch, follow};
 use crate::grpc::{AppState, Limits, PolicyApi};
 use crate::hub::ApprovalHub;
 use crate::policy::UnixMillis;
 use crate::proto::v1::policy_service_server::PolicyServiceServer;
 use crate::snapshot::{Snapshots, TenantSnapshot};
-use crate::store::{Store, StoreError, sqlite::SqliteStore};
+use crate::store::{AnyStore, Store, StoreError};
 use std::future::Future;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -27,13 +28,25 @@ pub enum RunError {
 }
 
 /// Opens the store named by the URL's scheme (created and migrated if needed).
-pub async fn open_store(url: &str) -> Result<SqliteStore, StoreError> {
-    if url.starts_with("sqlite:") {
-        SqliteStore::connect(url).await
-    } else {
-        Err(StoreError::UnsupportedUrl(
-            url.split("://").next().unwrap_or(url).to_owned(),
-        ))
+pub async fn open_store(config: &Config) -> Result<AnyStore, StoreError> {
+    AnyStore::open(config.database_url.expose(), &config.pg_settings()).await
+}
+
+/// Health of the policy service and of the server as a whole (the empty name), together.
+#[derive(Clone)]
+struct Health(tonic_health::server::HealthReporter);
+
+impl HealthSwitch for Health {
+    async fn set(&self, serving: bool) {
+        let status = if serving {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        self.0
+            .set_service_status("toolgate.v1.PolicyService", status)
+            .await;
+        self.0.set_service_status("", status).await;
     }
 }
 
@@ -43,7 +56,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
-    let store = open_store(config.database_url.expose()).await?;
+    let store = open_store(&config).await?;
     serve(store, config, listener, shutdown).await
 }
 
@@ -76,12 +89,21 @@ pub async fn serve<S: Store>(
     let approvals = ApprovalHub::new(config.watch_buffer);
     let state = Arc::new(AppState::new(store, snapshots, approvals, limits, drain_rx));
     let sweeper = tokio::spawn(sweep_expired(state.clone(), config.expiry_sweep));
-    let api = PolicyApi::new(state);
-
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<PolicyServiceServer<PolicyApi<S>>>()
         .await;
+    let follower = tokio::spawn(follow(
+        state.clone(),
+        FollowSettings {
+            catch_up_interval: config.catch_up_interval,
+            approval_poll_interval: config.approval_poll_interval,
+            key_refresh_interval: config.key_refresh_interval,
+            db_unavailable_after: config.db_unavailable_after,
+        },
+        Health(health.clone()),
+    ));
+    let api = PolicyApi::new(state);
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -109,6 +131,8 @@ pub async fn serve<S: Store>(
         () = shutdown => {}
     }
     tracing::info!("shutdown requested: health NOT_SERVING, draining in-flight calls");
+    // Stopped first, so it cannot turn health back to SERVING.
+    follower.abort();
     health
         .set_not_serving::<PolicyServiceServer<PolicyApi<S>>>()
         .await;

@@ -33,15 +33,13 @@ impl From<FieldError> for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        match e {
-            // A busy or unreachable database is worth a retry; anything else is a bug.
-            StoreError::Database(
-                sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed,
-            ) => {
-                tracing::warn!(error = %e, "store unavailable");
-                ApiError::Unavailable("the store is unavailable; retry".into())
-            }
-            other => ApiError::internal("store", other),
+        // An unreachable, slow or busy database is worth a retry (on this replica or
+        // another); anything else is a bug.
+        if e.is_unavailable() {
+            tracing::warn!(error = %e, "store unavailable");
+            ApiError::Unavailable("the database is unavailable; retry".into())
+        } else {
+            ApiError::internal("store", e)
         }
     }
 }

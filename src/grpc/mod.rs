@@ -23,7 +23,7 @@ use crate::proto::v1::policy_service_server::PolicyService;
 use crate::snapshot::{Snapshots, TenantSnapshot};
 use crate::store::{
     ApprovalQuery, Inserted, IntegrationMeta, ReadScope, SaveError, SaveKind, Saved, Store,
-    UpdateError, Updated,
+    StoreError, UpdateError, Updated,
 };
 use convert::*;
 use error::ApiError;
@@ -60,6 +60,8 @@ pub struct AppState<S> {
     pub drain: drain_watch::Receiver<bool>,
     /// Watchers that fell behind and were brought current with a snapshot (or ended).
     pub watchers_lagged: AtomicU64,
+    /// Live API keys, so authentication needs no database round trip.
+    pub keys: keys::KeyCache,
     /// One lock per tenant around "commit a revision, then apply it to the snapshot", so
     /// revisions reach the snapshot in the order they were committed.
     write_locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -80,8 +82,39 @@ impl<S: Store> AppState<S> {
             limits,
             drain,
             watchers_lagged: AtomicU64::new(0),
+            keys: keys::KeyCache::default(),
             write_locks: std::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The lock around "commit a revision, then apply it to the snapshot" for one tenant.
+    pub async fn tenant_write_lock(&self, tenant: &str) -> OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self.write_locks.lock().unwrap_or_else(|e| e.into_inner());
+            locks.entry(tenant.to_owned()).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
+
+    /// Brings a tenant's snapshot to the store's latest revision from the change log
+    /// (revisions another replica saved, or a Save whose apply found a gap).
+    pub async fn catch_up(&self, tenant: &str) -> Result<(), StoreError> {
+        let _guard = self.tenant_write_lock(tenant).await;
+        self.catch_up_locked(tenant).await
+    }
+
+    /// [`Self::catch_up`] for a caller that holds the tenant's write lock.
+    async fn catch_up_locked(&self, tenant: &str) -> Result<(), StoreError> {
+        let have = self.snapshots.get(tenant).revision;
+        for rc in self.store.changes_since(tenant, have).await? {
+            if self.snapshots.apply(tenant, &rc).is_err() {
+                let all = self.store.load_tenant_tools(tenant).await?;
+                self.snapshots
+                    .replace(tenant, TenantSnapshot::new(all.revision, all.tools));
+                return Ok(());
+            }
+        }
+        Ok(())
     }
 }
 
@@ -129,12 +162,20 @@ impl<S: Store> PolicyApi<S> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(ApiError::Unauthenticated(UNKNOWN));
         }
-        let caller = self
-            .state
-            .store
-            .caller_by_secret(&keys::hash_token(token))
-            .await?
-            .ok_or(ApiError::Unauthenticated(UNKNOWN))?;
+        let secret_sha256 = keys::hash_token(token);
+        let caller = match self.state.keys.get(&secret_sha256) {
+            Some(caller) => caller,
+            None => {
+                let caller = self
+                    .state
+                    .store
+                    .caller_by_secret(&secret_sha256)
+                    .await?
+                    .ok_or(ApiError::Unauthenticated(UNKNOWN))?;
+                self.state.keys.insert(secret_sha256, caller.clone());
+                caller
+            }
+        };
         if !allowed.contains(&caller.role) {
             return Err(ApiError::PermissionDenied(format!(
                 "a key with role {} may not call {rpc}",
@@ -142,18 +183,6 @@ impl<S: Store> PolicyApi<S> {
             )));
         }
         Ok(caller)
-    }
-
-    async fn tenant_write_lock(&self, tenant: &str) -> OwnedMutexGuard<()> {
-        let lock = {
-            let mut locks = self
-                .state
-                .write_locks
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            locks.entry(tenant.to_owned()).or_default().clone()
-        };
-        lock.lock_owned().await
     }
 
     /// Applies a committed Save to the snapshot (under the tenant's write lock).
@@ -166,26 +195,11 @@ impl<S: Store> PolicyApi<S> {
             changes: saved.changes.clone(),
         };
         if self.state.snapshots.apply(tenant, &rc).is_err()
-            && let Err(e) = self.catch_up(tenant).await
+            && let Err(e) = self.state.catch_up_locked(tenant).await
         {
             // The Save is committed; the snapshot catches up on the next Save or restart.
             tracing::error!(error = ?e, "snapshot could not catch up after a save");
         }
-    }
-
-    /// Brings a tenant's snapshot to the store's latest revision from the change log.
-    async fn catch_up(&self, tenant: &str) -> Result<(), ApiError> {
-        let have = self.state.snapshots.get(tenant).revision;
-        for rc in self.state.store.changes_since(tenant, have).await? {
-            if self.state.snapshots.apply(tenant, &rc).is_err() {
-                let all = self.state.store.load_tenant_tools(tenant).await?;
-                self.state
-                    .snapshots
-                    .replace(tenant, TenantSnapshot::new(all.revision, all.tools));
-                return Ok(());
-            }
-        }
-        Ok(())
     }
 
     /// The tenant's snapshot, at `min_revision` or later: waits a bounded time, then
@@ -491,7 +505,7 @@ impl<S: Store> PolicyService for PolicyApi<S> {
             kind: req.kind,
             display_name: req.display_name,
         };
-        let _guard = self.tenant_write_lock(&caller.tenant).await;
+        let _guard = self.state.tenant_write_lock(&caller.tenant).await;
         let saved = self
             .state
             .store
@@ -589,7 +603,7 @@ impl<S: Store> PolicyService for PolicyApi<S> {
             .iter()
             .map(|e| (e.integration_id.clone(), e.tool_name.clone()))
             .collect();
-        let _guard = self.tenant_write_lock(&caller.tenant).await;
+        let _guard = self.state.tenant_write_lock(&caller.tenant).await;
         let actor = caller.key_id.clone();
         let saved = self
             .state

@@ -5,7 +5,12 @@
 //! together (a Save, an approval decision) take a closure that computes the change from the
 //! state read inside the transaction, so the rules stay in `policy/` and the atomicity here.
 
+mod any;
+pub mod pg;
+mod rows;
 pub mod sqlite;
+
+pub use any::AnyStore;
 
 use crate::policy::{
     Approval, ApprovalState, Caller, Person, RevisionChanges, Role, Tool, ToolChange,
@@ -21,8 +26,62 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored data is not valid: {0}")]
     Corrupt(String),
-    #[error("unsupported database URL {0:?}: use sqlite://PATH")]
+    #[error("unsupported database URL scheme {0:?}: use sqlite://PATH or postgres://…")]
     UnsupportedUrl(String),
+    #[error("the database did not answer within {0:?}")]
+    Timeout(std::time::Duration),
+}
+
+impl StoreError {
+    /// Whether the database could not be reached or did not answer in time: worth a retry,
+    /// and a sign of an outage rather than of a bug.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Timeout(_) => true,
+            StoreError::Database(e) => match e {
+                sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::WorkerCrashed => true,
+                sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+                    // 08: connection exception; 57P01-03: admin/crash shutdown, cannot
+                    // connect now; 57014: statement timeout; 40001/40P01: retryable
+                    // serialisation failure or deadlock; 53: insufficient resources.
+                    code.starts_with("08")
+                        || code.starts_with("53")
+                        || matches!(&*code, "57P01" | "57P02" | "57P03" | "57014" | "40001" | "40P01")
+                        // SQLite busy/locked after the busy timeout.
+                        || matches!(&*code, "5" | "6" | "517" | "262")
+                }),
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+}
+
+/// A hint from the database that another process wrote something.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Wakeup {
+    /// A tenant reached a revision.
+    Revision { tenant: String, revision: u64 },
+    /// A key was created or revoked.
+    Keys,
+    /// The listening connection was lost and re-established: hints may have been missed.
+    Reconnected,
+}
+
+/// Where a replica's read of other replicas' approval changes has got to.
+///
+/// `frontier` is the oldest transaction still running when the last read was taken
+/// (PostgreSQL's snapshot `xmin`): every change made by an older transaction has been seen.
+/// Changes at or after it are read again next time, and `seen` keeps those already
+/// delivered so none is delivered twice.
+#[derive(Debug, Clone, Default)]
+pub struct ApprovalCursor {
+    pub(crate) frontier: Option<u64>,
+    pub(crate) seen: std::collections::HashSet<(i64, u64)>,
 }
 
 /// Why a Save did not happen.
@@ -234,5 +293,25 @@ pub trait Store: Clone + Send + Sync + 'static {
         &self,
         now: i64,
         limit: u32,
+    ) -> impl Future<Output = Result<Vec<(String, Approval)>, StoreError>> + Send;
+
+    /// Every tenant's current revision, for the catch-up poll.
+    fn tenant_revisions(
+        &self,
+    ) -> impl Future<Output = Result<Vec<(String, u64)>, StoreError>> + Send;
+    /// Every live key as (SHA-256 of its secret, the caller it stands for): the key cache.
+    fn live_keys(&self) -> impl Future<Output = Result<Vec<(String, Caller)>, StoreError>> + Send;
+    /// Hints that another process wrote (PostgreSQL `LISTEN`). Only hints: the change log
+    /// is the truth, and a lost hint only delays until the next poll. SQLite, written by
+    /// one server process, sends none.
+    fn wakeups(
+        &self,
+    ) -> impl Future<Output = Result<tokio::sync::mpsc::Receiver<Wakeup>, StoreError>> + Send;
+    /// Approvals changed by other processes since `cursor`, with their tenants, each
+    /// change once; moves the cursor. The first call only sets the cursor. SQLite returns
+    /// none: every approval write there is made by this process and published as made.
+    fn approval_changes(
+        &self,
+        cursor: &mut ApprovalCursor,
     ) -> impl Future<Output = Result<Vec<(String, Approval)>, StoreError>> + Send;
 }

@@ -4,17 +4,21 @@
 //! writers queue in-process instead of failing with SQLITE_BUSY, and a second process (the
 //! `keys` CLI) waits on the busy timeout. Reads use a separate pool.
 
+use super::rows::{
+    APPROVAL_COLUMNS, TOOL_COLUMNS, approval_from_row, caller_from_row, corrupt,
+    current_tool_from_row, group_changes, migrator, person_from_row, roles_to_text, stamp,
+    step_from_row, u64_of,
+};
 use super::{
-    ApprovalQuery, Inserted, IntegrationMeta, KeyInfo, People, ReadScope, SaveError, SaveKind,
-    Saved, Store, StoreError, TenantTools, UpdateError, Updated,
+    ApprovalCursor, ApprovalQuery, Inserted, IntegrationMeta, KeyInfo, People, ReadScope,
+    SaveError, SaveKind, Saved, Store, StoreError, TenantTools, UpdateError, Updated, Wakeup,
 };
 use crate::policy::{
-    Annotations, Approval, ApprovalState, ApprovalStep, ApproverRole, Caller, Person, Policy,
-    PolicySource, RevisionChanges, Role, Tool, ToolChange, UnixMillis,
+    Approval, ApprovalState, ApprovalStep, Caller, Person, RevisionChanges, Role, Tool, ToolChange,
+    UnixMillis,
 };
-use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool as Pool, SqlitePoolOptions, SqliteRow,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool as Pool, SqlitePoolOptions,
     SqliteSynchronous,
 };
 use sqlx::{Row, Sqlite, Transaction};
@@ -48,7 +52,7 @@ impl SqliteStore {
             .max_connections(1)
             .connect_with(options.clone())
             .await?;
-        migrator().run(&writer).await?;
+        migrator(MIGRATIONS).run(&writer).await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options.read_only(true))
@@ -59,56 +63,6 @@ impl SqliteStore {
     async fn begin(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
         Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
     }
-}
-
-fn migrator() -> Migrator {
-    let migrations = MIGRATIONS
-        .iter()
-        .map(|(version, name, sql)| {
-            Migration::new(
-                *version,
-                (*name).into(),
-                MigrationType::Simple,
-                sqlx::SqlSafeStr::into_sql_str(*sql),
-                false,
-            )
-        })
-        .collect();
-    Migrator::with_migrations(migrations)
-}
-
-fn corrupt(what: &str, value: &str) -> StoreError {
-    StoreError::Corrupt(format!("{what} {value:?}"))
-}
-
-fn u64_of(v: i64) -> u64 {
-    v.max(0) as u64
-}
-
-const TOOL_COLUMNS: &str = "integration_id, name, description, input_schema_json, \
-     read_only_hint, destructive_hint, idempotent_hint, open_world_hint, policy, \
-     manager_approval, source, source_reason";
-
-fn tool_from_row(row: &SqliteRow, revision: u64) -> Result<Tool, StoreError> {
-    let policy: String = row.try_get("policy")?;
-    let source: String = row.try_get("source")?;
-    Ok(Tool {
-        integration_id: row.try_get("integration_id")?,
-        name: row.try_get("name")?,
-        description: row.try_get("description")?,
-        input_schema_json: row.try_get("input_schema_json")?,
-        annotations: Annotations {
-            read_only: row.try_get("read_only_hint")?,
-            destructive: row.try_get("destructive_hint")?,
-            idempotent: row.try_get("idempotent_hint")?,
-            open_world: row.try_get("open_world_hint")?,
-        },
-        policy: Policy::parse(&policy).ok_or_else(|| corrupt("policy", &policy))?,
-        manager_approval: row.try_get("manager_approval")?,
-        source: PolicySource::parse(&source).ok_or_else(|| corrupt("source", &source))?,
-        source_reason: row.try_get("source_reason")?,
-        revision,
-    })
 }
 
 /// Binds the twelve [`TOOL_COLUMNS`] in order.
@@ -129,67 +83,6 @@ fn bind_tool<'q>(
         .bind(t.manager_approval)
         .bind(t.source.as_str())
         .bind(&t.source_reason)
-}
-
-fn roles_to_text(roles: &[ApproverRole]) -> String {
-    roles
-        .iter()
-        .map(|r| r.as_str())
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-fn roles_from_text(text: &str) -> Result<Vec<ApproverRole>, StoreError> {
-    text.split(',')
-        .filter(|s| !s.is_empty())
-        .map(|s| ApproverRole::parse(s).ok_or_else(|| corrupt("approver role", s)))
-        .collect()
-}
-
-const APPROVAL_COLUMNS: &str = "seq, id, state, integration_id, tool_name, arguments_json, \
-     arguments_sha256, requester_id, request_id, required_roles, created_at, expires_at, \
-     created_by_key, consumed_by_request";
-
-fn approval_from_row(row: &SqliteRow) -> Result<Approval, StoreError> {
-    let state: String = row.try_get("state")?;
-    let roles: String = row.try_get("required_roles")?;
-    Ok(Approval {
-        id: row.try_get("id")?,
-        state: ApprovalState::parse(&state).ok_or_else(|| corrupt("approval state", &state))?,
-        integration_id: row.try_get("integration_id")?,
-        tool_name: row.try_get("tool_name")?,
-        arguments_json: row.try_get("arguments_json")?,
-        arguments_sha256: row.try_get("arguments_sha256")?,
-        requester_id: row.try_get("requester_id")?,
-        request_id: row.try_get("request_id")?,
-        required_roles: roles_from_text(&roles)?,
-        steps: Vec::new(),
-        created_at: UnixMillis(row.try_get("created_at")?),
-        expires_at: UnixMillis(row.try_get("expires_at")?),
-        created_by_key: row.try_get("created_by_key")?,
-        consumed_by_request: row.try_get("consumed_by_request")?,
-    })
-}
-
-fn step_from_row(row: &SqliteRow) -> Result<ApprovalStep, StoreError> {
-    let role: String = row.try_get("role")?;
-    Ok(ApprovalStep {
-        role: ApproverRole::parse(&role).ok_or_else(|| corrupt("approver role", &role))?,
-        approver_id: row.try_get("approver_id")?,
-        approved: row.try_get("approved")?,
-        comment: row.try_get("comment")?,
-        decided_at: UnixMillis(row.try_get("decided_at")?),
-    })
-}
-
-fn person_from_row(row: &SqliteRow) -> Result<Person, StoreError> {
-    Ok(Person {
-        id: row.try_get("id")?,
-        display_name: row.try_get("display_name")?,
-        email: row.try_get("email")?,
-        manager_id: row.try_get("manager_id")?,
-        technician: row.try_get("technician")?,
-    })
 }
 
 /// Loads an approval with its steps through any executor (pool or transaction).
@@ -258,7 +151,7 @@ async fn read_scope(
                 .fetch_all(&mut **tx)
                 .await?;
             for row in &rows {
-                tools.push(tool_from_row(row, u64_of(row.try_get("revision")?))?);
+                tools.push(current_tool_from_row(row)?);
             }
         }
         ReadScope::Tools(keys) => {
@@ -271,7 +164,7 @@ async fn read_scope(
                     .fetch_optional(&mut **tx)
                     .await?;
                 if let Some(row) = row {
-                    tools.push(tool_from_row(&row, u64_of(row.try_get("revision")?))?);
+                    tools.push(current_tool_from_row(&row)?);
                 }
             }
         }
@@ -340,20 +233,6 @@ async fn write_change(
     Ok(())
 }
 
-/// Stamps the revision on every upserted tool.
-fn stamp(changes: Vec<ToolChange>, revision: u64) -> Vec<ToolChange> {
-    changes
-        .into_iter()
-        .map(|c| match c {
-            ToolChange::Upsert(mut t) => {
-                t.revision = revision;
-                ToolChange::Upsert(t)
-            }
-            removal => removal,
-        })
-        .collect()
-}
-
 impl Store for SqliteStore {
     async fn create_key(
         &self,
@@ -415,13 +294,7 @@ impl Store for SqliteStore {
         .bind(secret_sha256)
         .fetch_optional(&self.reader)
         .await?;
-        let Some(row) = row else { return Ok(None) };
-        let role: String = row.try_get("role")?;
-        Ok(Some(Caller {
-            key_id: row.try_get("id")?,
-            tenant: row.try_get("tenant")?,
-            role: Role::parse(&role).ok_or_else(|| corrupt("role", &role))?,
-        }))
+        row.as_ref().map(caller_from_row).transpose()
     }
 
     async fn load_all_tools(&self) -> Result<Vec<TenantTools>, StoreError> {
@@ -447,7 +320,7 @@ impl Store for SqliteStore {
             .await?;
         for row in &rows {
             let tenant: String = row.try_get("tenant")?;
-            let tool = tool_from_row(row, u64_of(row.try_get("revision")?))?;
+            let tool = current_tool_from_row(row)?;
             if let Some(t) = by_tenant.get_mut(&tenant) {
                 t.tools.push(tool);
             }
@@ -471,7 +344,7 @@ impl Store for SqliteStore {
             .await?;
         let tools = rows
             .iter()
-            .map(|row| tool_from_row(row, u64_of(row.try_get("revision")?)))
+            .map(current_tool_from_row)
             .collect::<Result<_, _>>()?;
         tx.commit().await?;
         Ok(TenantTools {
@@ -495,27 +368,7 @@ impl Store for SqliteStore {
             .bind(after as i64)
             .fetch_all(&self.reader)
             .await?;
-        let mut out: Vec<RevisionChanges> = Vec::new();
-        for row in &rows {
-            let revision = u64_of(row.try_get("revision")?);
-            let removed: bool = row.try_get("removed")?;
-            let change = if removed {
-                ToolChange::Remove {
-                    integration_id: row.try_get("integration_id")?,
-                    name: row.try_get("name")?,
-                }
-            } else {
-                ToolChange::Upsert(tool_from_row(row, revision)?)
-            };
-            match out.last_mut() {
-                Some(last) if last.revision == revision => last.changes.push(change),
-                _ => out.push(RevisionChanges {
-                    revision,
-                    changes: vec![change],
-                }),
-            }
-        }
-        Ok(out)
+        group_changes(&rows)
     }
 
     async fn save_revision<F, E>(
@@ -822,5 +675,39 @@ impl Store for SqliteStore {
         }
         tx.commit().await?;
         Ok(expired)
+    }
+
+    async fn tenant_revisions(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let rows = sqlx::query("SELECT id, revision FROM tenants")
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("id")?, u64_of(row.try_get("revision")?))))
+            .collect()
+    }
+
+    async fn live_keys(&self) -> Result<Vec<(String, Caller)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT secret_sha256, id, tenant, role FROM api_keys WHERE revoked_at IS NULL",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("secret_sha256")?, caller_from_row(row)?)))
+            .collect()
+    }
+
+    async fn wakeups(&self) -> Result<tokio::sync::mpsc::Receiver<Wakeup>, StoreError> {
+        // One process writes this file; the receiver stays open and silent.
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(async move { tx.closed().await });
+        Ok(rx)
+    }
+
+    async fn approval_changes(
+        &self,
+        _cursor: &mut ApprovalCursor,
+    ) -> Result<Vec<(String, Approval)>, StoreError> {
+        Ok(Vec::new())
     }
 }

@@ -117,10 +117,10 @@ async fn a_restart_on_the_same_file_keeps_policies_revisions_approvals_and_keys(
     );
 }
 
-#[test]
-fn keys_create_prints_the_key_alone_on_stdout_and_list_never_shows_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("keys.db").display());
+#[tokio::test]
+async fn keys_create_prints_the_key_alone_on_stdout_and_list_never_shows_it() {
+    let db = fresh_database().await;
+    let url = db.url.clone();
     let bin = env!("CARGO_BIN_EXE_toolgate");
     let out = std::process::Command::new(bin)
         .args([

@@ -1,7 +1,7 @@
-//! `spawn_app()`: the real server on 127.0.0.1:0 over a temporary SQLite file, with keys
-//! minted through the store and a generated client.
+//! `spawn_app()`: the real server on 127.0.0.1:0 over a fresh database of the suite's
+//! backend (a temporary SQLite file, or a new PostgreSQL database), with keys minted
+//! through the store and a generated client.
 
-use std::path::PathBuf;
 use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -21,11 +21,10 @@ pub struct TestApp {
     pub admin: String,
     pub agent: String,
     pub approver: String,
-    pub db_path: PathBuf,
     pub config: Config,
     stop: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<Result<(), toolgate::server::RunError>>>,
-    _dir: std::sync::Arc<tempfile::TempDir>,
+    _db: std::sync::Arc<TestDb>,
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -33,35 +32,29 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let db_path = dir.path().join("toolgate.db");
+    let db = fresh_database().await;
     let mut config = Config {
-        database_url: DatabaseUrl::new(format!("sqlite://{}", db_path.display())),
+        database_url: DatabaseUrl::new(db.url.clone()),
+        // Short, so tests of revocation and of other writers need not wait long.
+        key_refresh_interval: Duration::from_millis(100),
+        catch_up_interval: Duration::from_millis(200),
+        approval_poll_interval: Duration::from_millis(50),
         ..Config::default()
     };
     adjust(&mut config);
-    let store = toolgate::server::open_store(config.database_url.expose())
+    let store = toolgate::server::open_store(&config)
         .await
         .expect("open store");
     let admin = mint(&store, "acme", Role::Admin).await;
     let agent = mint(&store, "acme", Role::Agent).await;
     let approver = mint(&store, "acme", Role::Approver).await;
     drop(store);
-    start(
-        config,
-        db_path,
-        std::sync::Arc::new(dir),
-        admin,
-        agent,
-        approver,
-    )
-    .await
+    start(config, std::sync::Arc::new(db), admin, agent, approver).await
 }
 
 async fn start(
     config: Config,
-    db_path: PathBuf,
-    dir: std::sync::Arc<tempfile::TempDir>,
+    db: std::sync::Arc<TestDb>,
     admin: String,
     agent: String,
     approver: String,
@@ -84,11 +77,10 @@ async fn start(
         admin,
         agent,
         approver,
-        db_path,
         config,
         stop: Some(stop_tx),
         server: Some(server),
-        _dir: dir,
+        _db: db,
     }
 }
 
@@ -127,11 +119,9 @@ impl TestApp {
     /// Stops the server and starts a new one on the same database file.
     pub async fn restart(mut self) -> TestApp {
         self.stop().await;
-        let dir = self._dir.clone();
         start(
             self.config.clone(),
-            self.db_path.clone(),
-            dir,
+            self._db.clone(),
             self.admin.clone(),
             self.agent.clone(),
             self.approver.clone(),
@@ -141,7 +131,7 @@ impl TestApp {
 
     /// Mints a key of another tenant (or this one) while the server runs.
     pub async fn mint(&self, tenant: &str, role: Role) -> String {
-        let store = toolgate::server::open_store(self.config.database_url.expose())
+        let store = toolgate::server::open_store(&self.config)
             .await
             .expect("open store");
         mint(&store, tenant, role).await
@@ -412,3 +402,100 @@ pub async fn wait_until_past(t: &prost_types::Timestamp) {
 }
 
 pub const SHORT: Duration = Duration::from_millis(200);
+
+/// A database of the suite's backend that nobody else uses.
+pub struct TestDb {
+    pub url: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// Which backend a suite binary runs against (`crate::BACKEND`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(dead_code)] // each suite binary names one of them
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A fresh, empty database of the suite's backend.
+pub async fn fresh_database() -> TestDb {
+    match crate::BACKEND {
+        Backend::Sqlite => {
+            let dir = tempfile::tempdir().expect("temp dir");
+            TestDb {
+                url: format!("sqlite://{}", dir.path().join("toolgate.db").display()),
+                _dir: Some(dir),
+            }
+        }
+        Backend::Postgres => TestDb {
+            url: pg::create_database().await,
+            _dir: None,
+        },
+    }
+}
+
+/// Fresh PostgreSQL databases for tests: `tg_test_<pid>_<n>` on the server named by
+/// `TOOLGATE_TEST_POSTGRES` (default `postgres://postgres@127.0.0.1:5432/postgres`).
+/// Databases left by earlier runs whose process is gone are dropped first.
+pub mod pg {
+    use sqlx::{Connection, Executor, PgConnection};
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    static SWEPT: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+
+    pub fn admin_url() -> String {
+        std::env::var("TOOLGATE_TEST_POSTGRES")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    }
+
+    pub async fn admin() -> PgConnection {
+        let url = admin_url();
+        match PgConnection::connect(&url).await {
+            Ok(c) => c,
+            Err(e) => panic!(
+                "\n\n*** PostgreSQL tests need a server: cannot connect to {url}: {e}\n\
+                 *** Start one (CI does: .ci/run) or point TOOLGATE_TEST_POSTGRES at one.\n\n"
+            ),
+        }
+    }
+
+    /// Creates an empty database and returns its URL.
+    pub async fn create_database() -> String {
+        let mut conn = admin().await;
+        SWEPT
+            .get_or_init(|| async { drop_orphans(&mut admin().await).await })
+            .await;
+        let name = format!(
+            "tg_test_{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .await
+            .expect("CREATE DATABASE");
+        let base = admin_url();
+        let root = base.rsplit_once('/').map_or(base.as_str(), |(r, _)| r);
+        format!("{root}/{name}")
+    }
+
+    /// Drops test databases of processes that are no longer running.
+    async fn drop_orphans(conn: &mut PgConnection) {
+        let names: Vec<String> =
+            sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname LIKE 'tg_test_%'")
+                .fetch_all(&mut *conn)
+                .await
+                .expect("list test databases");
+        for name in names {
+            let pid = name.split('_').nth(2).and_then(|p| p.parse::<u32>().ok());
+            let alive = pid.is_some_and(|p| std::path::Path::new(&format!("/proc/{p}")).exists());
+            if !alive {
+                let _ = conn
+                    .execute(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                    )))
+                    .await;
+            }
+        }
+    }
+}

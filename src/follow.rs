@@ -1,0 +1,199 @@
+//! Following the database: what other processes wrote reaches this one.
+//!
+//! With PostgreSQL, several replicas write one database. Each replica follows it:
+//!
+//! - **Revisions.** The per-tenant change log is the truth. `NOTIFY toolgate_revisions`
+//!   only says "tenant T reached revision R" so a replica catches up at once; a poll of
+//!   every tenant's revision each `catch_up_interval` covers a lost notification, and a
+//!   re-established LISTEN connection triggers a full catch-up. Catching up applies the
+//!   missed revisions from the log, in order, to the snapshot (and so to WatchConfig).
+//! - **Approvals.** Other replicas' approval changes are read each
+//!   `approval_poll_interval` by transaction id (no NOTIFY on that write path) and
+//!   published to this replica's WatchApprovals streams.
+//! - **Keys.** The key cache is reloaded each `key_refresh_interval`, and at once on
+//!   `NOTIFY toolgate_keys`.
+//! - **Health.** Every poll is also a probe. Without the database, decisions that need
+//!   only the snapshot go on (how stale it is is logged), and after `db_unavailable_after`
+//!   health turns NOT_SERVING until the database answers again.
+//!
+//! With SQLite the same loop runs; it finds nothing to catch up (one process writes the
+//! file) except keys minted or revoked by the `keys` command.
+
+use crate::grpc::AppState;
+use crate::store::{ApprovalCursor, Store, StoreError, Wakeup};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::time::{Instant, MissedTickBehavior};
+
+/// How often the follower runs; from [`crate::config::Config`].
+#[derive(Debug, Clone)]
+pub struct FollowSettings {
+    pub catch_up_interval: Duration,
+    pub approval_poll_interval: Duration,
+    pub key_refresh_interval: Duration,
+    pub db_unavailable_after: Duration,
+}
+
+/// Flips the server's health with the database's reachability.
+pub trait HealthSwitch: Send + Sync + 'static {
+    fn set(&self, serving: bool) -> impl std::future::Future<Output = ()> + Send;
+}
+
+/// Whether the database answered lately, and when it last did.
+struct DbHealth<H> {
+    switch: H,
+    last_ok: Instant,
+    serving: AtomicBool,
+    down_since: Option<Instant>,
+    limit: Duration,
+}
+
+impl<H: HealthSwitch> DbHealth<H> {
+    async fn ok(&mut self) {
+        self.last_ok = Instant::now();
+        if let Some(since) = self.down_since.take() {
+            tracing::info!(outage = ?since.elapsed(), "database reachable again; caught up");
+        }
+        if !self.serving.swap(true, Ordering::Relaxed) {
+            self.switch.set(true).await;
+        }
+    }
+
+    async fn failed(&mut self, what: &str, e: &StoreError) {
+        let stale_for = self.last_ok.elapsed();
+        if self.down_since.is_none() {
+            self.down_since = Some(Instant::now());
+            tracing::warn!(
+                error = %e,
+                what,
+                "database unreachable: auto, disabled and unknown tools are decided from the \
+                 snapshot; calls that need the database answer UNAVAILABLE"
+            );
+        } else {
+            tracing::debug!(error = %e, what, ?stale_for, "database still unreachable");
+        }
+        if stale_for >= self.limit && self.serving.swap(false, Ordering::Relaxed) {
+            tracing::error!(
+                ?stale_for,
+                "no database for longer than db_unavailable_after: health NOT_SERVING"
+            );
+            self.switch.set(false).await;
+        }
+    }
+}
+
+/// Runs until the task is aborted (at drain).
+pub async fn follow<S: Store, H: HealthSwitch>(
+    state: Arc<AppState<S>>,
+    settings: FollowSettings,
+    switch: H,
+) {
+    let approvals = tokio::spawn(follow_approvals(
+        state.clone(),
+        settings.approval_poll_interval,
+    ));
+    // The approval poller ends with this future (it is aborted with it).
+    let _abort_approvals = AbortOnDrop(approvals);
+    let mut health = DbHealth {
+        switch,
+        last_ok: Instant::now(),
+        serving: AtomicBool::new(true),
+        down_since: None,
+        limit: settings.db_unavailable_after,
+    };
+    let mut wakeups = None;
+    let mut poll = tokio::time::interval(settings.catch_up_interval);
+    poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut keys = tokio::time::interval(settings.key_refresh_interval);
+    keys.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        if wakeups.is_none() {
+            match state.store.wakeups().await {
+                Ok(rx) => wakeups = Some(rx),
+                Err(e) => health.failed("listen", &e).await,
+            }
+        }
+        let next = async {
+            match wakeups.as_mut() {
+                Some(rx) => rx.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            wakeup = next => match wakeup {
+                Some(Wakeup::Revision { tenant, revision }) => {
+                    if state.snapshots.get(&tenant).revision < revision {
+                        match state.catch_up(&tenant).await {
+                            Ok(()) => health.ok().await,
+                            Err(e) => health.failed("catch up", &e).await,
+                        }
+                    }
+                }
+                Some(Wakeup::Keys) => refresh_keys(&state, &mut health).await,
+                Some(Wakeup::Reconnected) => {
+                    catch_up_all(&state, &mut health).await;
+                    refresh_keys(&state, &mut health).await;
+                }
+                None => wakeups = None,
+            },
+            _ = poll.tick() => catch_up_all(&state, &mut health).await,
+            _ = keys.tick() => refresh_keys(&state, &mut health).await,
+        }
+    }
+}
+
+async fn refresh_keys<S: Store, H: HealthSwitch>(state: &AppState<S>, health: &mut DbHealth<H>) {
+    match state.store.live_keys().await {
+        Ok(live) => {
+            state.keys.replace_all(live);
+            health.ok().await;
+        }
+        Err(e) => health.failed("reload keys", &e).await,
+    }
+}
+
+/// Catches up every tenant whose stored revision is ahead of its snapshot.
+async fn catch_up_all<S: Store, H: HealthSwitch>(state: &AppState<S>, health: &mut DbHealth<H>) {
+    let revisions = match state.store.tenant_revisions().await {
+        Ok(r) => r,
+        Err(e) => return health.failed("poll revisions", &e).await,
+    };
+    for (tenant, revision) in revisions {
+        let have = state.snapshots.get(&tenant).revision;
+        if have < revision {
+            tracing::debug!(%tenant, have, revision, "catching up from the change log");
+            if let Err(e) = state.catch_up(&tenant).await {
+                return health.failed("catch up", &e).await;
+            }
+        }
+    }
+    health.ok().await;
+}
+
+/// Publishes approval changes other replicas made to this replica's watchers.
+async fn follow_approvals<S: Store>(state: Arc<AppState<S>>, every: Duration) {
+    let mut cursor = ApprovalCursor::default();
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match state.store.approval_changes(&mut cursor).await {
+            Ok(changes) => {
+                for (tenant, approval) in &changes {
+                    state.approvals.publish(tenant, approval);
+                }
+            }
+            // The database's health is judged (and logged) by the main loop.
+            Err(e) => tracing::debug!(error = %e, "reading approval changes failed; retrying"),
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

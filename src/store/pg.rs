@@ -1,0 +1,1013 @@
+//! The PostgreSQL store: several replicas share one database.
+//!
+//! - A Save locks its tenant's row (`FOR NO KEY UPDATE`) for the whole transaction, so each
+//!   tenant's revisions are gapless and committed in order whichever replica saves; it
+//!   sends `NOTIFY toolgate_revisions` with the new revision, delivered at commit.
+//! - An approval update locks the approval row (`FOR UPDATE`): single use holds across
+//!   replicas. Approval writes send no NOTIFY (it takes a database-wide lock at commit);
+//!   other replicas read them by transaction id instead ([`Store::approval_changes`]).
+//! - Every call is bounded by the query timeout, both on the server (`statement_timeout`)
+//!   and here (a lost connection that never answers).
+
+use super::rows::{
+    APPROVAL_COLUMNS, TOOL_COLUMNS, approval_from_row, caller_from_row, corrupt,
+    current_tool_from_row, group_changes, migrator, person_from_row, roles_to_text, stamp,
+    step_from_row, u64_of,
+};
+use super::{
+    ApprovalCursor, ApprovalQuery, Inserted, IntegrationMeta, KeyInfo, People, ReadScope,
+    SaveError, SaveKind, Saved, Store, StoreError, TenantTools, UpdateError, Updated, Wakeup,
+};
+use crate::policy::{
+    Approval, ApprovalState, ApprovalStep, Caller, Person, RevisionChanges, Role, Tool, ToolChange,
+    UnixMillis,
+};
+use sqlx::postgres::{
+    PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions, PgRow, Postgres,
+};
+use sqlx::{Row, Transaction};
+use std::future::Future;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "init",
+    include_str!("../../migrations/postgres/0001_init.sql"),
+)];
+
+/// The channel a Save notifies, with `<revision> <tenant>` as payload.
+const REVISIONS_CHANNEL: &str = "toolgate_revisions";
+/// The channel a key change notifies (no payload: the cache reloads).
+const KEYS_CHANNEL: &str = "toolgate_keys";
+
+/// Connection settings for PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct PgSettings {
+    /// Bound on every query and on waiting for a pooled connection.
+    pub query_timeout: Duration,
+    pub max_connections: u32,
+}
+
+impl Default for PgSettings {
+    fn default() -> Self {
+        PgSettings {
+            query_timeout: Duration::from_secs(5),
+            max_connections: 16,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct PgStore {
+    pool: PgPool,
+    /// This process's id, written on each approval change, so the change feed skips what
+    /// this replica already published itself.
+    origin: Arc<str>,
+    timeout: Duration,
+}
+
+impl PgStore {
+    /// Connects and runs the migrations (under PostgreSQL's advisory lock, so replicas
+    /// starting together migrate once).
+    pub async fn connect(url: &str, settings: &PgSettings) -> Result<Self, StoreError> {
+        let timeout_ms = settings.query_timeout.as_millis().max(1).to_string();
+        let options = PgConnectOptions::from_str(url)?
+            .application_name("toolgate")
+            .options([("statement_timeout", timeout_ms.as_str())]);
+        let pool = PgPoolOptions::new()
+            .max_connections(settings.max_connections.max(2))
+            .acquire_timeout(settings.query_timeout)
+            .connect_with(options)
+            .await?;
+        tokio::time::timeout(
+            settings.query_timeout.max(Duration::from_secs(30)),
+            migrator(MIGRATIONS).run(&pool),
+        )
+        .await
+        .map_err(|_| StoreError::Timeout(settings.query_timeout))??;
+        let origin = crate::keys::random_id("rep_")
+            .map_err(|e| StoreError::Corrupt(format!("no randomness for a replica id: {e}")))?;
+        Ok(PgStore {
+            pool,
+            origin: origin.into(),
+            timeout: settings.query_timeout,
+        })
+    }
+
+    /// Runs `f` within the query timeout.
+    async fn timed<T, E: From<StoreError>>(
+        &self,
+        f: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        match tokio::time::timeout(self.timeout, f).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::Timeout(self.timeout).into()),
+        }
+    }
+
+    async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
+        Ok(self.pool.begin().await?)
+    }
+
+    /// A read-only transaction that sees one snapshot throughout.
+    async fn begin_snapshot(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
+        Ok(self
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await?)
+    }
+}
+
+/// Binds the twelve [`TOOL_COLUMNS`] in order.
+fn bind_tool<'q>(
+    query: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
+    t: &'q Tool,
+) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
+    query
+        .bind(&t.integration_id)
+        .bind(&t.name)
+        .bind(&t.description)
+        .bind(&t.input_schema_json)
+        .bind(t.annotations.read_only)
+        .bind(t.annotations.destructive)
+        .bind(t.annotations.idempotent)
+        .bind(t.annotations.open_world)
+        .bind(t.policy.as_str())
+        .bind(t.manager_approval)
+        .bind(t.source.as_str())
+        .bind(&t.source_reason)
+}
+
+async fn fetch_steps(
+    conn: &mut PgConnection,
+    tenant: &str,
+    approval_id: &str,
+) -> Result<Vec<ApprovalStep>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT role, approver_id, approved, comment, decided_at FROM approval_steps \
+         WHERE tenant = $1 AND approval_id = $2 ORDER BY decided_at, step",
+    )
+    .bind(tenant)
+    .bind(approval_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter().map(step_from_row).collect()
+}
+
+/// An approval row with its steps.
+async fn with_steps(
+    conn: &mut PgConnection,
+    tenant: &str,
+    row: &PgRow,
+) -> Result<Approval, StoreError> {
+    let mut approval = approval_from_row(row)?;
+    approval.steps = fetch_steps(conn, tenant, &approval.id).await?;
+    Ok(approval)
+}
+
+async fn fetch_approval(
+    conn: &mut PgConnection,
+    tenant: &str,
+    id: &str,
+    lock: bool,
+) -> Result<Option<Approval>, StoreError> {
+    let sql = format!(
+        "SELECT {APPROVAL_COLUMNS} FROM approvals WHERE tenant = $1 AND id = $2{}",
+        if lock { " FOR UPDATE" } else { "" }
+    );
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(tenant)
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    match row {
+        Some(row) => Ok(Some(with_steps(conn, tenant, &row).await?)),
+        None => Ok(None),
+    }
+}
+
+/// Creates the tenant if new, and locks its row: the lock is what orders Saves.
+async fn lock_tenant(conn: &mut PgConnection, tenant: &str) -> Result<u64, StoreError> {
+    sqlx::query("INSERT INTO tenants (id, revision) VALUES ($1, 0) ON CONFLICT (id) DO NOTHING")
+        .bind(tenant)
+        .execute(&mut *conn)
+        .await?;
+    let revision: i64 =
+        sqlx::query_scalar("SELECT revision FROM tenants WHERE id = $1 FOR NO KEY UPDATE")
+            .bind(tenant)
+            .fetch_one(&mut *conn)
+            .await?;
+    Ok(u64_of(revision))
+}
+
+async fn ensure_tenant(conn: &mut PgConnection, tenant: &str) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO tenants (id, revision) VALUES ($1, 0) ON CONFLICT (id) DO NOTHING")
+        .bind(tenant)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+async fn read_scope(
+    conn: &mut PgConnection,
+    tenant: &str,
+    scope: &ReadScope,
+) -> Result<Vec<Tool>, StoreError> {
+    let rows = match scope {
+        ReadScope::Integration(integration) => {
+            let sql = format!(
+                "SELECT {TOOL_COLUMNS}, revision FROM tools \
+                 WHERE tenant = $1 AND integration_id = $2 ORDER BY name"
+            );
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(tenant)
+                .bind(integration)
+                .fetch_all(&mut *conn)
+                .await?
+        }
+        ReadScope::Tools(keys) => {
+            let (integrations, names): (Vec<&str>, Vec<&str>) =
+                keys.iter().map(|(i, n)| (i.as_str(), n.as_str())).unzip();
+            let sql = format!(
+                "SELECT {TOOL_COLUMNS}, revision FROM tools WHERE tenant = $1 \
+                 AND (integration_id, name) IN (SELECT * FROM unnest($2::text[], $3::text[]))"
+            );
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(tenant)
+                .bind(integrations)
+                .bind(names)
+                .fetch_all(&mut *conn)
+                .await?
+        }
+    };
+    rows.iter().map(current_tool_from_row).collect()
+}
+
+async fn write_change(
+    conn: &mut PgConnection,
+    tenant: &str,
+    revision: u64,
+    change: &ToolChange,
+) -> Result<(), StoreError> {
+    match change {
+        ToolChange::Upsert(tool) => {
+            let sql = format!(
+                "INSERT INTO tools (tenant, {TOOL_COLUMNS}, revision) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+                 ON CONFLICT (tenant, integration_id, name) DO UPDATE SET \
+                 description = excluded.description, input_schema_json = excluded.input_schema_json, \
+                 read_only_hint = excluded.read_only_hint, destructive_hint = excluded.destructive_hint, \
+                 idempotent_hint = excluded.idempotent_hint, open_world_hint = excluded.open_world_hint, \
+                 policy = excluded.policy, manager_approval = excluded.manager_approval, \
+                 source = excluded.source, source_reason = excluded.source_reason, \
+                 revision = excluded.revision"
+            );
+            bind_tool(sqlx::query(sqlx::AssertSqlSafe(sql)).bind(tenant), tool)
+                .bind(revision as i64)
+                .execute(&mut *conn)
+                .await?;
+            let sql = format!(
+                "INSERT INTO tool_changes (tenant, revision, removed, {TOOL_COLUMNS}) \
+                 VALUES ($1, $2, FALSE, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+            );
+            bind_tool(
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(tenant)
+                    .bind(revision as i64),
+                tool,
+            )
+            .execute(&mut *conn)
+            .await?;
+        }
+        ToolChange::Remove {
+            integration_id,
+            name,
+        } => {
+            sqlx::query(
+                "DELETE FROM tools WHERE tenant = $1 AND integration_id = $2 AND name = $3",
+            )
+            .bind(tenant)
+            .bind(integration_id)
+            .bind(name)
+            .execute(&mut *conn)
+            .await?;
+            sqlx::query(
+                "INSERT INTO tool_changes (tenant, revision, integration_id, name, removed) \
+                 VALUES ($1, $2, $3, $4, TRUE)",
+            )
+            .bind(tenant)
+            .bind(revision as i64)
+            .bind(integration_id)
+            .bind(name)
+            .execute(&mut *conn)
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+async fn notify(conn: &mut PgConnection, channel: &str, payload: &str) -> Result<(), StoreError> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(channel)
+        .bind(payload)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+fn parse_revision_payload(payload: &str) -> Option<Wakeup> {
+    let (revision, tenant) = payload.split_once(' ')?;
+    Some(Wakeup::Revision {
+        tenant: tenant.to_owned(),
+        revision: revision.parse().ok()?,
+    })
+}
+
+/// Listens on one connection, forwarding hints, until the receiver is dropped. A lost
+/// connection is re-established (with backoff) and reported as [`Wakeup::Reconnected`].
+async fn forward_notifications(pool: PgPool, tx: tokio::sync::mpsc::Sender<Wakeup>) {
+    let mut backoff = Duration::from_millis(100);
+    let mut first = true;
+    loop {
+        let listener = async {
+            let mut l = PgListener::connect_with(&pool).await?;
+            l.listen_all([REVISIONS_CHANNEL, KEYS_CHANNEL]).await?;
+            Ok::<_, sqlx::Error>(l)
+        };
+        let mut listener = tokio::select! {
+            l = listener => match l {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "cannot LISTEN; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = tx.closed() => return,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            },
+            () = tx.closed() => return,
+        };
+        backoff = Duration::from_millis(100);
+        // Anything committed while not listening is found by the catch-up this triggers.
+        if !first && tx.send(Wakeup::Reconnected).await.is_err() {
+            return;
+        }
+        first = false;
+        loop {
+            let next = tokio::select! {
+                n = listener.try_recv() => n,
+                () = tx.closed() => return,
+            };
+            let wakeup = match next {
+                Ok(Some(n)) if n.channel() == KEYS_CHANNEL => Wakeup::Keys,
+                Ok(Some(n)) => match parse_revision_payload(n.payload()) {
+                    Some(w) => w,
+                    None => {
+                        tracing::warn!(payload = n.payload(), "unreadable revision notification");
+                        Wakeup::Reconnected
+                    }
+                },
+                Ok(None) | Err(_) => {
+                    tracing::warn!("lost the LISTEN connection; reconnecting");
+                    break;
+                }
+            };
+            if tx.send(wakeup).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+impl Store for PgStore {
+    async fn create_key(
+        &self,
+        id: &str,
+        tenant: &str,
+        role: Role,
+        secret_sha256: &str,
+    ) -> Result<(), StoreError> {
+        self.timed(async {
+            let mut tx = self.begin().await?;
+            ensure_tenant(&mut tx, tenant).await?;
+            sqlx::query(
+                "INSERT INTO api_keys (id, tenant, role, secret_sha256, created_at) \
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(id)
+            .bind(tenant)
+            .bind(role.as_str())
+            .bind(secret_sha256)
+            .bind(UnixMillis::now().0)
+            .execute(&mut *tx)
+            .await?;
+            notify(&mut tx, KEYS_CHANNEL, "").await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_keys(&self) -> Result<Vec<KeyInfo>, StoreError> {
+        self.timed(async {
+            let rows = sqlx::query(
+                "SELECT id, tenant, role, created_at, revoked_at FROM api_keys \
+                 ORDER BY tenant, created_at, id",
+            )
+            .fetch_all(&self.pool)
+            .await?;
+            rows.iter()
+                .map(|row| {
+                    let role: String = row.try_get("role")?;
+                    Ok(KeyInfo {
+                        id: row.try_get("id")?,
+                        tenant: row.try_get("tenant")?,
+                        role: Role::parse(&role).ok_or_else(|| corrupt("role", &role))?,
+                        created_at: row.try_get("created_at")?,
+                        revoked_at: row.try_get("revoked_at")?,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn revoke_key(&self, id: &str) -> Result<bool, StoreError> {
+        self.timed(async {
+            let mut tx = self.begin().await?;
+            let done = sqlx::query(
+                "UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
+            )
+            .bind(UnixMillis::now().0)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            notify(&mut tx, KEYS_CHANNEL, "").await?;
+            tx.commit().await?;
+            Ok(done.rows_affected() == 1)
+        })
+        .await
+    }
+
+    async fn caller_by_secret(&self, secret_sha256: &str) -> Result<Option<Caller>, StoreError> {
+        self.timed(async {
+            let row = sqlx::query(
+                "SELECT id, tenant, role FROM api_keys \
+                 WHERE secret_sha256 = $1 AND revoked_at IS NULL",
+            )
+            .bind(secret_sha256)
+            .fetch_optional(&self.pool)
+            .await?;
+            row.as_ref().map(caller_from_row).transpose()
+        })
+        .await
+    }
+
+    async fn load_all_tools(&self) -> Result<Vec<TenantTools>, StoreError> {
+        // Loading may take longer than one query's bound; each statement still has it.
+        let mut tx = self.begin_snapshot().await?;
+        let tenants = sqlx::query("SELECT id, revision FROM tenants ORDER BY id")
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut all = Vec::with_capacity(tenants.len());
+        let mut index = std::collections::HashMap::new();
+        for row in &tenants {
+            let tenant: String = row.try_get("id")?;
+            index.insert(tenant.clone(), all.len());
+            all.push(TenantTools {
+                tenant,
+                revision: u64_of(row.try_get("revision")?),
+                tools: Vec::new(),
+            });
+        }
+        let sql = format!("SELECT tenant, {TOOL_COLUMNS}, revision FROM tools");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&mut *tx)
+            .await?;
+        for row in &rows {
+            let tenant: String = row.try_get("tenant")?;
+            if let Some(&i) = index.get(&tenant) {
+                all[i].tools.push(current_tool_from_row(row)?);
+            }
+        }
+        tx.commit().await?;
+        Ok(all)
+    }
+
+    async fn load_tenant_tools(&self, tenant: &str) -> Result<TenantTools, StoreError> {
+        self.timed(async {
+            let mut tx = self.begin_snapshot().await?;
+            let revision: Option<i64> =
+                sqlx::query_scalar("SELECT revision FROM tenants WHERE id = $1")
+                    .bind(tenant)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let sql = format!("SELECT {TOOL_COLUMNS}, revision FROM tools WHERE tenant = $1");
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(tenant)
+                .fetch_all(&mut *tx)
+                .await?;
+            let tools = rows
+                .iter()
+                .map(current_tool_from_row)
+                .collect::<Result<_, _>>()?;
+            tx.commit().await?;
+            Ok(TenantTools {
+                tenant: tenant.to_owned(),
+                revision: u64_of(revision.unwrap_or(0)),
+                tools,
+            })
+        })
+        .await
+    }
+
+    async fn changes_since(
+        &self,
+        tenant: &str,
+        after: u64,
+    ) -> Result<Vec<RevisionChanges>, StoreError> {
+        self.timed(async {
+            let sql = format!(
+                "SELECT revision, removed, {TOOL_COLUMNS} FROM tool_changes \
+                 WHERE tenant = $1 AND revision > $2 ORDER BY revision, integration_id, name"
+            );
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(tenant)
+                .bind(after as i64)
+                .fetch_all(&self.pool)
+                .await?;
+            group_changes(&rows)
+        })
+        .await
+    }
+
+    async fn save_revision<F, E>(
+        &self,
+        tenant: &str,
+        actor_key_id: &str,
+        kind: SaveKind,
+        expected_revision: Option<u64>,
+        integration: Option<IntegrationMeta>,
+        scope: ReadScope,
+        plan: F,
+    ) -> Result<Saved, SaveError<E>>
+    where
+        F: FnOnce(&[Tool]) -> Result<Vec<ToolChange>, E> + Send,
+        E: Send,
+    {
+        self.timed(async {
+            let mut tx = self.begin().await?;
+            let current = lock_tenant(&mut tx, tenant).await?;
+            if let Some(expected) = expected_revision
+                && expected != current
+            {
+                return Err(SaveError::Stale { current });
+            }
+            let existing = read_scope(&mut tx, tenant, &scope).await?;
+            let changes = plan(&existing).map_err(SaveError::Plan)?;
+            let now = UnixMillis::now().0;
+            if let Some(meta) = &integration {
+                sqlx::query(
+                    "INSERT INTO integrations (tenant, id, kind, display_name, connected_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT (tenant, id) DO UPDATE SET \
+                     kind = excluded.kind, display_name = excluded.display_name, \
+                     updated_at = excluded.updated_at",
+                )
+                .bind(tenant)
+                .bind(&meta.id)
+                .bind(&meta.kind)
+                .bind(&meta.display_name)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::from)?;
+            }
+            if changes.is_empty() {
+                tx.commit().await.map_err(StoreError::from)?;
+                return Ok(Saved {
+                    revision: current,
+                    changes,
+                });
+            }
+            let revision = current + 1;
+            sqlx::query("UPDATE tenants SET revision = $1 WHERE id = $2")
+                .bind(revision as i64)
+                .bind(tenant)
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::from)?;
+            sqlx::query(
+                "INSERT INTO revisions (tenant, revision, kind, actor_key_id, created_at) \
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(tenant)
+            .bind(revision as i64)
+            .bind(kind.as_str())
+            .bind(actor_key_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::from)?;
+            let changes = stamp(changes, revision);
+            for change in &changes {
+                write_change(&mut tx, tenant, revision, change).await?;
+            }
+            notify(&mut tx, REVISIONS_CHANNEL, &format!("{revision} {tenant}")).await?;
+            tx.commit().await.map_err(StoreError::from)?;
+            Ok(Saved { revision, changes })
+        })
+        .await
+    }
+
+    async fn upsert_people(&self, tenant: &str, people: &[Person]) -> Result<u32, StoreError> {
+        self.timed(async {
+            let mut tx = self.begin().await?;
+            ensure_tenant(&mut tx, tenant).await?;
+            let now = UnixMillis::now().0;
+            for p in people {
+                sqlx::query(
+                    "INSERT INTO people (tenant, id, display_name, email, manager_id, technician, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (tenant, id) DO UPDATE SET \
+                     display_name = excluded.display_name, email = excluded.email, \
+                     manager_id = excluded.manager_id, technician = excluded.technician, \
+                     updated_at = excluded.updated_at",
+                )
+                .bind(tenant)
+                .bind(&p.id)
+                .bind(&p.display_name)
+                .bind(&p.email)
+                .bind(&p.manager_id)
+                .bind(p.technician)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(people.len() as u32)
+        })
+        .await
+    }
+
+    async fn get_person(&self, tenant: &str, id: &str) -> Result<Option<Person>, StoreError> {
+        self.timed(async {
+            let row = sqlx::query(
+                "SELECT id, display_name, email, manager_id, technician FROM people \
+                 WHERE tenant = $1 AND id = $2",
+            )
+            .bind(tenant)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+            row.as_ref().map(person_from_row).transpose()
+        })
+        .await
+    }
+
+    async fn insert_approval(&self, tenant: &str, a: &Approval) -> Result<Inserted, StoreError> {
+        self.timed(async {
+            // One statement: a new approval has no steps to read back.
+            let sql = format!(
+                "INSERT INTO approvals (tenant, id, state, integration_id, tool_name, arguments_json, \
+                 arguments_sha256, requester_id, request_id, required_roles, created_at, expires_at, \
+                 created_by_key, consumed_by_request, updated_at, origin) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, NULL, $11, $14) \
+                 ON CONFLICT (tenant, request_id) DO NOTHING RETURNING {APPROVAL_COLUMNS}"
+            );
+            let created = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(tenant)
+                .bind(&a.id)
+                .bind(a.state.as_str())
+                .bind(&a.integration_id)
+                .bind(&a.tool_name)
+                .bind(&a.arguments_json)
+                .bind(&a.arguments_sha256)
+                .bind(&a.requester_id)
+                .bind(&a.request_id)
+                .bind(roles_to_text(&a.required_roles))
+                .bind(a.created_at.0)
+                .bind(a.expires_at.0)
+                .bind(&a.created_by_key)
+                .bind(&*self.origin)
+                .fetch_optional(&self.pool)
+                .await?;
+            if let Some(row) = created {
+                return Ok(Inserted::New(approval_from_row(&row)?));
+            }
+            let mut conn = self.pool.acquire().await?;
+            let sql = format!(
+                "SELECT {APPROVAL_COLUMNS} FROM approvals WHERE tenant = $1 AND request_id = $2"
+            );
+            let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(tenant)
+                .bind(&a.request_id)
+                .fetch_optional(&mut *conn)
+                .await?
+                .ok_or_else(|| {
+                    StoreError::Corrupt("an approval's request id conflicted, then vanished".into())
+                })?;
+            Ok(Inserted::Existing(with_steps(&mut conn, tenant, &row).await?))
+        })
+        .await
+    }
+
+    async fn get_approval(&self, tenant: &str, id: &str) -> Result<Option<Approval>, StoreError> {
+        self.timed(async {
+            let mut conn = self.pool.acquire().await?;
+            fetch_approval(&mut conn, tenant, id, false).await
+        })
+        .await
+    }
+
+    async fn list_approvals(
+        &self,
+        tenant: &str,
+        q: &ApprovalQuery,
+    ) -> Result<(Vec<Approval>, Option<i64>), StoreError> {
+        self.timed(async {
+            let state_clause = match q.state {
+                None => "TRUE",
+                Some(ApprovalState::Expired) => {
+                    "(state = 'expired' OR (state IN ('pending', 'approved') AND expires_at <= $2))"
+                }
+                Some(ApprovalState::Pending | ApprovalState::Approved) => {
+                    "state = $1 AND expires_at > $2"
+                }
+                Some(_) => "state = $1",
+            };
+            let sql = format!(
+                "SELECT {APPROVAL_COLUMNS} FROM approvals WHERE tenant = $3 AND {state_clause} \
+                 AND ($4::text IS NULL OR created_by_key = $4) AND ($5::bigint IS NULL OR seq < $5) \
+                 ORDER BY seq DESC LIMIT $6"
+            );
+            let mut conn = self.pool.acquire().await?;
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(q.state.map(|s| s.as_str()))
+                .bind(q.now)
+                .bind(tenant)
+                .bind(q.created_by_key.as_deref())
+                .bind(q.before_seq)
+                .bind(i64::from(q.limit) + 1)
+                .fetch_all(&mut *conn)
+                .await?;
+            let page = rows.len().min(q.limit as usize);
+            let mut approvals: Vec<Approval> = rows[..page]
+                .iter()
+                .map(approval_from_row)
+                .collect::<Result<_, _>>()?;
+            let next = if rows.len() > page && page > 0 {
+                Some(rows[page - 1].try_get("seq")?)
+            } else {
+                None
+            };
+            // All the page's steps in one query.
+            let ids: Vec<&str> = approvals.iter().map(|a| a.id.as_str()).collect();
+            let steps = sqlx::query(
+                "SELECT approval_id, role, approver_id, approved, comment, decided_at \
+                 FROM approval_steps WHERE tenant = $1 AND approval_id = ANY($2) \
+                 ORDER BY decided_at, step",
+            )
+            .bind(tenant)
+            .bind(&ids)
+            .fetch_all(&mut *conn)
+            .await?;
+            let mut by_id: std::collections::HashMap<String, Vec<ApprovalStep>> =
+                std::collections::HashMap::new();
+            for row in &steps {
+                by_id
+                    .entry(row.try_get("approval_id")?)
+                    .or_default()
+                    .push(step_from_row(row)?);
+            }
+            for a in &mut approvals {
+                a.steps = by_id.remove(&a.id).unwrap_or_default();
+            }
+            Ok((approvals, next))
+        })
+        .await
+    }
+
+    async fn update_approval<F, T, E>(
+        &self,
+        tenant: &str,
+        id: &str,
+        person_ids: Vec<String>,
+        f: F,
+    ) -> Result<Option<Updated<T>>, UpdateError<E>>
+    where
+        F: FnOnce(&Approval, &People) -> Result<(Option<Approval>, T), E> + Send,
+        T: Send,
+        E: Send,
+    {
+        self.timed(async {
+            let mut tx = self.begin().await?;
+            // The row lock: concurrent decisions on one approval, on any replica, queue here.
+            let Some(current) = fetch_approval(&mut tx, tenant, id, true).await? else {
+                return Ok(None);
+            };
+            let mut ids = person_ids;
+            ids.push(current.requester_id.clone());
+            ids.sort();
+            ids.dedup();
+            let rows = sqlx::query(
+                "SELECT id, display_name, email, manager_id, technician FROM people \
+                 WHERE tenant = $1 AND id = ANY($2)",
+            )
+            .bind(tenant)
+            .bind(&ids)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(StoreError::from)?;
+            let mut people = People::new();
+            for row in &rows {
+                let p = person_from_row(row)?;
+                people.insert(p.id.clone(), p);
+            }
+            let (next, out) = f(&current, &people).map_err(UpdateError::Rule)?;
+            let Some(next) = next.filter(|n| n != &current) else {
+                tx.commit().await.map_err(StoreError::from)?;
+                return Ok(Some(Updated {
+                    approval: current,
+                    changed: false,
+                    out,
+                }));
+            };
+            sqlx::query(
+                "UPDATE approvals SET state = $1, required_roles = $2, consumed_by_request = $3, \
+                 updated_at = $4, origin = $5, changed_xid = pg_current_xact_id() \
+                 WHERE tenant = $6 AND id = $7",
+            )
+            .bind(next.state.as_str())
+            .bind(roles_to_text(&next.required_roles))
+            .bind(next.consumed_by_request.as_deref())
+            .bind(UnixMillis::now().0)
+            .bind(&*self.origin)
+            .bind(tenant)
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::from)?;
+            for step in next.steps.iter().skip(current.steps.len()) {
+                sqlx::query(
+                    "INSERT INTO approval_steps \
+                     (tenant, approval_id, role, approver_id, approved, comment, decided_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(tenant)
+                .bind(id)
+                .bind(step.role.as_str())
+                .bind(&step.approver_id)
+                .bind(step.approved)
+                .bind(&step.comment)
+                .bind(step.decided_at.0)
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::from)?;
+            }
+            tx.commit().await.map_err(StoreError::from)?;
+            Ok(Some(Updated {
+                approval: next,
+                changed: true,
+                out,
+            }))
+        })
+        .await
+    }
+
+    async fn expire_due(
+        &self,
+        now: i64,
+        limit: u32,
+    ) -> Result<Vec<(String, Approval)>, StoreError> {
+        self.timed(async {
+            let mut tx = self.begin().await?;
+            // SKIP LOCKED: replicas sweeping at once share the work instead of queueing.
+            let sql = format!(
+                "UPDATE approvals SET state = 'expired', updated_at = $1, origin = $3, \
+                 changed_xid = pg_current_xact_id() WHERE seq IN \
+                 (SELECT seq FROM approvals WHERE state IN ('pending', 'approved') \
+                  AND expires_at <= $1 ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
+                 RETURNING tenant, {APPROVAL_COLUMNS}"
+            );
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(now)
+                .bind(i64::from(limit))
+                .bind(&*self.origin)
+                .fetch_all(&mut *tx)
+                .await?;
+            let mut expired = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let tenant: String = row.try_get("tenant")?;
+                let a = with_steps(&mut tx, &tenant, row).await?;
+                expired.push((tenant, a));
+            }
+            tx.commit().await?;
+            Ok(expired)
+        })
+        .await
+    }
+
+    async fn tenant_revisions(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.timed(async {
+            let rows = sqlx::query("SELECT id, revision FROM tenants")
+                .fetch_all(&self.pool)
+                .await?;
+            rows.iter()
+                .map(|row| Ok((row.try_get("id")?, u64_of(row.try_get("revision")?))))
+                .collect()
+        })
+        .await
+    }
+
+    async fn live_keys(&self) -> Result<Vec<(String, Caller)>, StoreError> {
+        self.timed(async {
+            let rows = sqlx::query(
+                "SELECT secret_sha256, id, tenant, role FROM api_keys WHERE revoked_at IS NULL",
+            )
+            .fetch_all(&self.pool)
+            .await?;
+            rows.iter()
+                .map(|row| Ok((row.try_get("secret_sha256")?, caller_from_row(row)?)))
+                .collect()
+        })
+        .await
+    }
+
+    async fn wakeups(&self) -> Result<tokio::sync::mpsc::Receiver<Wakeup>, StoreError> {
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        tokio::spawn(forward_notifications(self.pool.clone(), tx));
+        Ok(rx)
+    }
+
+    async fn approval_changes(
+        &self,
+        cursor: &mut ApprovalCursor,
+    ) -> Result<Vec<(String, Approval)>, StoreError> {
+        self.timed(async {
+            let mut tx = self.begin_snapshot().await?;
+            let xmin: String =
+                sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text")
+                    .fetch_one(&mut *tx)
+                    .await?;
+            let xmin: u64 = xmin.parse().map_err(|_| corrupt("snapshot xmin", &xmin))?;
+            let Some(frontier) = cursor.frontier else {
+                tx.commit().await?;
+                cursor.frontier = Some(xmin);
+                return Ok(Vec::new());
+            };
+            let sql = format!(
+                "SELECT tenant, changed_xid::text AS xid, {APPROVAL_COLUMNS} FROM approvals \
+                 WHERE changed_xid >= $1::text::xid8 AND origin <> $2 ORDER BY changed_xid, seq"
+            );
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(frontier.to_string())
+                .bind(&*self.origin)
+                .fetch_all(&mut *tx)
+                .await?;
+            let mut seen = std::collections::HashSet::new();
+            let mut out = Vec::new();
+            for row in &rows {
+                let seq: i64 = row.try_get("seq")?;
+                let xid: String = row.try_get("xid")?;
+                let xid: u64 = xid.parse().map_err(|_| corrupt("xid", &xid))?;
+                let key = (seq, xid);
+                if xid >= xmin {
+                    // Its transaction may not be the last to change the row: read it again.
+                    seen.insert(key);
+                }
+                if cursor.seen.contains(&key) {
+                    continue;
+                }
+                let tenant: String = row.try_get("tenant")?;
+                let a = with_steps(&mut tx, &tenant, row).await?;
+                out.push((tenant, a));
+            }
+            tx.commit().await?;
+            cursor.frontier = Some(xmin);
+            cursor.seen = seen;
+            Ok(out)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn revision_payload_parses_tenants_with_spaces_and_refuses_garbage() {
+        assert_eq!(
+            parse_revision_payload("12 acme corp"),
+            Some(Wakeup::Revision {
+                tenant: "acme corp".into(),
+                revision: 12
+            })
+        );
+        assert_eq!(parse_revision_payload("x acme"), None);
+        assert_eq!(parse_revision_payload("12"), None);
+    }
+}

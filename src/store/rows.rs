@@ -1,0 +1,214 @@
+//! Row decoding shared by both backends: the columns are named alike in both schemas, so
+//! one set of decoders turns a row of either into domain types.
+
+use super::StoreError;
+use crate::policy::{
+    Annotations, Approval, ApprovalState, ApprovalStep, ApproverRole, Caller, Person, Policy,
+    PolicySource, RevisionChanges, Role, Tool, ToolChange, UnixMillis,
+};
+use sqlx::Row;
+
+/// Typed column access by name, for either backend's row.
+pub(crate) trait Cols {
+    fn text(&self, name: &str) -> Result<String, StoreError>;
+    fn opt_text(&self, name: &str) -> Result<Option<String>, StoreError>;
+    fn int(&self, name: &str) -> Result<i64, StoreError>;
+    fn flag(&self, name: &str) -> Result<bool, StoreError>;
+    fn opt_flag(&self, name: &str) -> Result<Option<bool>, StoreError>;
+}
+
+macro_rules! impl_cols {
+    ($row:ty) => {
+        impl Cols for $row {
+            fn text(&self, name: &str) -> Result<String, StoreError> {
+                Ok(self.try_get(name)?)
+            }
+            fn opt_text(&self, name: &str) -> Result<Option<String>, StoreError> {
+                Ok(self.try_get(name)?)
+            }
+            fn int(&self, name: &str) -> Result<i64, StoreError> {
+                Ok(self.try_get(name)?)
+            }
+            fn flag(&self, name: &str) -> Result<bool, StoreError> {
+                Ok(self.try_get(name)?)
+            }
+            fn opt_flag(&self, name: &str) -> Result<Option<bool>, StoreError> {
+                Ok(self.try_get(name)?)
+            }
+        }
+    };
+}
+
+impl_cols!(sqlx::sqlite::SqliteRow);
+impl_cols!(sqlx::postgres::PgRow);
+
+pub(crate) fn corrupt(what: &str, value: &str) -> StoreError {
+    StoreError::Corrupt(format!("{what} {value:?}"))
+}
+
+/// Revisions are stored as signed 64-bit integers and are never negative.
+pub(crate) fn u64_of(v: i64) -> u64 {
+    v.max(0) as u64
+}
+
+/// The twelve tool columns, in the order [`super::sqlite`] and [`super::pg`] bind them.
+pub(crate) const TOOL_COLUMNS: &str = "integration_id, name, description, input_schema_json, \
+     read_only_hint, destructive_hint, idempotent_hint, open_world_hint, policy, \
+     manager_approval, source, source_reason";
+
+/// The approval columns both backends read.
+pub(crate) const APPROVAL_COLUMNS: &str = "seq, id, state, integration_id, tool_name, \
+     arguments_json, arguments_sha256, requester_id, request_id, required_roles, created_at, \
+     expires_at, created_by_key, consumed_by_request";
+
+pub(crate) fn tool_from_row<R: Cols>(row: &R, revision: u64) -> Result<Tool, StoreError> {
+    let policy: String = row.text("policy")?;
+    let source: String = row.text("source")?;
+    Ok(Tool {
+        integration_id: row.text("integration_id")?,
+        name: row.text("name")?,
+        description: row.text("description")?,
+        input_schema_json: row.text("input_schema_json")?,
+        annotations: Annotations {
+            read_only: row.opt_flag("read_only_hint")?,
+            destructive: row.opt_flag("destructive_hint")?,
+            idempotent: row.opt_flag("idempotent_hint")?,
+            open_world: row.opt_flag("open_world_hint")?,
+        },
+        policy: Policy::parse(&policy).ok_or_else(|| corrupt("policy", &policy))?,
+        manager_approval: row.flag("manager_approval")?,
+        source: PolicySource::parse(&source).ok_or_else(|| corrupt("source", &source))?,
+        source_reason: row.text("source_reason")?,
+        revision,
+    })
+}
+
+/// A tool row that carries its own `revision` column.
+pub(crate) fn current_tool_from_row<R: Cols>(row: &R) -> Result<Tool, StoreError> {
+    tool_from_row(row, u64_of(row.int("revision")?))
+}
+
+/// Groups `tool_changes` rows (ordered by revision) into one entry per revision.
+pub(crate) fn group_changes<R: Cols>(rows: &[R]) -> Result<Vec<RevisionChanges>, StoreError> {
+    let mut out: Vec<RevisionChanges> = Vec::new();
+    for row in rows {
+        let revision = u64_of(row.int("revision")?);
+        let removed: bool = row.flag("removed")?;
+        let change = if removed {
+            ToolChange::Remove {
+                integration_id: row.text("integration_id")?,
+                name: row.text("name")?,
+            }
+        } else {
+            ToolChange::Upsert(tool_from_row(row, revision)?)
+        };
+        match out.last_mut() {
+            Some(last) if last.revision == revision => last.changes.push(change),
+            _ => out.push(RevisionChanges {
+                revision,
+                changes: vec![change],
+            }),
+        }
+    }
+    Ok(out)
+}
+
+pub(crate) fn roles_to_text(roles: &[ApproverRole]) -> String {
+    roles
+        .iter()
+        .map(|r| r.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn roles_from_text(text: &str) -> Result<Vec<ApproverRole>, StoreError> {
+    text.split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| ApproverRole::parse(s).ok_or_else(|| corrupt("approver role", s)))
+        .collect()
+}
+
+/// An approval without its steps (they live in their own table).
+pub(crate) fn approval_from_row<R: Cols>(row: &R) -> Result<Approval, StoreError> {
+    let state: String = row.text("state")?;
+    let roles: String = row.text("required_roles")?;
+    Ok(Approval {
+        id: row.text("id")?,
+        state: ApprovalState::parse(&state).ok_or_else(|| corrupt("approval state", &state))?,
+        integration_id: row.text("integration_id")?,
+        tool_name: row.text("tool_name")?,
+        arguments_json: row.text("arguments_json")?,
+        arguments_sha256: row.text("arguments_sha256")?,
+        requester_id: row.text("requester_id")?,
+        request_id: row.text("request_id")?,
+        required_roles: roles_from_text(&roles)?,
+        steps: Vec::new(),
+        created_at: UnixMillis(row.int("created_at")?),
+        expires_at: UnixMillis(row.int("expires_at")?),
+        created_by_key: row.text("created_by_key")?,
+        consumed_by_request: row.opt_text("consumed_by_request")?,
+    })
+}
+
+pub(crate) fn step_from_row<R: Cols>(row: &R) -> Result<ApprovalStep, StoreError> {
+    let role: String = row.text("role")?;
+    Ok(ApprovalStep {
+        role: ApproverRole::parse(&role).ok_or_else(|| corrupt("approver role", &role))?,
+        approver_id: row.text("approver_id")?,
+        approved: row.flag("approved")?,
+        comment: row.text("comment")?,
+        decided_at: UnixMillis(row.int("decided_at")?),
+    })
+}
+
+pub(crate) fn person_from_row<R: Cols>(row: &R) -> Result<Person, StoreError> {
+    Ok(Person {
+        id: row.text("id")?,
+        display_name: row.text("display_name")?,
+        email: row.text("email")?,
+        manager_id: row.text("manager_id")?,
+        technician: row.flag("technician")?,
+    })
+}
+
+/// A key row (`id, tenant, role`) as the caller it stands for.
+pub(crate) fn caller_from_row<R: Cols>(row: &R) -> Result<Caller, StoreError> {
+    let role: String = row.text("role")?;
+    Ok(Caller {
+        key_id: row.text("id")?,
+        tenant: row.text("tenant")?,
+        role: Role::parse(&role).ok_or_else(|| corrupt("role", &role))?,
+    })
+}
+
+/// Stamps the revision on every upserted tool.
+pub(crate) fn stamp(changes: Vec<ToolChange>, revision: u64) -> Vec<ToolChange> {
+    changes
+        .into_iter()
+        .map(|c| match c {
+            ToolChange::Upsert(mut t) => {
+                t.revision = revision;
+                ToolChange::Upsert(t)
+            }
+            removal => removal,
+        })
+        .collect()
+}
+
+/// A migrator over migrations embedded in the binary (no build-time database needed).
+pub(crate) fn migrator(list: &[(i64, &str, &'static str)]) -> sqlx::migrate::Migrator {
+    use sqlx::migrate::{Migration, MigrationType, Migrator};
+    let migrations = list
+        .iter()
+        .map(|(version, name, sql)| {
+            Migration::new(
+                *version,
+                (*name).to_owned().into(),
+                MigrationType::Simple,
+                sqlx::SqlSafeStr::into_sql_str(*sql),
+                false,
+            )
+        })
+        .collect();
+    Migrator::with_migrations(migrations)
+}

@@ -1,0 +1,21 @@
+//! The conformance suite against SQLite (a temporary file per test).
+//!
+//! The suite's code lives in `tests/suite/` and is compiled once per backend: every
+//! behaviour is checked, through the real server and the generated client, on both stores.
+
+const BACKEND: helpers::Backend = helpers::Backend::Sqlite;
+
+#[path = "../suite/admin.rs"]
+mod admin;
+#[path = "../suite/approvals.rs"]
+mod approvals;
+#[path = "../suite/auth.rs"]
+mod auth;
+#[path = "../suite/decide.rs"]
+mod decide;
+#[path = "../suite/helpers.rs"]
+mod helpers;
+#[path = "../suite/ops.rs"]
+mod ops;
+#[path = "../suite/watch.rs"]
+mod watch;
