@@ -25,6 +25,8 @@ pub enum RunError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("server task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error("listener: {0}")]
+    Listener(#[from] std::io::Error),
 }
 
 /// Opens the store named by the URL's scheme (created and migrated if needed).
@@ -113,7 +115,7 @@ pub async fn serve<S: Store>(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    let addr = listener.local_addr().ok();
+    let addr = listener.local_addr()?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = Server::builder()
         .add_service(health_service)
@@ -124,7 +126,7 @@ pub async fn serve<S: Store>(
             let _ = stop_rx.await;
         });
     let mut server = tokio::spawn(server);
-    tracing::info!(?addr, tools, "toolgate serving");
+    tracing::info!(%addr, tools, "toolgate serving");
 
     tokio::select! {
         finished = &mut server => return Ok(finished??),

@@ -409,6 +409,13 @@ pub struct TestDb {
     _dir: Option<tempfile::TempDir>,
 }
 
+impl TestDb {
+    #[allow(dead_code)] // used by the replica tests
+    pub fn postgres(url: String) -> TestDb {
+        TestDb { url, _dir: None }
+    }
+}
+
 /// Which backend a suite binary runs against (`crate::BACKEND`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[allow(dead_code)] // each suite binary names one of them

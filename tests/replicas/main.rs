@@ -1,0 +1,649 @@
+//! Several real `toolgate` processes on one PostgreSQL database: every promise of the core
+//! holds across replicas, and survives cut connections and an outage.
+
+const BACKEND: helpers::Backend = helpers::Backend::Postgres;
+
+mod harness;
+#[path = "../suite/helpers.rs"]
+#[allow(dead_code)] // the suite's helpers; these tests use some of them
+mod helpers;
+
+use harness::{Cluster, Proxy};
+use helpers::{ask, change, person, verdict, with_approval, with_key};
+use pb::watch_config_response::Event;
+use std::collections::BTreeMap;
+use std::time::Duration;
+use tokio::sync::watch;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+use toolgate::proto::v1 as pb;
+use toolgate::proto::v1::policy_service_client::PolicyServiceClient;
+
+type Client = PolicyServiceClient<Channel>;
+
+/// A bound on waiting for what must happen; reaching it fails the test.
+const MUST_HAPPEN: Duration = Duration::from_secs(30);
+
+type State = BTreeMap<(String, String), i32>;
+
+/// What one watcher saw: every revision in order, and the state they add up to.
+#[derive(Debug, Default)]
+struct Seen {
+    revisions: Vec<u64>,
+    state: State,
+    resets: u32,
+    reconnects: u32,
+}
+
+/// Follows WatchConfig on one replica until it reaches `target`, resuming from its last
+/// revision when the stream breaks, as a client would. Checks order and gaps as it goes.
+async fn follow(mut client: Client, key: String, mut target: watch::Receiver<u64>) -> Seen {
+    let mut seen = Seen::default();
+    let mut last: Option<u64> = None;
+    loop {
+        let stream = client
+            .watch_config(with_key(
+                &key,
+                pb::WatchConfigRequest {
+                    since_revision: last,
+                    integration_id: String::new(),
+                },
+            ))
+            .await;
+        let mut stream = match stream {
+            Ok(s) => s.into_inner(),
+            Err(_) => {
+                seen.reconnects += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        loop {
+            if last.is_some_and(|l| l >= *target.borrow()) {
+                return seen;
+            }
+            let msg = tokio::select! {
+                m = stream.message() => m,
+                _ = target.changed() => continue,
+            };
+            let Ok(Some(msg)) = msg else {
+                seen.reconnects += 1;
+                break;
+            };
+            match msg.event.expect("event set") {
+                Event::Snapshot(s) => {
+                    if last.is_some() {
+                        seen.resets += 1;
+                    }
+                    seen.state.clear();
+                    for t in &s.tools {
+                        seen.state
+                            .insert((t.integration_id.clone(), t.name.clone()), t.policy);
+                    }
+                    last = Some(msg.revision);
+                }
+                Event::Change(c) => {
+                    let expected = last.expect("a snapshot or resume point first") + 1;
+                    assert_eq!(msg.revision, expected, "a gap or a repeat in the revisions");
+                    for t in &c.upserted {
+                        seen.state
+                            .insert((t.integration_id.clone(), t.name.clone()), t.policy);
+                    }
+                    for r in &c.removed {
+                        seen.state
+                            .remove(&(r.integration_id.clone(), r.tool_name.clone()));
+                    }
+                    seen.revisions.push(msg.revision);
+                    last = Some(msg.revision);
+                }
+                Event::Heartbeat(_) => {}
+            }
+        }
+    }
+}
+
+/// Every tool an admin sees, as a watcher's state.
+async fn list_state(mut client: Client, admin: &str, min_revision: u64) -> (u64, State) {
+    let r = client
+        .list_tools(with_key(
+            admin,
+            pb::ListToolsRequest {
+                integration_id: String::new(),
+                include_disabled: true,
+                min_revision: Some(min_revision),
+            },
+        ))
+        .await
+        .expect("list tools")
+        .into_inner();
+    let state = r
+        .tools
+        .iter()
+        .map(|t| ((t.integration_id.clone(), t.name.clone()), t.policy))
+        .collect();
+    (r.revision, state)
+}
+
+/// Retries a call while it answers UNAVAILABLE (a replica without its database), bounded.
+async fn retry<T, F, Fut>(mut call: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Status>>,
+{
+    let deadline = tokio::time::Instant::now() + MUST_HAPPEN;
+    loop {
+        match call().await {
+            Ok(v) => return v,
+            Err(s) if s.code() == Code::Unavailable && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(s) => panic!("call failed: {s:?}"),
+        }
+    }
+}
+
+async fn set_policy(mut client: Client, admin: &str, tool: &str, policy: pb::Policy) -> u64 {
+    client
+        .set_policy(with_key(
+            admin,
+            pb::SetPolicyRequest {
+                changes: vec![change("entra", tool, policy, None)],
+                expected_revision: None,
+            },
+        ))
+        .await
+        .map(|r| r.into_inner().revision)
+        .expect("set policy")
+}
+
+async fn people(c: &Cluster) {
+    c.r(0)
+        .upsert_people(with_key(
+            &c.admin,
+            pb::UpsertPeopleRequest {
+                people: vec![person("alice", "mgr", false), person("tech", "", true)],
+            },
+        ))
+        .await
+        .expect("upsert people");
+}
+
+const TOOLS: &[&str] = &["t0", "t1", "t2", "get_user", "reset_password"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_saves_on_three_replicas_reach_every_watcher_gapless_and_in_order() {
+    let c = Cluster::start(3).await;
+    let first = c.connect(0, TOOLS).await;
+    let (target_tx, target) = watch::channel(u64::MAX);
+    let mut watchers = Vec::new();
+    for i in 0..9 {
+        watchers.push(tokio::spawn(follow(
+            c.r(i),
+            c.admin.clone(),
+            target.clone(),
+        )));
+    }
+    // Three admins, one per replica, each flipping its own tool 20 times.
+    let mut admins = Vec::new();
+    for a in 0..3 {
+        let client = c.r(a);
+        let admin = c.admin.clone();
+        admins.push(tokio::spawn(async move {
+            let mut revisions = Vec::new();
+            for n in 0..20 {
+                let policy = if n % 2 == 0 {
+                    pb::Policy::Disabled
+                } else {
+                    pb::Policy::Auto
+                };
+                revisions.push(set_policy(client.clone(), &admin, TOOLS[a], policy).await);
+            }
+            revisions
+        }));
+    }
+    let mut all = Vec::new();
+    for a in admins {
+        all.extend(a.await.unwrap());
+    }
+    all.sort();
+    let expected: Vec<u64> = (first + 1..=first + 60).collect();
+    assert_eq!(all, expected, "each Save got its own revision, with no gap");
+    let last = first + 60;
+    target_tx.send(last).unwrap();
+    let (_, truth) = list_state(c.r(0), &c.admin, last).await;
+    for (i, w) in watchers.into_iter().enumerate() {
+        let seen = tokio::time::timeout(MUST_HAPPEN, w)
+            .await
+            .unwrap_or_else(|_| panic!("watcher {i} did not reach {last}\n{}", c.logs()))
+            .unwrap();
+        assert_eq!(
+            seen.revisions, expected,
+            "watcher {i} saw every revision once"
+        );
+        assert_eq!(seen.state, truth, "watcher {i} ends where ListTools is");
+    }
+    for i in 0..3 {
+        assert_eq!(
+            list_state(c.r(i), &c.admin, last).await,
+            (last, truth.clone())
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_one_of_sixteen_decides_on_three_replicas_uses_an_approval() {
+    let c = Cluster::start(3).await;
+    c.connect(0, TOOLS).await;
+    people(&c).await;
+    // Several rounds: a race that a missing row lock would lose shows up in one of them.
+    for round in 0..10 {
+        let args = format!(r#"{{"user":"u{round}"}}"#);
+        let first = c
+            .r(round)
+            .decide(with_key(
+                &c.agent,
+                ask("reset_password", &args, &format!("req-{round}")),
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(verdict(&first).0, pb::Verdict::PendingApproval);
+        let approval = first.approval.expect("approval").id;
+        c.r(round + 1)
+            .submit_approval(with_key(
+                &c.approver,
+                pb::SubmitApprovalRequest {
+                    approval_id: approval.clone(),
+                    role: pb::ApproverRole::Technician as i32,
+                    approver_id: "tech".into(),
+                    approve: true,
+                    comment: "ok".into(),
+                },
+            ))
+            .await
+            .expect("approve");
+        // All sixteen leave together.
+        let start = std::sync::Arc::new(tokio::sync::Barrier::new(16));
+        let mut calls = Vec::new();
+        for n in 0..16 {
+            let mut client = c.r(n);
+            let req = with_approval(ask("reset_password", &args, &format!("use-{n}")), &approval);
+            let agent = c.agent.clone();
+            let start = start.clone();
+            calls.push(tokio::spawn(async move {
+                start.wait().await;
+                client
+                    .decide(with_key(&agent, req))
+                    .await
+                    .map(|r| r.into_inner())
+            }));
+        }
+        let mut allowed = 0;
+        for call in calls {
+            let r = call.await.unwrap().expect("decide");
+            match verdict(&r) {
+                (pb::Verdict::Allow, _) => allowed += 1,
+                other => assert_eq!(
+                    other,
+                    (pb::Verdict::Deny, pb::DecisionCode::ApprovalConsumed)
+                ),
+            }
+        }
+        assert_eq!(
+            allowed, 1,
+            "round {round}: an approval allows exactly one call"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_decided_on_one_replica_reaches_watchers_on_another() {
+    let c = Cluster::start(2).await;
+    c.connect(0, TOOLS).await;
+    people(&c).await;
+    let mut stream = c
+        .r(1)
+        .watch_approvals(with_key(&c.approver, pb::WatchApprovalsRequest::default()))
+        .await
+        .unwrap()
+        .into_inner();
+    let created = c
+        .r(0)
+        .decide(with_key(&c.agent, ask("reset_password", "{}", "req-1")))
+        .await
+        .unwrap()
+        .into_inner()
+        .approval
+        .expect("approval");
+    c.r(0)
+        .submit_approval(with_key(
+            &c.approver,
+            pb::SubmitApprovalRequest {
+                approval_id: created.id.clone(),
+                role: pb::ApproverRole::Technician as i32,
+                approver_id: "tech".into(),
+                approve: true,
+                comment: "ok".into(),
+            },
+        ))
+        .await
+        .expect("approve");
+    let mut states = Vec::new();
+    while states.last() != Some(&(pb::ApprovalState::Approved as i32)) {
+        let msg = tokio::time::timeout(MUST_HAPPEN, stream.message())
+            .await
+            .unwrap_or_else(|_| panic!("replica 1 never heard\n{}", c.logs()))
+            .unwrap()
+            .unwrap();
+        if let Some(a) = msg.approval {
+            assert_eq!(a.id, created.id);
+            states.push(a.state);
+        }
+    }
+    assert_eq!(
+        states,
+        vec![
+            pb::ApprovalState::Pending as i32,
+            pb::ApprovalState::Approved as i32
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_resumes_on_another_replica_from_a_revision_seen_on_the_first() {
+    let c = Cluster::start(2).await;
+    let first = c.connect(0, TOOLS).await;
+    let seen_on_a = set_policy(c.r(0), &c.admin, "t0", pb::Policy::Disabled).await;
+    let mut later = Vec::new();
+    for tool in ["t1", "t2"] {
+        later.push(set_policy(c.r(0), &c.admin, tool, pb::Policy::Disabled).await);
+    }
+    assert_eq!(later, vec![first + 2, first + 3]);
+    // Read-your-writes on B: Decide waits for A's last revision instead of answering older.
+    let d = c
+        .r(1)
+        .decide(with_key(
+            &c.agent,
+            pb::DecideRequest {
+                min_revision: Some(first + 3),
+                ..ask("t2", "{}", "r-1")
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(d.revision, first + 3);
+    assert_eq!(verdict(&d).1, pb::DecisionCode::ToolDisabled);
+    // A revision no replica has reached: UNAVAILABLE after the bounded wait, never older.
+    let ahead = c
+        .r(1)
+        .decide(with_key(
+            &c.agent,
+            pb::DecideRequest {
+                min_revision: Some(first + 100),
+                ..ask("t2", "{}", "r-2")
+            },
+        ))
+        .await;
+    assert_eq!(ahead.unwrap_err().code(), Code::Unavailable);
+    let (target_tx, target) = watch::channel(first + 3);
+    drop(target_tx);
+    let mut client = c.r(1);
+    let mut stream = client
+        .watch_config(with_key(
+            &c.admin,
+            pb::WatchConfigRequest {
+                since_revision: Some(seen_on_a),
+                integration_id: String::new(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut revisions = Vec::new();
+    while revisions.len() < 2 {
+        let msg = tokio::time::timeout(MUST_HAPPEN, stream.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        match msg.event.unwrap() {
+            Event::Change(_) => revisions.push(msg.revision),
+            Event::Heartbeat(_) => {}
+            Event::Snapshot(_) => panic!("a resume within the history replays changes"),
+        }
+    }
+    assert_eq!(revisions, later);
+    let _ = target;
+}
+
+/// Replicas 0 and 1 reach the database through a proxy; replica 2 directly. Connections
+/// are cut while approvals are created and used and policies saved; then 0 and 1 lose the
+/// database for a while, during which replica 2 goes on saving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_connections_and_an_outage_lose_nothing_and_never_allow_without_the_database() {
+    let proxy = Proxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let c = Cluster::start_via(3, |i, url| {
+        if i < 2 {
+            proxy.url(url)
+        } else {
+            url.to_owned()
+        }
+    })
+    .await;
+    let first = c.connect(2, TOOLS).await;
+    people(&c).await;
+    let (target_tx, target) = watch::channel(u64::MAX);
+    let watchers: Vec<_> = (0..3)
+        .map(|i| tokio::spawn(follow(c.r(i), c.admin.clone(), target.clone())))
+        .collect();
+
+    // Phase 1: load, with every connection cut five times.
+    let saver = {
+        let clients: Vec<Client> = (0..3).map(|i| c.r(i)).collect();
+        let admin = c.admin.clone();
+        tokio::spawn(async move {
+            for n in 0..30usize {
+                let policy = [pb::Policy::Disabled, pb::Policy::Auto][n % 2];
+                let client = clients[n % 3].clone();
+                let tool = TOOLS[(n / 2) % 3];
+                // A Save cut before its answer may have committed: saving again is harmless.
+                retry(|| {
+                    let mut client = client.clone();
+                    let admin = admin.clone();
+                    async move {
+                        client
+                            .set_policy(with_key(
+                                &admin,
+                                pb::SetPolicyRequest {
+                                    changes: vec![change("entra", tool, policy, None)],
+                                    expected_revision: None,
+                                },
+                            ))
+                            .await
+                    }
+                })
+                .await;
+            }
+        })
+    };
+    let approvals = {
+        let clients: Vec<Client> = (0..3).map(|i| c.r(i)).collect();
+        let (agent, approver) = (c.agent.clone(), c.approver.clone());
+        tokio::spawn(async move {
+            let mut used = Vec::new();
+            for n in 0..15usize {
+                let args = format!(r#"{{"user":"u{n}"}}"#);
+                let request = format!("req-{n}");
+                let ask_on = |i: usize, req: pb::DecideRequest| {
+                    let mut client = clients[i % 3].clone();
+                    let agent = agent.clone();
+                    async move {
+                        client
+                            .decide(with_key(&agent, req))
+                            .await
+                            .map(|r| r.into_inner())
+                    }
+                };
+                // Asking again with the same request id returns the same approval.
+                let pending = retry(|| ask_on(n, ask("reset_password", &args, &request))).await;
+                assert_eq!(verdict(&pending).0, pb::Verdict::PendingApproval);
+                let id = pending.approval.expect("approval").id;
+                let approve = |i: usize| {
+                    let mut client = clients[i % 3].clone();
+                    let approver = approver.clone();
+                    let id = id.clone();
+                    async move {
+                        let r = client
+                            .submit_approval(with_key(
+                                &approver,
+                                pb::SubmitApprovalRequest {
+                                    approval_id: id,
+                                    role: pb::ApproverRole::Technician as i32,
+                                    approver_id: "tech".into(),
+                                    approve: true,
+                                    comment: "ok".into(),
+                                },
+                            ))
+                            .await;
+                        match r {
+                            // An approval cut before its answer may have been saved: the
+                            // second try finds it decided (the Decide below proves it).
+                            Err(s) if s.code() == Code::FailedPrecondition => Ok(()),
+                            other => other.map(|_| ()),
+                        }
+                    }
+                };
+                retry(|| approve(n + 1)).await;
+                let go = retry(|| {
+                    ask_on(
+                        n + 2,
+                        with_approval(ask("reset_password", &args, &request), &id),
+                    )
+                })
+                .await;
+                assert_eq!(
+                    verdict(&go),
+                    (pb::Verdict::Allow, pb::DecisionCode::ApprovalGranted)
+                );
+                // Using it again for another call is refused, on any replica.
+                let again =
+                    retry(|| ask_on(n, with_approval(ask("reset_password", &args, "other"), &id)))
+                        .await;
+                assert_eq!(
+                    verdict(&again),
+                    (pb::Verdict::Deny, pb::DecisionCode::ApprovalConsumed)
+                );
+                used.push((id, request));
+            }
+            used
+        })
+    };
+    let mut admin_db = helpers::pg::admin().await;
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        proxy.cut();
+        let dbname = c.db.url.rsplit('/').next().unwrap().to_owned();
+        sqlx::query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = $1 AND application_name = 'toolgate'",
+        )
+        .bind(dbname)
+        .execute(&mut admin_db)
+        .await
+        .expect("terminate backends");
+    }
+    tokio::time::timeout(MUST_HAPPEN * 2, saver)
+        .await
+        .unwrap_or_else(|_| panic!("saves did not finish\n{}", c.logs()))
+        .unwrap();
+    let used = tokio::time::timeout(MUST_HAPPEN * 2, approvals)
+        .await
+        .unwrap_or_else(|_| panic!("approvals did not finish\n{}", c.logs()))
+        .unwrap();
+
+    // Phase 2: replicas 0 and 1 lose the database; replica 2 keeps saving.
+    proxy.down();
+    for i in 0..2 {
+        let auto = c
+            .r(i)
+            .decide(with_key(&c.agent, ask("get_user", "{}", "during-outage")))
+            .await
+            .expect("an auto tool is decided from the snapshot");
+        assert_eq!(verdict(auto.get_ref()).0, pb::Verdict::Allow);
+        let needs_db = c
+            .r(i)
+            .decide(with_key(
+                &c.agent,
+                ask("reset_password", "{}", &format!("outage-{i}")),
+            ))
+            .await;
+        assert_eq!(
+            needs_db.map(|r| verdict(r.get_ref())).unwrap_err().code(),
+            Code::Unavailable,
+            "a call that needs the database is never answered without it"
+        );
+    }
+    let deadline = tokio::time::Instant::now() + MUST_HAPPEN;
+    while c.replicas[0].serving().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "health never turned NOT_SERVING"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        c.replicas[2].serving().await,
+        "the replica with its database serves on"
+    );
+    let mut last = 0;
+    for tool in ["t0", "t1", "t2"] {
+        last = set_policy(c.r(2), &c.admin, tool, pb::Policy::ApprovalNeeded).await;
+    }
+    proxy.up();
+    let deadline = tokio::time::Instant::now() + MUST_HAPPEN;
+    while !(c.replicas[0].serving().await && c.replicas[1].serving().await) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "health never came back\n{}",
+            c.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Nothing lost, nothing used twice, every revision seen by every watcher.
+    let store = toolgate::store::AnyStore::open(&c.db.url, &Default::default())
+        .await
+        .unwrap();
+    use toolgate::store::Store;
+    for (id, request) in &used {
+        let a = store
+            .get_approval("acme", id)
+            .await
+            .unwrap()
+            .expect("approval kept");
+        assert_eq!(a.state, toolgate::policy::ApprovalState::Consumed);
+        assert_eq!(a.consumed_by_request.as_deref(), Some(request.as_str()));
+    }
+    let revisions = store.tenant_revisions().await.unwrap();
+    assert_eq!(revisions, vec![("acme".to_owned(), last)]);
+    target_tx.send(last).unwrap();
+    let (_, truth) = list_state(c.r(2), &c.admin, last).await;
+    for (i, w) in watchers.into_iter().enumerate() {
+        let seen = tokio::time::timeout(MUST_HAPPEN, w)
+            .await
+            .unwrap_or_else(|_| panic!("watcher {i} never reached {last}\n{}", c.logs()))
+            .unwrap();
+        let expected: Vec<u64> = (first + 1..=last).collect();
+        assert_eq!(seen.resets, 0, "watcher {i} needed a reset snapshot");
+        assert_eq!(
+            seen.revisions, expected,
+            "watcher {i} missed or repeated a revision"
+        );
+        assert_eq!(seen.state, truth, "watcher {i} ends where the database is");
+        assert_eq!(
+            list_state(c.r(i), &c.admin, last).await,
+            (last, truth.clone())
+        );
+    }
+}
