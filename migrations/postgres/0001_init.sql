@@ -92,10 +92,6 @@ CREATE TABLE people (
 -- Approvals. No foreign key to tenants: the caller's key proves the tenant exists, and the
 -- key-share lock such a check takes on the tenant row would tie every approval write to
 -- the row each Save locks.
---
--- `origin` (the writing replica) and `changed_xid` (the writing transaction) let other
--- replicas read the changes they did not make, in order, without NOTIFY on this path:
--- every change made by a transaction older than a reader's snapshot xmin is final.
 CREATE TABLE approvals (
     seq                 BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     tenant              TEXT NOT NULL,
@@ -114,14 +110,31 @@ CREATE TABLE approvals (
     created_by_key      TEXT NOT NULL,
     consumed_by_request TEXT,
     updated_at          BIGINT NOT NULL,
-    origin              TEXT NOT NULL,
-    changed_xid         xid8 NOT NULL DEFAULT pg_current_xact_id(),
     UNIQUE (tenant, id),
     -- The same request_id never creates a second approval.
     UNIQUE (tenant, request_id)
 );
 
-CREATE INDEX approvals_by_change ON approvals (changed_xid);
+-- Every change of an approval, written in the transaction that makes it: what other
+-- replicas read to push each state to their WatchApprovals streams, without NOTIFY on
+-- this path. `origin` is the writing replica (which published it itself); `xid` the
+-- writing transaction: every change by a transaction older than a reader's snapshot xmin
+-- is final, so readers move on by xmin and miss nothing. Pruned after a retention time.
+CREATE TABLE approval_changes (
+    seq                 BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    xid                 xid8 NOT NULL DEFAULT pg_current_xact_id(),
+    tenant              TEXT NOT NULL,
+    approval_id         TEXT NOT NULL,
+    origin              TEXT NOT NULL,
+    state               TEXT NOT NULL,
+    required_roles      TEXT NOT NULL,
+    consumed_by_request TEXT,
+    step_count          INTEGER NOT NULL,
+    created_at          BIGINT NOT NULL
+);
+
+CREATE INDEX approval_changes_by_xid ON approval_changes (xid);
+CREATE INDEX approval_changes_by_age ON approval_changes (created_at);
 
 -- The expiry sweep reads open approvals by expiry.
 CREATE INDEX approvals_open_by_expiry ON approvals (expires_at)

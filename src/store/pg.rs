@@ -4,8 +4,9 @@
 //!   tenant's revisions are gapless and committed in order whichever replica saves; it
 //!   sends `NOTIFY toolgate_revisions` with the new revision, delivered at commit.
 //! - An approval update locks the approval row (`FOR UPDATE`): single use holds across
-//!   replicas. Approval writes send no NOTIFY (it takes a database-wide lock at commit);
-//!   other replicas read them by transaction id instead ([`Store::approval_changes`]).
+//!   replicas. Each approval write also appends to `approval_changes` in its transaction;
+//!   other replicas read that by transaction id ([`Store::approval_changes`]) instead of
+//!   being sent a NOTIFY (which takes a database-wide lock at commit).
 //! - Every call is bounded by the query timeout, both on the server (`statement_timeout`)
 //!   and here (a lost connection that never answers).
 
@@ -39,6 +40,9 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[(
 
 /// The channel a Save notifies, with `<revision> <tenant>` as payload.
 const REVISIONS_CHANNEL: &str = "toolgate_revisions";
+/// How long approval changes stay readable by other replicas.
+const APPROVAL_CHANGES_RETENTION: Duration = Duration::from_secs(15 * 60);
+
 /// The channel a key change notifies (no payload: the cache reloads).
 const KEYS_CHANNEL: &str = "toolgate_keys";
 
@@ -669,13 +673,19 @@ impl Store for PgStore {
 
     async fn insert_approval(&self, tenant: &str, a: &Approval) -> Result<Inserted, StoreError> {
         self.timed(async {
-            // One statement: a new approval has no steps to read back.
+            // One statement: the approval and its first change (a new approval has no
+            // steps to read back).
             let sql = format!(
-                "INSERT INTO approvals (tenant, id, state, integration_id, tool_name, arguments_json, \
-                 arguments_sha256, requester_id, request_id, required_roles, created_at, expires_at, \
-                 created_by_key, consumed_by_request, updated_at, origin) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, NULL, $11, $14) \
-                 ON CONFLICT (tenant, request_id) DO NOTHING RETURNING {APPROVAL_COLUMNS}"
+                "WITH created AS (INSERT INTO approvals (tenant, id, state, integration_id, \
+                 tool_name, arguments_json, arguments_sha256, requester_id, request_id, \
+                 required_roles, created_at, expires_at, created_by_key, consumed_by_request, \
+                 updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, NULL, $11) \
+                 ON CONFLICT (tenant, request_id) DO NOTHING RETURNING *), \
+                 logged AS (INSERT INTO approval_changes (tenant, approval_id, origin, state, \
+                 required_roles, consumed_by_request, step_count, created_at) \
+                 SELECT tenant, id, $14, state, required_roles, NULL, 0, created_at FROM created) \
+                 SELECT {APPROVAL_COLUMNS} FROM created"
             );
             let created = sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(tenant)
@@ -709,7 +719,9 @@ impl Store for PgStore {
                 .ok_or_else(|| {
                     StoreError::Corrupt("an approval's request id conflicted, then vanished".into())
                 })?;
-            Ok(Inserted::Existing(with_steps(&mut conn, tenant, &row).await?))
+            Ok(Inserted::Existing(
+                with_steps(&mut conn, tenant, &row).await?,
+            ))
         })
         .await
     }
@@ -835,18 +847,34 @@ impl Store for PgStore {
                     out,
                 }));
             };
+            let now = UnixMillis::now().0;
+            let roles = roles_to_text(&next.required_roles);
             sqlx::query(
                 "UPDATE approvals SET state = $1, required_roles = $2, consumed_by_request = $3, \
-                 updated_at = $4, origin = $5, changed_xid = pg_current_xact_id() \
-                 WHERE tenant = $6 AND id = $7",
+                 updated_at = $4 WHERE tenant = $5 AND id = $6",
             )
             .bind(next.state.as_str())
-            .bind(roles_to_text(&next.required_roles))
+            .bind(&roles)
             .bind(next.consumed_by_request.as_deref())
-            .bind(UnixMillis::now().0)
-            .bind(&*self.origin)
+            .bind(now)
             .bind(tenant)
             .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::from)?;
+            sqlx::query(
+                "INSERT INTO approval_changes (tenant, approval_id, origin, state, \
+                 required_roles, consumed_by_request, step_count, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(tenant)
+            .bind(id)
+            .bind(&*self.origin)
+            .bind(next.state.as_str())
+            .bind(&roles)
+            .bind(next.consumed_by_request.as_deref())
+            .bind(next.steps.len() as i32)
+            .bind(now)
             .execute(&mut *tx)
             .await
             .map_err(StoreError::from)?;
@@ -886,11 +914,16 @@ impl Store for PgStore {
             let mut tx = self.begin().await?;
             // SKIP LOCKED: replicas sweeping at once share the work instead of queueing.
             let sql = format!(
-                "UPDATE approvals SET state = 'expired', updated_at = $1, origin = $3, \
-                 changed_xid = pg_current_xact_id() WHERE seq IN \
-                 (SELECT seq FROM approvals WHERE state IN ('pending', 'approved') \
-                  AND expires_at <= $1 ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
-                 RETURNING tenant, {APPROVAL_COLUMNS}"
+                "WITH expired AS (UPDATE approvals SET state = 'expired', updated_at = $1 \
+                 WHERE seq IN (SELECT seq FROM approvals WHERE state IN ('pending', 'approved') \
+                 AND expires_at <= $1 ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
+                 RETURNING *), \
+                 logged AS (INSERT INTO approval_changes (tenant, approval_id, origin, state, \
+                 required_roles, consumed_by_request, step_count, created_at) \
+                 SELECT e.tenant, e.id, $3, e.state, e.required_roles, e.consumed_by_request, \
+                 (SELECT count(*) FROM approval_steps s \
+                  WHERE s.tenant = e.tenant AND s.approval_id = e.id), $1 FROM expired e) \
+                 SELECT tenant, {APPROVAL_COLUMNS} FROM expired"
             );
             let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(now)
@@ -904,6 +937,14 @@ impl Store for PgStore {
                 let a = with_steps(&mut tx, &tenant, row).await?;
                 expired.push((tenant, a));
             }
+            // Housekeeping on the same tick: the change feed keeps a bounded history.
+            sqlx::query(
+                "DELETE FROM approval_changes WHERE seq IN (SELECT seq FROM approval_changes \
+                 WHERE created_at < $1 ORDER BY created_at LIMIT 10000)",
+            )
+            .bind(now - APPROVAL_CHANGES_RETENTION.as_millis() as i64)
+            .execute(&mut *tx)
+            .await?;
             tx.commit().await?;
             Ok(expired)
         })
@@ -958,31 +999,39 @@ impl Store for PgStore {
                 cursor.frontier = Some(xmin);
                 return Ok(Vec::new());
             };
-            let sql = format!(
-                "SELECT tenant, changed_xid::text AS xid, {APPROVAL_COLUMNS} FROM approvals \
-                 WHERE changed_xid >= $1::text::xid8 AND origin <> $2 ORDER BY changed_xid, seq"
-            );
-            let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(frontier.to_string())
-                .bind(&*self.origin)
-                .fetch_all(&mut *tx)
-                .await?;
+            // Each change as it was made: the approval's fixed fields, with the state,
+            // roles and steps it had after that change.
+            let rows = sqlx::query(
+                "SELECT c.seq AS change_seq, c.xid::text AS xid, c.tenant, c.state, \
+                 c.required_roles, c.consumed_by_request, c.step_count, a.seq, a.id, \
+                 a.integration_id, a.tool_name, a.arguments_json, a.arguments_sha256, \
+                 a.requester_id, a.request_id, a.created_at, a.expires_at, a.created_by_key \
+                 FROM approval_changes c JOIN approvals a \
+                 ON a.tenant = c.tenant AND a.id = c.approval_id \
+                 WHERE c.xid >= $1::text::xid8 AND c.origin <> $2 ORDER BY c.xid, c.seq",
+            )
+            .bind(frontier.to_string())
+            .bind(&*self.origin)
+            .fetch_all(&mut *tx)
+            .await?;
             let mut seen = std::collections::HashSet::new();
             let mut out = Vec::new();
             for row in &rows {
-                let seq: i64 = row.try_get("seq")?;
+                let change: i64 = row.try_get("change_seq")?;
                 let xid: String = row.try_get("xid")?;
                 let xid: u64 = xid.parse().map_err(|_| corrupt("xid", &xid))?;
-                let key = (seq, xid);
+                let key = (change, xid);
                 if xid >= xmin {
-                    // Its transaction may not be the last to change the row: read it again.
+                    // Not yet below every running transaction: it is read again next time.
                     seen.insert(key);
                 }
                 if cursor.seen.contains(&key) {
                     continue;
                 }
                 let tenant: String = row.try_get("tenant")?;
-                let a = with_steps(&mut tx, &tenant, row).await?;
+                let step_count: i32 = row.try_get("step_count")?;
+                let mut a = with_steps(&mut tx, &tenant, row).await?;
+                a.steps.truncate(step_count.max(0) as usize);
                 out.push((tenant, a));
             }
             tx.commit().await?;

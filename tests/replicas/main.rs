@@ -185,7 +185,7 @@ async fn concurrent_saves_on_three_replicas_reach_every_watcher_gapless_and_in_o
     }
     // Three admins, one per replica, each flipping its own tool 20 times.
     let mut admins = Vec::new();
-    for a in 0..3 {
+    for (a, tool) in TOOLS.iter().take(3).enumerate() {
         let client = c.r(a);
         let admin = c.admin.clone();
         admins.push(tokio::spawn(async move {
@@ -196,7 +196,7 @@ async fn concurrent_saves_on_three_replicas_reach_every_watcher_gapless_and_in_o
                 } else {
                     pb::Policy::Auto
                 };
-                revisions.push(set_policy(client.clone(), &admin, TOOLS[a], policy).await);
+                revisions.push(set_policy(client.clone(), &admin, tool, policy).await);
             }
             revisions
         }));
