@@ -11,8 +11,8 @@ use crate::store::{AnyStore, Store, StoreError};
 use std::future::Future;
 use std::sync::Arc;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
 #[derive(Debug, thiserror::Error)]
@@ -122,9 +122,14 @@ pub async fn serve<S: Store>(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(PolicyServiceServer::new(api))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
-            let _ = stop_rx.await;
-        });
+        // TCP_NODELAY: a unary answer is several small writes (headers, data, trailers);
+        // with Nagle's algorithm each one after the first waits for the peer's delayed ACK.
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            async {
+                let _ = stop_rx.await;
+            },
+        );
     let mut server = tokio::spawn(server);
     tracing::info!(%addr, tools, "toolgate serving");
 
