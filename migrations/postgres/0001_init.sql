@@ -110,6 +110,8 @@ CREATE TABLE approvals (
     created_by_key      TEXT NOT NULL,
     consumed_by_request TEXT,
     updated_at          BIGINT NOT NULL,
+    -- Bumped by every change: an update applies only to the version it read.
+    version             BIGINT NOT NULL DEFAULT 0,
     UNIQUE (tenant, id),
     -- The same request_id never creates a second approval.
     UNIQUE (tenant, request_id)

@@ -135,7 +135,7 @@ impl Store for AnyStore {
         f: F,
     ) -> Result<Option<Updated<T>>, UpdateError<E>>
     where
-        F: FnOnce(&Approval, &People) -> Result<(Option<Approval>, T), E> + Send,
+        F: Fn(&Approval, &People) -> Result<(Option<Approval>, T), E> + Send + Sync,
         T: Send,
         E: Send,
     {

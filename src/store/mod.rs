@@ -273,9 +273,11 @@ pub trait Store: Clone + Send + Sync + 'static {
         tenant: &str,
         query: &ApprovalQuery,
     ) -> impl Future<Output = Result<(Vec<Approval>, Option<i64>), StoreError>> + Send;
-    /// Reads an approval and the people named in `person_ids` under a write lock, lets
-    /// `f` decide, and saves the approval `f` returns (its new steps appended). `Ok(None)`
-    /// when there is no such approval in the tenant.
+    /// Reads an approval and the people named in `person_ids`, lets `f` decide, and saves
+    /// the approval `f` returns (its new steps appended), atomically: no other change of
+    /// the approval comes between that read and the write. `f` may run more than once (a
+    /// backend may read again when the approval changed under it). `Ok(None)` when there
+    /// is no such approval in the tenant.
     fn update_approval<F, T, E>(
         &self,
         tenant: &str,
@@ -284,7 +286,7 @@ pub trait Store: Clone + Send + Sync + 'static {
         f: F,
     ) -> impl Future<Output = Result<Option<Updated<T>>, UpdateError<E>>> + Send
     where
-        F: FnOnce(&Approval, &People) -> Result<(Option<Approval>, T), E> + Send,
+        F: Fn(&Approval, &People) -> Result<(Option<Approval>, T), E> + Send + Sync,
         T: Send,
         E: Send;
     /// Marks open approvals past their expiry as expired (at most `limit` at once) and

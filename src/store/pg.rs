@@ -3,8 +3,9 @@
 //! - A Save locks its tenant's row (`FOR NO KEY UPDATE`) for the whole transaction, so each
 //!   tenant's revisions are gapless and committed in order whichever replica saves; it
 //!   sends `NOTIFY toolgate_revisions` with the new revision, delivered at commit.
-//! - An approval update locks the approval row (`FOR UPDATE`): single use holds across
-//!   replicas. Each approval write also appends to `approval_changes` in its transaction;
+//! - An approval update is optimistic: it reads the approval with its version, decides,
+//!   and writes in one statement only if the version is unchanged (else reads again), so
+//!   single use holds across replicas with one commit and two round trips. Each approval write also appends to `approval_changes` in its transaction;
 //!   other replicas read that by transaction id ([`Store::approval_changes`]) instead of
 //!   being sent a NOTIFY (which takes a database-wide lock at commit).
 //! - Every call is bounded by the query timeout, both on the server (`statement_timeout`)
@@ -20,8 +21,8 @@ use super::{
     SaveError, SaveKind, Saved, Store, StoreError, TenantTools, UpdateError, Updated, Wakeup,
 };
 use crate::policy::{
-    Approval, ApprovalState, ApprovalStep, Caller, Person, RevisionChanges, Role, Tool, ToolChange,
-    UnixMillis,
+    Approval, ApprovalState, ApprovalStep, ApproverRole, Caller, Person, RevisionChanges, Role,
+    Tool, ToolChange, UnixMillis,
 };
 use sqlx::postgres::{
     PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions, PgRow, Postgres,
@@ -175,12 +176,8 @@ async fn fetch_approval(
     conn: &mut PgConnection,
     tenant: &str,
     id: &str,
-    lock: bool,
 ) -> Result<Option<Approval>, StoreError> {
-    let sql = format!(
-        "SELECT {APPROVAL_COLUMNS} FROM approvals WHERE tenant = $1 AND id = $2{}",
-        if lock { " FOR UPDATE" } else { "" }
-    );
+    let sql = format!("SELECT {APPROVAL_COLUMNS} FROM approvals WHERE tenant = $1 AND id = $2");
     let row = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(tenant)
         .bind(id)
@@ -190,6 +187,146 @@ async fn fetch_approval(
         Some(row) => Ok(Some(with_steps(conn, tenant, &row).await?)),
         None => Ok(None),
     }
+}
+
+/// An approval with its steps, its version, and the people named (and its requester),
+/// in one round trip.
+async fn read_for_update(
+    pool: &PgPool,
+    tenant: &str,
+    id: &str,
+    person_ids: &[String],
+) -> Result<Option<(Approval, i64, People)>, StoreError> {
+    let sql = format!(
+        "SELECT {APPROVAL_COLUMNS}, version, \
+         (SELECT coalesce(json_agg(json_build_object('role', s.role, 'approver_id', \
+          s.approver_id, 'approved', s.approved, 'comment', s.comment, 'decided_at', \
+          s.decided_at) ORDER BY s.decided_at, s.step), '[]')::text \
+          FROM approval_steps s WHERE s.tenant = a.tenant AND s.approval_id = a.id) AS steps, \
+         (SELECT coalesce(json_agg(json_build_object('id', p.id, 'display_name', \
+          p.display_name, 'email', p.email, 'manager_id', p.manager_id, 'technician', \
+          p.technician)), '[]')::text FROM people p \
+          WHERE p.tenant = a.tenant AND (p.id = ANY($3) OR p.id = a.requester_id)) AS people \
+         FROM approvals a WHERE a.tenant = $1 AND a.id = $2"
+    );
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(tenant)
+        .bind(id)
+        .bind(person_ids)
+        .fetch_optional(pool)
+        .await?;
+    let Some(row) = row else { return Ok(None) };
+    let mut approval = approval_from_row(&row)?;
+    let steps: String = row.try_get("steps")?;
+    let steps: Vec<StepJson> =
+        serde_json::from_str(&steps).map_err(|e| corrupt("approval steps", &e.to_string()))?;
+    approval.steps = steps
+        .into_iter()
+        .map(|s| {
+            Ok(ApprovalStep {
+                role: ApproverRole::parse(&s.role)
+                    .ok_or_else(|| corrupt("approver role", &s.role))?,
+                approver_id: s.approver_id,
+                approved: s.approved,
+                comment: s.comment,
+                decided_at: UnixMillis(s.decided_at),
+            })
+        })
+        .collect::<Result<_, StoreError>>()?;
+    let people: Vec<PersonJson> = serde_json::from_str(&row.try_get::<String, _>("people")?)
+        .map_err(|e| corrupt("people", &e.to_string()))?;
+    let people = people
+        .into_iter()
+        .map(|p| {
+            let person = Person {
+                id: p.id,
+                display_name: p.display_name,
+                email: p.email,
+                manager_id: p.manager_id,
+                technician: p.technician,
+            };
+            (person.id.clone(), person)
+        })
+        .collect();
+    Ok(Some((approval, row.try_get("version")?, people)))
+}
+
+#[derive(serde::Deserialize)]
+struct PersonJson {
+    id: String,
+    display_name: String,
+    email: String,
+    manager_id: String,
+    technician: bool,
+}
+
+#[derive(serde::Deserialize)]
+struct StepJson {
+    role: String,
+    approver_id: String,
+    approved: bool,
+    comment: String,
+    decided_at: i64,
+}
+
+/// Writes `next` (its new steps, and the change for other replicas) in one statement if
+/// the approval is still at `version`; false if it changed since it was read.
+async fn write_if_unchanged(
+    pool: &PgPool,
+    origin: &str,
+    tenant: &str,
+    current: &Approval,
+    next: &Approval,
+    version: i64,
+) -> Result<bool, StoreError> {
+    let new_steps = &next.steps[current.steps.len().min(next.steps.len())..];
+    let now = UnixMillis::now().0;
+    let written: i64 = sqlx::query_scalar(
+        "WITH updated AS (UPDATE approvals SET state = $3, required_roles = $4, \
+         consumed_by_request = $5, updated_at = $6, version = version + 1 \
+         WHERE tenant = $1 AND id = $2 AND version = $7 RETURNING tenant, id), \
+         logged AS (INSERT INTO approval_changes (tenant, approval_id, origin, state, \
+         required_roles, consumed_by_request, step_count, created_at) \
+         SELECT tenant, id, $8, $3, $4, $5, $9, $6 FROM updated), \
+         stepped AS (INSERT INTO approval_steps \
+         (tenant, approval_id, role, approver_id, approved, comment, decided_at) \
+         SELECT u.tenant, u.id, s.role, s.approver_id, s.approved, s.comment, s.decided_at \
+         FROM updated u, unnest($10::text[], $11::text[], $12::bool[], $13::text[], \
+         $14::bigint[]) AS s(role, approver_id, approved, comment, decided_at)) \
+         SELECT count(*) FROM updated",
+    )
+    .bind(tenant)
+    .bind(&current.id)
+    .bind(next.state.as_str())
+    .bind(roles_to_text(&next.required_roles))
+    .bind(next.consumed_by_request.as_deref())
+    .bind(now)
+    .bind(version)
+    .bind(origin)
+    .bind(next.steps.len() as i32)
+    .bind(
+        new_steps
+            .iter()
+            .map(|s| s.role.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        new_steps
+            .iter()
+            .map(|s| s.approver_id.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(new_steps.iter().map(|s| s.approved).collect::<Vec<_>>())
+    .bind(
+        new_steps
+            .iter()
+            .map(|s| s.comment.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(new_steps.iter().map(|s| s.decided_at.0).collect::<Vec<_>>())
+    .fetch_one(pool)
+    .await?;
+    Ok(written == 1)
 }
 
 /// Creates the tenant if new, and locks its row: the lock is what orders Saves.
@@ -729,7 +866,7 @@ impl Store for PgStore {
     async fn get_approval(&self, tenant: &str, id: &str) -> Result<Option<Approval>, StoreError> {
         self.timed(async {
             let mut conn = self.pool.acquire().await?;
-            fetch_approval(&mut conn, tenant, id, false).await
+            fetch_approval(&mut conn, tenant, id).await
         })
         .await
     }
@@ -810,97 +947,38 @@ impl Store for PgStore {
         f: F,
     ) -> Result<Option<Updated<T>>, UpdateError<E>>
     where
-        F: FnOnce(&Approval, &People) -> Result<(Option<Approval>, T), E> + Send,
+        F: Fn(&Approval, &People) -> Result<(Option<Approval>, T), E> + Send + Sync,
         T: Send,
         E: Send,
     {
         self.timed(async {
-            let mut tx = self.begin().await?;
-            // The row lock: concurrent decisions on one approval, on any replica, queue here.
-            let Some(current) = fetch_approval(&mut tx, tenant, id, true).await? else {
-                return Ok(None);
-            };
-            let mut ids = person_ids;
-            ids.push(current.requester_id.clone());
-            ids.sort();
-            ids.dedup();
-            let rows = sqlx::query(
-                "SELECT id, display_name, email, manager_id, technician FROM people \
-                 WHERE tenant = $1 AND id = ANY($2)",
-            )
-            .bind(tenant)
-            .bind(&ids)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(StoreError::from)?;
-            let mut people = People::new();
-            for row in &rows {
-                let p = person_from_row(row)?;
-                people.insert(p.id.clone(), p);
+            // Optimistic: one read, then one statement that writes only if the approval is
+            // still at the version read. Concurrent decisions on one approval, on any
+            // replica, all read; one writes; the others read again and see its outcome.
+            loop {
+                let Some((current, version, people)) =
+                    read_for_update(&self.pool, tenant, id, &person_ids).await?
+                else {
+                    return Ok(None);
+                };
+                let (next, out) = f(&current, &people).map_err(UpdateError::Rule)?;
+                let Some(next) = next.filter(|n| n != &current) else {
+                    return Ok(Some(Updated {
+                        approval: current,
+                        changed: false,
+                        out,
+                    }));
+                };
+                if write_if_unchanged(&self.pool, &self.origin, tenant, &current, &next, version)
+                    .await?
+                {
+                    return Ok(Some(Updated {
+                        approval: next,
+                        changed: true,
+                        out,
+                    }));
+                }
             }
-            let (next, out) = f(&current, &people).map_err(UpdateError::Rule)?;
-            let Some(next) = next.filter(|n| n != &current) else {
-                tx.commit().await.map_err(StoreError::from)?;
-                return Ok(Some(Updated {
-                    approval: current,
-                    changed: false,
-                    out,
-                }));
-            };
-            let now = UnixMillis::now().0;
-            let roles = roles_to_text(&next.required_roles);
-            sqlx::query(
-                "UPDATE approvals SET state = $1, required_roles = $2, consumed_by_request = $3, \
-                 updated_at = $4 WHERE tenant = $5 AND id = $6",
-            )
-            .bind(next.state.as_str())
-            .bind(&roles)
-            .bind(next.consumed_by_request.as_deref())
-            .bind(now)
-            .bind(tenant)
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .map_err(StoreError::from)?;
-            sqlx::query(
-                "INSERT INTO approval_changes (tenant, approval_id, origin, state, \
-                 required_roles, consumed_by_request, step_count, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            )
-            .bind(tenant)
-            .bind(id)
-            .bind(&*self.origin)
-            .bind(next.state.as_str())
-            .bind(&roles)
-            .bind(next.consumed_by_request.as_deref())
-            .bind(next.steps.len() as i32)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(StoreError::from)?;
-            for step in next.steps.iter().skip(current.steps.len()) {
-                sqlx::query(
-                    "INSERT INTO approval_steps \
-                     (tenant, approval_id, role, approver_id, approved, comment, decided_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                )
-                .bind(tenant)
-                .bind(id)
-                .bind(step.role.as_str())
-                .bind(&step.approver_id)
-                .bind(step.approved)
-                .bind(&step.comment)
-                .bind(step.decided_at.0)
-                .execute(&mut *tx)
-                .await
-                .map_err(StoreError::from)?;
-            }
-            tx.commit().await.map_err(StoreError::from)?;
-            Ok(Some(Updated {
-                approval: next,
-                changed: true,
-                out,
-            }))
         })
         .await
     }
