@@ -355,6 +355,16 @@ async fn approvals(opts: &Options, a: &Client, url: &str, agent: &str, approver:
         w.await.expect("worker");
     }
     let raw = inserts.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+    let store = store_writes(opts, url).await;
+    println!(
+        "approval writes in-process ({} tasks, {} s, the store's own SQL, no gRPC): {:.0} \
+         writes/s vs raw INSERT {:.0}/s: ratio {:.2}",
+        opts.clients,
+        opts.seconds,
+        store,
+        raw,
+        store / raw
+    );
     println!(
         "approval writes ({} clients, {} s): toolgate {:.0} writes/s ({:.0} create+approve+consume \
          cycles/s) vs raw INSERT {:.0}/s: ratio {:.2} (target >= 0.80)",
@@ -365,6 +375,82 @@ async fn approvals(opts: &Options, a: &Client, url: &str, agent: &str, approver:
         raw,
         toolgate / raw
     );
+}
+
+/// The same three writes straight through the PostgreSQL store, in this process: what the
+/// database path costs without gRPC and the server's per-call work.
+async fn store_writes(opts: &Options, url: &str) -> f64 {
+    use toolgate::policy::{Approval, ApprovalState, ApprovalStep, ApproverRole, UnixMillis};
+    use toolgate::store::Store;
+    let settings = toolgate::store::pg::PgSettings {
+        max_connections: opts.clients as u32,
+        ..Default::default()
+    };
+    let store = toolgate::store::pg::PgStore::connect(url, &settings)
+        .await
+        .expect("open store");
+    let writes = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(opts.seconds);
+    let mut workers = Vec::new();
+    for w in 0..opts.clients {
+        let (store, writes) = (store.clone(), writes.clone());
+        workers.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                n += 1;
+                let now = UnixMillis::now();
+                let a = Approval {
+                    id: format!("apr_store_{w}_{n}"),
+                    state: ApprovalState::Pending,
+                    integration_id: "entra".into(),
+                    tool_name: "reset_password".into(),
+                    arguments_json: format!(r#"{{"user":"s{w}-{n}"}}"#),
+                    arguments_sha256: "0".repeat(64),
+                    requester_id: "alice".into(),
+                    request_id: format!("store-{w}-{n}"),
+                    required_roles: vec![ApproverRole::Technician],
+                    steps: Vec::new(),
+                    created_at: now,
+                    expires_at: now.plus(Duration::from_secs(3600)),
+                    created_by_key: "bench".into(),
+                    consumed_by_request: None,
+                };
+                store.insert_approval("bench", &a).await.expect("insert");
+                let step = |a: &Approval, _: &toolgate::store::People| {
+                    let mut next = a.clone();
+                    next.state = ApprovalState::Approved;
+                    next.steps.push(ApprovalStep {
+                        role: ApproverRole::Technician,
+                        approver_id: "tech".into(),
+                        approved: true,
+                        comment: String::new(),
+                        decided_at: UnixMillis::now(),
+                    });
+                    Ok::<_, std::convert::Infallible>((Some(next), ()))
+                };
+                store
+                    .update_approval("bench", &a.id, vec!["tech".into()], step)
+                    .await
+                    .expect("approve");
+                let consume = |a: &Approval, _: &toolgate::store::People| {
+                    let mut next = a.clone();
+                    next.state = ApprovalState::Consumed;
+                    next.consumed_by_request = Some(a.request_id.clone());
+                    Ok::<_, std::convert::Infallible>((Some(next), ()))
+                };
+                store
+                    .update_approval("bench", &a.id, Vec::new(), consume)
+                    .await
+                    .expect("consume");
+                writes.fetch_add(3, Ordering::Relaxed);
+            }
+        }));
+    }
+    let started = Instant::now();
+    for w in workers {
+        w.await.expect("worker");
+    }
+    writes.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
 }
 
 async fn approval_cycle(client: &Client, agent: &str, approver: &str, request: &str) {

@@ -29,6 +29,8 @@ type State = BTreeMap<(String, String), i32>;
 /// What one watcher saw: every revision in order, and the state they add up to.
 #[derive(Debug, Default)]
 struct Seen {
+    /// The revision of the first snapshot.
+    start: u64,
     revisions: Vec<u64>,
     state: State,
     resets: u32,
@@ -74,6 +76,8 @@ async fn follow(mut client: Client, key: String, mut target: watch::Receiver<u64
                 Event::Snapshot(s) => {
                     if last.is_some() {
                         seen.resets += 1;
+                    } else {
+                        seen.start = msg.revision;
                     }
                     seen.state.clear();
                     for t in &s.tools {
@@ -216,8 +220,15 @@ async fn concurrent_saves_on_three_replicas_reach_every_watcher_gapless_and_in_o
             .await
             .unwrap_or_else(|_| panic!("watcher {i} did not reach {last}\n{}", c.logs()))
             .unwrap();
+        // A watcher on a replica that had not caught up with the connect yet starts
+        // earlier; from its snapshot on it sees every revision once.
+        assert!(
+            seen.start <= first,
+            "watcher {i} started after the Saves began"
+        );
+        let after_start: Vec<u64> = (seen.start + 1..=last).collect();
         assert_eq!(
-            seen.revisions, expected,
+            seen.revisions, after_start,
             "watcher {i} saw every revision once"
         );
         assert_eq!(seen.state, truth, "watcher {i} ends where ListTools is");
@@ -634,7 +645,11 @@ async fn cut_connections_and_an_outage_lose_nothing_and_never_allow_without_the_
             .await
             .unwrap_or_else(|_| panic!("watcher {i} never reached {last}\n{}", c.logs()))
             .unwrap();
-        let expected: Vec<u64> = (first + 1..=last).collect();
+        assert!(
+            seen.start <= first,
+            "watcher {i} started after the load began"
+        );
+        let expected: Vec<u64> = (seen.start + 1..=last).collect();
         assert_eq!(seen.resets, 0, "watcher {i} needed a reset snapshot");
         assert_eq!(
             seen.revisions, expected,
@@ -645,5 +660,26 @@ async fn cut_connections_and_an_outage_lose_nothing_and_never_allow_without_the_
             list_state(c.r(i), &c.admin, last).await,
             (last, truth.clone())
         );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_starting_together_on_a_new_database_migrate_once() {
+    let url = helpers::pg::create_database().await;
+    let (a, b, c) = tokio::join!(
+        harness::Replica::start(&url),
+        harness::Replica::start(&url),
+        harness::Replica::start(&url)
+    );
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+        .await
+        .unwrap();
+    let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM _sqlx_migrations")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(applied, vec![1], "each migration applied once");
+    for r in [&a, &b, &c] {
+        assert!(r.serving().await, "{}", r.logs());
     }
 }
