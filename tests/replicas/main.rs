@@ -106,6 +106,36 @@ async fn follow(mut client: Client, key: String, mut target: watch::Receiver<u64
     }
 }
 
+/// Each watcher reaches `last` having seen every revision after its snapshot exactly once,
+/// in order, with no reset, and ends in the `truth` state. A watcher on a replica that had
+/// not caught up with the first Save yet starts from an older snapshot; none starts after
+/// `first`.
+async fn check_watchers(
+    c: &Cluster,
+    watchers: Vec<tokio::task::JoinHandle<Seen>>,
+    first: u64,
+    last: u64,
+    truth: &State,
+) {
+    for (i, w) in watchers.into_iter().enumerate() {
+        let seen = tokio::time::timeout(MUST_HAPPEN, w)
+            .await
+            .unwrap_or_else(|_| panic!("watcher {i} never reached {last}\n{}", c.logs()))
+            .unwrap();
+        assert!(
+            seen.start <= first,
+            "watcher {i} started after the Saves began"
+        );
+        let expected: Vec<u64> = (seen.start + 1..=last).collect();
+        assert_eq!(seen.resets, 0, "watcher {i} needed a reset snapshot");
+        assert_eq!(
+            seen.revisions, expected,
+            "watcher {i} missed or repeated a revision"
+        );
+        assert_eq!(&seen.state, truth, "watcher {i} ends where ListTools is");
+    }
+}
+
 /// Every tool an admin sees, as a watcher's state.
 async fn list_state(mut client: Client, admin: &str, min_revision: u64) -> (u64, State) {
     let r = client
@@ -215,24 +245,7 @@ async fn concurrent_saves_on_three_replicas_reach_every_watcher_gapless_and_in_o
     let last = first + 60;
     target_tx.send(last).unwrap();
     let (_, truth) = list_state(c.r(0), &c.admin, last).await;
-    for (i, w) in watchers.into_iter().enumerate() {
-        let seen = tokio::time::timeout(MUST_HAPPEN, w)
-            .await
-            .unwrap_or_else(|_| panic!("watcher {i} did not reach {last}\n{}", c.logs()))
-            .unwrap();
-        // A watcher on a replica that had not caught up with the connect yet starts
-        // earlier; from its snapshot on it sees every revision once.
-        assert!(
-            seen.start <= first,
-            "watcher {i} started after the Saves began"
-        );
-        let after_start: Vec<u64> = (seen.start + 1..=last).collect();
-        assert_eq!(
-            seen.revisions, after_start,
-            "watcher {i} saw every revision once"
-        );
-        assert_eq!(seen.state, truth, "watcher {i} ends where ListTools is");
-    }
+    check_watchers(&c, watchers, first, last, &truth).await;
     for i in 0..3 {
         assert_eq!(
             list_state(c.r(i), &c.admin, last).await,
@@ -640,22 +653,8 @@ async fn cut_connections_and_an_outage_lose_nothing_and_never_allow_without_the_
     assert_eq!(revisions, vec![("acme".to_owned(), last)]);
     target_tx.send(last).unwrap();
     let (_, truth) = list_state(c.r(2), &c.admin, last).await;
-    for (i, w) in watchers.into_iter().enumerate() {
-        let seen = tokio::time::timeout(MUST_HAPPEN, w)
-            .await
-            .unwrap_or_else(|_| panic!("watcher {i} never reached {last}\n{}", c.logs()))
-            .unwrap();
-        assert!(
-            seen.start <= first,
-            "watcher {i} started after the load began"
-        );
-        let expected: Vec<u64> = (seen.start + 1..=last).collect();
-        assert_eq!(seen.resets, 0, "watcher {i} needed a reset snapshot");
-        assert_eq!(
-            seen.revisions, expected,
-            "watcher {i} missed or repeated a revision"
-        );
-        assert_eq!(seen.state, truth, "watcher {i} ends where the database is");
+    check_watchers(&c, watchers, first, last, &truth).await;
+    for i in 0..3 {
         assert_eq!(
             list_state(c.r(i), &c.admin, last).await,
             (last, truth.clone())
