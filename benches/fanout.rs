@@ -7,6 +7,9 @@
 //! `cargo bench --bench fanout -- --streams 2000 --connections 20 --rounds 3` for less.
 //! Both servers run as their own processes so their memory is read from /proc alone.
 
+mod common;
+
+use common::{free_port, ms, with_key};
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -14,7 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint, Server};
+use tonic::transport::{Channel, Server};
 use tonic::{Request, Response, Status};
 use toolgate::proto::v1 as pb;
 use toolgate::proto::v1::policy_service_client::PolicyServiceClient;
@@ -27,14 +30,7 @@ struct Options {
 }
 
 fn options() -> Options {
-    let args: Vec<String> = std::env::args().collect();
-    let get = |flag: &str, default: usize| {
-        args.iter()
-            .position(|a| a == flag)
-            .and_then(|i| args.get(i + 1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
+    let get = common::arg;
     Options {
         streams: get("--streams", 10_000),
         connections: get("--connections", 100),
@@ -80,10 +76,6 @@ fn main() {
     );
 }
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
 #[derive(Clone, Copy)]
 enum Target {
     Bare,
@@ -121,11 +113,6 @@ fn rss_bytes(pid: u32) -> u64 {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|kb| kb.parse::<u64>().ok())
         .map_or(0, |kb| kb * 1024)
-}
-
-fn free_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr")
 }
 
 fn start(target: Target) -> ServerProcess {
@@ -198,29 +185,6 @@ fn start(target: Target) -> ServerProcess {
     }
 }
 
-async fn connect(addr: SocketAddr) -> Channel {
-    let endpoint = Endpoint::from_shared(format!("http://{addr}")).expect("endpoint");
-    for _ in 0..200 {
-        if let Ok(c) = endpoint.connect().await {
-            return c;
-        }
-        // Waiting for the child process to bind; there is no event to wait on from here.
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("server at {addr} did not come up");
-}
-
-fn with_key<T>(key: &str, message: T) -> Request<T> {
-    let mut r = Request::new(message);
-    if !key.is_empty() {
-        r.metadata_mut().insert(
-            "authorization",
-            format!("Bearer {key}").parse().expect("header"),
-        );
-    }
-    r
-}
-
 /// The tool every Save changes; the bare server sends the same tool in its event.
 fn bench_tool(policy: pb::Policy) -> pb::ToolDefinition {
     let _ = policy;
@@ -239,7 +203,7 @@ async fn measure(name: &'static str, target: Target, opts: &Options) -> Result_ 
     let channels: Vec<Channel> = {
         let mut v = Vec::new();
         for _ in 0..opts.connections {
-            v.push(connect(server.addr).await);
+            v.push(common::connect(server.addr).await);
         }
         v
     };

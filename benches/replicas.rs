@@ -13,6 +13,9 @@
 //! `TOOLGATE_BENCH_POSTGRES` (default `postgres://postgres@127.0.0.1:5432/postgres`); it
 //! creates a database for the run and drops it after.
 
+mod common;
+
+use common::{free_port, ms, with_key};
 use sqlx::{Connection, Executor, PgConnection};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -20,8 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
-use tonic::Request;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use toolgate::proto::v1 as pb;
 use toolgate::proto::v1::policy_service_client::PolicyServiceClient;
 
@@ -35,14 +37,7 @@ struct Options {
 }
 
 fn options() -> Options {
-    let args: Vec<String> = std::env::args().collect();
-    let get = |flag: &str, default: usize| {
-        args.iter()
-            .position(|a| a == flag)
-            .and_then(|i| args.get(i + 1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
+    let get = common::arg;
     Options {
         streams: get("--streams", 1000),
         rounds: get("--rounds", 20),
@@ -58,11 +53,6 @@ impl Drop for Replica {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr")
 }
 
 fn start_replica(url: &str) -> Replica {
@@ -98,31 +88,6 @@ fn mint(url: &str, role: &str) -> String {
         .expect("utf8")
         .trim()
         .to_owned()
-}
-
-async fn channel(addr: SocketAddr) -> Channel {
-    let endpoint = Endpoint::from_shared(format!("http://{addr}")).expect("endpoint");
-    for _ in 0..400 {
-        if let Ok(c) = endpoint.connect().await {
-            return c;
-        }
-        // Waiting for the child process to bind; there is no event to wait on from here.
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("replica at {addr} did not come up");
-}
-
-fn with_key<T>(key: &str, message: T) -> Request<T> {
-    let mut r = Request::new(message);
-    r.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {key}").parse().expect("header"),
-    );
-    r
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }
 
 fn main() {
@@ -165,11 +130,11 @@ async fn run(opts: Options) {
     );
     let a = start_replica(&url);
     let b = start_replica(&url);
-    let ca = PolicyServiceClient::new(channel(a.1).await);
+    let ca = PolicyServiceClient::new(common::connect(a.1).await);
     let cb_channels: Vec<Channel> = {
         let mut v = Vec::new();
         for _ in 0..(opts.streams / 100).max(1) {
-            v.push(channel(b.1).await);
+            v.push(common::connect(b.1).await);
         }
         v
     };

@@ -22,7 +22,6 @@
 use crate::grpc::AppState;
 use crate::store::{ApprovalCursor, Store, StoreError, Wakeup};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::time::{Instant, MissedTickBehavior};
 
@@ -44,7 +43,7 @@ pub trait HealthSwitch: Send + Sync + 'static {
 struct DbHealth<H> {
     switch: H,
     last_ok: Instant,
-    serving: AtomicBool,
+    serving: bool,
     down_since: Option<Instant>,
     limit: Duration,
 }
@@ -55,7 +54,8 @@ impl<H: HealthSwitch> DbHealth<H> {
         if let Some(since) = self.down_since.take() {
             tracing::info!(outage = ?since.elapsed(), "database reachable again; caught up");
         }
-        if !self.serving.swap(true, Ordering::Relaxed) {
+        if !self.serving {
+            self.serving = true;
             self.switch.set(true).await;
         }
     }
@@ -73,7 +73,8 @@ impl<H: HealthSwitch> DbHealth<H> {
         } else {
             tracing::debug!(error = %e, what, ?stale_for, "database still unreachable");
         }
-        if stale_for >= self.limit && self.serving.swap(false, Ordering::Relaxed) {
+        if stale_for >= self.limit && self.serving {
+            self.serving = false;
             tracing::error!(
                 ?stale_for,
                 "no database for longer than db_unavailable_after: health NOT_SERVING"
@@ -98,7 +99,7 @@ pub async fn follow<S: Store, H: HealthSwitch>(
     let mut health = DbHealth {
         switch,
         last_ok: Instant::now(),
-        serving: AtomicBool::new(true),
+        serving: true,
         down_since: None,
         limit: settings.db_unavailable_after,
     };

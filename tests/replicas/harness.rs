@@ -113,6 +113,45 @@ impl Replica {
             .unwrap_or(false)
     }
 
+    /// Waits, through the health Watch stream, until the policy service reports
+    /// SERVING (`true`) or NOT_SERVING (`false`); fails the test after a bound.
+    pub async fn wait_for_health(&self, serving: bool) {
+        use tonic_health::pb::health_check_response::ServingStatus;
+        use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+        let want = if serving {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        } as i32;
+        let channel = Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect for health");
+        let mut updates = HealthClient::new(channel)
+            .watch(HealthCheckRequest {
+                service: "toolgate.v1.PolicyService".into(),
+            })
+            .await
+            .expect("health watch")
+            .into_inner();
+        let reached = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(update) = updates.message().await.expect("health update") {
+                if update.status == want {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        assert_eq!(
+            reached,
+            Ok(true),
+            "health never became {want:?} (1 = SERVING, 2 = NOT_SERVING)\n{}",
+            self.logs()
+        );
+    }
+
     pub fn logs(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }

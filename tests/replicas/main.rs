@@ -55,6 +55,7 @@ async fn follow(mut client: Client, key: String, mut target: watch::Receiver<u64
         let mut stream = match stream {
             Ok(s) => s.into_inner(),
             Err(_) => {
+                // A client's backoff before it asks again; nothing here signals "try now".
                 seen.reconnects += 1;
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
@@ -169,6 +170,7 @@ where
         match call().await {
             Ok(v) => return v,
             Err(s) if s.code() == Code::Unavailable && tokio::time::Instant::now() < deadline => {
+                // A client's backoff: the replica answers again once its database does.
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             Err(s) => panic!("call failed: {s:?}"),
@@ -410,8 +412,6 @@ async fn a_watcher_resumes_on_another_replica_from_a_revision_seen_on_the_first(
         ))
         .await;
     assert_eq!(ahead.unwrap_err().code(), Code::Unavailable);
-    let (target_tx, target) = watch::channel(first + 3);
-    drop(target_tx);
     let mut client = c.r(1);
     let mut stream = client
         .watch_config(with_key(
@@ -438,7 +438,6 @@ async fn a_watcher_resumes_on_another_replica_from_a_revision_seen_on_the_first(
         }
     }
     assert_eq!(revisions, later);
-    let _ = target;
 }
 
 /// Replicas 0 and 1 reach the database through a proxy; replica 2 directly. Connections
@@ -463,6 +462,7 @@ async fn cut_connections_and_an_outage_lose_nothing_and_never_allow_without_the_
         .collect();
 
     // Phase 1: load, with every connection cut five times.
+    let (saved_tx, mut saved) = watch::channel(0usize);
     let saver = {
         let clients: Vec<Client> = (0..3).map(|i| c.r(i)).collect();
         let admin = c.admin.clone();
@@ -488,6 +488,7 @@ async fn cut_connections_and_an_outage_lose_nothing_and_never_allow_without_the_
                     }
                 })
                 .await;
+                saved_tx.send_replace(n + 1);
             }
         })
     };
@@ -564,8 +565,12 @@ async fn cut_connections_and_an_outage_lose_nothing_and_never_allow_without_the_
         })
     };
     let mut admin_db = helpers::pg::admin().await;
-    for _ in 0..5 {
-        tokio::time::sleep(Duration::from_millis(150)).await;
+    // Cut at Saves 3, 9, 15, 21 and 27: in the middle of the load, whatever its pace.
+    for k in 0..5 {
+        saved
+            .wait_for(|n| *n >= 3 + 6 * k)
+            .await
+            .expect("the saver runs until its last Save");
         proxy.cut();
         let dbname = c.db.url.rsplit('/').next().unwrap().to_owned();
         sqlx::query(
@@ -608,14 +613,7 @@ async fn cut_connections_and_an_outage_lose_nothing_and_never_allow_without_the_
             "a call that needs the database is never answered without it"
         );
     }
-    let deadline = tokio::time::Instant::now() + MUST_HAPPEN;
-    while c.replicas[0].serving().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "health never turned NOT_SERVING"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    c.replicas[0].wait_for_health(false).await;
     assert!(
         c.replicas[2].serving().await,
         "the replica with its database serves on"
@@ -625,15 +623,8 @@ async fn cut_connections_and_an_outage_lose_nothing_and_never_allow_without_the_
         last = set_policy(c.r(2), &c.admin, tool, pb::Policy::ApprovalNeeded).await;
     }
     proxy.up();
-    let deadline = tokio::time::Instant::now() + MUST_HAPPEN;
-    while !(c.replicas[0].serving().await && c.replicas[1].serving().await) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "health never came back\n{}",
-            c.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    c.replicas[0].wait_for_health(true).await;
+    c.replicas[1].wait_for_health(true).await;
 
     // Nothing lost, nothing used twice, every revision seen by every watcher.
     let store = toolgate::store::AnyStore::open(&c.db.url, &Default::default())
