@@ -164,6 +164,8 @@ fn start(target: Target) -> ServerProcess {
             let child = Command::new(bin)
                 .args([
                     "serve",
+                    "--metrics-listen",
+                    "127.0.0.1:0",
                     "--listen",
                     &addr.to_string(),
                     "--database-url",

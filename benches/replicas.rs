@@ -60,6 +60,8 @@ fn start_replica(url: &str) -> Replica {
     let child = Command::new(env!("CARGO_BIN_EXE_toolgate"))
         .args([
             "serve",
+            "--metrics-listen",
+            "127.0.0.1:0",
             "--listen",
             &addr.to_string(),
             "--database-url",

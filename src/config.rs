@@ -121,6 +121,48 @@ pub struct ServeArgs {
     /// Most connections to PostgreSQL this replica opens [default: 16].
     #[arg(long, env = "TOOLGATE_DB_POOL_SIZE")]
     pub db_pool_size: Option<u32>,
+    /// Address of the Prometheus endpoint, GET /metrics [default: 127.0.0.1:9464].
+    #[arg(long, env = "TOOLGATE_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Largest request message accepted, in bytes [default: 4194304].
+    #[arg(long, env = "TOOLGATE_MAX_MESSAGE_BYTES")]
+    pub max_message_bytes: Option<usize>,
+    /// HTTP/2 streams one connection may have open at once [default: 1024].
+    #[arg(long, env = "TOOLGATE_MAX_CONCURRENT_STREAMS")]
+    pub max_concurrent_streams: Option<u32>,
+    /// Unary calls in progress at once; beyond it calls get RESOURCE_EXHAUSTED [default: 1024].
+    #[arg(long, env = "TOOLGATE_MAX_CONCURRENT_REQUESTS")]
+    pub max_concurrent_requests: Option<usize>,
+    /// Open WatchConfig and WatchApprovals streams; beyond it new ones get RESOURCE_EXHAUSTED [default: 20000].
+    #[arg(long, env = "TOOLGATE_MAX_WATCH_STREAMS")]
+    pub max_watch_streams: Option<usize>,
+    /// Longest a unary call may take (a shorter grpc-timeout from the client wins); 0 = none [default: 10s].
+    #[arg(long, env = "TOOLGATE_REQUEST_TIMEOUT")]
+    pub request_timeout: Option<String>,
+    /// HTTP/2 ping to an idle connection this often; 0 = never [default: 60s].
+    #[arg(long, env = "TOOLGATE_KEEPALIVE_INTERVAL")]
+    pub keepalive_interval: Option<String>,
+    /// A connection whose ping is unanswered this long is closed [default: 20s].
+    #[arg(long, env = "TOOLGATE_KEEPALIVE_TIMEOUT")]
+    pub keepalive_timeout: Option<String>,
+    /// Connections are asked to close (GOAWAY) after this long, to rebalance; 0 = never [default: 30m].
+    #[arg(long, env = "TOOLGATE_MAX_CONNECTION_AGE")]
+    pub max_connection_age: Option<String>,
+    /// After max_connection_age, calls and streams still open get this long before the connection closes [default: 30s].
+    #[arg(long, env = "TOOLGATE_MAX_CONNECTION_AGE_GRACE")]
+    pub max_connection_age_grace: Option<String>,
+    /// After SIGTERM, keep serving this long with health NOT_SERVING before draining [default: 0s].
+    #[arg(long, env = "TOOLGATE_SHUTDOWN_DELAY")]
+    pub shutdown_delay: Option<String>,
+    /// PEM certificate chain; with tls_key, serves gRPC over TLS [default: plaintext].
+    #[arg(long, env = "TOOLGATE_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of tls_cert.
+    #[arg(long, env = "TOOLGATE_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA bundle; when set, clients must present a certificate it signed (mutual TLS).
+    #[arg(long, env = "TOOLGATE_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 /// The settings a TOML file may hold; every one optional.
@@ -144,6 +186,29 @@ pub struct FileConfig {
     pub key_refresh_interval: Option<String>,
     pub db_unavailable_after: Option<String>,
     pub db_pool_size: Option<u32>,
+    pub metrics_listen: Option<SocketAddr>,
+    pub max_message_bytes: Option<usize>,
+    pub max_concurrent_streams: Option<u32>,
+    pub max_concurrent_requests: Option<usize>,
+    pub max_watch_streams: Option<usize>,
+    pub request_timeout: Option<String>,
+    pub keepalive_interval: Option<String>,
+    pub keepalive_timeout: Option<String>,
+    pub max_connection_age: Option<String>,
+    pub max_connection_age_grace: Option<String>,
+    pub shutdown_delay: Option<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_client_ca: Option<PathBuf>,
+}
+
+/// Files of the optional TLS listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// When set, clients must present a certificate this CA signed.
+    pub client_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -204,6 +269,21 @@ pub struct Config {
     pub key_refresh_interval: Duration,
     pub db_unavailable_after: Duration,
     pub db_pool_size: u32,
+    pub metrics_listen: SocketAddr,
+    pub max_message_bytes: usize,
+    pub max_concurrent_streams: u32,
+    pub max_concurrent_requests: usize,
+    pub max_watch_streams: usize,
+    /// `None`: no server-side bound.
+    pub request_timeout: Option<Duration>,
+    /// `None`: no HTTP/2 pings.
+    pub keepalive_interval: Option<Duration>,
+    pub keepalive_timeout: Duration,
+    /// `None`: connections live as long as their clients keep them.
+    pub max_connection_age: Option<Duration>,
+    pub max_connection_age_grace: Duration,
+    pub shutdown_delay: Duration,
+    pub tls: Option<TlsFiles>,
 }
 
 impl Default for Config {
@@ -226,6 +306,18 @@ impl Default for Config {
             key_refresh_interval: Duration::from_secs(1),
             db_unavailable_after: Duration::from_secs(10),
             db_pool_size: 16,
+            metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            max_message_bytes: 4 * 1024 * 1024,
+            max_concurrent_streams: 1024,
+            max_concurrent_requests: 1024,
+            max_watch_streams: 20_000,
+            request_timeout: Some(Duration::from_secs(10)),
+            keepalive_interval: Some(Duration::from_secs(60)),
+            keepalive_timeout: Duration::from_secs(20),
+            max_connection_age: Some(Duration::from_secs(30 * 60)),
+            max_connection_age_grace: Duration::from_secs(30),
+            shutdown_delay: Duration::ZERO,
+            tls: None,
         }
     }
 }
@@ -312,6 +404,63 @@ impl Config {
                 .db_pool_size
                 .or(file.db_pool_size)
                 .unwrap_or(d.db_pool_size),
+            metrics_listen: args
+                .metrics_listen
+                .or(file.metrics_listen)
+                .unwrap_or(d.metrics_listen),
+            max_message_bytes: args
+                .max_message_bytes
+                .or(file.max_message_bytes)
+                .unwrap_or(d.max_message_bytes),
+            max_concurrent_streams: args
+                .max_concurrent_streams
+                .or(file.max_concurrent_streams)
+                .unwrap_or(d.max_concurrent_streams),
+            max_concurrent_requests: args
+                .max_concurrent_requests
+                .or(file.max_concurrent_requests)
+                .unwrap_or(d.max_concurrent_requests),
+            max_watch_streams: args
+                .max_watch_streams
+                .or(file.max_watch_streams)
+                .unwrap_or(d.max_watch_streams),
+            request_timeout: zero_is_off(
+                "request_timeout",
+                args.request_timeout.clone().or(file.request_timeout),
+                d.request_timeout,
+            )?,
+            keepalive_interval: zero_is_off(
+                "keepalive_interval",
+                args.keepalive_interval.clone().or(file.keepalive_interval),
+                d.keepalive_interval,
+            )?,
+            keepalive_timeout: opt_duration(
+                "keepalive_timeout",
+                args.keepalive_timeout.clone().or(file.keepalive_timeout),
+            )?
+            .unwrap_or(d.keepalive_timeout),
+            max_connection_age: zero_is_off(
+                "max_connection_age",
+                args.max_connection_age.clone().or(file.max_connection_age),
+                d.max_connection_age,
+            )?,
+            max_connection_age_grace: opt_duration(
+                "max_connection_age_grace",
+                args.max_connection_age_grace
+                    .clone()
+                    .or(file.max_connection_age_grace),
+            )?
+            .unwrap_or(d.max_connection_age_grace),
+            shutdown_delay: opt_duration(
+                "shutdown_delay",
+                args.shutdown_delay.clone().or(file.shutdown_delay),
+            )?
+            .unwrap_or(d.shutdown_delay),
+            tls: tls_files(
+                args.tls_cert.clone().or(file.tls_cert),
+                args.tls_key.clone().or(file.tls_key),
+                args.tls_client_ca.clone().or(file.tls_client_ca),
+            )?,
             log_format: match format.as_deref() {
                 None | Some("text") => LogFormat::Text,
                 Some("json") => LogFormat::Json,
@@ -333,6 +482,7 @@ impl Config {
             ("approval_poll_interval", config.approval_poll_interval),
             ("key_refresh_interval", config.key_refresh_interval),
             ("db_unavailable_after", config.db_unavailable_after),
+            ("keepalive_timeout", config.keepalive_timeout),
         ] {
             if d.is_zero() {
                 return Err(ConfigError(format!("{name}: must be more than zero")));
@@ -343,6 +493,25 @@ impl Config {
         }
         if config.watch_buffer == 0 {
             return Err(ConfigError("watch_buffer: must be more than zero".into()));
+        }
+        for (name, n) in [
+            ("max_message_bytes", config.max_message_bytes),
+            (
+                "max_concurrent_streams",
+                config.max_concurrent_streams as usize,
+            ),
+            ("max_concurrent_requests", config.max_concurrent_requests),
+            ("max_watch_streams", config.max_watch_streams),
+        ] {
+            if n == 0 {
+                return Err(ConfigError(format!("{name}: must be more than zero")));
+            }
+        }
+        if config.max_arguments_bytes >= config.max_message_bytes {
+            return Err(ConfigError(format!(
+                "max_arguments_bytes: {} does not fit in max_message_bytes ({})",
+                config.max_arguments_bytes, config.max_message_bytes
+            )));
         }
         if config.max_arguments_bytes == 0 {
             return Err(ConfigError(
@@ -372,6 +541,40 @@ fn read_file(path: Option<&std::path::Path>) -> Result<FileConfig, ConfigError> 
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError(format!("config file {}: {e}", path.display())))?;
     toml::from_str(&text).map_err(|e| ConfigError(format!("config file {}: {e}", path.display())))
+}
+
+/// A duration where `0` switches the feature off.
+fn zero_is_off(
+    name: &str,
+    value: Option<String>,
+    default: Option<Duration>,
+) -> Result<Option<Duration>, ConfigError> {
+    Ok(match opt_duration(name, value)? {
+        Some(d) if d.is_zero() => None,
+        Some(d) => Some(d),
+        None => default,
+    })
+}
+
+/// TLS needs both a certificate and its key; a client CA only makes sense with them.
+fn tls_files(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+) -> Result<Option<TlsFiles>, ConfigError> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(TlsFiles {
+            cert,
+            key,
+            client_ca,
+        })),
+        (None, None) if client_ca.is_none() => Ok(None),
+        (None, None) => Err(ConfigError(
+            "tls_client_ca: needs tls_cert and tls_key as well".into(),
+        )),
+        (Some(_), None) => Err(ConfigError("tls_key: is required with tls_cert".into())),
+        (None, Some(_)) => Err(ConfigError("tls_cert: is required with tls_key".into())),
+    }
 }
 
 fn opt_duration(name: &str, value: Option<String>) -> Result<Option<Duration>, ConfigError> {
@@ -456,6 +659,31 @@ mod tests {
         assert_eq!(config.listen.port(), 8000);
         assert_eq!(config.approval_ttl, Duration::from_secs(3600));
         assert_eq!(config.database_url.expose(), "sqlite://toolgate.db");
+    }
+
+    #[test]
+    fn zero_switches_optional_limits_off_and_tls_needs_both_files() {
+        let args = ServeArgs {
+            max_connection_age: Some("0s".into()),
+            request_timeout: Some("3s".into()),
+            ..ServeArgs::default()
+        };
+        let config = Config::resolve(&args).unwrap();
+        assert_eq!(config.max_connection_age, None);
+        assert_eq!(config.request_timeout, Some(Duration::from_secs(3)));
+        assert_eq!(config.keepalive_interval, Some(Duration::from_secs(60)));
+        let half = ServeArgs {
+            tls_cert: Some("cert.pem".into()),
+            ..ServeArgs::default()
+        };
+        let err = Config::resolve(&half).unwrap_err();
+        assert!(err.0.starts_with("tls_key:"), "{err}");
+        let zero = ServeArgs {
+            max_concurrent_requests: Some(0),
+            ..ServeArgs::default()
+        };
+        let err = Config::resolve(&zero).unwrap_err();
+        assert!(err.0.starts_with("max_concurrent_requests:"), "{err}");
     }
 
     #[test]

@@ -20,6 +20,8 @@
 //! file) except keys minted or revoked by the `keys` command.
 
 use crate::grpc::AppState;
+use crate::metrics::Metrics;
+use crate::policy::UnixMillis;
 use crate::store::{ApprovalCursor, Store, StoreError, Wakeup};
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,6 +44,7 @@ pub trait HealthSwitch: Send + Sync + 'static {
 /// Whether the database answered lately, and when it last did.
 struct DbHealth<H> {
     switch: H,
+    metrics: Arc<Metrics>,
     last_ok: Instant,
     serving: bool,
     down_since: Option<Instant>,
@@ -51,6 +54,7 @@ struct DbHealth<H> {
 impl<H: HealthSwitch> DbHealth<H> {
     async fn ok(&mut self) {
         self.last_ok = Instant::now();
+        self.metrics.database_ok();
         if let Some(since) = self.down_since.take() {
             tracing::info!(outage = ?since.elapsed(), "database reachable again; caught up");
         }
@@ -98,6 +102,7 @@ pub async fn follow<S: Store, H: HealthSwitch>(
     let _abort_approvals = AbortOnDrop(approvals);
     let mut health = DbHealth {
         switch,
+        metrics: state.metrics.clone(),
         last_ok: Instant::now(),
         serving: true,
         down_since: None,
@@ -123,10 +128,19 @@ pub async fn follow<S: Store, H: HealthSwitch>(
         };
         tokio::select! {
             wakeup = next => match wakeup {
-                Some(Wakeup::Revision { tenant, revision }) => {
+                Some(Wakeup::Revision { tenant, revision, saved_at }) => {
                     if state.snapshots.get(&tenant).revision < revision {
                         match state.catch_up(&tenant).await {
-                            Ok(()) => health.ok().await,
+                            Ok(()) => {
+                                if let Some(at) = saved_at {
+                                    let lag = UnixMillis::now().0.saturating_sub(at).max(0);
+                                    state
+                                        .metrics
+                                        .propagation_seconds
+                                        .observe(Duration::from_millis(lag as u64));
+                                }
+                                health.ok().await
+                            }
                             Err(e) => health.failed("catch up", &e).await,
                         }
                     }

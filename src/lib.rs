@@ -24,6 +24,7 @@ pub mod follow;
 pub mod grpc;
 pub mod hub;
 pub mod keys;
+pub mod metrics;
 pub mod policy;
 pub mod proto;
 pub mod server;

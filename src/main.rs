@@ -36,10 +36,8 @@ async fn serve(args: toolgate::config::ServeArgs) -> Result<(), String> {
     let config = Config::resolve(&args).map_err(|e| e.to_string())?;
     init_tracing(config.log_format);
     tracing::info!(?config, "starting");
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
-    toolgate::run(config, listener, shutdown_signal())
+    let listeners = toolgate::server::Listeners::bind(&config).await?;
+    toolgate::run(config, listeners, shutdown_signal())
         .await
         .map_err(|e| e.to_string())
 }
@@ -48,8 +46,11 @@ async fn serve(args: toolgate::config::ServeArgs) -> Result<(), String> {
 fn init_tracing(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colours only for a person at a terminal, never into a file or a log collector.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),

@@ -1,18 +1,23 @@
-//! Builds and runs the gRPC server: store, snapshot, health, reflection and graceful drain.
+//! Builds and runs the gRPC server: store, snapshot, health, reflection, metrics, limits,
+//! TLS and graceful drain.
 
-use crate::config::Config;
+use crate::config::{Config, TlsFiles};
 use crate::follow::{FollowSettings, HealthSwitch, follow};
+use crate::grpc::gate::Gate;
 use crate::grpc::{AppState, Limits, PolicyApi};
 use crate::hub::ApprovalHub;
+use crate::metrics::{Gauges, Metrics, serve_metrics};
 use crate::policy::UnixMillis;
 use crate::proto::v1::policy_service_server::PolicyServiceServer;
 use crate::snapshot::{Snapshots, TenantSnapshot};
-use crate::store::{AnyStore, Store, StoreError};
+use crate::store::{AnyStore, Metered, Store, StoreError};
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 use tokio::net::TcpListener;
-use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +32,35 @@ pub enum RunError {
     Join(#[from] tokio::task::JoinError),
     #[error("listener: {0}")]
     Listener(#[from] std::io::Error),
+    #[error("{0}")]
+    Tls(String),
+}
+
+/// The sockets toolgate serves on, bound by the caller (so port 0 works in tests and a
+/// bind error is reported before anything starts).
+#[derive(Debug)]
+pub struct Listeners {
+    pub grpc: TcpListener,
+    /// Prometheus `/metrics`.
+    pub metrics: TcpListener,
+}
+
+impl Listeners {
+    /// Binds the addresses of `config`.
+    pub async fn bind(config: &Config) -> Result<Listeners, String> {
+        let grpc = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| format!("listen: cannot listen on {}: {e}", config.listen))?;
+        let metrics = TcpListener::bind(config.metrics_listen)
+            .await
+            .map_err(|e| {
+                format!(
+                    "metrics_listen: cannot listen on {}: {e}",
+                    config.metrics_listen
+                )
+            })?;
+        Ok(Listeners { grpc, metrics })
+    }
 }
 
 /// Opens the store named by the URL's scheme (created and migrated if needed).
@@ -34,68 +68,127 @@ pub async fn open_store(config: &Config) -> Result<AnyStore, StoreError> {
     AnyStore::open(config.database_url.expose(), &config.pg_settings()).await
 }
 
-/// Health of the policy service and of the server as a whole (the empty name), together.
-#[derive(Clone)]
-struct Health(tonic_health::server::HealthReporter);
+/// The health service name that stays SERVING while the process runs: Kubernetes'
+/// liveness probe asks for it, so a database outage or a drain never restarts the pod.
+pub const LIVENESS: &str = "liveness";
 
-impl HealthSwitch for Health {
-    async fn set(&self, serving: bool) {
+/// Health of the policy service and of the server as a whole (the empty name), together.
+/// Once draining, nothing turns it back to SERVING.
+#[derive(Clone)]
+struct Health {
+    reporter: tonic_health::server::HealthReporter,
+    serving: Arc<AtomicBool>,
+    draining: Arc<AtomicBool>,
+}
+
+impl Health {
+    async fn report(&self, serving: bool) {
         let status = if serving {
             ServingStatus::Serving
         } else {
             ServingStatus::NotServing
         };
-        self.0
+        self.serving.store(serving, Ordering::Relaxed);
+        self.reporter
             .set_service_status("toolgate.v1.PolicyService", status)
             .await;
-        self.0.set_service_status("", status).await;
+        self.reporter.set_service_status("", status).await;
     }
 }
 
-/// Runs toolgate on `listener` until `shutdown` completes, then drains.
+impl HealthSwitch for Health {
+    async fn set(&self, serving: bool) {
+        if serving && self.draining.load(Ordering::Relaxed) {
+            return;
+        }
+        self.report(serving).await;
+    }
+}
+
+/// Runs toolgate on `listeners` until `shutdown` completes, then drains.
 pub async fn run(
     config: Config,
-    listener: TcpListener,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
     let store = open_store(&config).await?;
-    serve(store, config, listener, shutdown).await
+    serve(store, config, listeners, shutdown).await
 }
 
-/// Runs toolgate over an opened store. Health turns SERVING only once the snapshot of
-/// every tenant is loaded; on shutdown it turns NOT_SERVING first, then the server stops
-/// accepting, lets in-flight calls finish within the grace period, and returns.
+/// Aborts a background task when dropped, so no early return leaves one behind.
+struct Background(tokio::task::JoinHandle<()>);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Runs toolgate over an opened store. Metrics answer at once; health turns SERVING only
+/// once the snapshot of every tenant is loaded. On shutdown health turns NOT_SERVING
+/// first, the server keeps serving for `shutdown_delay` (while load balancers notice),
+/// then stops accepting, ends watch streams with UNAVAILABLE, lets in-flight calls finish
+/// within `shutdown_grace`, and returns.
 pub async fn serve<S: Store>(
     store: S,
     config: Config,
-    listener: TcpListener,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
+    let metrics = Arc::new(Metrics::new(store.backend()));
+    let store = Metered::new(store, metrics.clone());
     let snapshots = Snapshots::with_buffer(config.watch_buffer);
-    let mut tools = 0;
-    let tenants = store.load_all_tools().await?;
-    for t in &tenants {
-        tools += t.tools.len();
-    }
-    for t in tenants {
-        snapshots.replace(&t.tenant, TenantSnapshot::new(t.revision, t.tools));
-    }
+    let serving = Arc::new(AtomicBool::new(false));
+    let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
+    let approvals = ApprovalHub::new(config.watch_buffer);
     let limits = Limits {
         approval_ttl: config.approval_ttl,
         max_arguments_bytes: config.max_arguments_bytes,
         min_revision_wait: config.min_revision_wait,
         heartbeat_interval: config.heartbeat_interval,
         watch_history: config.watch_history,
+        max_watch_streams: config.max_watch_streams,
     };
-    let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
-    let approvals = ApprovalHub::new(config.watch_buffer);
-    let state = Arc::new(AppState::new(store, snapshots, approvals, limits, drain_rx));
-    let sweeper = tokio::spawn(sweep_expired(state.clone(), config.expiry_sweep));
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<PolicyServiceServer<PolicyApi<S>>>()
+    let state = Arc::new(AppState::new(
+        store,
+        snapshots,
+        approvals,
+        limits,
+        drain_rx,
+        metrics.clone(),
+    ));
+    let metrics_addr = listeners.metrics.local_addr()?;
+    let _metrics_server = Background(tokio::spawn(serve_metrics(
+        listeners.metrics,
+        scrape(state.clone(), serving.clone()),
+    )));
+    tracing::info!(addr = %metrics_addr, "metrics serving at /metrics");
+
+    let mut tools = 0;
+    let tenants = state.store.load_all_tools().await?;
+    for t in &tenants {
+        tools += t.tools.len();
+    }
+    for t in tenants {
+        state
+            .snapshots
+            .replace(&t.tenant, TenantSnapshot::new(t.revision, t.tools));
+    }
+    let sweeper = Background(tokio::spawn(sweep_expired(
+        state.clone(),
+        config.expiry_sweep,
+    )));
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status(LIVENESS, ServingStatus::Serving)
         .await;
-    let follower = tokio::spawn(follow(
+    let health = Health {
+        reporter,
+        serving,
+        draining: Arc::new(AtomicBool::new(false)),
+    };
+    health.report(true).await;
+    let follower = Background(tokio::spawn(follow(
         state.clone(),
         FollowSettings {
             catch_up_interval: config.catch_up_interval,
@@ -103,9 +196,11 @@ pub async fn serve<S: Store>(
             key_refresh_interval: config.key_refresh_interval,
             db_unavailable_after: config.db_unavailable_after,
         },
-        Health(health.clone()),
-    ));
-    let api = PolicyApi::new(state);
+        health.clone(),
+    )));
+    let api = PolicyServiceServer::new(PolicyApi::new(state.clone()))
+        .max_decoding_message_size(config.max_message_bytes);
+    let api = Gate::new(api, config.max_concurrent_requests, metrics.clone());
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -115,40 +210,60 @@ pub async fn serve<S: Store>(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    let addr = listener.local_addr()?;
+    let addr = listeners.grpc.local_addr()?;
+    let mut builder = Server::builder()
+        .max_concurrent_streams(config.max_concurrent_streams)
+        .http2_keepalive_interval(config.keepalive_interval)
+        .http2_keepalive_timeout(Some(config.keepalive_timeout));
+    if let Some(timeout) = config.request_timeout {
+        builder = builder.timeout(timeout);
+    }
+    if let Some(age) = config.max_connection_age {
+        builder = builder
+            .max_connection_age(age)
+            .max_connection_age_grace(config.max_connection_age_grace);
+    }
+    if let Some(files) = &config.tls {
+        builder = builder
+            .tls_config(tls_config(files)?)
+            .map_err(|e| RunError::Tls(format!("tls: {e}")))?;
+    }
+    // TCP_NODELAY: a unary answer is several small writes (headers, data, trailers);
+    // with Nagle's algorithm each one after the first waits for the peer's delayed ACK.
+    // TCP keepalive finds peers that vanished without a word (no FIN, no RST).
+    let incoming = TcpIncoming::from(listeners.grpc)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(Duration::from_secs(60)));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = Server::builder()
+    let server = builder
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(PolicyServiceServer::new(api))
-        // TCP_NODELAY: a unary answer is several small writes (headers, data, trailers);
-        // with Nagle's algorithm each one after the first waits for the peer's delayed ACK.
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            async {
-                let _ = stop_rx.await;
-            },
-        );
+        .add_service(api)
+        .serve_with_incoming_shutdown(incoming, async {
+            let _ = stop_rx.await;
+        });
     let mut server = tokio::spawn(server);
-    tracing::info!(%addr, tools, "toolgate serving");
+    tracing::info!(%addr, tools, tls = config.tls.is_some(), "toolgate serving");
 
     tokio::select! {
         finished = &mut server => return Ok(finished??),
         () = shutdown => {}
     }
-    tracing::info!("shutdown requested: health NOT_SERVING, draining in-flight calls");
-    // Stopped first, so it cannot turn health back to SERVING.
-    follower.abort();
-    health
-        .set_not_serving::<PolicyServiceServer<PolicyApi<S>>>()
-        .await;
-    health
-        .set_service_status("", ServingStatus::NotServing)
-        .await;
+    health.draining.store(true, Ordering::Relaxed);
+    health.report(false).await;
+    if !config.shutdown_delay.is_zero() {
+        tracing::info!(
+            delay = ?config.shutdown_delay,
+            "shutdown requested: health NOT_SERVING; serving on while load balancers notice"
+        );
+        tokio::time::sleep(config.shutdown_delay).await;
+    }
+    tracing::info!("draining: streams end UNAVAILABLE, in-flight calls finish");
+    drop(follower);
+    drop(sweeper);
     // Streams end with UNAVAILABLE so their clients resume on another replica.
     let _ = drain_tx.send(true);
-    sweeper.abort();
     let _ = stop_tx.send(());
     match tokio::time::timeout(config.shutdown_grace, &mut server).await {
         Ok(finished) => finished??,
@@ -159,6 +274,37 @@ pub async fn serve<S: Store>(
     }
     tracing::info!("toolgate stopped");
     Ok(())
+}
+
+/// What `/metrics` shows: the counters plus gauges read from the state at scrape time.
+fn scrape<S: Store>(
+    state: Arc<AppState<S>>,
+    serving: Arc<AtomicBool>,
+) -> Arc<dyn Fn() -> String + Send + Sync> {
+    Arc::new(move || {
+        let totals = state.snapshots.totals();
+        state.metrics.render(Gauges {
+            tenants: totals.tenants,
+            tools: totals.tools,
+            revision_sum: totals.revision_sum,
+            serving: serving.load(Ordering::Relaxed),
+        })
+    })
+}
+
+/// The server's TLS settings from its PEM files; a file that cannot be read is named.
+fn tls_config(files: &TlsFiles) -> Result<ServerTlsConfig, RunError> {
+    let read = |setting: &str, path: &std::path::Path| {
+        std::fs::read(path)
+            .map_err(|e| RunError::Tls(format!("{setting}: cannot read {}: {e}", path.display())))
+    };
+    let cert = read("tls_cert", &files.cert)?;
+    let key = read("tls_key", &files.key)?;
+    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
+    if let Some(ca) = &files.client_ca {
+        tls = tls.client_ca_root(Certificate::from_pem(read("tls_client_ca", ca)?));
+    }
+    Ok(tls)
 }
 
 /// Marks approvals past their expiry as expired, so their watchers hear of it even when
@@ -172,7 +318,7 @@ async fn sweep_expired<S: Store>(state: Arc<AppState<S>>, every: std::time::Dura
             match state.store.expire_due(UnixMillis::now().0, 500).await {
                 Ok(expired) => {
                     for (tenant, approval) in &expired {
-                        state.approvals.publish(tenant, approval);
+                        state.approval_changed(tenant, approval);
                     }
                     if expired.len() < 500 {
                         break;

@@ -114,6 +114,14 @@ pub struct Gap {
     pub got: u64,
 }
 
+/// Sizes of all snapshots together.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Totals {
+    pub tenants: u64,
+    pub tools: u64,
+    pub revision_sum: u64,
+}
+
 /// Every tenant's snapshot.
 #[derive(Debug)]
 pub struct Snapshots {
@@ -215,6 +223,20 @@ impl Snapshots {
         drop(tenants);
         self.advanced.notify_waiters();
         Ok(())
+    }
+
+    /// Tenants, tools and the sum of revisions, for `/metrics`.
+    pub fn totals(&self) -> Totals {
+        let tenants = self.tenants.read().unwrap_or_else(|e| e.into_inner());
+        let mut totals = Totals {
+            tenants: tenants.len() as u64,
+            ..Totals::default()
+        };
+        for e in tenants.values() {
+            totals.tools += e.snapshot.len() as u64;
+            totals.revision_sum += e.snapshot.revision;
+        }
+        totals
     }
 
     /// A future that completes at the next applied revision of any tenant. Create it

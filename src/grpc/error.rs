@@ -13,6 +13,7 @@ pub enum ApiError {
     NotFound(String),
     FailedPrecondition(String),
     Unavailable(String),
+    ResourceExhausted(String),
     Internal(&'static str, Box<dyn std::error::Error + Send + Sync>),
 }
 
@@ -53,6 +54,7 @@ impl From<ApiError> for Status {
             ApiError::NotFound(m) => Status::not_found(m),
             ApiError::FailedPrecondition(m) => Status::failed_precondition(m),
             ApiError::Unavailable(m) => Status::unavailable(m),
+            ApiError::ResourceExhausted(m) => Status::resource_exhausted(m),
             ApiError::Internal(context, cause) => {
                 tracing::error!(context, error = %cause, "internal error");
                 Status::internal("internal error")

@@ -3,10 +3,12 @@
 
 pub mod convert;
 pub mod error;
+pub mod gate;
 mod watch;
 
 use crate::hub::ApprovalHub;
 use crate::keys::{self, MAX_TOKEN_BYTES};
+use crate::metrics::Metrics;
 use crate::policy::approval::{StepRequest, submit_step};
 use crate::policy::canonical::{self, CanonicalArguments};
 use crate::policy::decide::{
@@ -30,7 +32,6 @@ use error::ApiError;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 use tokio::sync::{OwnedMutexGuard, watch as drain_watch};
 use tonic::{Request, Response, Status};
@@ -47,6 +48,8 @@ pub struct Limits {
     pub heartbeat_interval: Duration,
     /// Revisions a WatchConfig resume may replay before it gets a snapshot instead.
     pub watch_history: u64,
+    /// Open Watch streams (both kinds) beyond which new ones get RESOURCE_EXHAUSTED.
+    pub max_watch_streams: usize,
 }
 
 /// Shared state of one server: cheap to clone through its `Arc`.
@@ -58,8 +61,8 @@ pub struct AppState<S> {
     pub limits: Limits,
     /// Turns true when the server drains: open streams end with UNAVAILABLE.
     pub drain: drain_watch::Receiver<bool>,
-    /// Watchers that fell behind and were brought current with a snapshot (or ended).
-    pub watchers_lagged: AtomicU64,
+    /// Counters and gauges for `/metrics`.
+    pub metrics: Arc<Metrics>,
     /// Live API keys, so authentication needs no database round trip.
     pub keys: keys::KeyCache,
     /// One lock per tenant around "commit a revision, then apply it to the snapshot", so
@@ -74,6 +77,7 @@ impl<S: Store> AppState<S> {
         approvals: ApprovalHub,
         limits: Limits,
         drain: drain_watch::Receiver<bool>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         AppState {
             store,
@@ -81,7 +85,7 @@ impl<S: Store> AppState<S> {
             approvals,
             limits,
             drain,
-            watchers_lagged: AtomicU64::new(0),
+            metrics,
             keys: keys::KeyCache::default(),
             write_locks: std::sync::Mutex::new(HashMap::new()),
         }
@@ -100,7 +104,20 @@ impl<S: Store> AppState<S> {
     /// (revisions another replica saved, or a Save whose apply found a gap).
     pub async fn catch_up(&self, tenant: &str) -> Result<(), StoreError> {
         let _guard = self.tenant_write_lock(tenant).await;
-        self.catch_up_locked(tenant).await
+        let before = self.snapshots.get(tenant).revision;
+        self.catch_up_locked(tenant).await?;
+        let after = self.snapshots.get(tenant).revision;
+        for _ in before..after {
+            self.metrics.revision_followed(None);
+        }
+        Ok(())
+    }
+
+    /// Tells the tenant's WatchApprovals streams of a change this replica made, and
+    /// counts it.
+    pub fn approval_changed(&self, tenant: &str, approval: &Approval) {
+        self.metrics.approval(approval);
+        self.approvals.publish(tenant, approval);
     }
 
     /// [`Self::catch_up`] for a caller that holds the tenant's write lock.
@@ -248,7 +265,7 @@ impl<S: Store> PolicyApi<S> {
             .await?;
         let tool = match decide_by_policy(snapshot.tool(&req.integration_id, &req.tool_name)) {
             PolicyOutcome::Final(decision) => {
-                return Ok(decide_response(decision, snapshot.revision, None));
+                return Ok(self.decide_response(decision, snapshot.revision, None));
             }
             PolicyOutcome::NeedsApproval(tool) => tool.clone(),
         };
@@ -266,11 +283,28 @@ impl<S: Store> PolicyApi<S> {
             self.ask_with_approval(caller, &tool, &req.approval_id, &req, &canon.sha256, now)
                 .await?
         };
-        Ok(decide_response(
+        Ok(self.decide_response(
             decision,
             snapshot.revision,
             approval.map(|a| approval_to_proto(&a, now)),
         ))
+    }
+
+    /// A Decide's answer, counted by verdict and code.
+    fn decide_response(
+        &self,
+        decision: Decision,
+        revision: u64,
+        approval: Option<pb::Approval>,
+    ) -> pb::DecideResponse {
+        self.state.metrics.decision(decision.verdict, decision.code);
+        pb::DecideResponse {
+            verdict: verdict_to_proto(decision.verdict) as i32,
+            code: code_to_proto(decision.code) as i32,
+            reason: decision.reason.into_owned(),
+            revision,
+            approval,
+        }
     }
 
     /// Step 2 of Decide: create the approval request, or find the one this request id made.
@@ -307,7 +341,7 @@ impl<S: Store> PolicyApi<S> {
         };
         match store.insert_approval(&caller.tenant, &approval).await? {
             Inserted::New(created) => {
-                self.state.approvals.publish(&caller.tenant, &created);
+                self.state.approval_changed(&caller.tenant, &created);
                 Ok((
                     Decision {
                         verdict: Verdict::PendingApproval,
@@ -379,7 +413,7 @@ impl<S: Store> PolicyApi<S> {
                 out: decision,
             })) => {
                 if changed {
-                    self.state.approvals.publish(&caller.tenant, &approval);
+                    self.state.approval_changed(&caller.tenant, &approval);
                 }
                 Ok((decision, Some(approval)))
             }
@@ -412,20 +446,6 @@ async fn visible_approval<S: Store>(
         .await?
         .filter(|a| may_see(caller, a))
         .ok_or_else(|| approval_not_found(id))
-}
-
-fn decide_response(
-    decision: Decision,
-    revision: u64,
-    approval: Option<pb::Approval>,
-) -> pb::DecideResponse {
-    pb::DecideResponse {
-        verdict: verdict_to_proto(decision.verdict) as i32,
-        code: code_to_proto(decision.code) as i32,
-        reason: decision.reason.into_owned(),
-        revision,
-        approval,
-    }
 }
 
 fn check_batch(field: &str, len: usize) -> Result<(), FieldError> {
@@ -671,11 +691,24 @@ impl<S: Store> PolicyService for PolicyApi<S> {
         &self,
         request: Request<pb::DecideRequest>,
     ) -> Result<Response<pb::DecideResponse>, Status> {
-        let caller = self
+        let started = std::time::Instant::now();
+        let outcome = match self
             .authenticate(&request, "Decide", &[Role::Agent, Role::Admin])
-            .await?;
-        let response = self.do_decide(&caller, request.into_inner()).await?;
-        Ok(Response::new(response))
+            .await
+        {
+            Ok(caller) => self.do_decide(&caller, request.into_inner()).await,
+            Err(e) => Err(e),
+        };
+        let metrics = &self.state.metrics;
+        metrics.decide_seconds.observe(started.elapsed());
+        match outcome {
+            Ok(response) => Ok(Response::new(response)),
+            Err(e) => {
+                let status = Status::from(e);
+                metrics.decide_error(status.code());
+                Err(status)
+            }
+        }
     }
 
     async fn submit_approval(
@@ -716,7 +749,7 @@ impl<S: Store> PolicyService for PolicyApi<S> {
             .await;
         let approval = match outcome {
             Ok(Some(Updated { approval, .. })) => {
-                self.state.approvals.publish(&caller.tenant, &approval);
+                self.state.approval_changed(&caller.tenant, &approval);
                 approval
             }
             Ok(None) => {

@@ -10,6 +10,7 @@
 use super::convert::{approval_to_proto, tool_to_proto};
 use super::error::ApiError;
 use super::{AppState, Stream, may_see, visible_approval};
+use crate::metrics::{StreamGuard, Watch};
 use crate::policy::names::check_optional_id;
 use crate::policy::{Approval, Caller, Policy, RevisionChanges, Role, ToolChange, UnixMillis};
 use crate::proto::v1 as pb;
@@ -17,7 +18,6 @@ use crate::snapshot::{TenantEvent, TenantSnapshot};
 use crate::store::Store;
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use tokio::sync::{broadcast, watch};
 use tokio::time::Interval;
 use tonic::Status;
@@ -99,12 +99,31 @@ async fn drained(drain: &mut watch::Receiver<bool>) {
     let _ = drain.wait_for(|d| *d).await;
 }
 
+/// Counts a new stream, or refuses it with RESOURCE_EXHAUSTED at `max_watch_streams`.
+fn open_stream<S>(state: &AppState<S>, which: Watch) -> Result<StreamGuard, ApiError> {
+    state
+        .metrics
+        .try_open_watch(which, state.limits.max_watch_streams)
+        .ok_or_else(|| {
+            tracing::warn!(
+                limit = state.limits.max_watch_streams,
+                "watch stream refused: max_watch_streams reached"
+            );
+            ApiError::ResourceExhausted(
+                "too many open watch streams on this server (max_watch_streams); retry with \
+                 backoff, or on another replica"
+                    .into(),
+            )
+        })
+}
+
 pub(super) async fn watch_config<S: Store>(
     state: Arc<AppState<S>>,
     caller: Caller,
     req: pb::WatchConfigRequest,
 ) -> Result<Stream<pb::WatchConfigResponse>, ApiError> {
     check_optional_id("integration_id", &req.integration_id)?;
+    let guard = open_stream(&state, Watch::Config)?;
     let view = View {
         agent: caller.role == Role::Agent,
         integration: (!req.integration_id.is_empty()).then_some(req.integration_id.clone()),
@@ -141,6 +160,7 @@ pub(super) async fn watch_config<S: Store>(
     };
     let every = state.limits.heartbeat_interval;
     let watcher = ConfigWatcher {
+        _open: guard,
         drain: state.drain.clone(),
         state,
         tenant: caller.tenant,
@@ -165,6 +185,7 @@ enum Wake<E> {
 }
 
 struct ConfigWatcher<S> {
+    _open: StreamGuard,
     state: Arc<AppState<S>>,
     tenant: String,
     view: View,
@@ -230,7 +251,7 @@ impl<S: Store> ConfigWatcher<S> {
             Ok(TenantEvent::Changes(_)) => Box::pin(self.fill_gap()).await,
             Ok(TenantEvent::Reset) => Ok(vec![self.resync()]),
             Err(broadcast::error::RecvError::Lagged(missed)) => {
-                self.state.watchers_lagged.fetch_add(1, Ordering::Relaxed);
+                self.state.metrics.watch_reset(Watch::Config);
                 tracing::warn!(
                     missed,
                     position = self.position,
@@ -275,6 +296,7 @@ pub(super) async fn watch_approvals<S: Store>(
     req: pb::WatchApprovalsRequest,
 ) -> Result<Stream<pb::WatchApprovalsResponse>, ApiError> {
     check_optional_id("approval_id", &req.approval_id)?;
+    let guard = open_stream(&state, Watch::Approvals)?;
     let events = state.approvals.subscribe(&caller.tenant);
     let only = (!req.approval_id.is_empty()).then_some(req.approval_id.clone());
     let initial = match &only {
@@ -282,6 +304,7 @@ pub(super) async fn watch_approvals<S: Store>(
         None => None,
     };
     let watcher = ApprovalWatcher {
+        _open: guard,
         drain: state.drain.clone(),
         state,
         caller,
@@ -297,6 +320,7 @@ pub(super) async fn watch_approvals<S: Store>(
 }
 
 struct ApprovalWatcher<S> {
+    _open: StreamGuard,
     state: Arc<AppState<S>>,
     caller: Caller,
     only: Option<String>,
@@ -339,7 +363,7 @@ impl<S: Store> ApprovalWatcher<S> {
                     }
                 }
                 Wake::Event(Err(broadcast::error::RecvError::Lagged(missed))) => {
-                    self.state.watchers_lagged.fetch_add(1, Ordering::Relaxed);
+                    self.state.metrics.watch_reset(Watch::Approvals);
                     tracing::warn!(missed, "approval watcher fell behind; ending its stream");
                     self.done = true;
                     let status = Status::resource_exhausted(

@@ -42,6 +42,10 @@ macro_rules! each {
 }
 
 impl Store for AnyStore {
+    fn backend(&self) -> &'static str {
+        each!(self, s => s.backend())
+    }
+
     async fn create_key(
         &self,
         id: &str,

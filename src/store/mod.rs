@@ -6,11 +6,13 @@
 //! state read inside the transaction, so the rules stay in `policy/` and the atomicity here.
 
 mod any;
+mod metered;
 pub mod pg;
 mod rows;
 pub mod sqlite;
 
 pub use any::AnyStore;
+pub use metered::Metered;
 
 use crate::policy::{
     Approval, ApprovalState, Caller, Person, RevisionChanges, Role, Tool, ToolChange,
@@ -64,8 +66,13 @@ impl StoreError {
 /// A hint from the database that another process wrote something.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Wakeup {
-    /// A tenant reached a revision.
-    Revision { tenant: String, revision: u64 },
+    /// A tenant reached a revision; `saved_at` is when it was committed (Unix
+    /// milliseconds, by the saving replica's clock), for the propagation-lag metric.
+    Revision {
+        tenant: String,
+        revision: u64,
+        saved_at: Option<i64>,
+    },
     /// A key was created or revoked.
     Keys,
     /// The listening connection was lost and re-established: hints may have been missed.
@@ -201,6 +208,9 @@ pub type People = HashMap<String, Person>;
 /// The one store seam. Every method is scoped to one tenant, except key lookup (which is
 /// how the tenant is found) and start-up loading.
 pub trait Store: Clone + Send + Sync + 'static {
+    /// `sqlite` or `postgres`, for logs and `toolgate_build_info`.
+    fn backend(&self) -> &'static str;
+
     fn create_key(
         &self,
         id: &str,

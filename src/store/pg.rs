@@ -458,11 +458,17 @@ async fn notify(conn: &mut PgConnection, channel: &str, payload: &str) -> Result
     Ok(())
 }
 
+/// `<revision>@<unix ms> <tenant>`, or `<revision> <tenant>` from an older replica.
 fn parse_revision_payload(payload: &str) -> Option<Wakeup> {
-    let (revision, tenant) = payload.split_once(' ')?;
+    let (head, tenant) = payload.split_once(' ')?;
+    let (revision, saved_at) = match head.split_once('@') {
+        Some((r, at)) => (r, Some(at.parse().ok()?)),
+        None => (head, None),
+    };
     Some(Wakeup::Revision {
         tenant: tenant.to_owned(),
         revision: revision.parse().ok()?,
+        saved_at,
     })
 }
 
@@ -525,6 +531,10 @@ async fn forward_notifications(pool: PgPool, tx: tokio::sync::mpsc::Sender<Wakeu
 }
 
 impl Store for PgStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
     async fn create_key(
         &self,
         id: &str,
@@ -757,7 +767,9 @@ impl Store for PgStore {
             for change in &changes {
                 write_change(&mut tx, tenant, revision, change).await?;
             }
-            notify(&mut tx, REVISIONS_CHANNEL, &format!("{revision} {tenant}")).await?;
+            // `<revision>@<unix ms> <tenant>`: the time lets followers measure lag.
+            let payload = format!("{revision}@{} {tenant}", UnixMillis::now().0);
+            notify(&mut tx, REVISIONS_CHANNEL, &payload).await?;
             tx.commit().await.map_err(StoreError::from)?;
             Ok(Saved { revision, changes })
         })
@@ -1128,13 +1140,23 @@ mod tests {
     #[test]
     fn revision_payload_parses_tenants_with_spaces_and_refuses_garbage() {
         assert_eq!(
-            parse_revision_payload("12 acme corp"),
+            parse_revision_payload("12@1700000000123 acme corp"),
             Some(Wakeup::Revision {
                 tenant: "acme corp".into(),
-                revision: 12
+                revision: 12,
+                saved_at: Some(1_700_000_000_123),
+            })
+        );
+        assert_eq!(
+            parse_revision_payload("12 acme"),
+            Some(Wakeup::Revision {
+                tenant: "acme".into(),
+                revision: 12,
+                saved_at: None,
             })
         );
         assert_eq!(parse_revision_payload("x acme"), None);
+        assert_eq!(parse_revision_payload("12@x acme"), None);
         assert_eq!(parse_revision_payload("12"), None);
     }
 }

@@ -234,6 +234,10 @@ async fn write_change(
 }
 
 impl Store for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
     async fn create_key(
         &self,
         id: &str,

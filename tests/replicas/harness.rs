@@ -47,6 +47,8 @@ impl Replica {
         let mut child = Command::new(env!("CARGO_BIN_EXE_toolgate"))
             .args([
                 "serve",
+                "--metrics-listen",
+                "127.0.0.1:0",
                 "--listen",
                 "127.0.0.1:0",
                 "--database-url",

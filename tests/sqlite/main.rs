@@ -15,6 +15,10 @@ mod auth;
 mod decide;
 #[path = "../suite/helpers.rs"]
 mod helpers;
+#[path = "../suite/limits.rs"]
+mod limits;
+#[path = "../suite/metrics.rs"]
+mod metrics;
 #[path = "../suite/ops.rs"]
 mod ops;
 #[path = "../suite/watch.rs"]

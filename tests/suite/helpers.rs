@@ -17,6 +17,8 @@ pub use pb::{DecisionCode, Policy, Verdict};
 
 pub struct TestApp {
     pub addr: std::net::SocketAddr,
+    /// Where GET /metrics answers.
+    pub metrics_addr: std::net::SocketAddr,
     pub client: PolicyServiceClient<Channel>,
     pub admin: String,
     pub agent: String,
@@ -59,20 +61,33 @@ async fn start(
     agent: String,
     approver: String,
 ) -> TestApp {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
+    let listeners = toolgate::server::Listeners {
+        grpc: tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind"),
+        metrics: tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind metrics"),
+    };
+    let addr = listeners.grpc.local_addr().expect("addr");
+    let metrics_addr = listeners.metrics.local_addr().expect("metrics addr");
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let server = tokio::spawn(toolgate::run(config.clone(), listener, async {
+    let tls = config.tls.is_some();
+    let server = tokio::spawn(toolgate::run(config.clone(), listeners, async {
         let _ = stop_rx.await;
     }));
     // The listener is bound already: the connection waits in the backlog until serving.
-    let client = PolicyServiceClient::connect(format!("http://{addr}"))
-        .await
-        .expect("connect");
+    // A TLS test makes its own client.
+    let client = if tls {
+        PolicyServiceClient::new(Channel::from_static("http://127.0.0.1:9").connect_lazy())
+    } else {
+        PolicyServiceClient::connect(format!("http://{addr}"))
+            .await
+            .expect("connect")
+    };
     TestApp {
         addr,
+        metrics_addr,
         client,
         admin,
         agent,
@@ -504,5 +519,117 @@ pub mod pg {
                     .await;
             }
         }
+    }
+}
+
+/// One scrape of `/metrics`: every sample by its series (`name{labels}`), checked line
+/// by line against the text format.
+#[derive(Debug, Clone)]
+pub struct Scrape {
+    pub text: String,
+    pub samples: std::collections::HashMap<String, f64>,
+}
+
+impl Scrape {
+    /// The sample's value; a series that is not there fails the test.
+    pub fn get(&self, series: &str) -> f64 {
+        match self.samples.get(series) {
+            Some(v) => *v,
+            None => panic!("no series {series} in:\n{}", self.text),
+        }
+    }
+
+    /// How far a series moved since `before`.
+    pub fn delta(&self, before: &Scrape, series: &str) -> f64 {
+        self.get(series) - before.samples.get(series).copied().unwrap_or(0.0)
+    }
+}
+
+/// GETs `/metrics` over plain HTTP/1.1 and parses the Prometheus text format strictly.
+pub async fn scrape(addr: std::net::SocketAddr) -> Scrape {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to metrics");
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nhost: toolgate\r\nconnection: close\r\n\r\n")
+        .await
+        .expect("send request");
+    let mut raw = Vec::new();
+    conn.read_to_end(&mut raw).await.expect("read response");
+    let raw = String::from_utf8(raw).expect("utf-8");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    let mut samples = std::collections::HashMap::new();
+    let mut typed = std::collections::HashSet::new();
+    for line in body.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut parts = rest.split(' ');
+            let name = parts.next().expect("TYPE name");
+            let kind = parts.next().expect("TYPE kind");
+            assert!(
+                ["counter", "gauge", "histogram"].contains(&kind),
+                "type {kind} in {line:?}"
+            );
+            typed.insert(name.to_owned());
+            continue;
+        }
+        if line.starts_with("# HELP ") {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').expect("`series value`");
+        let name = series.split('{').next().unwrap();
+        assert!(
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "metric name in {line:?}"
+        );
+        if let Some(labels) = series.strip_prefix(name)
+            && !labels.is_empty()
+        {
+            let inner = labels
+                .strip_prefix('{')
+                .and_then(|l| l.strip_suffix('}'))
+                .unwrap_or_else(|| panic!("labels in {line:?}"));
+            for pair in inner.split("\",") {
+                let (k, v) = pair
+                    .split_once("=\"")
+                    .unwrap_or_else(|| panic!("label in {line:?}"));
+                assert!(
+                    k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+                    "{line:?}"
+                );
+                assert!(!v.contains('\n'), "{line:?}");
+            }
+        }
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s).filter(|f| typed.contains(*f)))
+            .unwrap_or(name);
+        assert!(typed.contains(family), "{name} has no # TYPE before it");
+        let v: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            v => v.parse().unwrap_or_else(|_| panic!("value in {line:?}")),
+        };
+        assert!(
+            samples.insert(series.to_owned(), v).is_none(),
+            "{series} twice"
+        );
+    }
+    Scrape {
+        text: body.to_owned(),
+        samples,
+    }
+}
+
+impl TestApp {
+    pub async fn scrape(&self) -> Scrape {
+        scrape(self.metrics_addr).await
     }
 }

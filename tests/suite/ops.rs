@@ -181,3 +181,190 @@ fn bad_configuration_exits_non_zero_with_one_clear_message() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("approval_ttl"), "{err}");
 }
+
+/// The real binary, serving on ports it chose, with its JSON log read as it runs.
+struct Process {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Process {
+    async fn start(url: &str, extra: &[&str]) -> Process {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_toolgate"))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+                "--database-url",
+                url,
+            ])
+            .args(extra)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start toolgate");
+        let stderr = child.stderr.take().unwrap();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let lines = log.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                    && v["fields"]["message"] == "toolgate serving"
+                    && let Some(addr) = v["fields"]["addr"].as_str()
+                {
+                    let _ = addr_tx.send(addr.to_owned());
+                }
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let addr = tokio::task::spawn_blocking(move || {
+            addr_rx.recv_timeout(std::time::Duration::from_secs(30))
+        })
+        .await
+        .unwrap()
+        .expect("`toolgate serving` with its address in the log")
+        .parse()
+        .unwrap();
+        Process { child, addr, log }
+    }
+
+    fn signal(&self, signal: &str) {
+        let sent = std::process::Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(sent.success());
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn sigterm_turns_health_not_serving_then_finishes_calls_ends_streams_and_exits_zero() {
+    use tonic::Code;
+    let db = fresh_database().await;
+    let store = toolgate::store::AnyStore::open(&db.url, &Default::default())
+        .await
+        .unwrap();
+    let admin = mint(&store, "acme", toolgate::policy::Role::Admin).await;
+    let agent = mint(&store, "acme", toolgate::policy::Role::Agent).await;
+    drop(store);
+    // The delay is the window in which the server, already NOT_SERVING, still serves.
+    let mut server = Process::start(
+        &db.url,
+        &[
+            "--shutdown-delay",
+            "5s",
+            "--shutdown-grace",
+            "10s",
+            "--min-revision-wait",
+            "60s",
+        ],
+    )
+    .await;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client =
+        toolgate::proto::v1::policy_service_client::PolicyServiceClient::new(channel.clone());
+    let connect = pb::ConnectIntegrationRequest {
+        integration_id: "entra".into(),
+        kind: "entra_id".into(),
+        display_name: "Entra ID".into(),
+        tools: vec![pb::ToolDefinition {
+            name: "get_user".into(),
+            description: "read a user".into(),
+            input_schema_json: "{}".into(),
+            annotations: None,
+        }],
+    };
+    let revision = client
+        .connect_integration(with_key(&admin, connect))
+        .await
+        .unwrap()
+        .into_inner()
+        .revision;
+    let mut health = HealthClient::new(channel.clone())
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = health.message().await.unwrap().unwrap();
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+    let mut watcher = client
+        .watch_config(with_key(
+            &agent,
+            pb::WatchConfigRequest {
+                since_revision: Some(revision),
+                integration_id: String::new(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    // In flight across the SIGTERM: waits for a revision that is saved only afterwards.
+    let mut held = ask("get_user", "{}", "held");
+    held.min_revision = Some(revision + 1);
+    let mut held_client = client.clone();
+    let held = tokio::spawn(async move { held_client.decide(with_key(&agent, held)).await });
+
+    server.signal("-TERM");
+    let next = health.message().await.unwrap().unwrap();
+    assert_eq!(next.status, ServingStatus::NotServing as i32);
+    // Not serving, but not gone: calls still succeed until the delay is over.
+    let saved = client
+        .set_policy(with_key(
+            &admin,
+            pb::SetPolicyRequest {
+                changes: vec![change("entra", "get_user", Policy::Disabled, None)],
+                expected_revision: Some(revision),
+            },
+        ))
+        .await
+        .expect("a save while NOT_SERVING")
+        .into_inner();
+    let answered = held.await.unwrap().expect("the in-flight call completes");
+    assert_eq!(answered.into_inner().revision, saved.revision);
+    // The watcher gets the save, then UNAVAILABLE so it resumes elsewhere.
+    let pushed = watcher.message().await.unwrap().unwrap();
+    assert_eq!(pushed.revision, saved.revision);
+    let ended = watcher.message().await.unwrap_err();
+    assert_eq!(ended.code(), Code::Unavailable, "{ended:?}");
+    assert!(ended.message().contains("since_revision"));
+    let pid = server.child.id().to_string();
+    let mut child = std::mem::replace(
+        &mut server.child,
+        std::process::Command::new("true").spawn().unwrap(),
+    );
+    let exited = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        tokio::task::spawn_blocking(move || child.wait()),
+    )
+    .await;
+    let Ok(status) = exited else {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &pid])
+            .status();
+        panic!("still running 30 s after SIGTERM (grace 10 s)");
+    };
+    let status = status.unwrap().unwrap();
+    assert_eq!(status.code(), Some(0), "{:?}", server.log.lock().unwrap());
+    let log = server.log.lock().unwrap().join("\n");
+    assert!(log.contains("toolgate stopped"), "{log}");
+}
