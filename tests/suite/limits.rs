@@ -219,3 +219,71 @@ async fn tls_serves_clients_that_trust_the_certificate_and_refuses_plaintext() {
         .await;
     assert!(refused.is_err(), "plaintext was served: {refused:?}");
 }
+
+#[tokio::test]
+async fn mutual_tls_serves_only_clients_with_a_certificate_from_the_client_ca() {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    use tonic::transport::Identity;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let issue = |name: &str| {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec![name.to_owned()])
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let (server_cert, server_key) = issue("toolgate.test");
+    let (client_cert, client_key) = issue("agent-backend");
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let files = toolgate::config::TlsFiles {
+        cert: path("tls.crt", &server_cert),
+        key: path("tls.key", &server_key),
+        client_ca: Some(path("ca.crt", &ca.pem())),
+    };
+    let app = spawn_app_with(|c| c.tls = Some(files)).await;
+    let agent = app.agent.clone();
+    let list = |channel: Channel| {
+        let agent = agent.clone();
+        async move {
+            PolicyServiceClient::new(channel)
+                .list_tools(with_key(
+                    &agent,
+                    pb::ListToolsRequest {
+                        integration_id: String::new(),
+                        include_disabled: false,
+                        min_revision: None,
+                    },
+                ))
+                .await
+        }
+    };
+    let trust = || {
+        ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(ca.pem()))
+            .domain_name("toolgate.test")
+    };
+    let endpoint = format!("https://{}", app.addr);
+    let with_cert = Channel::from_shared(endpoint.clone())
+        .unwrap()
+        .tls_config(trust().identity(Identity::from_pem(&client_cert, &client_key)))
+        .unwrap()
+        .connect()
+        .await
+        .expect("mutual TLS handshake");
+    list(with_cert).await.expect("a client with a certificate");
+    let without = Channel::from_shared(endpoint)
+        .unwrap()
+        .tls_config(trust())
+        .unwrap()
+        .connect_lazy();
+    let refused = list(without).await;
+    assert!(refused.is_err(), "served without a client certificate");
+}
