@@ -1,4 +1,6 @@
 //! Small pieces the bench binaries share.
+// Each bench uses some of them.
+#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::time::Duration;
