@@ -1,6 +1,6 @@
 //! In-process decision: toolgate against cedar-policy, on the same tools.
 //!
-//! Run: `cargo run --release -p toolgate-cedar-bench`
+//! Run: `cargo bench -p toolgate-cedar-bench` (also part of `cargo bench --workspace`)
 //!
 //! For 2, 200 and 2 000 tools (half `auto`, half `disabled`), each engine answers "may this
 //! tool be called?" for an auto tool, a disabled tool and an unknown one:
