@@ -10,18 +10,14 @@
 mod common;
 
 use common::{free_port, ms, with_key};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use tokio::sync::{broadcast, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Server};
-use tonic::{Request, Response, Status};
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
 use toolgate::proto::v1 as pb;
 use toolgate::proto::v1::policy_service_client::PolicyServiceClient;
-use toolgate::proto::v1::policy_service_server::{PolicyService, PolicyServiceServer};
 
 struct Options {
     streams: usize,
@@ -41,7 +37,7 @@ fn options() -> Options {
 fn main() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     if std::env::args().any(|a| a == "--serve-bare") {
-        runtime.block_on(serve_bare());
+        runtime.block_on(common::bare::serve_bare(bare_change(2)));
         return;
     }
     let opts = options();
@@ -306,11 +302,6 @@ async fn measure(name: &'static str, target: Target, opts: &Options) -> Result_ 
     result
 }
 
-/// The baseline: a tonic server that forwards one pre-built event to every open stream.
-struct Bare {
-    events: broadcast::Sender<pb::WatchConfigResponse>,
-}
-
 fn bare_change(revision: u64) -> pb::WatchConfigResponse {
     let def = bench_tool(pb::Policy::Auto);
     pb::WatchConfigResponse {
@@ -330,121 +321,5 @@ fn bare_change(revision: u64) -> pb::WatchConfigResponse {
             }],
             removed: vec![],
         })),
-    }
-}
-
-async fn serve_bare() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    println!("{}", listener.local_addr().expect("addr"));
-    std::io::stdout().flush().expect("flush");
-    let (events, _) = broadcast::channel(64);
-    let svc = PolicyServiceServer::new(Bare { events });
-    let stdin_closed = async {
-        let _ = tokio::task::spawn_blocking(|| {
-            let mut s = String::new();
-            let _ = std::io::stdin().read_line(&mut s);
-        })
-        .await;
-    };
-    Server::builder()
-        .add_service(svc)
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            stdin_closed,
-        )
-        .await
-        .expect("serve");
-}
-
-type Out<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
-
-fn unimplemented_rpc<T>() -> Result<Response<T>, Status> {
-    Err(Status::unimplemented("bare baseline"))
-}
-
-#[tonic::async_trait]
-impl PolicyService for Bare {
-    async fn connect_integration(
-        &self,
-        _: Request<pb::ConnectIntegrationRequest>,
-    ) -> Result<Response<pb::ConnectIntegrationResponse>, Status> {
-        unimplemented_rpc()
-    }
-    async fn list_tools(
-        &self,
-        _: Request<pb::ListToolsRequest>,
-    ) -> Result<Response<pb::ListToolsResponse>, Status> {
-        unimplemented_rpc()
-    }
-    async fn set_policy(
-        &self,
-        _: Request<pb::SetPolicyRequest>,
-    ) -> Result<Response<pb::SetPolicyResponse>, Status> {
-        let _ = self.events.send(bare_change(2));
-        Ok(Response::new(pb::SetPolicyResponse::default()))
-    }
-    async fn upsert_people(
-        &self,
-        _: Request<pb::UpsertPeopleRequest>,
-    ) -> Result<Response<pb::UpsertPeopleResponse>, Status> {
-        unimplemented_rpc()
-    }
-    async fn decide(
-        &self,
-        _: Request<pb::DecideRequest>,
-    ) -> Result<Response<pb::DecideResponse>, Status> {
-        unimplemented_rpc()
-    }
-    async fn submit_approval(
-        &self,
-        _: Request<pb::SubmitApprovalRequest>,
-    ) -> Result<Response<pb::SubmitApprovalResponse>, Status> {
-        unimplemented_rpc()
-    }
-    async fn get_approval(
-        &self,
-        _: Request<pb::GetApprovalRequest>,
-    ) -> Result<Response<pb::GetApprovalResponse>, Status> {
-        unimplemented_rpc()
-    }
-    async fn list_approvals(
-        &self,
-        _: Request<pb::ListApprovalsRequest>,
-    ) -> Result<Response<pb::ListApprovalsResponse>, Status> {
-        unimplemented_rpc()
-    }
-    type WatchConfigStream = ReceiverStream<Result<pb::WatchConfigResponse, Status>>;
-    async fn watch_config(
-        &self,
-        _: Request<pb::WatchConfigRequest>,
-    ) -> Result<Response<Self::WatchConfigStream>, Status> {
-        let mut rx = self.events.subscribe();
-        let (tx, out) = mpsc::channel(16);
-        tokio::spawn(async move {
-            let first = pb::WatchConfigResponse {
-                revision: 1,
-                event: Some(pb::watch_config_response::Event::Snapshot(
-                    pb::Snapshot::default(),
-                )),
-            };
-            if tx.send(Ok(first)).await.is_err() {
-                return;
-            }
-            while let Ok(event) = rx.recv().await {
-                if tx.send(Ok(event)).await.is_err() {
-                    return;
-                }
-            }
-        });
-        Ok(Response::new(ReceiverStream::new(out)))
-    }
-    type WatchApprovalsStream = Out<pb::WatchApprovalsResponse>;
-    async fn watch_approvals(
-        &self,
-        _: Request<pb::WatchApprovalsRequest>,
-    ) -> Result<Response<Self::WatchApprovalsStream>, Status> {
-        unimplemented_rpc()
     }
 }

@@ -1,8 +1,9 @@
 //! Decide over gRPC beside a bare tonic echo server, under the same load generator.
 //!
-//! toolgate answers an authenticated Decide for an `auto` tool; the echo server is the same
-//! generated service, same tonic, same codec, same runtime settings and TCP_NODELAY, whose
-//! Decide returns a fixed answer of the same size without looking at anything. Both run as
+//! toolgate answers an authenticated Decide for an `auto` tool; the echo server is the
+//! benches' bare baseline (`common/bare.rs`: the same generated service, tonic, codec,
+//! runtime settings and TCP_NODELAY), whose Decide returns a fixed answer of the same size
+//! without looking at anything. Both run as
 //! their own processes; the load comes from this one (C connections, N calls in flight in
 //! all, each a loop of unary calls), level by level, echo first then toolgate.
 //!
@@ -12,17 +13,14 @@
 mod common;
 
 use common::{connect, free_port, with_key};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Channel, Server};
-use tonic::{Request, Response, Status};
+use tonic::Request;
+use tonic::transport::Channel;
 use toolgate::proto::v1 as pb;
 use toolgate::proto::v1::policy_service_client::PolicyServiceClient;
-use toolgate::proto::v1::policy_service_server::{PolicyService, PolicyServiceServer};
 
 /// (connections, calls in flight in all).
 const LEVELS: [(usize, usize); 3] = [(1, 1), (4, 64), (50, 1000)];
@@ -30,7 +28,7 @@ const LEVELS: [(usize, usize); 3] = [(1, 1), (4, 64), (50, 1000)];
 fn main() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     if std::env::args().any(|a| a == "--serve-echo") {
-        runtime.block_on(serve_echo());
+        runtime.block_on(common::bare::serve_bare(pb::WatchConfigResponse::default()));
         return;
     }
     let seconds = common::arg("--seconds", 5) as u64;
@@ -300,110 +298,5 @@ fn start_echo() -> ServerProcess {
         agent: String::new(),
         admin: String::new(),
         _dir: None,
-    }
-}
-
-async fn serve_echo() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    println!("{}", listener.local_addr().expect("addr"));
-    std::io::stdout().flush().expect("flush");
-    let stdin_closed = async {
-        let _ = tokio::task::spawn_blocking(|| {
-            let mut s = String::new();
-            let _ = std::io::stdin().read_line(&mut s);
-        })
-        .await;
-    };
-    Server::builder()
-        .add_service(PolicyServiceServer::new(Echo))
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            stdin_closed,
-        )
-        .await
-        .expect("serve");
-}
-
-/// Answers Decide with toolgate's answer for an `auto` tool at revision 1, looking at
-/// nothing.
-struct Echo;
-
-type Out<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
-
-fn unimplemented_rpc<T>() -> Result<Response<T>, Status> {
-    Err(Status::unimplemented("echo baseline"))
-}
-
-#[tonic::async_trait]
-impl PolicyService for Echo {
-    async fn connect_integration(
-        &self,
-        _: Request<pb::ConnectIntegrationRequest>,
-    ) -> Result<Response<pb::ConnectIntegrationResponse>, Status> {
-        unimplemented_rpc()
-    }
-    async fn list_tools(
-        &self,
-        _: Request<pb::ListToolsRequest>,
-    ) -> Result<Response<pb::ListToolsResponse>, Status> {
-        unimplemented_rpc()
-    }
-    async fn set_policy(
-        &self,
-        _: Request<pb::SetPolicyRequest>,
-    ) -> Result<Response<pb::SetPolicyResponse>, Status> {
-        unimplemented_rpc()
-    }
-    async fn upsert_people(
-        &self,
-        _: Request<pb::UpsertPeopleRequest>,
-    ) -> Result<Response<pb::UpsertPeopleResponse>, Status> {
-        unimplemented_rpc()
-    }
-    async fn decide(
-        &self,
-        _: Request<pb::DecideRequest>,
-    ) -> Result<Response<pb::DecideResponse>, Status> {
-        Ok(Response::new(pb::DecideResponse {
-            verdict: pb::Verdict::Allow as i32,
-            code: pb::DecisionCode::PolicyAuto as i32,
-            reason: "policy is auto".into(),
-            revision: 1,
-            approval: None,
-        }))
-    }
-    async fn submit_approval(
-        &self,
-        _: Request<pb::SubmitApprovalRequest>,
-    ) -> Result<Response<pb::SubmitApprovalResponse>, Status> {
-        unimplemented_rpc()
-    }
-    async fn get_approval(
-        &self,
-        _: Request<pb::GetApprovalRequest>,
-    ) -> Result<Response<pb::GetApprovalResponse>, Status> {
-        unimplemented_rpc()
-    }
-    async fn list_approvals(
-        &self,
-        _: Request<pb::ListApprovalsRequest>,
-    ) -> Result<Response<pb::ListApprovalsResponse>, Status> {
-        unimplemented_rpc()
-    }
-    type WatchConfigStream = Out<pb::WatchConfigResponse>;
-    async fn watch_config(
-        &self,
-        _: Request<pb::WatchConfigRequest>,
-    ) -> Result<Response<Self::WatchConfigStream>, Status> {
-        unimplemented_rpc()
-    }
-    type WatchApprovalsStream = Out<pb::WatchApprovalsResponse>;
-    async fn watch_approvals(
-        &self,
-        _: Request<pb::WatchApprovalsRequest>,
-    ) -> Result<Response<Self::WatchApprovalsStream>, Status> {
-        unimplemented_rpc()
     }
 }

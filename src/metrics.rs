@@ -298,20 +298,13 @@ impl Metrics {
         self.watch_resets[which as usize].fetch_add(1, Relaxed);
     }
 
-    pub fn watch_resets(&self) -> u64 {
-        self.watch_resets.iter().map(|c| c.load(Relaxed)).sum()
-    }
-
     pub fn shed(&self, what: Shed) {
         self.shed[what as usize].fetch_add(1, Relaxed);
     }
 
-    /// A revision saved by another replica reached this one's snapshot.
-    pub fn revision_followed(&self, lag: Option<Duration>) {
-        self.revisions_followed.fetch_add(1, Relaxed);
-        if let Some(lag) = lag {
-            self.propagation_seconds.observe(lag);
-        }
+    /// Revisions saved by another replica reached this one's snapshot.
+    pub fn revisions_followed(&self, n: u64) {
+        self.revisions_followed.fetch_add(n, Relaxed);
     }
 
     pub fn store_error(&self, op: &str, unavailable: bool) {

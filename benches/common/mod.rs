@@ -2,6 +2,8 @@
 // Each bench uses some of them.
 #![allow(dead_code)]
 
+pub mod bare;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 use tonic::Request;

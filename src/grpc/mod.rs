@@ -107,9 +107,8 @@ impl<S: Store> AppState<S> {
         let before = self.snapshots.get(tenant).revision;
         self.catch_up_locked(tenant).await?;
         let after = self.snapshots.get(tenant).revision;
-        for _ in before..after {
-            self.metrics.revision_followed(None);
-        }
+        self.metrics
+            .revisions_followed(after.saturating_sub(before));
         Ok(())
     }
 
