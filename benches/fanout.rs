@@ -9,10 +9,7 @@
 
 mod common;
 
-use common::{free_port, ms, with_key};
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use common::{ServerProcess, mint, ms, with_key};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
@@ -85,97 +82,29 @@ struct Result_ {
     bytes_per_stream: f64,
 }
 
-/// A server process, killed when dropped.
-struct ServerProcess {
-    child: Child,
-    addr: SocketAddr,
-    _dir: Option<tempfile::TempDir>,
+/// A server under test, with the keys to call it (empty for the bare server).
+struct Running {
+    server: ServerProcess,
     admin: String,
     agent: String,
 }
 
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
-
-fn start(target: Target) -> ServerProcess {
+fn start(target: Target) -> Running {
     match target {
-        Target::Bare => {
-            let mut child = Command::new(std::env::current_exe().expect("exe"))
-                .arg("--serve-bare")
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .spawn()
-                .expect("spawn bare server");
-            let mut line = String::new();
-            BufReader::new(child.stdout.take().expect("stdout"))
-                .read_line(&mut line)
-                .expect("address");
-            ServerProcess {
-                child,
-                addr: line.trim().parse().expect("address"),
-                _dir: None,
-                admin: String::new(),
-                agent: String::new(),
-            }
-        }
+        Target::Bare => Running {
+            server: ServerProcess::baseline("--serve-bare"),
+            admin: String::new(),
+            agent: String::new(),
+        },
         Target::Toolgate => {
-            let bin = env!("CARGO_BIN_EXE_toolgate");
-            let dir = tempfile::tempdir().expect("temp dir");
-            let url = format!("sqlite://{}", dir.path().join("bench.db").display());
-            let key = |role: &str| {
-                let out = Command::new(bin)
-                    .args([
-                        "keys",
-                        "create",
-                        "--tenant",
-                        "bench",
-                        "--role",
-                        role,
-                        "--database-url",
-                        &url,
-                    ])
-                    .output()
-                    .expect("keys create");
-                String::from_utf8(out.stdout)
-                    .expect("utf8")
-                    .trim()
-                    .to_owned()
-            };
-            let (admin, agent) = (key("admin"), key("agent"));
-            let addr = free_port();
-            let child = Command::new(bin)
-                .args([
-                    "serve",
-                    "--metrics-listen",
-                    "127.0.0.1:0",
-                    "--listen",
-                    &addr.to_string(),
-                    "--database-url",
+            let (dir, url) = common::sqlite_temp();
+            let (admin, agent) = (mint(&url, "bench", "admin"), mint(&url, "bench", "agent"));
+            Running {
+                server: ServerProcess::toolgate(
                     &url,
-                ])
-                .args(["--heartbeat-interval", "1h", "--watch-buffer", "64"])
-                .env("RUST_LOG", "warn")
-                .stdin(Stdio::null())
-                .spawn()
-                .expect("spawn toolgate");
-            ServerProcess {
-                child,
-                addr,
-                _dir: Some(dir),
+                    Some(dir),
+                    &["--heartbeat-interval", "1h", "--watch-buffer", "64"],
+                ),
                 admin,
                 agent,
             }
@@ -201,7 +130,7 @@ async fn measure(name: &'static str, target: Target, opts: &Options) -> Result_ 
     let channels: Vec<Channel> = {
         let mut v = Vec::new();
         for _ in 0..opts.connections {
-            v.push(common::connect(server.addr).await);
+            v.push(common::connect(server.server.addr).await);
         }
         v
     };
@@ -220,7 +149,7 @@ async fn measure(name: &'static str, target: Target, opts: &Options) -> Result_ 
             .await
             .expect("connect integration");
     }
-    let before = rss_bytes(server.child.id());
+    let before = server.server.rss_bytes();
     // Open every stream and read its first event, so each is fully set up.
     let (arrived_tx, mut arrived_rx) = mpsc::unbounded_channel::<(usize, Instant)>();
     let mut ready = Vec::new();
@@ -250,7 +179,7 @@ async fn measure(name: &'static str, target: Target, opts: &Options) -> Result_ 
     for r in ready {
         r.await.expect("stream ready");
     }
-    let after = rss_bytes(server.child.id());
+    let after = server.server.rss_bytes();
     let bytes_per_stream = after.saturating_sub(before) as f64 / opts.streams as f64;
 
     let mut lasts = Vec::new();

@@ -2,20 +2,25 @@
 //!
 //! toolgate answers an authenticated Decide for an `auto` tool; the echo server is the
 //! benches' bare baseline (`common/bare.rs`: the same generated service, tonic, codec,
-//! runtime settings and TCP_NODELAY), whose Decide returns a fixed answer of the same size
-//! without looking at anything. Both run as
+//! runtime settings, TCP_NODELAY and log level), whose Decide returns a fixed answer of the
+//! same size without looking at anything. Both get the same request bytes, `authorization`
+//! header included (the echo server ignores it). Both run as
 //! their own processes; the load comes from this one (C connections, N calls in flight in
 //! all, each a loop of unary calls), level by level, echo first then toolgate.
 //!
-//! Run: `cargo bench --bench grpc` (levels 1x1, 4x64, 50x1000; 5 s each after 1 s warm-up);
+//! Run: `cargo bench --bench grpc` (levels 1x1, 4x64, 50x1000; per level 5 rounds in which
+//! echo then toolgate each take 1 s of load after 300 ms of warm-up; medians reported);
 //! `cargo bench --bench grpc -- --seconds 2` for a quicker look.
+//!
+//! Profile: `cargo bench --bench grpc -- --callgrind 2000` runs both servers under
+//! `valgrind --tool=callgrind` and sends each 2 000 Decides one at a time after a warm-up,
+//! counting only those: it prints instructions per call for both (repeatable, unlike
+//! timings on a shared machine) and leaves the profiles for `callgrind_annotate`.
 
 mod common;
 
-use common::{connect, free_port, with_key};
-use std::io::{BufRead, BufReader};
+use common::{ServerProcess, connect, mint, with_key};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tonic::Request;
 use tonic::transport::Channel;
@@ -31,18 +36,25 @@ fn main() {
         runtime.block_on(common::bare::serve_bare(pb::WatchConfigResponse::default()));
         return;
     }
-    let seconds = common::arg("--seconds", 5) as u64;
+    let calls = common::arg("--callgrind", 0);
+    if calls > 0 {
+        runtime.block_on(callgrind(calls));
+        return;
+    }
+    let rounds = common::arg("--rounds", 5);
+    let seconds = common::arg("--seconds", 1) as u64;
     println!(
-        "Decide over gRPC: toolgate vs bare tonic echo, {seconds} s per level after 1 s warm-up, on {} cores",
+        "Decide over gRPC: toolgate vs bare tonic echo, {rounds} alternating rounds of {seconds} s \
+         per server and level (each after 300 ms of warm-up), on {} cores",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    let echo = start_echo();
     let toolgate = start_toolgate();
+    let echo = start_echo(&toolgate.agent);
     runtime.block_on(async {
         let request = toolgate.prepare().await;
         // Both answers must be the same size, so the two servers move the same bytes.
-        let echo_size = first_answer(echo.addr, "", &request).await;
-        let toolgate_size = first_answer(toolgate.addr, &toolgate.agent, &request).await;
+        let echo_size = first_answer(echo.server.addr, &echo.agent, &request).await;
+        let toolgate_size = first_answer(toolgate.server.addr, &toolgate.agent, &request).await;
         assert_eq!(echo_size, toolgate_size, "answer sizes differ");
         println!(
             "request {} B, answer {} B",
@@ -51,29 +63,46 @@ fn main() {
         );
         println!();
         println!(
-            "{:<9} {:<9} {:>10} {:>9} {:>9}",
+            "{:<9} {:<9} {:>10} {:>9} {:>9}   (medians over the rounds)",
             "level", "server", "calls/s", "p50 µs", "p99 µs"
         );
         let mut verdicts = Vec::new();
         for (connections, in_flight) in LEVELS {
             let level = format!("{connections}x{in_flight}");
-            let e = load(echo.addr, "", &request, connections, in_flight, seconds).await;
-            println!("{:<9} {:<9} {}", level, "echo", e.row());
-            let t = load(
-                toolgate.addr,
-                &toolgate.agent,
-                &request,
-                connections,
-                in_flight,
-                seconds,
-            )
-            .await;
-            println!("{:<9} {:<9} {}", level, "toolgate", t.row());
-            let throughput = t.per_second / e.per_second;
-            let p50_extra = t.p50_us - e.p50_us;
-            let p99_ratio = t.p99_us / e.p99_us;
+            // Echo and toolgate take turns, so a slow spell of this shared machine falls on
+            // both; each figure is the median over the rounds, each ratio the median of the
+            // rounds' ratios.
+            let (mut e, mut t) = (Vec::new(), Vec::new());
+            for _ in 0..rounds {
+                for (target, into) in [(&echo, &mut e), (&toolgate, &mut t)] {
+                    into.push(
+                        load(
+                            target.server.addr,
+                            &target.agent,
+                            &request,
+                            connections,
+                            in_flight,
+                            seconds,
+                        )
+                        .await,
+                    );
+                }
+            }
+            println!("{:<9} {:<9} {}", level, "echo", Outcome::median(&e).row());
+            println!("{:<9} {:<9} {}", level, "toolgate", Outcome::median(&t).row());
+            let pairs = e.iter().zip(&t);
+            let throughput = median(pairs.clone().map(|(e, t)| t.per_second / e.per_second));
+            let p50_extra = median(pairs.clone().map(|(e, t)| t.p50_us - e.p50_us));
+            let p99_ratio = median(pairs.clone().map(|(e, t)| t.p99_us / e.p99_us));
+            let spread = |f: fn(&Outcome, &Outcome) -> f64| {
+                let v: Vec<f64> = pairs.clone().map(|(e, t)| f(e, t)).collect();
+                let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+                let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                (lo, hi)
+            };
+            let (lo, hi) = spread(|e, t| t.per_second / e.per_second);
             println!(
-                "{:<9} {:<9} {:>9.2}x {:>+8.1}µs {:>8.2}x",
+                "{:<9} {:<9} {:>9.2}x {:>+8.1}µs {:>8.2}x   (throughput ratio {lo:.2}-{hi:.2} over the rounds)",
                 level, "ratio", throughput, p50_extra, p99_ratio
             );
             verdicts.push(format!(
@@ -100,6 +129,84 @@ fn main() {
     });
 }
 
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.collect();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Instructions per Decide in each server, counted by callgrind between a warm-up and the
+/// end of `calls` sequential calls.
+async fn callgrind(calls: usize) {
+    let dir = std::env::temp_dir().join(format!("toolgate-callgrind-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("profile dir");
+    // SAFETY: set before any server starts; this process's other threads never read it.
+    unsafe {
+        std::env::set_var(
+            "TOOLGATE_BENCH_WRAP",
+            format!(
+                "valgrind --tool=callgrind --callgrind-out-file={}/%p.out",
+                dir.display()
+            ),
+        )
+    };
+    let mut toolgate = start_toolgate();
+    let request = toolgate.prepare().await;
+    let mut echo = start_echo(&toolgate.agent);
+    let mut per_call = Vec::new();
+    for (name, target) in [("echo", &mut echo), ("toolgate", &mut toolgate)] {
+        let pid = target.server.child.id().to_string();
+        let mut client = PolicyServiceClient::new(connect(target.server.addr).await);
+        let one = |client: &mut PolicyServiceClient<Channel>| {
+            let r = with_key(&target.agent, request.clone());
+            let mut client = client.clone();
+            async move { client.decide(r).await.expect("decide") }
+        };
+        for _ in 0..200 {
+            one(&mut client).await;
+        }
+        control(&["-z", &pid]);
+        for _ in 0..calls {
+            one(&mut client).await;
+        }
+        control(&["-d", &pid]);
+        target.server.stop();
+        let instructions = dumped_instructions(&dir, &pid);
+        println!(
+            "{name:<9} {:>9.0} instructions per Decide  (profile: {}/{pid}.out.1)",
+            instructions as f64 / calls as f64,
+            dir.display()
+        );
+        per_call.push(instructions as f64 / calls as f64);
+    }
+    println!(
+        "toolgate {:.2}x the echo server's instructions per call; read a profile with \
+         callgrind_annotate --inclusive=yes <file>",
+        per_call[1] / per_call[0]
+    );
+}
+
+fn control(args: &[&str]) {
+    let out = std::process::Command::new("callgrind_control")
+        .args(args)
+        .output()
+        .expect("callgrind_control (valgrind) must be installed");
+    assert!(out.status.success(), "callgrind_control {args:?} failed");
+}
+
+/// The instruction total of the dump `callgrind_control -d` wrote for `pid`.
+fn dumped_instructions(dir: &std::path::Path, pid: &str) -> u64 {
+    let text = std::fs::read_to_string(dir.join(format!("{pid}.out.1"))).expect("callgrind dump");
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("summary: ")
+                .or_else(|| l.strip_prefix("totals: "))
+        })
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("instruction total in the dump")
+}
+
 fn met(ok: bool) -> &'static str {
     if ok { "met" } else { "MISSED" }
 }
@@ -111,6 +218,15 @@ struct Outcome {
 }
 
 impl Outcome {
+    /// Each figure's median over `rounds`.
+    fn median(rounds: &[Outcome]) -> Outcome {
+        Outcome {
+            per_second: median(rounds.iter().map(|o| o.per_second)),
+            p50_us: median(rounds.iter().map(|o| o.p50_us)),
+            p99_us: median(rounds.iter().map(|o| o.p99_us)),
+        }
+    }
+
     fn row(&self) -> String {
         format!(
             "{:>10.0} {:>9.1} {:>9.1}",
@@ -146,7 +262,7 @@ async fn load(
         // One HTTP/2 connection per channel.
         channels.push(connect(addr).await);
     }
-    let warm_until = Instant::now() + Duration::from_secs(1);
+    let warm_until = Instant::now() + Duration::from_millis(300);
     let until = warm_until + Duration::from_secs(seconds);
     let mut tasks = Vec::new();
     for i in 0..in_flight {
@@ -185,25 +301,17 @@ async fn load(
     }
 }
 
-struct ServerProcess {
-    child: Child,
-    addr: SocketAddr,
+/// A server under load, with the keys to call it (empty for the echo server).
+struct Target {
+    server: ServerProcess,
     agent: String,
     admin: String,
-    _dir: Option<tempfile::TempDir>,
 }
 
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl ServerProcess {
+impl Target {
     /// Connects an integration whose `get_user` is `auto`, and returns a Decide for it.
     async fn prepare(&self) -> pb::DecideRequest {
-        let mut admin = PolicyServiceClient::new(connect(self.addr).await);
+        let mut admin = PolicyServiceClient::new(connect(self.server.addr).await);
         let connected = admin
             .connect_integration(with_key(
                 &self.admin,
@@ -235,68 +343,26 @@ impl ServerProcess {
     }
 }
 
-fn start_toolgate() -> ServerProcess {
-    let bin = env!("CARGO_BIN_EXE_toolgate");
-    let dir = tempfile::tempdir().expect("temp dir");
-    let url = format!("sqlite://{}", dir.path().join("bench.db").display());
-    let key = |role: &str| {
-        let out = Command::new(bin)
-            .args(["keys", "create", "--tenant", "bench", "--role", role])
-            .args(["--database-url", &url])
-            .output()
-            .expect("keys create");
-        String::from_utf8(out.stdout)
-            .expect("utf8")
-            .trim()
-            .to_owned()
-    };
-    let (admin, agent) = (key("admin"), key("agent"));
-    let addr = free_port();
-    let child = Command::new(bin)
-        .args([
-            "serve",
-            "--listen",
-            &addr.to_string(),
-            "--database-url",
-            &url,
-        ])
-        .args(["--metrics-listen", "127.0.0.1:0"])
-        // Default limits: 1000 calls in flight stay under max_concurrent_requests (1024).
-        // TOOLGATE_BENCH_SERVE_ARGS adds flags, to see what a setting costs.
-        .args(
-            std::env::var("TOOLGATE_BENCH_SERVE_ARGS")
-                .unwrap_or_default()
-                .split_whitespace(),
-        )
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("spawn toolgate");
-    ServerProcess {
-        child,
-        addr,
+fn start_toolgate() -> Target {
+    let (dir, url) = common::sqlite_temp();
+    let (admin, agent) = (mint(&url, "bench", "admin"), mint(&url, "bench", "agent"));
+    // Default limits: 1000 calls in flight stay under max_concurrent_requests (1024).
+    // TOOLGATE_BENCH_SERVE_ARGS adds flags, to see what a setting costs.
+    let extra = std::env::var("TOOLGATE_BENCH_SERVE_ARGS").unwrap_or_default();
+    let extra: Vec<&str> = extra.split_whitespace().collect();
+    Target {
+        server: ServerProcess::toolgate(&url, Some(dir), &extra),
         agent,
         admin,
-        _dir: Some(dir),
     }
 }
 
-fn start_echo() -> ServerProcess {
-    let mut child = Command::new(std::env::current_exe().expect("exe"))
-        .arg("--serve-echo")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn echo server");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("address");
-    ServerProcess {
-        child,
-        addr: line.trim().parse().expect("address"),
-        agent: String::new(),
+/// The echo server, called with the same `authorization` header as toolgate (it ignores
+/// it), so both receive the same bytes.
+fn start_echo(agent: &str) -> Target {
+    Target {
+        server: ServerProcess::baseline("--serve-echo"),
+        agent: agent.to_owned(),
         admin: String::new(),
-        _dir: None,
     }
 }

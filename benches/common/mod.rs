@@ -53,3 +53,187 @@ pub fn with_key<T>(key: &str, message: T) -> Request<T> {
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
+
+/// A server in a child process (toolgate, or a baseline in this bench's own binary),
+/// killed when dropped.
+pub struct ServerProcess {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `program`, run under the command in `TOOLGATE_BENCH_WRAP` when it is set (for example
+/// `valgrind --tool=callgrind`), so a bench's servers can be profiled as they are loaded.
+fn wrapped(program: &str) -> std::process::Command {
+    let wrap = std::env::var("TOOLGATE_BENCH_WRAP").unwrap_or_default();
+    let mut words = wrap.split_whitespace();
+    match words.next() {
+        Some(first) => {
+            let mut c = std::process::Command::new(first);
+            c.args(words).arg(program);
+            c
+        }
+        None => std::process::Command::new(program),
+    }
+}
+
+/// `sqlite://` URL of a new database file in a temporary directory (kept while the
+/// directory lives).
+pub fn sqlite_temp() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("bench.db").display());
+    (dir, url)
+}
+
+impl ServerProcess {
+    /// `toolgate serve` on `url` with `extra` flags, its metrics on a free port, warnings
+    /// only. `dir` (the SQLite file's directory) lives as long as the server.
+    pub fn toolgate(url: &str, dir: Option<tempfile::TempDir>, extra: &[&str]) -> Self {
+        let addr = free_port();
+        let child = wrapped(env!("CARGO_BIN_EXE_toolgate"))
+            .args([
+                "serve",
+                "--listen",
+                &addr.to_string(),
+                "--database-url",
+                url,
+            ])
+            .args(["--metrics-listen", "127.0.0.1:0"])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn toolgate");
+        ServerProcess {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+
+    /// This bench binary again with `flag`: a baseline server that prints its address.
+    pub fn baseline(flag: &str) -> Self {
+        use std::io::BufRead;
+        let exe = std::env::current_exe().expect("exe");
+        let mut child = wrapped(exe.to_str().expect("exe path"))
+            .arg(flag)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn baseline server");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("address");
+        ServerProcess {
+            child,
+            addr: line.trim().parse().expect("address"),
+            _dir: None,
+        }
+    }
+
+    /// Stops the server the way an orchestrator would (stdin closed, SIGTERM) and waits
+    /// for it to exit, so a profiler wrapping it writes its report.
+    pub fn stop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+
+    /// The server's resident memory now.
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    }
+}
+
+/// A new API key for `tenant` with `role`, minted by `toolgate keys create` on `url`.
+pub fn mint(url: &str, tenant: &str, role: &str) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_toolgate"))
+        .args(["keys", "create", "--tenant", tenant, "--role", role])
+        .args(["--database-url", url])
+        .output()
+        .expect("keys create");
+    assert!(
+        out.status.success(),
+        "keys create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf8")
+        .trim()
+        .to_owned()
+}
+
+/// A database of its own on the PostgreSQL server at `TOOLGATE_BENCH_POSTGRES` (default
+/// the local one), dropped by [`PgDatabase::drop_now`].
+pub struct PgDatabase {
+    admin: sqlx::PgConnection,
+    name: String,
+    pub url: String,
+}
+
+impl PgDatabase {
+    pub async fn create(label: &str) -> Self {
+        use sqlx::{Connection, Executor};
+        let admin_url = std::env::var("TOOLGATE_BENCH_POSTGRES")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let mut admin = sqlx::PgConnection::connect(&admin_url)
+            .await
+            .unwrap_or_else(|e| panic!("this bench needs PostgreSQL at {admin_url}: {e}"));
+        let name = format!("tg_bench_{label}_{}", std::process::id());
+        admin
+            .execute(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+            )))
+            .await
+            .expect("drop old database");
+        admin
+            .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .await
+            .expect("create database");
+        let root = admin_url
+            .rsplit_once('/')
+            .map_or(admin_url.as_str(), |(r, _)| r);
+        let url = format!("{root}/{name}");
+        PgDatabase { admin, name, url }
+    }
+
+    /// `fsync`, `synchronous_commit` and the server version, for the report.
+    pub async fn settings(&mut self) -> String {
+        let settings: Vec<String> = sqlx::query_scalar(
+            "SELECT name || '=' || setting FROM pg_settings \
+             WHERE name IN ('fsync', 'synchronous_commit', 'server_version') ORDER BY name",
+        )
+        .fetch_all(&mut self.admin)
+        .await
+        .expect("settings");
+        settings.join(", ")
+    }
+
+    pub async fn drop_now(mut self) {
+        use sqlx::Executor;
+        self.admin
+            .execute(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            )))
+            .await
+            .expect("drop database");
+    }
+}

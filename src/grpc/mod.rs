@@ -182,10 +182,10 @@ impl<S: Store> PolicyApi<S> {
         let caller = match self.state.keys.get(&secret_sha256) {
             Some(caller) => caller,
             None => {
-                let caller = self
-                    .state
-                    .store
-                    .caller_by_secret(&secret_sha256)
+                // Boxed, like every store call on the Decide path: a store future is large,
+                // and held inline it would make every call's future (moved into a box by
+                // tonic on each call) that large too; the profile showed the copy.
+                let caller = Box::pin(self.state.store.caller_by_secret(&secret_sha256))
                     .await?
                     .ok_or(ApiError::Unauthenticated(UNKNOWN))?;
                 self.state.keys.insert(secret_sha256, caller.clone());
@@ -276,11 +276,20 @@ impl<S: Store> PolicyApi<S> {
         })?;
         let canon = canonical::canonical_arguments(&args);
         let now = UnixMillis::now();
+        // Boxed: the approval path's store futures would otherwise sit inline in every
+        // Decide's future, fast path included (see `authenticate`).
         let (decision, approval) = if req.approval_id.is_empty() {
-            self.first_ask(caller, &tool, &req, canon, now).await?
+            Box::pin(self.first_ask(caller, &tool, &req, canon, now)).await?
         } else {
-            self.ask_with_approval(caller, &tool, &req.approval_id, &req, &canon.sha256, now)
-                .await?
+            Box::pin(self.ask_with_approval(
+                caller,
+                &tool,
+                &req.approval_id,
+                &req,
+                &canon.sha256,
+                now,
+            ))
+            .await?
         };
         Ok(self.decide_response(
             decision,
