@@ -139,9 +139,9 @@ impl Store for AnyStore {
         f: F,
     ) -> Result<Option<Updated<T>>, UpdateError<E>>
     where
-        F: Fn(&Approval, &People) -> Result<(Option<Approval>, T), E> + Send + Sync,
-        T: Send,
-        E: Send,
+        F: Fn(&Approval, &People) -> Result<(Option<Approval>, T), E> + Send + Sync + 'static,
+        T: Send + 'static,
+        E: Send + 'static,
     {
         each!(self, s => s.update_approval(tenant, id, person_ids, f).await)
     }

@@ -195,9 +195,9 @@ impl<S: Store> Store for Metered<S> {
         f: F,
     ) -> Result<Option<Updated<T>>, UpdateError<E>>
     where
-        F: Fn(&Approval, &People) -> Result<(Option<Approval>, T), E> + Send + Sync,
-        T: Send,
-        E: Send,
+        F: Fn(&Approval, &People) -> Result<(Option<Approval>, T), E> + Send + Sync + 'static,
+        T: Send + 'static,
+        E: Send + 'static,
     {
         self.measure(
             "update_approval",

@@ -32,6 +32,10 @@ pub enum StoreError {
     UnsupportedUrl(String),
     #[error("the database did not answer within {0:?}")]
     Timeout(std::time::Duration),
+    /// A write ran but its transaction did not commit (SQLite's batched commit failed, or
+    /// the writer is gone): nothing was written, and a retry is safe.
+    #[error("the write did not commit: {0}")]
+    NotCommitted(String),
 }
 
 impl StoreError {
@@ -39,7 +43,7 @@ impl StoreError {
     /// and a sign of an outage rather than of a bug.
     pub fn is_unavailable(&self) -> bool {
         match self {
-            StoreError::Timeout(_) => true,
+            StoreError::Timeout(_) | StoreError::NotCommitted(_) => true,
             StoreError::Database(e) => match e {
                 sqlx::Error::PoolTimedOut
                 | sqlx::Error::PoolClosed
@@ -296,9 +300,9 @@ pub trait Store: Clone + Send + Sync + 'static {
         f: F,
     ) -> impl Future<Output = Result<Option<Updated<T>>, UpdateError<E>>> + Send
     where
-        F: Fn(&Approval, &People) -> Result<(Option<Approval>, T), E> + Send + Sync,
-        T: Send,
-        E: Send;
+        F: Fn(&Approval, &People) -> Result<(Option<Approval>, T), E> + Send + Sync + 'static,
+        T: Send + 'static,
+        E: Send + 'static;
     /// Marks open approvals past their expiry as expired (at most `limit` at once) and
     /// returns them with their tenants, so watchers can be told.
     fn expire_due(

@@ -959,9 +959,9 @@ impl Store for PgStore {
         f: F,
     ) -> Result<Option<Updated<T>>, UpdateError<E>>
     where
-        F: Fn(&Approval, &People) -> Result<(Option<Approval>, T), E> + Send + Sync,
-        T: Send,
-        E: Send,
+        F: Fn(&Approval, &People) -> Result<(Option<Approval>, T), E> + Send + Sync + 'static,
+        T: Send + 'static,
+        E: Send + 'static,
     {
         self.timed(async {
             // Optimistic: one read, then one statement that writes only if the approval is

@@ -3,6 +3,15 @@
 //! All writes go through a pool of one connection and open with `BEGIN IMMEDIATE`, so
 //! writers queue in-process instead of failing with SQLITE_BUSY, and a second process (the
 //! `keys` CLI) waits on the busy timeout. Reads use a separate pool.
+//!
+//! **Group commit for approval writes.** SQLite has one writer and `synchronous=FULL`
+//! fsyncs every commit, so approval writes one transaction each queue behind one fsync
+//! each. Instead they go to a writer task ([`group_writer`]) that takes every write waiting
+//! (up to [`MAX_BATCH`]), runs them in one transaction, each inside its own savepoint (a
+//! write that fails is rolled back alone), commits once, and only then answers each
+//! caller. Durability per write is unchanged: no caller hears "done" before the fsync that
+//! covers its write; a failed commit fails every write of the batch with
+//! [`StoreError::NotCommitted`].
 
 use super::rows::{
     APPROVAL_COLUMNS, TOOL_COLUMNS, approval_from_row, caller_from_row, corrupt,
@@ -36,6 +45,94 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[(
 pub struct SqliteStore {
     writer: Pool,
     reader: Pool,
+    /// Approval writes for [`group_writer`].
+    jobs: tokio::sync::mpsc::Sender<Job>,
+}
+
+type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// Answers one batched write's caller once the batch's commit is known (`Some` = the
+/// commit failed, with why).
+type Reply = Box<dyn FnOnce(Option<&str>) + Send>;
+
+/// One write for the group writer: runs on the writer connection inside the batch's
+/// transaction; says whether it succeeded (else its savepoint is rolled back) and how to
+/// answer its caller.
+type Job =
+    Box<dyn for<'c> FnOnce(&'c mut sqlx::SqliteConnection) -> BoxFuture<'c, (bool, Reply)> + Send>;
+
+/// Most writes committed together.
+const MAX_BATCH: usize = 128;
+
+/// Runs queued approval writes in batches: one transaction and one commit per batch, a
+/// savepoint per write, answers after the commit. Ends when every store handle is gone.
+async fn group_writer(pool: Pool, mut jobs: tokio::sync::mpsc::Receiver<Job>) {
+    use futures_util::FutureExt;
+    use sqlx::Executor;
+    while let Some(first) = jobs.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        // A job dropped without running answers its caller NotCommitted (its reply
+        // channel closes).
+        let mut conn = match pool.acquire().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::error!(error = %e, writes = batch.len(), "SQLite writer connection unavailable");
+                continue;
+            }
+        };
+        if let Err(e) = conn.execute("BEGIN IMMEDIATE").await {
+            tracing::error!(error = %e, writes = batch.len(), "SQLite batch could not begin");
+            continue;
+        }
+        let mut replies = Vec::with_capacity(batch.len());
+        let mut broken = None;
+        for job in batch {
+            if let Err(e) = conn.execute("SAVEPOINT write").await {
+                broken = Some(e.to_string());
+                break;
+            }
+            // A panicking rule must not take the writer down with it.
+            let ran = std::panic::AssertUnwindSafe(job(&mut conn))
+                .catch_unwind()
+                .await;
+            let ok = match ran {
+                Ok((ok, reply)) => {
+                    replies.push(reply);
+                    ok
+                }
+                Err(_) => false,
+            };
+            let end = if ok {
+                conn.execute("RELEASE write").await
+            } else {
+                match conn.execute("ROLLBACK TO write").await {
+                    Ok(_) => conn.execute("RELEASE write").await,
+                    Err(e) => Err(e),
+                }
+            };
+            if let Err(e) = end {
+                broken = Some(e.to_string());
+                break;
+            }
+        }
+        let failure = match broken {
+            Some(why) => Some(why),
+            None => conn.execute("COMMIT").await.err().map(|e| e.to_string()),
+        };
+        if let Some(why) = &failure {
+            tracing::error!(error = %why, writes = replies.len(), "SQLite batch did not commit");
+            let _ = conn.execute("ROLLBACK").await;
+        }
+        for reply in replies {
+            reply(failure.as_deref());
+        }
+    }
 }
 
 impl SqliteStore {
@@ -57,7 +154,45 @@ impl SqliteStore {
             .max_connections(4)
             .connect_with(options.read_only(true))
             .await?;
-        Ok(SqliteStore { writer, reader })
+        let (jobs, queue) = tokio::sync::mpsc::channel(4 * MAX_BATCH);
+        tokio::spawn(group_writer(writer.clone(), queue));
+        Ok(SqliteStore {
+            writer,
+            reader,
+            jobs,
+        })
+    }
+
+    /// Runs `work` in the group writer's next batch; its result once that batch committed.
+    async fn grouped<T, E, W>(&self, work: W) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        W: for<'c> FnOnce(&'c mut sqlx::SqliteConnection) -> BoxFuture<'c, Result<T, E>>
+            + Send
+            + 'static,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            Box::pin(async move {
+                let result = work(conn).await;
+                let ok = result.is_ok();
+                let reply: Reply = Box::new(move |failure: Option<&str>| {
+                    let _ = tx.send(match (result, failure) {
+                        (Ok(_), Some(why)) => Err(E::from(StoreError::NotCommitted(why.into()))),
+                        (result, _) => result,
+                    });
+                });
+                (ok, reply)
+            })
+        });
+        let stopped = StoreError::NotCommitted("the SQLite writer has stopped".into());
+        self.jobs.send(job).await.map_err(|_| E::from(stopped))?;
+        rx.await.map_err(|_| {
+            E::from(StoreError::NotCommitted(
+                "the write was abandoned (it panicked, or its batch could not begin)".into(),
+            ))
+        })?
     }
 
     async fn begin(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
@@ -120,17 +255,14 @@ async fn fetch_steps(
     rows.iter().map(step_from_row).collect()
 }
 
-async fn ensure_tenant(
-    tx: &mut Transaction<'static, Sqlite>,
-    tenant: &str,
-) -> Result<u64, StoreError> {
+async fn ensure_tenant(conn: &mut sqlx::SqliteConnection, tenant: &str) -> Result<u64, StoreError> {
     sqlx::query("INSERT INTO tenants (id, revision) VALUES (?, 0) ON CONFLICT (id) DO NOTHING")
         .bind(tenant)
-        .execute(&mut **tx)
+        .execute(&mut *conn)
         .await?;
     let revision: i64 = sqlx::query_scalar("SELECT revision FROM tenants WHERE id = ?")
         .bind(tenant)
-        .fetch_one(&mut **tx)
+        .fetch_one(&mut *conn)
         .await?;
     Ok(u64_of(revision))
 }
@@ -486,42 +618,11 @@ impl Store for SqliteStore {
     }
 
     async fn insert_approval(&self, tenant: &str, a: &Approval) -> Result<Inserted, StoreError> {
-        let mut tx = self.begin().await?;
-        ensure_tenant(&mut tx, tenant).await?;
-        let done = sqlx::query(
-            "INSERT INTO approvals (tenant, id, state, integration_id, tool_name, arguments_json, \
-             arguments_sha256, requester_id, request_id, required_roles, created_at, expires_at, \
-             created_by_key, consumed_by_request, updated_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?) \
-             ON CONFLICT (tenant, request_id) DO NOTHING",
-        )
-        .bind(tenant)
-        .bind(&a.id)
-        .bind(a.state.as_str())
-        .bind(&a.integration_id)
-        .bind(&a.tool_name)
-        .bind(&a.arguments_json)
-        .bind(&a.arguments_sha256)
-        .bind(&a.requester_id)
-        .bind(&a.request_id)
-        .bind(roles_to_text(&a.required_roles))
-        .bind(a.created_at.0)
-        .bind(a.expires_at.0)
-        .bind(&a.created_by_key)
-        .bind(a.created_at.0)
-        .execute(&mut *tx)
-        .await?;
-        let stored = fetch_approval(&mut tx, tenant, "request_id", &a.request_id)
-            .await?
-            .ok_or_else(|| {
-                StoreError::Corrupt("approval vanished inside its transaction".into())
-            })?;
-        tx.commit().await?;
-        Ok(if done.rows_affected() == 1 {
-            Inserted::New(stored)
-        } else {
-            Inserted::Existing(stored)
+        let (tenant, a) = (tenant.to_owned(), a.clone());
+        self.grouped(move |conn| {
+            Box::pin(async move { insert_approval_in(conn, &tenant, &a).await })
         })
+        .await
     }
 
     async fn get_approval(&self, tenant: &str, id: &str) -> Result<Option<Approval>, StoreError> {
@@ -583,75 +684,15 @@ impl Store for SqliteStore {
         f: F,
     ) -> Result<Option<Updated<T>>, UpdateError<E>>
     where
-        F: Fn(&Approval, &People) -> Result<(Option<Approval>, T), E> + Send + Sync,
-        T: Send,
-        E: Send,
+        F: Fn(&Approval, &People) -> Result<(Option<Approval>, T), E> + Send + Sync + 'static,
+        T: Send + 'static,
+        E: Send + 'static,
     {
-        let mut tx = self.begin().await?;
-        let Some(current) = fetch_approval(&mut tx, tenant, "id", id).await? else {
-            return Ok(None);
-        };
-        let mut people = People::new();
-        for pid in person_ids.iter().chain([&current.requester_id]) {
-            if people.contains_key(pid) {
-                continue;
-            }
-            let row = sqlx::query(
-                "SELECT id, display_name, email, manager_id, technician FROM people WHERE tenant = ? AND id = ?",
-            )
-            .bind(tenant)
-            .bind(pid)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(StoreError::from)?;
-            if let Some(row) = row {
-                people.insert(pid.clone(), person_from_row(&row)?);
-            }
-        }
-        let (next, out) = f(&current, &people).map_err(UpdateError::Rule)?;
-        let Some(next) = next.filter(|n| n != &current) else {
-            tx.commit().await.map_err(StoreError::from)?;
-            return Ok(Some(Updated {
-                approval: current,
-                changed: false,
-                out,
-            }));
-        };
-        sqlx::query(
-            "UPDATE approvals SET state = ?, required_roles = ?, consumed_by_request = ?, updated_at = ? \
-             WHERE tenant = ? AND id = ?",
-        )
-        .bind(next.state.as_str())
-        .bind(roles_to_text(&next.required_roles))
-        .bind(next.consumed_by_request.as_deref())
-        .bind(UnixMillis::now().0)
-        .bind(tenant)
-        .bind(id)
-        .execute(&mut *tx)
+        let (tenant, id) = (tenant.to_owned(), id.to_owned());
+        self.grouped(move |conn| {
+            Box::pin(async move { update_approval_in(conn, &tenant, &id, &person_ids, &f).await })
+        })
         .await
-        .map_err(StoreError::from)?;
-        for step in next.steps.iter().skip(current.steps.len()) {
-            sqlx::query(
-                "INSERT INTO approval_steps (tenant, approval_id, role, approver_id, approved, comment, decided_at) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(tenant)
-            .bind(id)
-            .bind(step.role.as_str())
-            .bind(&step.approver_id)
-            .bind(step.approved)
-            .bind(&step.comment)
-            .bind(step.decided_at.0)
-            .execute(&mut *tx)
-            .await
-            .map_err(StoreError::from)?;
-        }
-        tx.commit().await.map_err(StoreError::from)?;
-        Ok(Some(Updated {
-            approval: next,
-            changed: true,
-            out,
-        }))
     }
 
     async fn expire_due(
@@ -713,5 +754,209 @@ impl Store for SqliteStore {
         _cursor: &mut ApprovalCursor,
     ) -> Result<Vec<(String, Approval)>, StoreError> {
         Ok(Vec::new())
+    }
+}
+
+/// Inserts an approval (or finds the one its request id made) inside the writer's batch.
+async fn insert_approval_in(
+    tx: &mut sqlx::SqliteConnection,
+    tenant: &str,
+    a: &Approval,
+) -> Result<Inserted, StoreError> {
+    sqlx::query("INSERT INTO tenants (id, revision) VALUES (?, 0) ON CONFLICT (id) DO NOTHING")
+        .bind(tenant)
+        .execute(&mut *tx)
+        .await?;
+    // RETURNING reads the new row back in the same statement; nothing comes back when the
+    // request id already made one, which is then read.
+    let sql = format!(
+        "INSERT INTO approvals (tenant, id, state, integration_id, tool_name, arguments_json, \
+         arguments_sha256, requester_id, request_id, required_roles, created_at, expires_at, \
+         created_by_key, consumed_by_request, updated_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?) \
+         ON CONFLICT (tenant, request_id) DO NOTHING RETURNING {APPROVAL_COLUMNS}"
+    );
+    let created = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(tenant)
+        .bind(&a.id)
+        .bind(a.state.as_str())
+        .bind(&a.integration_id)
+        .bind(&a.tool_name)
+        .bind(&a.arguments_json)
+        .bind(&a.arguments_sha256)
+        .bind(&a.requester_id)
+        .bind(&a.request_id)
+        .bind(roles_to_text(&a.required_roles))
+        .bind(a.created_at.0)
+        .bind(a.expires_at.0)
+        .bind(&a.created_by_key)
+        .bind(a.created_at.0)
+        .fetch_optional(&mut *tx)
+        .await?;
+    if let Some(row) = created {
+        // A new approval has no steps yet.
+        return Ok(Inserted::New(approval_from_row(&row)?));
+    }
+    let existing = fetch_approval(tx, tenant, "request_id", &a.request_id)
+        .await?
+        .ok_or_else(|| StoreError::Corrupt("approval vanished inside its transaction".into()))?;
+    Ok(Inserted::Existing(existing))
+}
+
+/// Reads an approval and the people named, runs `f`, and writes its outcome, inside the
+/// writer's batch (the batch's transaction makes the read and the write one step).
+async fn update_approval_in<F, T, E>(
+    tx: &mut sqlx::SqliteConnection,
+    tenant: &str,
+    id: &str,
+    person_ids: &[String],
+    f: &F,
+) -> Result<Option<Updated<T>>, UpdateError<E>>
+where
+    F: Fn(&Approval, &People) -> Result<(Option<Approval>, T), E>,
+{
+    let Some(current) = fetch_approval(tx, tenant, "id", id).await? else {
+        return Ok(None);
+    };
+    let mut people = People::new();
+    for pid in person_ids.iter().chain([&current.requester_id]) {
+        if people.contains_key(pid) {
+            continue;
+        }
+        let row = sqlx::query(
+            "SELECT id, display_name, email, manager_id, technician FROM people WHERE tenant = ? AND id = ?",
+        )
+        .bind(tenant)
+        .bind(pid)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(StoreError::from)?;
+        if let Some(row) = row {
+            people.insert(pid.clone(), person_from_row(&row)?);
+        }
+    }
+    let (next, out) = f(&current, &people).map_err(UpdateError::Rule)?;
+    let Some(next) = next.filter(|n| n != &current) else {
+        return Ok(Some(Updated {
+            approval: current,
+            changed: false,
+            out,
+        }));
+    };
+    sqlx::query(
+        "UPDATE approvals SET state = ?, required_roles = ?, consumed_by_request = ?, updated_at = ? \
+         WHERE tenant = ? AND id = ?",
+    )
+    .bind(next.state.as_str())
+    .bind(roles_to_text(&next.required_roles))
+    .bind(next.consumed_by_request.as_deref())
+    .bind(UnixMillis::now().0)
+    .bind(tenant)
+    .bind(id)
+    .execute(&mut *tx)
+    .await
+    .map_err(StoreError::from)?;
+    for step in next.steps.iter().skip(current.steps.len()) {
+        sqlx::query(
+            "INSERT INTO approval_steps (tenant, approval_id, role, approver_id, approved, comment, decided_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(tenant)
+        .bind(id)
+        .bind(step.role.as_str())
+        .bind(&step.approver_id)
+        .bind(step.approved)
+        .bind(&step.comment)
+        .bind(step.decided_at.0)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::from)?;
+    }
+    Ok(Some(Updated {
+        approval: next,
+        changed: true,
+        out,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Write = Box<
+        dyn for<'c> FnOnce(&'c mut sqlx::SqliteConnection) -> BoxFuture<'c, Result<(), StoreError>>
+            + Send,
+    >;
+
+    fn insert<'c>(
+        conn: &'c mut sqlx::SqliteConnection,
+        id: &'static str,
+    ) -> BoxFuture<'c, Result<(), StoreError>> {
+        let q = sqlx::query("INSERT INTO tenants (id, revision) VALUES (?, 0)").bind(id);
+        Box::pin(async move { q.execute(conn).await.map(|_| ()).map_err(StoreError::from) })
+    }
+
+    async fn tenant_ids(store: &SqliteStore) -> Vec<String> {
+        sqlx::query_scalar("SELECT id FROM tenants ORDER BY id")
+            .fetch_all(&store.reader)
+            .await
+            .unwrap()
+    }
+
+    /// A write of the batch that fails, or panics, is rolled back alone; the others commit.
+    #[tokio::test]
+    async fn a_failing_write_in_a_batch_leaves_the_others_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let store = SqliteStore::connect(&url).await.unwrap();
+        // Hold the writer inside a first batch while three writes queue, so the three run
+        // together in the next one.
+        let (started_tx, started) = tokio::sync::oneshot::channel();
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let holder = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .grouped(move |_conn| {
+                        Box::pin(async move {
+                            let _ = started_tx.send(());
+                            let _ = released.await;
+                            Ok::<_, StoreError>(())
+                        }) as BoxFuture<'_, Result<(), StoreError>>
+                    })
+                    .await
+            })
+        };
+        started.await.unwrap();
+        let spawn = |work: Write| {
+            let store = store.clone();
+            tokio::spawn(async move { store.grouped(work).await })
+        };
+        let fails = spawn(Box::new(|conn| {
+            Box::pin(async move {
+                insert(conn, "fails").await?;
+                Err(StoreError::Corrupt("refused after writing".into()))
+            })
+        }));
+        let commits = spawn(Box::new(|conn| insert(conn, "commits")));
+        let panics = spawn(Box::new(|conn| {
+            Box::pin(async move {
+                insert(conn, "panics").await?;
+                panic!("a rule that panics after writing");
+            })
+        }));
+        // Wait until all three are queued behind the held batch.
+        while store.jobs.capacity() > store.jobs.max_capacity() - 3 {
+            tokio::task::yield_now().await;
+        }
+        release.send(()).unwrap();
+        holder.await.unwrap().unwrap();
+        assert!(matches!(fails.await.unwrap(), Err(StoreError::Corrupt(_))));
+        commits.await.unwrap().unwrap();
+        assert!(matches!(
+            panics.await.unwrap(),
+            Err(StoreError::NotCommitted(_))
+        ));
+        assert_eq!(tenant_ids(&store).await, vec!["commits".to_owned()]);
     }
 }

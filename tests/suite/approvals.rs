@@ -369,3 +369,69 @@ async fn list_approvals_pages_newest_first_and_filters_by_state() {
         .await;
     assert_status(bad, Code::InvalidArgument, "page_token");
 }
+
+/// Many approvals created, approved and consumed at the same moment (on SQLite they share
+/// batched commits): each is created once per request id, approved once, consumed once.
+#[tokio::test]
+async fn approvals_asked_at_once_are_each_created_approved_and_consumed_once() {
+    use futures_util::future::join_all;
+    const N: usize = 40;
+    let app = ready_app().await;
+    // N request ids, the first ten asked twice at once: a repeat is the same approval.
+    let requests: Vec<String> = (0..N).chain(0..10).map(|i| format!("burst-{i}")).collect();
+    // Whichever of two asks with one request id comes second presents the approval the
+    // first made, so either answer code is right; the approval is what must match.
+    let created = join_all(requests.iter().map(|r| async {
+        let answer = app.decide_ok(ask("reset_password", ARGS, r)).await;
+        assert!(
+            matches!(
+                verdict(&answer),
+                (
+                    Verdict::PendingApproval,
+                    DecisionCode::ApprovalRequired | DecisionCode::ApprovalPending
+                )
+            ),
+            "{answer:?}"
+        );
+        answer.approval.expect("approval")
+    }))
+    .await;
+    for i in 0..10 {
+        assert_eq!(
+            created[i].id,
+            created[N + i].id,
+            "request id burst-{i} made two approvals"
+        );
+    }
+    let ids: Vec<String> = created[..N].iter().map(|a| a.id.clone()).collect();
+    let distinct: std::collections::HashSet<&String> = ids.iter().collect();
+    assert_eq!(distinct.len(), N);
+
+    let approved = join_all(
+        ids.iter()
+            .map(|id| app.submit(id, Technician, "tech", true)),
+    )
+    .await;
+    for a in approved {
+        assert_eq!(a.unwrap().state, pb::ApprovalState::Approved as i32);
+    }
+
+    // Each approval presented twice at once by two different requests: one ALLOW each.
+    let presented = join_all(ids.iter().enumerate().flat_map(|(i, id)| {
+        [format!("burst-{i}"), format!("other-{i}")]
+            .map(|request| app.decide_ok(with_approval(ask("reset_password", ARGS, &request), id)))
+    }))
+    .await;
+    for (i, pair) in presented.chunks(2).enumerate() {
+        let allows = pair
+            .iter()
+            .filter(|r| verdict(r) == (Verdict::Allow, DecisionCode::ApprovalGranted))
+            .count();
+        assert_eq!(allows, 1, "approval {i} was used {allows} times");
+    }
+    let consumed = app
+        .list_approvals(&app.approver, pb::ApprovalState::Consumed, 100, "")
+        .await
+        .unwrap();
+    assert_eq!(consumed.approvals.len(), N);
+}
