@@ -136,18 +136,12 @@ async fn measure(name: &'static str, target: Target, opts: &Options) -> Result_ 
     };
     let mut admin = PolicyServiceClient::new(channels[0].clone());
     if let Target::Toolgate = target {
-        admin
-            .connect_integration(with_key(
-                &server.admin,
-                pb::ConnectIntegrationRequest {
-                    integration_id: "entra".into(),
-                    kind: "entra_id".into(),
-                    display_name: "Entra".into(),
-                    tools: vec![bench_tool(pb::Policy::ApprovalNeeded)],
-                },
-            ))
-            .await
-            .expect("connect integration");
+        common::connect_entra(
+            &admin,
+            &server.admin,
+            vec![bench_tool(pb::Policy::ApprovalNeeded)],
+        )
+        .await;
     }
     let before = server.server.rss_bytes();
     // Open every stream and read its first event, so each is fully set up.

@@ -140,16 +140,10 @@ fn median(values: impl Iterator<Item = f64>) -> f64 {
 async fn callgrind(calls: usize) {
     let dir = std::env::temp_dir().join(format!("toolgate-callgrind-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("profile dir");
-    // SAFETY: set before any server starts; this process's other threads never read it.
-    unsafe {
-        std::env::set_var(
-            "TOOLGATE_BENCH_WRAP",
-            format!(
-                "valgrind --tool=callgrind --callgrind-out-file={}/%p.out",
-                dir.display()
-            ),
-        )
-    };
+    common::wrap_servers(format!(
+        "valgrind --tool=callgrind --callgrind-out-file={}/%p.out",
+        dir.display()
+    ));
     let mut toolgate = start_toolgate();
     let request = toolgate.prepare().await;
     let mut echo = start_echo(&toolgate.agent);
@@ -311,26 +305,10 @@ struct Target {
 impl Target {
     /// Connects an integration whose `get_user` is `auto`, and returns a Decide for it.
     async fn prepare(&self) -> pb::DecideRequest {
-        let mut admin = PolicyServiceClient::new(connect(self.server.addr).await);
-        let connected = admin
-            .connect_integration(with_key(
-                &self.admin,
-                pb::ConnectIntegrationRequest {
-                    integration_id: "entra".into(),
-                    kind: "entra_id".into(),
-                    display_name: "Entra ID".into(),
-                    tools: vec![pb::ToolDefinition {
-                        name: "get_user".into(),
-                        description: "Reads a user".into(),
-                        input_schema_json: r#"{"type":"object"}"#.into(),
-                        annotations: None,
-                    }],
-                },
-            ))
-            .await
-            .expect("connect integration")
-            .into_inner();
-        assert_eq!(connected.tools[0].policy, pb::Policy::Auto as i32);
+        let admin = PolicyServiceClient::new(connect(self.server.addr).await);
+        let tools = vec![common::tool("get_user", "Reads a user")];
+        let connected = common::connect_entra(&admin, &self.admin, tools).await;
+        assert_eq!(connected[0].policy, pb::Policy::Auto as i32);
         pb::DecideRequest {
             integration_id: "entra".into(),
             tool_name: "get_user".into(),

@@ -73,27 +73,9 @@ async fn run(opts: Options) {
 async fn setup(client: &Client, admin: &str) {
     let tools = ["get_user", "reset_password", "t0"]
         .iter()
-        .map(|name| pb::ToolDefinition {
-            name: name.to_string(),
-            description: format!("{name} tool"),
-            input_schema_json: r#"{"type":"object","properties":{"user":{"type":"string"}}}"#
-                .into(),
-            annotations: None,
-        })
+        .map(|name| common::tool(name, &format!("{name} tool")))
         .collect();
-    client
-        .clone()
-        .connect_integration(with_key(
-            admin,
-            pb::ConnectIntegrationRequest {
-                integration_id: "entra".into(),
-                kind: "entra_id".into(),
-                display_name: "Entra ID".into(),
-                tools,
-            },
-        ))
-        .await
-        .expect("connect");
+    common::connect_entra(client, admin, tools).await;
 }
 
 /// Save on A; the time until the last stream on B has that revision.

@@ -125,37 +125,18 @@ async fn fill(url: &str, tenants: usize, tools: usize) -> Vec<String> {
     for _ in 0..8 {
         let (channel, admins, next) = (channel.clone(), admins.clone(), next.clone());
         workers.push(tokio::spawn(async move {
-            let mut client = PolicyServiceClient::new(channel);
+            let client = PolicyServiceClient::new(channel);
             loop {
                 let t = next.fetch_add(1, Ordering::Relaxed) as usize;
                 if t >= admins.len() {
                     break;
                 }
                 let tools = (0..tools)
-                    .map(|i| pb::ToolDefinition {
-                        name: tool(i),
-                        description: format!("Reads record {i} of the directory"),
-                        input_schema_json:
-                            r#"{"type":"object","properties":{"id":{"type":"string"}}}"#.into(),
-                        annotations: None,
-                    })
+                    .map(|i| common::tool(&tool(i), &format!("Reads record {i} of the directory")))
                     .collect();
-                let connected = client
-                    .connect_integration(with_key(
-                        &admins[t],
-                        pb::ConnectIntegrationRequest {
-                            integration_id: "entra".into(),
-                            kind: "entra_id".into(),
-                            display_name: "Entra ID".into(),
-                            tools,
-                        },
-                    ))
-                    .await
-                    .expect("connect integration")
-                    .into_inner();
+                let connected = common::connect_entra(&client, &admins[t], tools).await;
                 assert!(
                     connected
-                        .tools
                         .iter()
                         .all(|t| t.policy == pb::Policy::Auto as i32)
                 );

@@ -154,24 +154,9 @@ where
 }
 
 async fn setup(client: &Client, admin: &str) {
-    client
-        .clone()
-        .connect_integration(with_key(
-            admin,
-            pb::ConnectIntegrationRequest {
-                integration_id: "entra".into(),
-                kind: "entra_id".into(),
-                display_name: "Entra ID".into(),
-                tools: vec![pb::ToolDefinition {
-                    name: "reset_password".into(),
-                    description: "Reset a user's password".into(),
-                    input_schema_json: r#"{"type":"object"}"#.into(),
-                    annotations: None,
-                }],
-            },
-        ))
-        .await
-        .expect("connect integration");
+    let tools = vec![common::tool("reset_password", "Reset a user's password")];
+    let connected = common::connect_entra(client, admin, tools).await;
+    assert_eq!(connected[0].policy, pb::Policy::ApprovalNeeded as i32);
     let person = |id: &str, manager: &str, technician: bool| pb::Person {
         id: id.into(),
         display_name: id.into(),

@@ -50,6 +50,40 @@ pub fn with_key<T>(key: &str, message: T) -> Request<T> {
     r
 }
 
+/// A tool definition for the benches: `name`, a description, an object schema.
+pub fn tool(name: &str, description: &str) -> toolgate::proto::v1::ToolDefinition {
+    toolgate::proto::v1::ToolDefinition {
+        name: name.into(),
+        description: description.into(),
+        input_schema_json: r#"{"type":"object","properties":{"user":{"type":"string"}}}"#.into(),
+        annotations: None,
+    }
+}
+
+/// Connects integration `entra` with `tools` as `admin`; the tools with their seeded
+/// policies.
+pub async fn connect_entra(
+    client: &toolgate::proto::v1::policy_service_client::PolicyServiceClient<Channel>,
+    admin: &str,
+    tools: Vec<toolgate::proto::v1::ToolDefinition>,
+) -> Vec<toolgate::proto::v1::Tool> {
+    client
+        .clone()
+        .connect_integration(with_key(
+            admin,
+            toolgate::proto::v1::ConnectIntegrationRequest {
+                integration_id: "entra".into(),
+                kind: "entra_id".into(),
+                display_name: "Entra ID".into(),
+                tools,
+            },
+        ))
+        .await
+        .expect("connect integration")
+        .into_inner()
+        .tools
+}
+
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -69,10 +103,23 @@ impl Drop for ServerProcess {
     }
 }
 
-/// `program`, run under the command in `TOOLGATE_BENCH_WRAP` when it is set (for example
-/// `valgrind --tool=callgrind`), so a bench's servers can be profiled as they are loaded.
+/// A wrapper command set by the bench itself (its profiling mode), taking precedence over
+/// `TOOLGATE_BENCH_WRAP`.
+static WRAP: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Runs every server started from now on under `command` (for example
+/// `valgrind --tool=callgrind`).
+pub fn wrap_servers(command: String) {
+    WRAP.set(command).expect("servers are wrapped once");
+}
+
+/// `program`, run under the wrapper set by [`wrap_servers`] or else the command in
+/// `TOOLGATE_BENCH_WRAP`, so a bench's servers can be profiled as they are loaded.
 fn wrapped(program: &str) -> std::process::Command {
-    let wrap = std::env::var("TOOLGATE_BENCH_WRAP").unwrap_or_default();
+    let wrap = WRAP
+        .get()
+        .cloned()
+        .unwrap_or_else(|| std::env::var("TOOLGATE_BENCH_WRAP").unwrap_or_default());
     let mut words = wrap.split_whitespace();
     match words.next() {
         Some(first) => {

@@ -186,8 +186,11 @@ impl SqliteStore {
                 (ok, reply)
             })
         });
-        let stopped = StoreError::NotCommitted("the SQLite writer has stopped".into());
-        self.jobs.send(job).await.map_err(|_| E::from(stopped))?;
+        self.jobs.send(job).await.map_err(|_| {
+            E::from(StoreError::NotCommitted(
+                "the SQLite writer has stopped".into(),
+            ))
+        })?;
         rx.await.map_err(|_| {
             E::from(StoreError::NotCommitted(
                 "the write was abandoned (it panicked, or its batch could not begin)".into(),
@@ -256,10 +259,7 @@ async fn fetch_steps(
 }
 
 async fn ensure_tenant(conn: &mut sqlx::SqliteConnection, tenant: &str) -> Result<u64, StoreError> {
-    sqlx::query("INSERT INTO tenants (id, revision) VALUES (?, 0) ON CONFLICT (id) DO NOTHING")
-        .bind(tenant)
-        .execute(&mut *conn)
-        .await?;
+    create_tenant(conn, tenant).await?;
     let revision: i64 = sqlx::query_scalar("SELECT revision FROM tenants WHERE id = ?")
         .bind(tenant)
         .fetch_one(&mut *conn)
@@ -757,16 +757,22 @@ impl Store for SqliteStore {
     }
 }
 
+/// Creates the tenant's row if it has none yet.
+async fn create_tenant(conn: &mut sqlx::SqliteConnection, tenant: &str) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO tenants (id, revision) VALUES (?, 0) ON CONFLICT (id) DO NOTHING")
+        .bind(tenant)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
 /// Inserts an approval (or finds the one its request id made) inside the writer's batch.
 async fn insert_approval_in(
     tx: &mut sqlx::SqliteConnection,
     tenant: &str,
     a: &Approval,
 ) -> Result<Inserted, StoreError> {
-    sqlx::query("INSERT INTO tenants (id, revision) VALUES (?, 0) ON CONFLICT (id) DO NOTHING")
-        .bind(tenant)
-        .execute(&mut *tx)
-        .await?;
+    create_tenant(tx, tenant).await?;
     // RETURNING reads the new row back in the same statement; nothing comes back when the
     // request id already made one, which is then read.
     let sql = format!(
@@ -896,6 +902,25 @@ mod tests {
         Box::pin(async move { q.execute(conn).await.map(|_| ()).map_err(StoreError::from) })
     }
 
+    /// Waits until `n` writes wait in the writer's queue (they are sent in this order).
+    async fn queued(store: &SqliteStore, n: usize) {
+        while store.jobs.max_capacity() - store.jobs.capacity() < n {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    type Observation = Result<(i64, i64), StoreError>;
+
+    fn spawn_observer<W>(store: &SqliteStore, work: W) -> tokio::task::JoinHandle<Observation>
+    where
+        W: for<'c> FnOnce(&'c mut sqlx::SqliteConnection) -> BoxFuture<'c, Observation>
+            + Send
+            + 'static,
+    {
+        let store = store.clone();
+        tokio::spawn(async move { store.grouped(work).await })
+    }
+
     async fn tenant_ids(store: &SqliteStore) -> Vec<String> {
         sqlx::query_scalar("SELECT id FROM tenants ORDER BY id")
             .fetch_all(&store.reader)
@@ -903,9 +928,11 @@ mod tests {
             .unwrap()
     }
 
-    /// A write of the batch that fails, or panics, is rolled back alone; the others commit.
+    /// Writes queued together share one transaction (a later one runs before an earlier
+    /// one is visible to readers, and all become visible at one commit); one that fails, or
+    /// panics, is rolled back alone.
     #[tokio::test]
-    async fn a_failing_write_in_a_batch_leaves_the_others_committed() {
+    async fn queued_writes_commit_together_and_a_failing_one_is_rolled_back_alone() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("t.db").display());
         let store = SqliteStore::connect(&url).await.unwrap();
@@ -938,21 +965,37 @@ mod tests {
                 Err(StoreError::Corrupt("refused after writing".into()))
             })
         }));
+        queued(&store, 1).await;
         let commits = spawn(Box::new(|conn| insert(conn, "commits")));
+        queued(&store, 2).await;
         let panics = spawn(Box::new(|conn| {
             Box::pin(async move {
                 insert(conn, "panics").await?;
                 panic!("a rule that panics after writing");
             })
         }));
-        // Wait until all three are queued behind the held batch.
-        while store.jobs.capacity() > store.jobs.max_capacity() - 3 {
-            tokio::task::yield_now().await;
-        }
+        // Queued after "commits": what a reader sees while the batch is still open.
+        let reader = store.reader.clone();
+        let observes = spawn_observer(&store, move |conn| {
+            Box::pin(async move {
+                let own: i64 =
+                    sqlx::query_scalar("SELECT count(*) FROM tenants WHERE id = 'commits'")
+                        .fetch_one(&mut *conn)
+                        .await?;
+                let readers: i64 =
+                    sqlx::query_scalar("SELECT count(*) FROM tenants WHERE id = 'commits'")
+                        .fetch_one(&reader)
+                        .await?;
+                Ok((own, readers))
+            })
+        });
+        queued(&store, 4).await;
         release.send(()).unwrap();
         holder.await.unwrap().unwrap();
         assert!(matches!(fails.await.unwrap(), Err(StoreError::Corrupt(_))));
         commits.await.unwrap().unwrap();
+        // The batch's writer saw "commits"; readers did not yet: one open transaction.
+        assert_eq!(observes.await.unwrap().unwrap(), (1, 0));
         assert!(matches!(
             panics.await.unwrap(),
             Err(StoreError::NotCommitted(_))
