@@ -15,7 +15,7 @@
 //! Ratios are committed approval writes per second over raw INSERTs per second.
 //!
 //! Run: `cargo bench --bench writes` (defaults: 16 clients, 5 s per figure);
-//! `-- --clients 4 --seconds 2` for less. PostgreSQL comes from `TOOLGATE_BENCH_POSTGRES`
+//! `-- --clients 4 --seconds 2` for less, `-- --only sqlite` (or `postgres`) for one backend. PostgreSQL comes from `TOOLGATE_BENCH_POSTGRES`
 //! (default the local server); the bench makes a database for the run and drops it.
 
 mod common;
@@ -52,29 +52,38 @@ fn main() {
             opts.seconds,
             std::thread::available_parallelism().map_or(0, |n| n.get())
         );
-        let (dir, url) = common::sqlite_temp();
-        let sqlite = measure(opts, &url).await;
-        let raw_full = sqlite_raw(opts, &url, sqlx::sqlite::SqliteSynchronous::Full).await;
-        let raw_normal = sqlite_raw(opts, &url, sqlx::sqlite::SqliteSynchronous::Normal).await;
-        drop(dir);
-        report(
-            "SQLite (WAL, synchronous=FULL)",
-            sqlite,
-            raw_full,
-            &format!(
-                "raw INSERT with synchronous=NORMAL, for reference: {raw_normal:.0}/s \
-                 (toolgate keeps FULL: a committed approval survives a power cut)"
-            ),
-        );
-
-        let mut db = PgDatabase::create("writes").await;
-        let settings = db.settings().await;
-        let url = db.url.clone();
-        let pg = measure(opts, &url).await;
-        let raw = pg_raw(opts, &url).await;
-        report(&format!("PostgreSQL ({settings})"), pg, raw, "");
-        db.drop_now().await;
+        let only = common::text_arg("--only");
+        let wanted = |backend: &str| only.as_deref().is_none_or(|o| o == backend);
+        if wanted("sqlite") {
+            sqlite_figures(opts).await;
+        }
+        if wanted("postgres") {
+            let mut db = PgDatabase::create("writes").await;
+            let settings = db.settings().await;
+            let url = db.url.clone();
+            let pg = measure(opts, &url).await;
+            let raw = pg_raw(opts, &url).await;
+            report(&format!("PostgreSQL ({settings})"), pg, raw, "");
+            db.drop_now().await;
+        }
     });
+}
+
+async fn sqlite_figures(opts: Options) {
+    let (dir, url) = common::sqlite_temp();
+    let sqlite = measure(opts, &url).await;
+    let raw_full = sqlite_raw(opts, &url, sqlx::sqlite::SqliteSynchronous::Full).await;
+    let raw_normal = sqlite_raw(opts, &url, sqlx::sqlite::SqliteSynchronous::Normal).await;
+    drop(dir);
+    report(
+        "SQLite (WAL, synchronous=FULL)",
+        sqlite,
+        raw_full,
+        &format!(
+            "raw INSERT with synchronous=NORMAL, for reference: {raw_normal:.0}/s \
+                 (toolgate keeps FULL: a committed approval survives a power cut)"
+        ),
+    );
 }
 
 /// Writes per second through gRPC, then through the store in-process.

@@ -11,12 +11,19 @@ use tonic::transport::{Channel, Endpoint};
 
 /// The number after `flag` on the command line, or `default`.
 pub fn arg(flag: &str, default: usize) -> usize {
+    text_arg(flag)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The value after `flag` on the command line, if any.
+#[allow(dead_code)] // not every bench takes a text flag
+pub fn text_arg(flag: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
     args.iter()
         .position(|a| a == flag)
         .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+        .cloned()
 }
 
 /// A loopback address nothing listens on right now, for a child server to bind.

@@ -8,6 +8,7 @@
 mod any;
 mod metered;
 pub mod pg;
+mod pg_batch;
 mod rows;
 pub mod sqlite;
 

@@ -212,3 +212,58 @@ pub(crate) fn migrator(list: &[(i64, &str, &'static str)]) -> sqlx::migrate::Mig
         .collect();
     Migrator::with_migrations(migrations)
 }
+
+/// An approval's steps, as a JSON array of step objects (aggregated by the database, so
+/// that an approval and its steps are read in one statement).
+pub(crate) fn steps_from_json(json: &str) -> Result<Vec<ApprovalStep>, StoreError> {
+    #[derive(serde::Deserialize)]
+    struct StepJson {
+        role: String,
+        approver_id: String,
+        approved: bool,
+        comment: String,
+        decided_at: i64,
+    }
+    let steps: Vec<StepJson> =
+        serde_json::from_str(json).map_err(|e| corrupt("approval steps", &e.to_string()))?;
+    steps
+        .into_iter()
+        .map(|s| {
+            Ok(ApprovalStep {
+                role: ApproverRole::parse(&s.role)
+                    .ok_or_else(|| corrupt("approver role", &s.role))?,
+                approver_id: s.approver_id,
+                approved: s.approved,
+                comment: s.comment,
+                decided_at: UnixMillis(s.decided_at),
+            })
+        })
+        .collect()
+}
+
+/// People by id, from a JSON array of person objects.
+pub(crate) fn people_from_json(json: &str) -> Result<super::People, StoreError> {
+    #[derive(serde::Deserialize)]
+    struct PersonJson {
+        id: String,
+        display_name: String,
+        email: String,
+        manager_id: String,
+        technician: bool,
+    }
+    let people: Vec<PersonJson> =
+        serde_json::from_str(json).map_err(|e| corrupt("people", &e.to_string()))?;
+    Ok(people
+        .into_iter()
+        .map(|p| {
+            let person = Person {
+                id: p.id,
+                display_name: p.display_name,
+                email: p.email,
+                manager_id: p.manager_id,
+                technician: p.technician,
+            };
+            (person.id.clone(), person)
+        })
+        .collect())
+}

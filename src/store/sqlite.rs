@@ -15,8 +15,8 @@
 
 use super::rows::{
     APPROVAL_COLUMNS, TOOL_COLUMNS, approval_from_row, caller_from_row, corrupt,
-    current_tool_from_row, group_changes, migrator, person_from_row, roles_to_text, stamp,
-    step_from_row, u64_of,
+    current_tool_from_row, group_changes, migrator, people_from_json, person_from_row,
+    roles_to_text, stamp, step_from_row, steps_from_json, u64_of,
 };
 use super::{
     ApprovalCursor, ApprovalQuery, Inserted, IntegrationMeta, KeyInfo, People, ReadScope,
@@ -92,11 +92,12 @@ async fn group_writer(pool: Pool, mut jobs: tokio::sync::mpsc::Receiver<Job>) {
         }
         let mut replies = Vec::with_capacity(batch.len());
         let mut broken = None;
-        for job in batch {
-            if let Err(e) = conn.execute("SAVEPOINT write").await {
-                broken = Some(e.to_string());
-                break;
-            }
+        let writes = batch.len();
+        if let Err(e) = conn.execute("SAVEPOINT write").await {
+            broken = Some(e.to_string());
+            batch.clear();
+        }
+        for (i, job) in batch.into_iter().enumerate() {
             // A panicking rule must not take the writer down with it.
             let ran = std::panic::AssertUnwindSafe(job(&mut conn))
                 .catch_unwind()
@@ -108,15 +109,14 @@ async fn group_writer(pool: Pool, mut jobs: tokio::sync::mpsc::Receiver<Job>) {
                 }
                 Err(_) => false,
             };
-            let end = if ok {
-                conn.execute("RELEASE write").await
-            } else {
-                match conn.execute("ROLLBACK TO write").await {
-                    Ok(_) => conn.execute("RELEASE write").await,
-                    Err(e) => Err(e),
-                }
+            // Ending this write's savepoint and opening the next one's is one round trip.
+            let end = match (ok, i + 1 == writes) {
+                (true, false) => "RELEASE write; SAVEPOINT write",
+                (true, true) => "RELEASE write",
+                (false, false) => "ROLLBACK TO write; RELEASE write; SAVEPOINT write",
+                (false, true) => "ROLLBACK TO write; RELEASE write",
             };
-            if let Err(e) = end {
+            if let Err(e) = conn.execute(end).await {
                 broken = Some(e.to_string());
                 break;
             }
@@ -821,26 +821,42 @@ async fn update_approval_in<F, T, E>(
 where
     F: Fn(&Approval, &People) -> Result<(Option<Approval>, T), E>,
 {
-    let Some(current) = fetch_approval(tx, tenant, "id", id).await? else {
-        return Ok(None);
-    };
-    let mut people = People::new();
-    for pid in person_ids.iter().chain([&current.requester_id]) {
-        if people.contains_key(pid) {
-            continue;
-        }
-        let row = sqlx::query(
-            "SELECT id, display_name, email, manager_id, technician FROM people WHERE tenant = ? AND id = ?",
-        )
+    // The approval, its steps and the people named (and its requester), in one statement.
+    let sql = format!(
+        "SELECT {APPROVAL_COLUMNS}, \
+         (SELECT json_group_array(json_object('role', role, 'approver_id', approver_id, \
+          'approved', json(iif(approved, 'true', 'false')), 'comment', comment, \
+          'decided_at', decided_at)) FROM (SELECT * FROM approval_steps s \
+          WHERE s.tenant = a.tenant AND s.approval_id = a.id ORDER BY decided_at, rowid)) \
+          AS steps, \
+         (SELECT json_group_array(json_object('id', p.id, 'display_name', p.display_name, \
+          'email', p.email, 'manager_id', p.manager_id, \
+          'technician', json(iif(p.technician, 'true', 'false')))) FROM people p \
+          WHERE p.tenant = a.tenant AND (p.id = a.requester_id \
+          OR p.id IN (SELECT value FROM json_each(?3)))) AS people \
+         FROM approvals a WHERE a.tenant = ?1 AND a.id = ?2"
+    );
+    let person_ids =
+        serde_json::to_string(person_ids).map_err(|e| corrupt("person ids", &e.to_string()))?;
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(tenant)
-        .bind(pid)
+        .bind(id)
+        .bind(person_ids)
         .fetch_optional(&mut *tx)
         .await
         .map_err(StoreError::from)?;
-        if let Some(row) = row {
-            people.insert(pid.clone(), person_from_row(&row)?);
-        }
-    }
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let mut current = approval_from_row(&row)?;
+    current.steps = steps_from_json(
+        &row.try_get::<String, _>("steps")
+            .map_err(StoreError::from)?,
+    )?;
+    let people = people_from_json(
+        &row.try_get::<String, _>("people")
+            .map_err(StoreError::from)?,
+    )?;
     let (next, out) = f(&current, &people).map_err(UpdateError::Rule)?;
     let Some(next) = next.filter(|n| n != &current) else {
         return Ok(Some(Updated {
