@@ -12,7 +12,8 @@
 //! its requests is run again alone, so one request that the database refuses fails alone.
 
 use super::rows::{
-    APPROVAL_COLUMNS, approval_from_row, corrupt, people_from_json, roles_to_text, steps_from_json,
+    APPROVAL_COLUMNS, Cols, approval_from_row, corrupt, people_from_json, roles_to_text,
+    steps_from_json,
 };
 use super::{People, StoreError};
 use crate::policy::{Approval, ApprovalStep, UnixMillis};
@@ -265,21 +266,25 @@ pub(super) fn run_reads<'a>(
         let mut answers: Vec<ForUpdate> = reqs.iter().map(|_| None).collect();
         for row in &rows {
             let n: i64 = row.try_get("q_n")?;
-            let slot = usize::try_from(n - 1)
-                .ok()
-                .and_then(|i| answers.get_mut(i))
-                .ok_or_else(|| StoreError::Corrupt(format!("batch row {n} out of range")))?;
-            *slot = Some(for_update_from_row(row)?);
+            *answer_for(&mut answers, n)? = Some(for_update_from_row(row)?);
         }
         Ok(answers)
     })
 }
 
+/// The answer for the request at 1-based position `n` of a batch.
+fn answer_for<T>(answers: &mut [T], n: i64) -> Result<&mut T, StoreError> {
+    usize::try_from(n - 1)
+        .ok()
+        .and_then(|i| answers.get_mut(i))
+        .ok_or_else(|| StoreError::Corrupt(format!("batch row {n} out of range")))
+}
+
 fn for_update_from_row(row: &PgRow) -> Result<(Approval, i64, People), StoreError> {
     let mut approval = approval_from_row(row)?;
-    approval.steps = steps_from_json(&row.try_get::<String, _>("steps")?)?;
-    let people = people_from_json(&row.try_get::<String, _>("people")?)?;
-    Ok((approval, row.try_get("version")?, people))
+    approval.steps = steps_from_json(&row.text("steps")?)?;
+    let people = people_from_json(&row.text("people")?)?;
+    Ok((approval, row.int("version")?, people))
 }
 
 /// Writes an approval's new state (its new steps, and the change for other replicas) if
@@ -395,11 +400,7 @@ pub(super) fn run_writes<'a>(
         .await?;
         let mut answers = vec![false; reqs.len()];
         for n in written {
-            let slot = usize::try_from(n - 1)
-                .ok()
-                .and_then(|i| answers.get_mut(i))
-                .ok_or_else(|| StoreError::Corrupt(format!("batch row {n} out of range")))?;
-            *slot = true;
+            *answer_for(&mut answers, n)? = true;
         }
         Ok(answers)
     })

@@ -14,7 +14,7 @@
 //! [`StoreError::NotCommitted`].
 
 use super::rows::{
-    APPROVAL_COLUMNS, TOOL_COLUMNS, approval_from_row, caller_from_row, corrupt,
+    APPROVAL_COLUMNS, Cols, TOOL_COLUMNS, approval_from_row, caller_from_row, corrupt,
     current_tool_from_row, group_changes, migrator, people_from_json, person_from_row,
     roles_to_text, stamp, step_from_row, steps_from_json, u64_of,
 };
@@ -849,14 +849,8 @@ where
         return Ok(None);
     };
     let mut current = approval_from_row(&row)?;
-    current.steps = steps_from_json(
-        &row.try_get::<String, _>("steps")
-            .map_err(StoreError::from)?,
-    )?;
-    let people = people_from_json(
-        &row.try_get::<String, _>("people")
-            .map_err(StoreError::from)?,
-    )?;
+    current.steps = steps_from_json(&row.text("steps")?)?;
+    let people = people_from_json(&row.text("people")?)?;
     let (next, out) = f(&current, &people).map_err(UpdateError::Rule)?;
     let Some(next) = next.filter(|n| n != &current) else {
         return Ok(Some(Updated {
