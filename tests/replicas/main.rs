@@ -39,7 +39,13 @@ struct Seen {
 
 /// Follows WatchConfig on one replica until it reaches `target`, resuming from its last
 /// revision when the stream breaks, as a client would. Checks order and gaps as it goes.
-async fn follow(mut client: Client, key: String, mut target: watch::Receiver<u64>) -> Seen {
+async fn follow(
+    mut client: Client,
+    key: String,
+    mut target: watch::Receiver<u64>,
+    started: tokio::sync::oneshot::Sender<()>,
+) -> Seen {
+    let mut started = Some(started);
     let mut seen = Seen::default();
     let mut last: Option<u64> = None;
     loop {
@@ -75,6 +81,9 @@ async fn follow(mut client: Client, key: String, mut target: watch::Receiver<u64
             };
             match msg.event.expect("event set") {
                 Event::Snapshot(s) => {
+                    if let Some(started) = started.take() {
+                        let _ = started.send(());
+                    }
                     if last.is_some() {
                         seen.resets += 1;
                     } else {
@@ -105,6 +114,30 @@ async fn follow(mut client: Client, key: String, mut target: watch::Receiver<u64
             }
         }
     }
+}
+
+/// Starts a watcher on each of `replicas` and returns once every one has its first
+/// snapshot, so that Saves made afterwards all reach the watchers as changes.
+async fn start_watchers(
+    c: &Cluster,
+    replicas: std::ops::Range<usize>,
+    target: &watch::Receiver<u64>,
+) -> Vec<tokio::task::JoinHandle<Seen>> {
+    let mut watchers = Vec::new();
+    for i in replicas {
+        let (started_tx, started) = tokio::sync::oneshot::channel();
+        watchers.push(tokio::spawn(follow(
+            c.r(i),
+            c.admin.clone(),
+            target.clone(),
+            started_tx,
+        )));
+        tokio::time::timeout(MUST_HAPPEN, started)
+            .await
+            .unwrap_or_else(|_| panic!("watcher {i} got no snapshot\n{}", c.logs()))
+            .expect("the watcher ended before its snapshot");
+    }
+    watchers
 }
 
 /// Each watcher reaches `last` having seen every revision after its snapshot exactly once,
@@ -211,14 +244,7 @@ async fn concurrent_saves_on_three_replicas_reach_every_watcher_gapless_and_in_o
     let c = Cluster::start(3).await;
     let first = c.connect(0, TOOLS).await;
     let (target_tx, target) = watch::channel(u64::MAX);
-    let mut watchers = Vec::new();
-    for i in 0..9 {
-        watchers.push(tokio::spawn(follow(
-            c.r(i),
-            c.admin.clone(),
-            target.clone(),
-        )));
-    }
+    let watchers = start_watchers(&c, 0..9, &target).await;
     // Three admins, one per replica, each flipping its own tool 20 times.
     let mut admins = Vec::new();
     for (a, tool) in TOOLS.iter().take(3).enumerate() {
@@ -457,9 +483,7 @@ async fn cut_connections_and_an_outage_lose_nothing_and_never_allow_without_the_
     let first = c.connect(2, TOOLS).await;
     people(&c).await;
     let (target_tx, target) = watch::channel(u64::MAX);
-    let watchers: Vec<_> = (0..3)
-        .map(|i| tokio::spawn(follow(c.r(i), c.admin.clone(), target.clone())))
-        .collect();
+    let watchers = start_watchers(&c, 0..3, &target).await;
 
     // Phase 1: load, with every connection cut five times.
     let (saved_tx, mut saved) = watch::channel(0usize);
