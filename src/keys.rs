@@ -3,8 +3,10 @@
 //! A token is `tg_<key id>_<64 hex secret>`: 256 random bits, so a fast hash is the right
 //! one (nothing to brute-force), and the key id inside lets `keys revoke` name it.
 
+use crate::policy::Caller;
 use crate::policy::canonical::hex;
 use sha2::{Digest, Sha256};
+use std::sync::Arc;
 
 /// A freshly minted key: `token` is shown once and never stored.
 #[derive(Clone)]
@@ -41,7 +43,31 @@ pub fn generate() -> Result<NewKey, getrandom::Error> {
 }
 
 pub fn hash_token(token: &str) -> String {
-    hex(&Sha256::digest(token.as_bytes()))
+    TokenHash::of(token).as_str().to_owned()
+}
+
+/// The hex SHA-256 of a token, on the stack: authenticating a call looks the key up
+/// without allocating.
+pub struct TokenHash([u8; 64]);
+
+impl TokenHash {
+    pub fn of(token: &str) -> Self {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; 64];
+        for (pair, b) in out
+            .chunks_exact_mut(2)
+            .zip(Sha256::digest(token.as_bytes()))
+        {
+            pair[0] = DIGITS[usize::from(b >> 4)];
+            pair[1] = DIGITS[usize::from(b & 0xf)];
+        }
+        TokenHash(out)
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ASCII hex digits are ever written.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
 }
 
 /// Random identifiers for approvals.
@@ -62,6 +88,10 @@ mod tests {
         assert_ne!(a.token, b.token);
         assert!(a.token.starts_with(&format!("tg_{}_", a.id)));
         assert_eq!(hash_token(&a.token), a.secret_sha256);
+        assert_eq!(
+            hash_token(&a.token),
+            hex(&Sha256::digest(a.token.as_bytes()))
+        );
         assert!(!format!("{a:?}").contains(&a.token));
     }
 }
@@ -72,25 +102,27 @@ mod tests {
 /// A key not found here is looked up in the store (a key minted a moment ago works at
 /// once). Revocations reach the cache when it is reloaded: on every `key_refresh_interval`
 /// tick and, on PostgreSQL, at once through `NOTIFY toolgate_keys`.
+///
+/// Callers are shared (`Arc`): a hit costs a reference count, not copies of its strings.
 #[derive(Debug, Default)]
 pub struct KeyCache {
-    keys: std::sync::RwLock<std::collections::HashMap<String, crate::policy::Caller>>,
+    keys: std::sync::RwLock<std::collections::HashMap<String, Arc<Caller>>>,
 }
 
 impl KeyCache {
-    pub fn get(&self, secret_sha256: &str) -> Option<crate::policy::Caller> {
+    pub fn get(&self, secret_sha256: &str) -> Option<Arc<Caller>> {
         let keys = self.keys.read().unwrap_or_else(|e| e.into_inner());
         keys.get(secret_sha256).cloned()
     }
 
-    pub fn insert(&self, secret_sha256: String, caller: crate::policy::Caller) {
+    pub fn insert(&self, secret_sha256: String, caller: Arc<Caller>) {
         let mut keys = self.keys.write().unwrap_or_else(|e| e.into_inner());
         keys.insert(secret_sha256, caller);
     }
 
     /// Replaces the whole cache with the store's live keys (revoked keys drop out).
-    pub fn replace_all(&self, live: Vec<(String, crate::policy::Caller)>) {
-        let fresh = live.into_iter().collect();
+    pub fn replace_all(&self, live: Vec<(String, Caller)>) {
+        let fresh = live.into_iter().map(|(k, c)| (k, Arc::new(c))).collect();
         let mut keys = self.keys.write().unwrap_or_else(|e| e.into_inner());
         *keys = fresh;
     }

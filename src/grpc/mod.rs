@@ -159,7 +159,7 @@ impl<S: Store> PolicyApi<S> {
         req: &Request<T>,
         rpc: &str,
         allowed: &[Role],
-    ) -> Result<Caller, ApiError> {
+    ) -> Result<Arc<Caller>, ApiError> {
         const MISSING: &str = "missing credentials: send `authorization: Bearer <api key>`";
         let header = req
             .metadata()
@@ -178,17 +178,20 @@ impl<S: Store> PolicyApi<S> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(ApiError::Unauthenticated(UNKNOWN));
         }
-        let secret_sha256 = keys::hash_token(token);
-        let caller = match self.state.keys.get(&secret_sha256) {
+        let secret_sha256 = keys::TokenHash::of(token);
+        let caller = match self.state.keys.get(secret_sha256.as_str()) {
             Some(caller) => caller,
             None => {
                 // Boxed, like every store call on the Decide path: a store future is large,
                 // and held inline it would make every call's future (moved into a box by
                 // tonic on each call) that large too; the profile showed the copy.
-                let caller = Box::pin(self.state.store.caller_by_secret(&secret_sha256))
+                let caller = Box::pin(self.state.store.caller_by_secret(secret_sha256.as_str()))
                     .await?
                     .ok_or(ApiError::Unauthenticated(UNKNOWN))?;
-                self.state.keys.insert(secret_sha256, caller.clone());
+                let caller = Arc::new(caller);
+                self.state
+                    .keys
+                    .insert(secret_sha256.as_str().to_owned(), caller.clone());
                 caller
             }
         };

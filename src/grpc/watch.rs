@@ -119,7 +119,7 @@ fn open_stream<S>(state: &AppState<S>, which: Watch) -> Result<StreamGuard, ApiE
 
 pub(super) async fn watch_config<S: Store>(
     state: Arc<AppState<S>>,
-    caller: Caller,
+    caller: Arc<Caller>,
     req: pb::WatchConfigRequest,
 ) -> Result<Stream<pb::WatchConfigResponse>, ApiError> {
     check_optional_id("integration_id", &req.integration_id)?;
@@ -163,7 +163,7 @@ pub(super) async fn watch_config<S: Store>(
         _open: guard,
         drain: state.drain.clone(),
         state,
-        tenant: caller.tenant,
+        tenant: caller.tenant.clone(),
         view,
         position,
         events,
@@ -292,7 +292,7 @@ impl<S: Store> ConfigWatcher<S> {
 
 pub(super) async fn watch_approvals<S: Store>(
     state: Arc<AppState<S>>,
-    caller: Caller,
+    caller: Arc<Caller>,
     req: pb::WatchApprovalsRequest,
 ) -> Result<Stream<pb::WatchApprovalsResponse>, ApiError> {
     check_optional_id("approval_id", &req.approval_id)?;
@@ -322,7 +322,7 @@ pub(super) async fn watch_approvals<S: Store>(
 struct ApprovalWatcher<S> {
     _open: StreamGuard,
     state: Arc<AppState<S>>,
-    caller: Caller,
+    caller: Arc<Caller>,
     only: Option<String>,
     events: broadcast::Receiver<Arc<Approval>>,
     drain: watch::Receiver<bool>,

@@ -45,6 +45,11 @@ pub fn check_id(field: &str, value: &str) -> Result<(), FieldError> {
             format!("is {} bytes long; at most {MAX_ID_BYTES}", value.len()),
         ));
     }
+    // Nearly every id is printable ASCII: that one pass decides it. Anything else is
+    // checked character by character.
+    if value.bytes().all(|b| b.is_ascii_graphic()) {
+        return Ok(());
+    }
     if let Some(c) = value.chars().find(|c| c.is_whitespace() || c.is_control()) {
         return Err(FieldError::new(
             field,
@@ -104,6 +109,19 @@ mod tests {
         assert!(check_id("tool_name", "get\nuser").is_err());
         assert!(check_id("tool_name", &"a".repeat(MAX_ID_BYTES + 1)).is_err());
         assert!(check_id("tool_name", &"a".repeat(MAX_ID_BYTES)).is_ok());
+    }
+
+    proptest::proptest! {
+        /// The printable-ASCII shortcut accepts exactly what the character rule accepts.
+        #[test]
+        fn ids_are_accepted_exactly_when_nonempty_short_and_free_of_space_and_controls(
+            value in "(?s).{0,40}|[!-~]{1,40}|[ -~\u{85}\u{a0}\u{2028}\u{7f}é]{0,40}"
+        ) {
+            let expected = !value.is_empty()
+                && value.len() <= MAX_ID_BYTES
+                && !value.chars().any(|c| c.is_whitespace() || c.is_control());
+            proptest::prop_assert_eq!(check_id("tool_name", &value).is_ok(), expected);
+        }
     }
 
     #[test]
