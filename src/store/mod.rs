@@ -6,6 +6,7 @@
 //! state read inside the transaction, so the rules stay in `policy/` and the atomicity here.
 
 mod any;
+mod approvals;
 mod metered;
 pub mod pg;
 mod pg_batch;
@@ -89,11 +90,11 @@ pub enum Wakeup {
 /// `frontier` is the oldest transaction still running when the last read was taken
 /// (PostgreSQL's snapshot `xmin`): every change made by an older transaction has been seen.
 /// Changes at or after it are read again next time, and `seen` keeps those already
-/// delivered so none is delivered twice.
+/// delivered, as (tenant, approval id, version), so none is delivered twice.
 #[derive(Debug, Clone, Default)]
 pub struct ApprovalCursor {
     pub(crate) frontier: Option<u64>,
-    pub(crate) seen: std::collections::HashSet<(i64, u64)>,
+    pub(crate) seen: std::collections::HashSet<(String, String, i64)>,
 }
 
 /// Why a Save did not happen.

@@ -3,11 +3,14 @@
 //! - A Save locks its tenant's row (`FOR NO KEY UPDATE`) for the whole transaction, so each
 //!   tenant's revisions are gapless and committed in order whichever replica saves; it
 //!   sends `NOTIFY toolgate_revisions` with the new revision, delivered at commit.
-//! - An approval update is optimistic: it reads the approval with its version, decides,
-//!   and writes in one statement only if the version is unchanged (else reads again), so
-//!   single use holds across replicas with one commit and two round trips.
-//! - Each approval write also appends to `approval_changes` in its transaction; other
-//!   replicas read that by transaction id ([`Store::approval_changes`]) instead of being
+//! - An approval change is one INSERT of its next version into `approval_events`, written
+//!   only if that version is still free and the people its decision read are unchanged
+//!   (else it reads again and decides again), so single use holds across replicas with one
+//!   statement and one commit, and no row is ever locked or updated
+//!   ([`super::approvals`]). A decision this replica can take from what it last read or
+//!   wrote skips the read.
+//! - The events are also what other replicas read, by transaction id
+//!   ([`Store::approval_changes`]), to push each change to their watchers, instead of being
 //!   sent a NOTIFY (which takes a database-wide lock at commit).
 //! - Approval creates, reads-for-update and writes from concurrent callers are batched:
 //!   whoever arrives while earlier statements are running shares the next one
@@ -15,40 +18,45 @@
 //! - Every call is bounded by the query timeout, both on the server (`statement_timeout`)
 //!   and here (a lost connection that never answers).
 
-use super::pg_batch::{
-    Batcher, CreateReq, ForUpdate, ReadReq, WriteReq, run_creates, run_reads, run_writes,
-};
+use super::approvals::{self, ApprovalCache, ApprovalIo, ForUpdate, Write};
+use super::pg_batch::{Batcher, Change, ReadReq, run_changes, run_reads};
 use super::rows::{
-    APPROVAL_COLUMNS, TOOL_COLUMNS, approval_from_row, caller_from_row, corrupt,
-    current_tool_from_row, group_changes, migrator, person_from_row, stamp, step_from_row, u64_of,
+    APPROVAL_COLUMNS, Cols, TOOL_COLUMNS, approval_from_row, caller_from_row, corrupt,
+    current_tool_from_row, group_changes, migrator, person_from_row, stamp, u64_of,
 };
 use super::{
     ApprovalCursor, ApprovalQuery, Inserted, IntegrationMeta, KeyInfo, People, ReadScope,
     SaveError, SaveKind, Saved, Store, StoreError, TenantTools, UpdateError, Updated, Wakeup,
 };
 use crate::policy::{
-    Approval, ApprovalState, ApprovalStep, Caller, Person, RevisionChanges, Role, Tool, ToolChange,
-    UnixMillis,
+    Approval, ApprovalState, Caller, Person, RevisionChanges, Role, Tool, ToolChange, UnixMillis,
 };
-use sqlx::postgres::{
-    PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions, PgRow, Postgres,
-};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions, Postgres};
 use sqlx::{Row, Transaction};
 use std::future::Future;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "init",
-    include_str!("../../migrations/postgres/0001_init.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "init",
+        include_str!("../../migrations/postgres/0001_init.sql"),
+    ),
+    (
+        2,
+        "approval_events",
+        include_str!("../../migrations/postgres/0002_approval_events.sql"),
+    ),
+];
 
 /// The channel a Save notifies, with `<revision> <tenant>` as payload.
 const REVISIONS_CHANNEL: &str = "toolgate_revisions";
-/// How long approval changes stay readable by other replicas.
-const APPROVAL_CHANGES_RETENTION: Duration = Duration::from_secs(15 * 60);
+/// How far behind where it got to the expiry sweep looks again: an approval committed
+/// late (a slow commit, a replica's clock a little behind) whose expiry the sweep has
+/// already passed is still found.
+const SWEEP_MARGIN_MS: i64 = 60_000;
 
 /// The channel a key change notifies (no payload: the cache reloads).
 const KEYS_CHANNEL: &str = "toolgate_keys";
@@ -78,9 +86,10 @@ pub struct PgStore {
     origin: Arc<str>,
     timeout: Duration,
     /// Approval statements, batched across concurrent callers (see [`super::pg_batch`]).
-    creates: Batcher<CreateReq, Option<Approval>>,
-    reads: Batcher<ReadReq, ForUpdate>,
-    writes: Batcher<WriteReq, bool>,
+    reads: Batcher<ReadReq, Option<ForUpdate>>,
+    writes: Batcher<Change, bool>,
+    /// Open approvals and people as last read or written (see [`super::approvals`]).
+    cache: Arc<ApprovalCache>,
 }
 
 impl PgStore {
@@ -105,15 +114,17 @@ impl PgStore {
         let origin = crate::keys::random_id("rep_")
             .map_err(|e| StoreError::Corrupt(format!("no randomness for a replica id: {e}")))?;
         let origin: Arc<str> = origin.into();
-        // Two statements of each kind at once (creates, reads, writes), fewer on a tiny
-        // pool; callers beyond that share the next statement. With one slot per call
-        // (no batching) these statements gave 1 867–2 147 writes/s in `cargo bench
-        // --bench writes -- --only postgres`; with two, 2 638–2 875 in the same runs.
-        let slots = (settings.max_connections as usize / 3).clamp(1, 2);
+        // One batched statement at a time for reads and one for writes, each on a
+        // connection of its own; every caller waiting shares the next one, and a batch of
+        // writes is one WAL flush. Running two or more write statements at once measured
+        // worse in `cargo bench --bench writes -- --only postgres` (in-process, 16
+        // clients: 13 366 writes/s with one, 8 989 with two, 5 745 with eight): each
+        // flushes fewer rows, and they contend for the same index pages.
+        let timeout = settings.query_timeout;
         Ok(PgStore {
-            creates: Batcher::start(pool.clone(), origin.clone(), slots, run_creates),
-            reads: Batcher::start(pool.clone(), origin.clone(), slots, run_reads),
-            writes: Batcher::start(pool.clone(), origin.clone(), slots, run_writes),
+            reads: Batcher::start(pool.clone(), origin.clone(), timeout, run_reads),
+            writes: Batcher::start(pool.clone(), origin.clone(), timeout, run_changes),
+            cache: Arc::default(),
             pool,
             origin,
             timeout: settings.query_timeout,
@@ -144,6 +155,36 @@ impl PgStore {
     }
 }
 
+/// An expired approval's [`APPROVAL_COLUMNS`], from the approval `d` and its new event `e`.
+const EXPIRED_COLUMNS: &str = "d.seq, d.id, e.state, d.integration_id, d.tool_name, \
+     d.arguments_json, d.arguments_sha256, d.requester_id, d.request_id, d.required_roles, \
+     d.created_at, d.expires_at, d.created_by_key, d.consumed_by_request, d.steps, e.version";
+
+/// The store's batched statements, as [`approvals::update`] reads and writes.
+struct Statements<'a>(&'a PgStore);
+
+impl ApprovalIo for Statements<'_> {
+    async fn read(
+        &mut self,
+        tenant: &str,
+        id: &str,
+        person_ids: &[String],
+    ) -> Result<Option<ForUpdate>, StoreError> {
+        self.0
+            .reads
+            .submit(ReadReq {
+                tenant: tenant.to_owned(),
+                id: id.to_owned(),
+                person_ids: person_ids.to_vec(),
+            })
+            .await
+    }
+
+    async fn write(&mut self, w: &Write) -> Result<bool, StoreError> {
+        self.0.writes.submit(Change::Append(w.clone())).await
+    }
+}
+
 /// Binds the twelve [`TOOL_COLUMNS`] in order.
 fn bind_tool<'q>(
     query: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
@@ -164,48 +205,22 @@ fn bind_tool<'q>(
         .bind(&t.source_reason)
 }
 
-async fn fetch_steps(
-    conn: &mut PgConnection,
-    tenant: &str,
-    approval_id: &str,
-) -> Result<Vec<ApprovalStep>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT role, approver_id, approved, comment, decided_at FROM approval_steps \
-         WHERE tenant = $1 AND approval_id = $2 ORDER BY decided_at, step",
-    )
-    .bind(tenant)
-    .bind(approval_id)
-    .fetch_all(&mut *conn)
-    .await?;
-    rows.iter().map(step_from_row).collect()
-}
-
-/// An approval row with its steps.
-async fn with_steps(
-    conn: &mut PgConnection,
-    tenant: &str,
-    row: &PgRow,
-) -> Result<Approval, StoreError> {
-    let mut approval = approval_from_row(row)?;
-    approval.steps = fetch_steps(conn, tenant, &approval.id).await?;
-    Ok(approval)
-}
-
+/// An approval as it is now, by `column` (`id` or `request_id`).
 async fn fetch_approval(
     conn: &mut PgConnection,
     tenant: &str,
-    id: &str,
+    column: &str,
+    value: &str,
 ) -> Result<Option<Approval>, StoreError> {
-    let sql = format!("SELECT {APPROVAL_COLUMNS} FROM approvals WHERE tenant = $1 AND id = $2");
+    let sql = format!(
+        "SELECT {APPROVAL_COLUMNS} FROM approval_current WHERE tenant = $1 AND {column} = $2"
+    );
     let row = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(tenant)
-        .bind(id)
+        .bind(value)
         .fetch_optional(&mut *conn)
         .await?;
-    match row {
-        Some(row) => Ok(Some(with_steps(conn, tenant, &row).await?)),
-        None => Ok(None),
-    }
+    row.as_ref().map(approval_from_row).transpose()
 }
 
 /// Creates the tenant if new, and locks its row: the lock is what orders Saves.
@@ -666,7 +681,7 @@ impl Store for PgStore {
                      VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (tenant, id) DO UPDATE SET \
                      display_name = excluded.display_name, email = excluded.email, \
                      manager_id = excluded.manager_id, technician = excluded.technician, \
-                     updated_at = excluded.updated_at",
+                     updated_at = excluded.updated_at, version = people.version + 1",
                 )
                 .bind(tenant)
                 .bind(&p.id)
@@ -679,6 +694,7 @@ impl Store for PgStore {
                 .await?;
             }
             tx.commit().await?;
+            self.cache.forget_people(tenant);
             Ok(people.len() as u32)
         })
         .await
@@ -700,32 +716,26 @@ impl Store for PgStore {
     }
 
     async fn insert_approval(&self, tenant: &str, a: &Approval) -> Result<Inserted, StoreError> {
+        debug_assert!(a.state == ApprovalState::Pending && a.steps.is_empty());
         self.timed(async {
             let created = self
-                .creates
-                .submit(CreateReq {
+                .writes
+                .submit(Change::Create {
                     tenant: tenant.to_owned(),
                     approval: a.clone(),
                 })
                 .await?;
-            if let Some(created) = created {
-                return Ok(Inserted::New(created));
+            if created {
+                self.cache.created(tenant, a);
+                return Ok(Inserted::New(a.clone()));
             }
             let mut conn = self.pool.acquire().await?;
-            let sql = format!(
-                "SELECT {APPROVAL_COLUMNS} FROM approvals WHERE tenant = $1 AND request_id = $2"
-            );
-            let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(tenant)
-                .bind(&a.request_id)
-                .fetch_optional(&mut *conn)
+            let existing = fetch_approval(&mut conn, tenant, "request_id", &a.request_id)
                 .await?
                 .ok_or_else(|| {
                     StoreError::Corrupt("an approval's request id conflicted, then vanished".into())
                 })?;
-            Ok(Inserted::Existing(
-                with_steps(&mut conn, tenant, &row).await?,
-            ))
+            Ok(Inserted::Existing(existing))
         })
         .await
     }
@@ -733,7 +743,7 @@ impl Store for PgStore {
     async fn get_approval(&self, tenant: &str, id: &str) -> Result<Option<Approval>, StoreError> {
         self.timed(async {
             let mut conn = self.pool.acquire().await?;
-            fetch_approval(&mut conn, tenant, id).await
+            fetch_approval(&mut conn, tenant, "id", id).await
         })
         .await
     }
@@ -755,11 +765,10 @@ impl Store for PgStore {
                 Some(_) => "state = $1",
             };
             let sql = format!(
-                "SELECT {APPROVAL_COLUMNS} FROM approvals WHERE tenant = $3 AND {state_clause} \
-                 AND ($4::text IS NULL OR created_by_key = $4) AND ($5::bigint IS NULL OR seq < $5) \
-                 ORDER BY seq DESC LIMIT $6"
+                "SELECT {APPROVAL_COLUMNS} FROM approval_current WHERE tenant = $3 \
+                 AND {state_clause} AND ($4::text IS NULL OR created_by_key = $4) \
+                 AND ($5::bigint IS NULL OR seq < $5) ORDER BY seq DESC LIMIT $6"
             );
-            let mut conn = self.pool.acquire().await?;
             let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(q.state.map(|s| s.as_str()))
                 .bind(q.now)
@@ -767,40 +776,18 @@ impl Store for PgStore {
                 .bind(q.created_by_key.as_deref())
                 .bind(q.before_seq)
                 .bind(i64::from(q.limit) + 1)
-                .fetch_all(&mut *conn)
+                .fetch_all(&self.pool)
                 .await?;
             let page = rows.len().min(q.limit as usize);
-            let mut approvals: Vec<Approval> = rows[..page]
+            let approvals = rows[..page]
                 .iter()
                 .map(approval_from_row)
-                .collect::<Result<_, _>>()?;
+                .collect::<Result<Vec<_>, _>>()?;
             let next = if rows.len() > page && page > 0 {
                 Some(rows[page - 1].try_get("seq")?)
             } else {
                 None
             };
-            // All the page's steps in one query.
-            let ids: Vec<&str> = approvals.iter().map(|a| a.id.as_str()).collect();
-            let steps = sqlx::query(
-                "SELECT approval_id, role, approver_id, approved, comment, decided_at \
-                 FROM approval_steps WHERE tenant = $1 AND approval_id = ANY($2) \
-                 ORDER BY decided_at, step",
-            )
-            .bind(tenant)
-            .bind(&ids)
-            .fetch_all(&mut *conn)
-            .await?;
-            let mut by_id: std::collections::HashMap<String, Vec<ApprovalStep>> =
-                std::collections::HashMap::new();
-            for row in &steps {
-                by_id
-                    .entry(row.try_get("approval_id")?)
-                    .or_default()
-                    .push(step_from_row(row)?);
-            }
-            for a in &mut approvals {
-                a.steps = by_id.remove(&a.id).unwrap_or_default();
-            }
             Ok((approvals, next))
         })
         .await
@@ -819,43 +806,8 @@ impl Store for PgStore {
         E: Send + 'static,
     {
         self.timed(async {
-            // Optimistic: one read, then one statement that writes only if the approval is
-            // still at the version read. Concurrent decisions on one approval, on any
-            // replica, all read; one writes; the others read again and see its outcome.
-            loop {
-                let read = ReadReq {
-                    tenant: tenant.to_owned(),
-                    id: id.to_owned(),
-                    person_ids: person_ids.clone(),
-                };
-                let Some((current, version, people)) = self.reads.submit(read).await? else {
-                    return Ok(None);
-                };
-                let (next, out) = f(&current, &people).map_err(UpdateError::Rule)?;
-                let Some(next) = next.filter(|n| n != &current) else {
-                    return Ok(Some(Updated {
-                        approval: current,
-                        changed: false,
-                        out,
-                    }));
-                };
-                let write = WriteReq {
-                    tenant: tenant.to_owned(),
-                    id: id.to_owned(),
-                    version,
-                    next,
-                    stored_steps: current.steps.len(),
-                };
-                // The write hands `next` back only by value: keep a copy for the answer.
-                let answer = write.next.clone();
-                if self.writes.submit(write).await? {
-                    return Ok(Some(Updated {
-                        approval: answer,
-                        changed: true,
-                        out,
-                    }));
-                }
-            }
+            let mut io = Statements(self);
+            approvals::update(&mut io, &self.cache, tenant, id, &person_ids, &f).await
         })
         .await
     }
@@ -867,39 +819,49 @@ impl Store for PgStore {
     ) -> Result<Vec<(String, Approval)>, StoreError> {
         self.timed(async {
             let mut tx = self.begin().await?;
-            // SKIP LOCKED: replicas sweeping at once share the work instead of queueing.
+            // Each open approval that expired since the sweep last got there (and a margin)
+            // gets its next version, 'expired'. A decision written meanwhile, or another
+            // replica sweeping at once, took that version: the approval is skipped.
             let sql = format!(
-                "WITH expired AS (UPDATE approvals SET state = 'expired', updated_at = $1 \
-                 WHERE seq IN (SELECT seq FROM approvals WHERE state IN ('pending', 'approved') \
-                 AND expires_at <= $1 ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
-                 RETURNING *), \
-                 logged AS (INSERT INTO approval_changes (tenant, approval_id, origin, state, \
-                 required_roles, consumed_by_request, step_count, created_at) \
-                 SELECT e.tenant, e.id, $3, e.state, e.required_roles, e.consumed_by_request, \
-                 (SELECT count(*) FROM approval_steps s \
-                  WHERE s.tenant = e.tenant AND s.approval_id = e.id), $1 FROM expired e) \
-                 SELECT tenant, {APPROVAL_COLUMNS} FROM expired"
+                "WITH due AS (SELECT a.* FROM approval_current a, approval_sweep s \
+                 WHERE a.expires_at > s.swept_to - $4 AND a.expires_at <= $1 \
+                 AND a.state IN ('pending', 'approved') ORDER BY a.expires_at LIMIT $2), \
+                 expired AS (INSERT INTO approval_events (tenant, approval_id, version, origin, \
+                 state, required_roles, consumed_by_request, steps, created_at) \
+                 SELECT tenant, id, version + 1, $3, 'expired', required_roles, \
+                 consumed_by_request, steps, $1 FROM due ORDER BY tenant, id \
+                 ON CONFLICT DO NOTHING RETURNING tenant, approval_id, version, state) \
+                 SELECT d.tenant, {EXPIRED_COLUMNS} FROM due d JOIN expired e \
+                 ON e.tenant = d.tenant AND e.approval_id = d.id"
             );
             let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(now)
                 .bind(i64::from(limit))
                 .bind(&*self.origin)
+                .bind(SWEEP_MARGIN_MS)
                 .fetch_all(&mut *tx)
                 .await?;
             let mut expired = Vec::with_capacity(rows.len());
             for row in &rows {
                 let tenant: String = row.try_get("tenant")?;
-                let a = with_steps(&mut tx, &tenant, row).await?;
+                let a = approval_from_row(row)?;
+                self.cache.forget(&tenant, &a.id);
                 expired.push((tenant, a));
             }
-            // Housekeeping on the same tick: the change feed keeps a bounded history.
-            sqlx::query(
-                "DELETE FROM approval_changes WHERE seq IN (SELECT seq FROM approval_changes \
-                 WHERE created_at < $1 ORDER BY created_at LIMIT 10000)",
-            )
-            .bind(now - APPROVAL_CHANGES_RETENTION.as_millis() as i64)
-            .execute(&mut *tx)
-            .await?;
+            // A full batch may have left more behind: the next sweep goes on from the last.
+            let reached = if rows.len() < limit as usize {
+                now
+            } else {
+                expired
+                    .iter()
+                    .map(|(_, a)| a.expires_at.0)
+                    .max()
+                    .unwrap_or(0)
+            };
+            sqlx::query("UPDATE approval_sweep SET swept_to = GREATEST(swept_to, $1)")
+                .bind(reached)
+                .execute(&mut *tx)
+                .await?;
             tx.commit().await?;
             Ok(expired)
         })
@@ -954,16 +916,15 @@ impl Store for PgStore {
                 cursor.frontier = Some(xmin);
                 return Ok(Vec::new());
             };
-            // Each change as it was made: the approval's fixed fields, with the state,
-            // roles and steps it had after that change.
+            // Each change as it was made: the approval's head with that version's state.
             let rows = sqlx::query(
-                "SELECT c.seq AS change_seq, c.xid::text AS xid, c.tenant, c.state, \
-                 c.required_roles, c.consumed_by_request, c.step_count, a.seq, a.id, \
-                 a.integration_id, a.tool_name, a.arguments_json, a.arguments_sha256, \
-                 a.requester_id, a.request_id, a.created_at, a.expires_at, a.created_by_key \
-                 FROM approval_changes c JOIN approvals a \
-                 ON a.tenant = c.tenant AND a.id = c.approval_id \
-                 WHERE c.xid >= $1::text::xid8 AND c.origin <> $2 ORDER BY c.xid, c.seq",
+                "SELECT e.xid::text AS xid, e.tenant, e.version, h.seq, h.id, e.state, \
+                 h.integration_id, h.tool_name, h.arguments_json, h.arguments_sha256, \
+                 h.requester_id, h.request_id, e.required_roles, h.created_at, h.expires_at, \
+                 h.created_by_key, e.consumed_by_request, e.steps \
+                 FROM approval_events e JOIN approvals h \
+                 ON h.tenant = e.tenant AND h.id = e.approval_id \
+                 WHERE e.xid >= $1::text::xid8 AND e.origin <> $2 ORDER BY e.xid, e.version",
             )
             .bind(frontier.to_string())
             .bind(&*self.origin)
@@ -972,21 +933,20 @@ impl Store for PgStore {
             let mut seen = std::collections::HashSet::new();
             let mut out = Vec::new();
             for row in &rows {
-                let change: i64 = row.try_get("change_seq")?;
                 let xid: String = row.try_get("xid")?;
                 let xid: u64 = xid.parse().map_err(|_| corrupt("xid", &xid))?;
-                let key = (change, xid);
+                let tenant: String = row.try_get("tenant")?;
+                let a = approval_from_row(row)?;
+                let key = (tenant.clone(), a.id.clone(), row.int("version")?);
                 if xid >= xmin {
                     // Not yet below every running transaction: it is read again next time.
-                    seen.insert(key);
+                    seen.insert(key.clone());
                 }
                 if cursor.seen.contains(&key) {
                     continue;
                 }
-                let tenant: String = row.try_get("tenant")?;
-                let step_count: i32 = row.try_get("step_count")?;
-                let mut a = with_steps(&mut tx, &tenant, row).await?;
-                a.steps.truncate(step_count.max(0) as usize);
+                // Changed by another replica: what this one cached of it is behind.
+                self.cache.forget(&tenant, &a.id);
                 out.push((tenant, a));
             }
             tx.commit().await?;

@@ -1,33 +1,39 @@
 //! Approval statements for PostgreSQL, batched across concurrent callers.
 //!
-//! Every approval create, read-for-update and versioned write is one statement over
-//! arrays (`unnest`), so the statement for one caller and for forty is the same. A
-//! [`Batcher`] runs up to `concurrency` such statements at once; callers that arrive while
-//! all are busy wait in its queue, and the next free slot takes the whole queue as one
-//! statement and one commit. At low load every call runs at once, alone; under load the
-//! database sees a few multi-row statements instead of one per call, which is what a
-//! single-row INSERT cannot do.
+//! Every approval read and write is one statement over arrays (`unnest`), so the
+//! statement for one caller and for forty is the same. A [`Batcher`] runs one such
+//! statement at a time on a connection of its own; callers that arrive meanwhile wait in
+//! its queue, and the next statement takes the whole queue. At low load every call runs at
+//! once, alone; under load the database sees one multi-row statement and one commit (one
+//! WAL flush) for every caller waiting, which is what single-row INSERTs cannot do.
 //!
 //! A batch is one statement, so it applies entirely or not at all. If it fails, each of
 //! its requests is run again alone, so one request that the database refuses fails alone.
+//! A statement that does not answer within the query timeout fails its batch, and its
+//! connection is closed and replaced.
 
+use super::StoreError;
+use super::approvals::{ForUpdate, Write, steps_to_json};
 use super::rows::{
     APPROVAL_COLUMNS, Cols, approval_from_row, corrupt, people_from_json, roles_to_text,
-    steps_from_json,
 };
-use super::{People, StoreError};
-use crate::policy::{Approval, ApprovalStep, UnixMillis};
+use crate::policy::{Approval, UnixMillis};
 use sqlx::Row;
-use sqlx::postgres::{PgPool, PgRow};
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgConnection, PgPool, Postgres};
 use std::collections::HashSet;
 use std::sync::Arc;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
 
 type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
 /// One statement for a slice of requests: one answer per request, in order.
-pub(super) type RunFn<Req, Resp> =
-    for<'a> fn(&'a PgPool, &'a str, &'a [Req]) -> BoxFuture<'a, Result<Vec<Resp>, StoreError>>;
+pub(super) type RunFn<Req, Resp> = for<'a> fn(
+    &'a mut PgConnection,
+    &'a str,
+    &'a [Req],
+) -> BoxFuture<'a, Result<Vec<Resp>, StoreError>>;
 
 /// Most requests in one statement.
 const MAX_BATCH: usize = 64;
@@ -53,20 +59,38 @@ impl<Req, Resp> std::fmt::Debug for Batcher<Req, Resp> {
     }
 }
 
-impl<Req: Send + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
+/// What a batcher runs on, and how long a statement may take.
+struct Runner<Req, Resp> {
+    pool: PgPool,
+    origin: Arc<str>,
+    timeout: Duration,
+    run: RunFn<Req, Resp>,
+    /// Kept between batches, so a batch is one round trip (a connection taken from the
+    /// pool is pinged first); dropped after any failure and taken afresh.
+    conn: Option<PoolConnection<Postgres>>,
+}
+
+impl<Req: Send + Sync + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
     /// Starts the batcher's task; it ends when the last handle is dropped.
     pub(super) fn start(
         pool: PgPool,
         origin: Arc<str>,
-        concurrency: usize,
+        timeout: Duration,
         run: RunFn<Req, Resp>,
     ) -> Self {
         let (queue, jobs) = mpsc::channel(8 * MAX_BATCH);
-        tokio::spawn(collect(pool, origin, concurrency.max(1), run, jobs));
+        let runner = Runner {
+            pool,
+            origin,
+            timeout,
+            run,
+            conn: None,
+        };
+        tokio::spawn(collect(runner, jobs));
         Batcher { queue }
     }
 
-    /// Runs `req` in the next batch with a free slot.
+    /// Runs `req` in the next batch.
     pub(super) async fn submit(&self, req: Req) -> Result<Resp, StoreError> {
         let (tx, rx) = oneshot::channel();
         self.queue
@@ -79,23 +103,44 @@ impl<Req: Send + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
     }
 }
 
-async fn collect<Req: Send + 'static, Resp: Send + 'static>(
-    pool: PgPool,
-    origin: Arc<str>,
-    concurrency: usize,
-    run: RunFn<Req, Resp>,
+impl<Req, Resp> Runner<Req, Resp> {
+    /// One statement for `reqs` on the kept connection, within the timeout.
+    async fn run(&mut self, reqs: &[Req]) -> Result<Vec<Resp>, StoreError> {
+        use futures_util::FutureExt;
+        let conn = match &mut self.conn {
+            Some(conn) => conn,
+            None => {
+                let fresh = tokio::time::timeout(self.timeout, self.pool.acquire())
+                    .await
+                    .map_err(|_| StoreError::Timeout(self.timeout))??;
+                self.conn.insert(fresh)
+            }
+        };
+        let statement = std::panic::AssertUnwindSafe((self.run)(conn, &self.origin, reqs));
+        let outcome = match tokio::time::timeout(self.timeout, statement.catch_unwind()).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(StoreError::NotCommitted(
+                "the approval statement panicked".into(),
+            )),
+            Err(_) => Err(StoreError::Timeout(self.timeout)),
+        };
+        if outcome.is_err() {
+            // It may be broken, or still busy with the abandoned statement.
+            if let Some(mut conn) = self.conn.take() {
+                conn.close_on_drop();
+            }
+        }
+        outcome
+    }
+}
+
+async fn collect<Req: Send + Sync + 'static, Resp: Send + 'static>(
+    mut runner: Runner<Req, Resp>,
     mut jobs: mpsc::Receiver<Queued<Req, Resp>>,
 ) {
-    let slots = Arc::new(Semaphore::new(concurrency));
-    loop {
-        // A slot first, then the queue: while every slot is busy, callers queue up and
-        // the next slot takes them all.
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let Some(first) = jobs.recv().await else {
-            return;
-        };
+    // One statement at a time: while it runs, callers queue up and the next one takes
+    // them all.
+    while let Some(first) = jobs.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match jobs.try_recv() {
@@ -103,139 +148,47 @@ async fn collect<Req: Send + 'static, Resp: Send + 'static>(
                 Err(_) => break,
             }
         }
-        let pool = pool.clone();
-        let origin = origin.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            let (reqs, replies): (Vec<Req>, Vec<_>) = batch.into_iter().unzip();
-            match run(&pool, &origin, &reqs).await {
-                Ok(answers) => {
-                    debug_assert_eq!(answers.len(), reqs.len());
-                    for (reply, answer) in replies.into_iter().zip(answers) {
-                        let _ = reply.send(Ok(answer));
-                    }
-                }
-                Err(e) if reqs.len() == 1 => {
-                    let _ = replies.into_iter().next().map(|r| r.send(Err(e)));
-                }
-                Err(e) => {
-                    // Nothing of the batch was written (one statement): run each alone, so
-                    // that whatever the database refused fails alone.
-                    tracing::debug!(error = %e, requests = reqs.len(), "approval batch failed; running each alone");
-                    for (i, reply) in replies.into_iter().enumerate() {
-                        let answer = run(&pool, &origin, &reqs[i..=i]).await.and_then(|mut one| {
-                            one.pop().ok_or_else(|| {
-                                StoreError::Corrupt("a batch of one gave no answer".into())
-                            })
-                        });
-                        let _ = reply.send(answer);
-                    }
+        let (reqs, replies): (Vec<Req>, Vec<_>) = batch.into_iter().unzip();
+        match runner.run(&reqs).await {
+            Ok(answers) => {
+                debug_assert_eq!(answers.len(), reqs.len());
+                for (reply, answer) in replies.into_iter().zip(answers) {
+                    let _ = reply.send(Ok(answer));
                 }
             }
-        });
+            Err(e) if reqs.len() == 1 => {
+                let _ = replies.into_iter().next().map(|r| r.send(Err(e)));
+            }
+            Err(e) => {
+                // Nothing of the batch was written (one statement): run each alone, so
+                // that whatever the database refused fails alone.
+                tracing::debug!(error = %e, requests = reqs.len(), "approval batch failed; running each alone");
+                for (i, reply) in replies.into_iter().enumerate() {
+                    let answer = runner.run(&reqs[i..=i]).await.and_then(|mut one| {
+                        one.pop().ok_or_else(|| {
+                            StoreError::Corrupt("a batch of one gave no answer".into())
+                        })
+                    });
+                    let _ = reply.send(answer);
+                }
+            }
+        }
     }
 }
 
-/// Creates an approval; `None` when its request id already made one (read that instead).
-pub(super) struct CreateReq {
-    pub tenant: String,
-    pub approval: Approval,
-}
-
-pub(super) fn run_creates<'a>(
-    pool: &'a PgPool,
-    origin: &'a str,
-    reqs: &'a [CreateReq],
-) -> BoxFuture<'a, Result<Vec<Option<Approval>>, StoreError>> {
-    Box::pin(async move {
-        // A second create with the same request id in one batch waits for the next
-        // statement: it then finds the first one's approval.
-        let mut seen = HashSet::new();
-        let fresh: Vec<&CreateReq> = reqs
-            .iter()
-            .filter(|r| seen.insert((r.tenant.as_str(), r.approval.request_id.as_str())))
-            .collect();
-        let col = |f: fn(&CreateReq) -> &str| fresh.iter().map(|r| f(r)).collect::<Vec<_>>();
-        let roles: Vec<String> = fresh
-            .iter()
-            .map(|r| roles_to_text(&r.approval.required_roles))
-            .collect();
-        // One statement: the approvals and their first changes (a new approval has no
-        // steps to read back).
-        let sql = format!(
-            "WITH c AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], \
-             $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], \
-             $11::bigint[], $12::bigint[], $13::text[]) WITH ORDINALITY AS c(c_tenant, c_id, \
-             c_state, c_integration, c_tool, c_arguments, c_sha256, c_requester, c_request, \
-             c_roles, c_created, c_expires, c_key, c_n)), \
-             created AS (INSERT INTO approvals (tenant, id, state, integration_id, tool_name, \
-             arguments_json, arguments_sha256, requester_id, request_id, required_roles, \
-             created_at, expires_at, created_by_key, consumed_by_request, updated_at) \
-             SELECT c_tenant, c_id, c_state, c_integration, c_tool, c_arguments, c_sha256, \
-             c_requester, c_request, c_roles, c_created, c_expires, c_key, NULL, c_created \
-             FROM c ORDER BY c_n \
-             ON CONFLICT (tenant, request_id) DO NOTHING RETURNING *), \
-             logged AS (INSERT INTO approval_changes (tenant, approval_id, origin, state, \
-             required_roles, consumed_by_request, step_count, created_at) \
-             SELECT tenant, id, $14::text, state, required_roles, NULL, 0, created_at \
-             FROM created) \
-             SELECT tenant, {APPROVAL_COLUMNS} FROM created"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(col(|r| &r.tenant))
-            .bind(col(|r| &r.approval.id))
-            .bind(col(|r| r.approval.state.as_str()))
-            .bind(col(|r| &r.approval.integration_id))
-            .bind(col(|r| &r.approval.tool_name))
-            .bind(col(|r| &r.approval.arguments_json))
-            .bind(col(|r| &r.approval.arguments_sha256))
-            .bind(col(|r| &r.approval.requester_id))
-            .bind(col(|r| &r.approval.request_id))
-            .bind(&roles)
-            .bind(
-                fresh
-                    .iter()
-                    .map(|r| r.approval.created_at.0)
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                fresh
-                    .iter()
-                    .map(|r| r.approval.expires_at.0)
-                    .collect::<Vec<_>>(),
-            )
-            .bind(col(|r| &r.approval.created_by_key))
-            .bind(origin)
-            .fetch_all(pool)
-            .await?;
-        let mut created = std::collections::HashMap::with_capacity(rows.len());
-        for row in &rows {
-            let tenant: String = row.try_get("tenant")?;
-            let approval = approval_from_row(row)?;
-            created.insert((tenant, approval.id.clone()), approval);
-        }
-        Ok(reqs
-            .iter()
-            .map(|r| created.remove(&(r.tenant.clone(), r.approval.id.clone())))
-            .collect())
-    })
-}
-
-/// Reads an approval with its steps and version, and the people named (and its
-/// requester); `None` when there is no such approval.
+/// Reads an approval with its version, and the people named (and its requester) with
+/// theirs; `None` when there is no such approval.
 pub(super) struct ReadReq {
     pub tenant: String,
     pub id: String,
     pub person_ids: Vec<String>,
 }
 
-pub(super) type ForUpdate = Option<(Approval, i64, People)>;
-
 pub(super) fn run_reads<'a>(
-    pool: &'a PgPool,
+    conn: &'a mut PgConnection,
     _origin: &'a str,
     reqs: &'a [ReadReq],
-) -> BoxFuture<'a, Result<Vec<ForUpdate>, StoreError>> {
+) -> BoxFuture<'a, Result<Vec<Option<ForUpdate>>, StoreError>> {
     Box::pin(async move {
         let people_json = reqs
             .iter()
@@ -243,30 +196,30 @@ pub(super) fn run_reads<'a>(
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| corrupt("person ids", &e.to_string()))?;
         let sql = format!(
-            "SELECT r.q_n, {APPROVAL_COLUMNS}, a.version, \
-             (SELECT coalesce(json_agg(json_build_object('role', s.role, 'approver_id', \
-              s.approver_id, 'approved', s.approved, 'comment', s.comment, 'decided_at', \
-              s.decided_at) ORDER BY s.decided_at, s.step), '[]')::text \
-              FROM approval_steps s WHERE s.tenant = a.tenant AND s.approval_id = a.id) AS steps, \
+            "SELECT r.q_n, {APPROVAL_COLUMNS}, \
              (SELECT coalesce(json_agg(json_build_object('id', p.id, 'display_name', \
               p.display_name, 'email', p.email, 'manager_id', p.manager_id, 'technician', \
-              p.technician)), '[]')::text FROM people p \
+              p.technician, 'version', p.version)), '[]')::text FROM people p \
               WHERE p.tenant = a.tenant AND (p.id = a.requester_id OR p.id IN \
               (SELECT json_array_elements_text(r.q_people::json)))) AS people \
              FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY \
               AS r(q_tenant, q_id, q_people, q_n) \
-             JOIN approvals a ON a.tenant = r.q_tenant AND a.id = r.q_id"
+             JOIN approval_current a ON a.tenant = r.q_tenant AND a.id = r.q_id"
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(reqs.iter().map(|r| r.tenant.as_str()).collect::<Vec<_>>())
             .bind(reqs.iter().map(|r| r.id.as_str()).collect::<Vec<_>>())
             .bind(&people_json)
-            .fetch_all(pool)
+            .fetch_all(&mut *conn)
             .await?;
-        let mut answers: Vec<ForUpdate> = reqs.iter().map(|_| None).collect();
+        let mut answers: Vec<Option<ForUpdate>> = reqs.iter().map(|_| None).collect();
         for row in &rows {
             let n: i64 = row.try_get("q_n")?;
-            *answer_for(&mut answers, n)? = Some(for_update_from_row(row)?);
+            *answer_for(&mut answers, n)? = Some(ForUpdate {
+                approval: approval_from_row(row)?,
+                version: row.int("version")?,
+                people: people_from_json(&row.text("people")?)?,
+            });
         }
         Ok(answers)
     })
@@ -280,129 +233,166 @@ fn answer_for<T>(answers: &mut [T], n: i64) -> Result<&mut T, StoreError> {
         .ok_or_else(|| StoreError::Corrupt(format!("batch row {n} out of range")))
 }
 
-fn for_update_from_row(row: &PgRow) -> Result<(Approval, i64, People), StoreError> {
-    let mut approval = approval_from_row(row)?;
-    approval.steps = steps_from_json(&row.text("steps")?)?;
-    let people = people_from_json(&row.text("people")?)?;
-    Ok((approval, row.int("version")?, people))
+/// An approval write: a new approval (its head and its version 0, pending, which other
+/// replicas read), or an approval's next version. Both kinds share one statement and one
+/// commit, so a batch costs one WAL flush whatever it holds.
+pub(super) enum Change {
+    /// `false` when its request id already made one (read that instead).
+    Create { tenant: String, approval: Approval },
+    /// Appended only if the approval is at the version before it (and its own is still
+    /// free: the primary key) and the people its decision read are unchanged; `false`
+    /// for one that is not (read it again).
+    Append(Write),
 }
 
-/// Writes an approval's new state (its new steps, and the change for other replicas) if
-/// it is still at `version`; `false` if it changed since it was read (read it again).
-pub(super) struct WriteReq {
-    pub tenant: String,
-    pub id: String,
-    pub version: i64,
-    pub next: Approval,
-    /// How many of `next.steps` were already stored.
-    pub stored_steps: usize,
-}
-
-pub(super) fn run_writes<'a>(
-    pool: &'a PgPool,
+pub(super) fn run_changes<'a>(
+    conn: &'a mut PgConnection,
     origin: &'a str,
-    reqs: &'a [WriteReq],
+    reqs: &'a [Change],
 ) -> BoxFuture<'a, Result<Vec<bool>, StoreError>> {
     Box::pin(async move {
-        // One write per approval per statement (an UPDATE changes a row once): a second
-        // write to the same approval in this batch answers "changed", and its caller reads
-        // again and sees the first one's outcome.
-        let mut seen = HashSet::new();
-        let take: Vec<bool> = reqs
-            .iter()
-            .map(|r| seen.insert((r.tenant.as_str(), r.id.as_str())))
-            .collect();
-        let writes: Vec<(usize, &WriteReq)> =
-            reqs.iter().enumerate().filter(|(i, _)| take[*i]).collect();
-        let mut step_of = Vec::new();
-        let mut steps: Vec<&ApprovalStep> = Vec::new();
-        for (i, w) in &writes {
-            let new = &w.next.steps[w.stored_steps.min(w.next.steps.len())..];
-            step_of.extend(std::iter::repeat_n(*i as i64 + 1, new.len()));
-            steps.extend(new);
+        // A second create with the same request id in one batch waits for the next
+        // statement: it then finds the first one's approval. Of two writes to the same
+        // approval only the first is sent; the second answers "changed", and its caller
+        // reads again and sees the first one's outcome.
+        let (mut requests, mut approvals) = (HashSet::new(), HashSet::new());
+        let mut creates: Vec<(&str, &Approval)> = Vec::new();
+        let mut writes: Vec<&Write> = Vec::new();
+        for r in reqs {
+            match r {
+                Change::Create { tenant, approval } => {
+                    if requests.insert((tenant.as_str(), approval.request_id.as_str())) {
+                        creates.push((tenant, approval));
+                    }
+                }
+                Change::Append(w) => {
+                    if approvals.insert((w.tenant.as_str(), w.id.as_str())) {
+                        writes.push(w);
+                    }
+                }
+            }
         }
-        let now = UnixMillis::now().0;
-        let ords: Vec<i64> = writes.iter().map(|(i, _)| *i as i64 + 1).collect();
-        let written: Vec<i64> = sqlx::query_scalar(
-            "WITH w AS (SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], \
-             $4::bigint[], $5::text[], $6::text[], $7::text[], $8::int[]) \
-             AS w(w_n, w_tenant, w_id, w_version, w_state, w_roles, w_consumed, w_step_count)), \
-             updated AS (UPDATE approvals a SET state = w.w_state, required_roles = w.w_roles, \
-             consumed_by_request = w.w_consumed, updated_at = $9::bigint, version = a.version + 1 \
-             FROM w WHERE a.tenant = w.w_tenant AND a.id = w.w_id AND a.version = w.w_version \
-             RETURNING w.w_n, a.tenant, a.id, w.w_state, w.w_roles, w.w_consumed, \
-             w.w_step_count), \
-             logged AS (INSERT INTO approval_changes (tenant, approval_id, origin, state, \
-             required_roles, consumed_by_request, step_count, created_at) \
-             SELECT tenant, id, $10::text, w_state, w_roles, w_consumed, w_step_count, \
-             $9::bigint FROM updated), \
-             stepped AS (INSERT INTO approval_steps \
-             (tenant, approval_id, role, approver_id, approved, comment, decided_at) \
-             SELECT u.tenant, u.id, s.role, s.approver_id, s.approved, s.comment, s.decided_at \
-             FROM unnest($11::bigint[], $12::text[], $13::text[], $14::bool[], $15::text[], \
-             $16::bigint[]) WITH ORDINALITY \
-             AS s(s_n, role, approver_id, approved, comment, decided_at, s_order) \
-             JOIN updated u ON u.w_n = s.s_n ORDER BY s.s_order) \
-             SELECT w_n FROM updated",
+        // Every batch takes its index entries in the same order, so batches of two
+        // replicas rarely wait on each other in a cycle (and if they do, the database
+        // ends one, and its requests are run again one by one).
+        creates.sort_by(|a, b| (a.0, &a.1.request_id).cmp(&(b.0, &b.1.request_id)));
+        writes.sort_by(|a, b| (&a.tenant, &a.id).cmp(&(&b.tenant, &b.id)));
+        let create_col =
+            |f: fn(&Approval) -> &str| creates.iter().map(|(_, a)| f(a)).collect::<Vec<_>>();
+        let write_col = |f: fn(&Write) -> &str| writes.iter().map(|w| f(w)).collect::<Vec<_>>();
+        let rows = sqlx::query(
+            "WITH c AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], \
+             $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[], \
+             $11::bigint[], $12::text[]) WITH ORDINALITY AS c(c_tenant, c_id, c_integration, \
+             c_tool, c_arguments, c_sha256, c_requester, c_request, c_roles, c_created, \
+             c_expires, c_key, c_n)), \
+             created AS (INSERT INTO approvals (tenant, id, integration_id, tool_name, \
+             arguments_json, arguments_sha256, requester_id, request_id, required_roles, \
+             created_at, expires_at, created_by_key) \
+             SELECT c_tenant, c_id, c_integration, c_tool, c_arguments, c_sha256, c_requester, \
+             c_request, c_roles, c_created, c_expires, c_key FROM c ORDER BY c_n \
+             ON CONFLICT (tenant, request_id) DO NOTHING \
+             RETURNING tenant, id, required_roles, created_at), \
+             first AS (INSERT INTO approval_events (tenant, approval_id, version, origin, state, \
+             required_roles, consumed_by_request, steps, created_at) \
+             SELECT tenant, id, 0, $13::text, 'pending', required_roles, NULL, '[]', created_at \
+             FROM created), \
+             w AS (SELECT * FROM unnest($14::text[], $15::text[], $16::bigint[], $17::text[], \
+             $18::text[], $19::text[], $20::text[], $21::text[], $22::text[]) WITH ORDINALITY \
+             AS w(w_tenant, w_id, w_version, w_state, w_roles, w_consumed, w_steps, w_people, \
+             w_expect, w_n)), \
+             written AS (INSERT INTO approval_events (tenant, approval_id, version, origin, \
+             state, required_roles, consumed_by_request, steps, created_at) \
+             SELECT w_tenant, w_id, w_version, $13::text, w_state, w_roles, w_consumed, \
+             w_steps, $23::bigint FROM w \
+             WHERE EXISTS (SELECT 1 FROM approval_events x WHERE x.tenant = w.w_tenant \
+              AND x.approval_id = w.w_id AND x.version = w.w_version - 1) \
+             AND (SELECT coalesce(string_agg(p.id || ' ' || p.version, ' ' \
+              ORDER BY p.id COLLATE \"C\"), '') FROM people p WHERE p.tenant = w.w_tenant \
+              AND p.id IN (SELECT json_array_elements_text(w.w_people::json))) = w.w_expect \
+             ORDER BY w_n \
+             ON CONFLICT DO NOTHING RETURNING tenant, approval_id) \
+             SELECT TRUE AS create, tenant, id FROM created \
+             UNION ALL SELECT FALSE, tenant, approval_id FROM written",
         )
-        .bind(&ords)
+        .bind(creates.iter().map(|(t, _)| *t).collect::<Vec<_>>())
+        .bind(create_col(|a| &a.id))
+        .bind(create_col(|a| &a.integration_id))
+        .bind(create_col(|a| &a.tool_name))
+        .bind(create_col(|a| &a.arguments_json))
+        .bind(create_col(|a| &a.arguments_sha256))
+        .bind(create_col(|a| &a.requester_id))
+        .bind(create_col(|a| &a.request_id))
         .bind(
-            writes
+            creates
                 .iter()
-                .map(|(_, w)| w.tenant.as_str())
+                .map(|(_, a)| roles_to_text(&a.required_roles))
                 .collect::<Vec<_>>(),
         )
         .bind(
-            writes
+            creates
                 .iter()
-                .map(|(_, w)| w.id.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(writes.iter().map(|(_, w)| w.version).collect::<Vec<_>>())
-        .bind(
-            writes
-                .iter()
-                .map(|(_, w)| w.next.state.as_str())
+                .map(|(_, a)| a.created_at.0)
                 .collect::<Vec<_>>(),
         )
         .bind(
-            writes
+            creates
                 .iter()
-                .map(|(_, w)| roles_to_text(&w.next.required_roles))
+                .map(|(_, a)| a.expires_at.0)
                 .collect::<Vec<_>>(),
         )
-        .bind(
-            writes
-                .iter()
-                .map(|(_, w)| w.next.consumed_by_request.as_deref())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            writes
-                .iter()
-                .map(|(_, w)| w.next.steps.len() as i32)
-                .collect::<Vec<_>>(),
-        )
-        .bind(now)
+        .bind(create_col(|a| &a.created_by_key))
         .bind(origin)
-        .bind(&step_of)
-        .bind(steps.iter().map(|s| s.role.as_str()).collect::<Vec<_>>())
+        .bind(write_col(|w| &w.tenant))
+        .bind(write_col(|w| &w.id))
+        .bind(writes.iter().map(|w| w.version).collect::<Vec<_>>())
+        .bind(write_col(|w| w.next.state.as_str()))
         .bind(
-            steps
+            writes
                 .iter()
-                .map(|s| s.approver_id.as_str())
+                .map(|w| roles_to_text(&w.next.required_roles))
                 .collect::<Vec<_>>(),
         )
-        .bind(steps.iter().map(|s| s.approved).collect::<Vec<_>>())
-        .bind(steps.iter().map(|s| s.comment.as_str()).collect::<Vec<_>>())
-        .bind(steps.iter().map(|s| s.decided_at.0).collect::<Vec<_>>())
-        .fetch_all(pool)
+        .bind(
+            writes
+                .iter()
+                .map(|w| w.next.consumed_by_request.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            writes
+                .iter()
+                .map(|w| steps_to_json(&w.next.steps))
+                .collect::<Vec<_>>(),
+        )
+        .bind(write_col(|w| &w.people.ids_json))
+        .bind(write_col(|w| &w.people.expect))
+        .bind(UnixMillis::now().0)
+        .fetch_all(&mut *conn)
         .await?;
-        let mut answers = vec![false; reqs.len()];
-        for n in written {
-            *answer_for(&mut answers, n)? = true;
+        let (mut created, mut written) = (HashSet::new(), HashSet::new());
+        for row in &rows {
+            let key = (row.text("tenant")?, row.text("id")?);
+            if row.flag("create")? {
+                created.insert(key);
+            } else {
+                written.insert(key);
+            }
         }
-        Ok(answers)
+        // Only the first of two writes to one approval was sent.
+        let mut answered = HashSet::new();
+        Ok(reqs
+            .iter()
+            .map(|r| match r {
+                Change::Create { tenant, approval } => {
+                    created.contains(&(tenant.clone(), approval.id.clone()))
+                }
+                Change::Append(w) => {
+                    let key = (w.tenant.clone(), w.id.clone());
+                    written.contains(&key) && answered.insert(key)
+                }
+            })
+            .collect())
     })
 }
 
@@ -411,7 +401,7 @@ pub(super) fn run_writes<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::{ApprovalState, ApproverRole};
+    use crate::policy::{ApprovalState, ApprovalStep, ApproverRole};
     use crate::store::pg::{PgSettings, PgStore};
     use sqlx::{Connection, Executor, PgConnection};
     use std::future::Future;
@@ -476,6 +466,10 @@ mod tests {
             .expect("DROP DATABASE");
         }
 
+        async fn conn(&self) -> PoolConnection<Postgres> {
+            self.pool.acquire().await.expect("connection")
+        }
+
         async fn count(&self, sql: &'static str) -> i64 {
             sqlx::query_scalar(sql)
                 .fetch_one(&self.pool)
@@ -503,11 +497,24 @@ mod tests {
         }
     }
 
-    fn create(a: Approval) -> CreateReq {
-        CreateReq {
+    fn create(a: Approval) -> Change {
+        Change::Create {
             tenant: "t".into(),
             approval: a,
         }
+    }
+
+    fn write(current: &ForUpdate, next: Approval, asked: &[&str], expect: &str) -> Change {
+        Change::Append(Write {
+            tenant: "t".into(),
+            id: current.approval.id.clone(),
+            version: current.version + 1,
+            next,
+            people: crate::store::approvals::PeopleSeen {
+                ids_json: serde_json::to_string(asked).expect("ids"),
+                expect: expect.into(),
+            },
+        })
     }
 
     /// `current` with one more step, in state `state`.
@@ -539,38 +546,49 @@ mod tests {
     #[tokio::test]
     async fn a_batch_the_database_refuses_is_run_again_one_by_one_so_only_the_bad_request_fails() {
         let db = Db::create().await;
-        let batcher = Batcher::start(db.pool.clone(), ORIGIN.into(), 1, run_creates);
+        let batcher = Batcher::start(
+            db.pool.clone(),
+            ORIGIN.into(),
+            Duration::from_secs(5),
+            run_changes,
+        );
         let mut bad = approval("apr_bad", "req_bad");
         // PostgreSQL refuses NUL in text: the whole multi-row INSERT fails.
         bad.arguments_json = "{\"a\":\"\0\"}".into();
-        let good1 = std::pin::pin!(batcher.submit(create(approval("apr_1", "req_1"))));
-        let bad = std::pin::pin!(batcher.submit(create(bad)));
-        let good2 = std::pin::pin!(batcher.submit(create(approval("apr_2", "req_2"))));
-        let (mut good1, mut bad, mut good2) = (good1, bad, good2);
-        // All three are queued before the batcher's task runs (this runtime has one
-        // thread and nothing yields in between): they go to the database as one statement.
-        poll_once(good1.as_mut()).await;
-        poll_once(bad.as_mut()).await;
-        poll_once(good2.as_mut()).await;
-        let good1 = good1.await.expect("the first good create");
-        let bad = bad.await;
-        let good2 = good2.await.expect("the second good create");
-        assert_eq!(good1.map(|a| a.id), Some("apr_1".to_string()));
-        assert_eq!(good2.map(|a| a.id), Some("apr_2".to_string()));
-        assert!(
-            matches!(bad, Err(StoreError::Database(_))),
-            "the bad request fails: {bad:?}"
-        );
+        {
+            let good1 = std::pin::pin!(batcher.submit(create(approval("apr_1", "req_1"))));
+            let bad = std::pin::pin!(batcher.submit(create(bad)));
+            let good2 = std::pin::pin!(batcher.submit(create(approval("apr_2", "req_2"))));
+            let (mut good1, mut bad, mut good2) = (good1, bad, good2);
+            // All three are queued before the batcher's task runs (this runtime has one
+            // thread and nothing yields in between): they go to the database as one statement.
+            poll_once(good1.as_mut()).await;
+            poll_once(bad.as_mut()).await;
+            poll_once(good2.as_mut()).await;
+            assert!(good1.await.expect("the first good create"));
+            let bad = bad.await;
+            assert!(good2.await.expect("the second good create"));
+            assert!(
+                matches!(bad, Err(StoreError::Database(_))),
+                "the bad request fails: {bad:?}"
+            );
+        }
         assert_eq!(db.count("SELECT count(*) FROM approvals").await, 2);
-        assert_eq!(db.count("SELECT count(*) FROM approval_changes").await, 2);
+        assert_eq!(
+            db.count("SELECT count(*) FROM approval_events WHERE version = 0")
+                .await,
+            2
+        );
+        // Its task, and the connection it keeps, end with the last handle.
+        drop(batcher);
         db.drop_now().await;
     }
 
     #[tokio::test]
     async fn creates_in_one_statement_make_one_approval_per_request_id() {
         let db = Db::create().await;
-        let made = run_creates(
-            &db.pool,
+        let made = run_changes(
+            &mut *db.conn().await,
             ORIGIN,
             &[
                 create(approval("apr_a", "req_same")),
@@ -580,38 +598,53 @@ mod tests {
         )
         .await
         .expect("creates");
-        let ids: Vec<Option<String>> = made.into_iter().map(|a| a.map(|a| a.id)).collect();
         assert_eq!(
-            ids,
-            [Some("apr_a".into()), Some("apr_b".into()), None],
+            made,
+            [true, true, false],
             "the second create with req_same finds the first one's approval"
         );
-        // Again, in a later statement: the request id already made one.
-        let again = run_creates(&db.pool, ORIGIN, &[create(approval("apr_d", "req_other"))])
-            .await
-            .expect("create again");
-        assert!(again[0].is_none());
+        // Again, in a later statement: the request id already made one. A new version
+        // of another approval shares the statement.
+        let a = ForUpdate {
+            approval: approval("apr_a", "req_same"),
+            version: 0,
+            people: Vec::new(),
+        };
+        let approved = decided(&a.approval, ApprovalState::Approved, "tom");
+        let again = run_changes(
+            &mut *db.conn().await,
+            ORIGIN,
+            &[
+                create(approval("apr_d", "req_other")),
+                write(&a, approved, &["alice"], ""),
+            ],
+        )
+        .await
+        .expect("create again, and write");
+        assert_eq!(again, [false, true]);
         assert_eq!(db.count("SELECT count(*) FROM approvals").await, 2);
+        assert_eq!(db.count("SELECT count(*) FROM approval_events").await, 3);
         db.drop_now().await;
     }
 
     #[tokio::test]
     async fn reads_and_writes_in_one_statement_answer_each_request_and_write_each_approval_once() {
         let db = Db::create().await;
-        run_creates(
-            &db.pool,
+        run_changes(
+            &mut *db.conn().await,
             ORIGIN,
             &[
                 create(approval("apr_a", "req_a")),
                 create(approval("apr_b", "req_b")),
+                create(approval("apr_c", "req_c")),
             ],
         )
         .await
         .expect("creates");
         sqlx::query(
             "INSERT INTO people (tenant, id, display_name, email, manager_id, technician, \
-             updated_at) VALUES ('t', 'alice', 'Alice', 'a@x', 'mo', FALSE, 0), \
-             ('t', 'tom', 'Tom', 't@x', '', TRUE, 0)",
+             updated_at, version) VALUES ('t', 'alice', 'Alice', 'a@x', 'mo', FALSE, 0, 0), \
+             ('t', 'tom', 'Tom', 't@x', '', TRUE, 0, 4)",
         )
         .execute(&db.pool)
         .await
@@ -623,77 +656,97 @@ mod tests {
             person_ids: people.iter().map(|p| p.to_string()).collect(),
         };
         let reads = run_reads(
-            &db.pool,
+            &mut *db.conn().await,
             ORIGIN,
             &[
                 read("apr_a", &["tom"]),
                 read("apr_none", &[]),
                 read("apr_b", &[]),
+                read("apr_c", &["tom"]),
             ],
         )
         .await
         .expect("reads");
-        let [
-            Some((a, a_version, a_people)),
-            None,
-            Some((b, b_version, b_people)),
-        ] = <[ForUpdate; 3]>::try_from(reads).expect("three answers")
+        let [Some(a), None, Some(b), Some(c)] =
+            <[Option<ForUpdate>; 4]>::try_from(reads).expect("four answers")
         else {
             panic!("each read answers its own request");
         };
-        assert_eq!((a.id.as_str(), b.id.as_str()), ("apr_a", "apr_b"));
-        assert_eq!((a_version, b_version), (0, 0));
-        let mut named: Vec<&String> = a_people.keys().collect();
+        assert_eq!(
+            (a.approval.id.as_str(), b.approval.id.as_str()),
+            ("apr_a", "apr_b")
+        );
+        assert_eq!((a.version, b.version), (0, 0));
+        let mut named: Vec<(&str, i64)> =
+            a.people.iter().map(|(p, v)| (p.id.as_str(), *v)).collect();
         named.sort();
         assert_eq!(
             named,
-            ["alice", "tom"],
-            "the person asked for and the requester"
+            [("alice", 0), ("tom", 4)],
+            "the person asked for and the requester, with their versions"
         );
-        assert_eq!(b_people.keys().collect::<Vec<_>>(), ["alice"]);
+        assert_eq!(b.people.len(), 1);
 
-        let write = |current: &Approval, version: i64, next: Approval| WriteReq {
-            tenant: "t".into(),
-            id: current.id.clone(),
-            version,
-            next,
-            stored_steps: current.steps.len(),
-        };
-        let written = run_writes(
-            &db.pool,
+        let approved = |r: &ForUpdate| decided(&r.approval, ApprovalState::Approved, "tom");
+        let mut stale = write(&b, approved(&b), &["alice"], "alice 0");
+        if let Change::Append(w) = &mut stale {
+            w.version = 8;
+        }
+        let written = run_changes(
+            &mut *db.conn().await,
             ORIGIN,
             &[
-                write(&a, 0, decided(&a, ApprovalState::Approved, "tom")),
+                write(&a, approved(&a), &["alice", "tom"], "alice 0 tom 4"),
                 // The same approval again in the same statement: refused, read again.
-                write(&a, 0, decided(&a, ApprovalState::Denied, "tina")),
-                // A version that is no longer current: refused.
-                write(&b, 7, decided(&b, ApprovalState::Approved, "tom")),
+                write(
+                    &a,
+                    decided(&a.approval, ApprovalState::Denied, "tina"),
+                    &["alice"],
+                    "alice 0",
+                ),
+                // A version that does not follow the current one: refused.
+                stale,
+                // People that changed since they were read: refused.
+                write(&c, approved(&c), &["alice", "tom"], "alice 0 tom 3"),
             ],
         )
         .await
         .expect("writes");
-        assert_eq!(written, [true, false, false]);
+        assert_eq!(written, [true, false, false, false]);
+        // The version is taken now: the same write again is refused.
+        let again = run_changes(
+            &mut *db.conn().await,
+            ORIGIN,
+            &[write(&a, approved(&a), &["alice", "tom"], "alice 0 tom 4")],
+        )
+        .await
+        .expect("write again");
+        assert_eq!(again, [false]);
 
-        let after = run_reads(&db.pool, ORIGIN, &[read("apr_a", &[]), read("apr_b", &[])])
-            .await
-            .expect("read back");
-        let (a, a_version, _) = after[0].clone().expect("apr_a");
-        let (b, b_version, _) = after[1].clone().expect("apr_b");
-        assert_eq!((a.state, a_version), (ApprovalState::Approved, 1));
+        let after = run_reads(
+            &mut *db.conn().await,
+            ORIGIN,
+            &[read("apr_a", &[]), read("apr_b", &[]), read("apr_c", &[])],
+        )
+        .await
+        .expect("read back");
+        let a = after[0].clone().expect("apr_a");
+        assert_eq!((a.approval.state, a.version), (ApprovalState::Approved, 1));
         assert_eq!(
-            a.steps
+            a.approval
+                .steps
                 .iter()
                 .map(|s| s.approver_id.as_str())
                 .collect::<Vec<_>>(),
             ["tom"],
             "only the written request's step is stored"
         );
-        assert_eq!(
-            (b.state, b_version, b.steps.len()),
-            (ApprovalState::Pending, 0, 0)
-        );
-        // Two creations and the one write, for other replicas.
-        assert_eq!(db.count("SELECT count(*) FROM approval_changes").await, 3);
+        for unchanged in &after[1..] {
+            let r = unchanged.clone().expect("apr_b, apr_c");
+            assert_eq!((r.approval.state, r.version), (ApprovalState::Pending, 0));
+        }
+        // Three creations and the one write, for other replicas.
+        assert_eq!(db.count("SELECT count(*) FROM approval_events").await, 4);
         db.drop_now().await;
     }
 }

@@ -56,10 +56,12 @@ pub(crate) const TOOL_COLUMNS: &str = "integration_id, name, description, input_
      read_only_hint, destructive_hint, idempotent_hint, open_world_hint, policy, \
      manager_approval, source, source_reason";
 
-/// The approval columns both backends read.
+/// The approval columns both backends read from their `approval_current` view (the
+/// immutable head and the latest event: `version`, `state`, `required_roles`,
+/// `consumed_by_request` and the `steps` as JSON).
 pub(crate) const APPROVAL_COLUMNS: &str = "seq, id, state, integration_id, tool_name, \
      arguments_json, arguments_sha256, requester_id, request_id, required_roles, created_at, \
-     expires_at, created_by_key, consumed_by_request";
+     expires_at, created_by_key, consumed_by_request, steps, version";
 
 pub(crate) fn tool_from_row<R: Cols>(row: &R, revision: u64) -> Result<Tool, StoreError> {
     let policy: String = row.text("policy")?;
@@ -128,7 +130,7 @@ fn roles_from_text(text: &str) -> Result<Vec<ApproverRole>, StoreError> {
         .collect()
 }
 
-/// An approval without its steps (they live in their own table).
+/// An approval, from the [`APPROVAL_COLUMNS`] of a row.
 pub(crate) fn approval_from_row<R: Cols>(row: &R) -> Result<Approval, StoreError> {
     let state: String = row.text("state")?;
     let roles: String = row.text("required_roles")?;
@@ -142,22 +144,11 @@ pub(crate) fn approval_from_row<R: Cols>(row: &R) -> Result<Approval, StoreError
         requester_id: row.text("requester_id")?,
         request_id: row.text("request_id")?,
         required_roles: roles_from_text(&roles)?,
-        steps: Vec::new(),
+        steps: steps_from_json(&row.text("steps")?)?,
         created_at: UnixMillis(row.int("created_at")?),
         expires_at: UnixMillis(row.int("expires_at")?),
         created_by_key: row.text("created_by_key")?,
         consumed_by_request: row.opt_text("consumed_by_request")?,
-    })
-}
-
-pub(crate) fn step_from_row<R: Cols>(row: &R) -> Result<ApprovalStep, StoreError> {
-    let role: String = row.text("role")?;
-    Ok(ApprovalStep {
-        role: ApproverRole::parse(&role).ok_or_else(|| corrupt("approver role", &role))?,
-        approver_id: row.text("approver_id")?,
-        approved: row.flag("approved")?,
-        comment: row.text("comment")?,
-        decided_at: UnixMillis(row.int("decided_at")?),
     })
 }
 
@@ -241,8 +232,9 @@ pub(crate) fn steps_from_json(json: &str) -> Result<Vec<ApprovalStep>, StoreErro
         .collect()
 }
 
-/// People by id, from a JSON array of person objects.
-pub(crate) fn people_from_json(json: &str) -> Result<super::People, StoreError> {
+/// People with their versions, from a JSON array of person objects (aggregated by the
+/// database, so that an approval and the people it names are read in one statement).
+pub(crate) fn people_from_json(json: &str) -> Result<Vec<(Person, i64)>, StoreError> {
     #[derive(serde::Deserialize)]
     struct PersonJson {
         id: String,
@@ -250,6 +242,7 @@ pub(crate) fn people_from_json(json: &str) -> Result<super::People, StoreError> 
         email: String,
         manager_id: String,
         technician: bool,
+        version: i64,
     }
     let people: Vec<PersonJson> =
         serde_json::from_str(json).map_err(|e| corrupt("people", &e.to_string()))?;
@@ -263,7 +256,7 @@ pub(crate) fn people_from_json(json: &str) -> Result<super::People, StoreError> 
                 manager_id: p.manager_id,
                 technician: p.technician,
             };
-            (person.id.clone(), person)
+            (person, p.version)
         })
         .collect())
 }

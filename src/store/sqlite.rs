@@ -7,24 +7,25 @@
 //! **Group commit for approval writes.** SQLite has one writer and `synchronous=FULL`
 //! fsyncs every commit, so approval writes one transaction each queue behind one fsync
 //! each. Instead they go to a writer task ([`group_writer`]) that takes every write waiting
-//! (up to [`MAX_BATCH`]), runs them in one transaction, each inside its own savepoint (a
-//! write that fails is rolled back alone), commits once, and only then answers each
-//! caller. Durability per write is unchanged: no caller hears "done" before the fsync that
-//! covers its write; a failed commit fails every write of the batch with
-//! [`StoreError::NotCommitted`].
+//! (up to [`MAX_BATCH`]), runs them one after another in one transaction, commits once, and
+//! only then answers each caller. Durability per write is unchanged: no caller hears
+//! "done" before the fsync that covers its write; a failed commit fails every write of the
+//! batch with [`StoreError::NotCommitted`]. Each approval write is one statement (a new
+//! head, or a new version in `approval_events`, see [`super::approvals`]), so a write that
+//! fails changes nothing and needs no savepoint of its own.
 
+use super::approvals::{self, ApprovalCache, ApprovalIo, ForUpdate, Write, steps_to_json};
 use super::rows::{
     APPROVAL_COLUMNS, Cols, TOOL_COLUMNS, approval_from_row, caller_from_row, corrupt,
     current_tool_from_row, group_changes, migrator, people_from_json, person_from_row,
-    roles_to_text, stamp, step_from_row, steps_from_json, u64_of,
+    roles_to_text, stamp, u64_of,
 };
 use super::{
     ApprovalCursor, ApprovalQuery, Inserted, IntegrationMeta, KeyInfo, People, ReadScope,
     SaveError, SaveKind, Saved, Store, StoreError, TenantTools, UpdateError, Updated, Wakeup,
 };
 use crate::policy::{
-    Approval, ApprovalState, ApprovalStep, Caller, Person, RevisionChanges, Role, Tool, ToolChange,
-    UnixMillis,
+    Approval, ApprovalState, Caller, Person, RevisionChanges, Role, Tool, ToolChange, UnixMillis,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool as Pool, SqlitePoolOptions,
@@ -33,13 +34,26 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite, Transaction};
 use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "init",
-    include_str!("../../migrations/sqlite/0001_init.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "init",
+        include_str!("../../migrations/sqlite/0001_init.sql"),
+    ),
+    (
+        2,
+        "approval_events",
+        include_str!("../../migrations/sqlite/0002_approval_events.sql"),
+    ),
+];
+
+/// How far behind where it got to the expiry sweep looks again: an approval committed
+/// late (a slow commit, a clock a little behind) whose expiry the sweep has already passed
+/// is still found.
+const SWEEP_MARGIN_MS: i64 = 60_000;
 
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
@@ -47,6 +61,8 @@ pub struct SqliteStore {
     reader: Pool,
     /// Approval writes for [`group_writer`].
     jobs: tokio::sync::mpsc::Sender<Job>,
+    /// Open approvals and people as last read or written (see [`super::approvals`]).
+    cache: Arc<ApprovalCache>,
 }
 
 type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
@@ -56,16 +72,17 @@ type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + 
 type Reply = Box<dyn FnOnce(Option<&str>) + Send>;
 
 /// One write for the group writer: runs on the writer connection inside the batch's
-/// transaction; says whether it succeeded (else its savepoint is rolled back) and how to
-/// answer its caller.
-type Job =
-    Box<dyn for<'c> FnOnce(&'c mut sqlx::SqliteConnection) -> BoxFuture<'c, (bool, Reply)> + Send>;
+/// transaction and says how to answer its caller. Its writes are one statement, or it
+/// returns an error only before writing: a failed statement changes nothing, and there is
+/// no savepoint per write.
+type Job = Box<dyn for<'c> FnOnce(&'c mut sqlx::SqliteConnection) -> BoxFuture<'c, Reply> + Send>;
 
 /// Most writes committed together.
 const MAX_BATCH: usize = 128;
 
-/// Runs queued approval writes in batches: one transaction and one commit per batch, a
-/// savepoint per write, answers after the commit. Ends when every store handle is gone.
+/// Runs queued approval writes in batches: one transaction and one commit per batch,
+/// answers after the commit. A write that panics rolls its whole batch back (every caller
+/// hears NotCommitted). Ends when every store handle is gone.
 async fn group_writer(pool: Pool, mut jobs: tokio::sync::mpsc::Receiver<Job>) {
     use futures_util::FutureExt;
     use sqlx::Executor;
@@ -92,33 +109,18 @@ async fn group_writer(pool: Pool, mut jobs: tokio::sync::mpsc::Receiver<Job>) {
         }
         let mut replies = Vec::with_capacity(batch.len());
         let mut broken = None;
-        let writes = batch.len();
-        if let Err(e) = conn.execute("SAVEPOINT write").await {
-            broken = Some(e.to_string());
-            batch.clear();
-        }
-        for (i, job) in batch.into_iter().enumerate() {
-            // A panicking rule must not take the writer down with it.
-            let ran = std::panic::AssertUnwindSafe(job(&mut conn))
+        for job in batch {
+            // A panicking rule must not take the writer down with it; what it may have
+            // written goes with the batch.
+            match std::panic::AssertUnwindSafe(job(&mut conn))
                 .catch_unwind()
-                .await;
-            let ok = match ran {
-                Ok((ok, reply)) => {
-                    replies.push(reply);
-                    ok
+                .await
+            {
+                Ok(reply) => replies.push(reply),
+                Err(_) => {
+                    broken = Some("a write in the batch panicked".to_owned());
+                    break;
                 }
-                Err(_) => false,
-            };
-            // Ending this write's savepoint and opening the next one's is one round trip.
-            let end = match (ok, i + 1 == writes) {
-                (true, false) => "RELEASE write; SAVEPOINT write",
-                (true, true) => "RELEASE write",
-                (false, false) => "ROLLBACK TO write; RELEASE write; SAVEPOINT write",
-                (false, true) => "ROLLBACK TO write; RELEASE write",
-            };
-            if let Err(e) = conn.execute(end).await {
-                broken = Some(e.to_string());
-                break;
             }
         }
         let failure = match broken {
@@ -160,6 +162,7 @@ impl SqliteStore {
             writer,
             reader,
             jobs,
+            cache: Arc::default(),
         })
     }
 
@@ -176,14 +179,13 @@ impl SqliteStore {
         let job: Job = Box::new(move |conn| {
             Box::pin(async move {
                 let result = work(conn).await;
-                let ok = result.is_ok();
                 let reply: Reply = Box::new(move |failure: Option<&str>| {
                     let _ = tx.send(match (result, failure) {
                         (Ok(_), Some(why)) => Err(E::from(StoreError::NotCommitted(why.into()))),
                         (result, _) => result,
                     });
                 });
-                (ok, reply)
+                reply
             })
         });
         self.jobs.send(job).await.map_err(|_| {
@@ -223,39 +225,22 @@ fn bind_tool<'q>(
         .bind(&t.source_reason)
 }
 
-/// Loads an approval with its steps through any executor (pool or transaction).
+/// Loads an approval as it is now, by `column` (`id` or `request_id`).
 async fn fetch_approval(
     conn: &mut sqlx::SqliteConnection,
     tenant: &str,
     column: &str,
     value: &str,
 ) -> Result<Option<Approval>, StoreError> {
-    let sql = format!("SELECT {APPROVAL_COLUMNS} FROM approvals WHERE tenant = ? AND {column} = ?");
+    let sql = format!(
+        "SELECT {APPROVAL_COLUMNS} FROM approval_current WHERE tenant = ? AND {column} = ?"
+    );
     let row = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(tenant)
         .bind(value)
         .fetch_optional(&mut *conn)
         .await?;
-    let Some(row) = row else { return Ok(None) };
-    let mut approval = approval_from_row(&row)?;
-    approval.steps = fetch_steps(conn, tenant, &approval.id).await?;
-    Ok(Some(approval))
-}
-
-async fn fetch_steps(
-    conn: &mut sqlx::SqliteConnection,
-    tenant: &str,
-    approval_id: &str,
-) -> Result<Vec<ApprovalStep>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT role, approver_id, approved, comment, decided_at FROM approval_steps \
-         WHERE tenant = ? AND approval_id = ? ORDER BY decided_at, rowid",
-    )
-    .bind(tenant)
-    .bind(approval_id)
-    .fetch_all(&mut *conn)
-    .await?;
-    rows.iter().map(step_from_row).collect()
+    row.as_ref().map(approval_from_row).transpose()
 }
 
 async fn ensure_tenant(conn: &mut sqlx::SqliteConnection, tenant: &str) -> Result<u64, StoreError> {
@@ -590,7 +575,7 @@ impl Store for SqliteStore {
                  VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tenant, id) DO UPDATE SET \
                  display_name = excluded.display_name, email = excluded.email, \
                  manager_id = excluded.manager_id, technician = excluded.technician, \
-                 updated_at = excluded.updated_at",
+                 updated_at = excluded.updated_at, version = people.version + 1",
             )
             .bind(tenant)
             .bind(&p.id)
@@ -603,6 +588,7 @@ impl Store for SqliteStore {
             .await?;
         }
         tx.commit().await?;
+        self.cache.forget_people(tenant);
         Ok(people.len() as u32)
     }
 
@@ -619,8 +605,15 @@ impl Store for SqliteStore {
 
     async fn insert_approval(&self, tenant: &str, a: &Approval) -> Result<Inserted, StoreError> {
         let (tenant, a) = (tenant.to_owned(), a.clone());
+        let cache = self.cache.clone();
         self.grouped(move |conn| {
-            Box::pin(async move { insert_approval_in(conn, &tenant, &a).await })
+            Box::pin(async move {
+                let inserted = insert_approval_in(conn, &tenant, a).await?;
+                if let Inserted::New(created) = &inserted {
+                    cache.created(&tenant, created);
+                }
+                Ok(inserted)
+            })
         })
         .await
     }
@@ -646,11 +639,10 @@ impl Store for SqliteStore {
             Some(_) => "state = ?1",
         };
         let sql = format!(
-            "SELECT {APPROVAL_COLUMNS} FROM approvals WHERE tenant = ?3 AND {state_clause} \
+            "SELECT {APPROVAL_COLUMNS} FROM approval_current WHERE tenant = ?3 AND {state_clause} \
              AND (?4 IS NULL OR created_by_key = ?4) AND (?5 IS NULL OR seq < ?5) \
              ORDER BY seq DESC LIMIT ?6"
         );
-        let mut conn = self.reader.acquire().await?;
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(q.state.map(|s| s.as_str()))
             .bind(q.now)
@@ -658,21 +650,18 @@ impl Store for SqliteStore {
             .bind(q.created_by_key.as_deref())
             .bind(q.before_seq)
             .bind(i64::from(q.limit) + 1)
-            .fetch_all(&mut *conn)
+            .fetch_all(&self.reader)
             .await?;
-        let mut approvals = Vec::new();
-        let mut next = None;
-        for (i, row) in rows.iter().enumerate() {
-            if i == q.limit as usize {
-                break;
-            }
-            let mut a = approval_from_row(row)?;
-            a.steps = fetch_steps(&mut conn, tenant, &a.id).await?;
-            approvals.push(a);
-            if i + 1 == q.limit as usize && rows.len() > q.limit as usize {
-                next = Some(row.try_get("seq")?);
-            }
-        }
+        let page = rows.len().min(q.limit as usize);
+        let approvals = rows[..page]
+            .iter()
+            .map(approval_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let next = if rows.len() > page && page > 0 {
+            Some(rows[page - 1].try_get("seq")?)
+        } else {
+            None
+        };
         Ok((approvals, next))
     }
 
@@ -689,8 +678,12 @@ impl Store for SqliteStore {
         E: Send + 'static,
     {
         let (tenant, id) = (tenant.to_owned(), id.to_owned());
+        let cache = self.cache.clone();
         self.grouped(move |conn| {
-            Box::pin(async move { update_approval_in(conn, &tenant, &id, &person_ids, &f).await })
+            Box::pin(async move {
+                let mut io = Writer(conn);
+                approvals::update(&mut io, &cache, &tenant, &id, &person_ids, &f).await
+            })
         })
         .await
     }
@@ -701,23 +694,48 @@ impl Store for SqliteStore {
         limit: u32,
     ) -> Result<Vec<(String, Approval)>, StoreError> {
         let mut tx = self.begin().await?;
+        let swept_to: i64 = sqlx::query_scalar("SELECT swept_to FROM approval_sweep WHERE id = 1")
+            .fetch_one(&mut *tx)
+            .await?;
+        // Each open approval that expired since the sweep last got there (and a margin)
+        // gets its next version, 'expired'. The same statement decides and writes, so a
+        // decision made meanwhile is never overwritten: its version is taken.
         let rows = sqlx::query(
-            "UPDATE approvals SET state = 'expired', updated_at = ?1 WHERE seq IN \
-             (SELECT seq FROM approvals WHERE state IN ('pending', 'approved') AND expires_at <= ?1 \
-              ORDER BY expires_at LIMIT ?2) RETURNING tenant, id",
+            "INSERT INTO approval_events (tenant, approval_id, version, state, required_roles, \
+             consumed_by_request, steps, created_at) \
+             SELECT tenant, id, version + 1, 'expired', required_roles, consumed_by_request, \
+             steps, ?1 FROM approval_current WHERE expires_at > ?2 AND expires_at <= ?1 \
+             AND state IN ('pending', 'approved') ORDER BY expires_at LIMIT ?3 \
+             ON CONFLICT DO NOTHING RETURNING tenant, approval_id",
         )
         .bind(now)
+        .bind(swept_to - SWEEP_MARGIN_MS)
         .bind(i64::from(limit))
         .fetch_all(&mut *tx)
         .await?;
         let mut expired = Vec::with_capacity(rows.len());
         for row in &rows {
             let tenant: String = row.try_get("tenant")?;
-            let id: String = row.try_get("id")?;
+            let id: String = row.try_get("approval_id")?;
+            self.cache.forget(&tenant, &id);
             if let Some(a) = fetch_approval(&mut tx, &tenant, "id", &id).await? {
                 expired.push((tenant, a));
             }
         }
+        // A full batch may have left more behind: the next sweep goes on from the last.
+        let reached = if rows.len() < limit as usize {
+            now
+        } else {
+            expired
+                .iter()
+                .map(|(_, a)| a.expires_at.0)
+                .max()
+                .unwrap_or(swept_to)
+        };
+        sqlx::query("UPDATE approval_sweep SET swept_to = max(swept_to, ?) WHERE id = 1")
+            .bind(reached)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(expired)
     }
@@ -766,42 +784,37 @@ async fn create_tenant(conn: &mut sqlx::SqliteConnection, tenant: &str) -> Resul
     Ok(())
 }
 
-/// Inserts an approval (or finds the one its request id made) inside the writer's batch.
+/// Inserts an approval (or finds the one its request id made) inside the writer's batch:
+/// one statement, version 0 (pending, no steps) being the head alone.
 async fn insert_approval_in(
     tx: &mut sqlx::SqliteConnection,
     tenant: &str,
-    a: &Approval,
+    a: Approval,
 ) -> Result<Inserted, StoreError> {
-    create_tenant(tx, tenant).await?;
-    // RETURNING reads the new row back in the same statement; nothing comes back when the
-    // request id already made one, which is then read.
-    let sql = format!(
-        "INSERT INTO approvals (tenant, id, state, integration_id, tool_name, arguments_json, \
+    debug_assert!(a.state == ApprovalState::Pending && a.steps.is_empty());
+    // Nothing comes back when the request id already made one, which is then read.
+    let created = sqlx::query(
+        "INSERT INTO approvals (tenant, id, integration_id, tool_name, arguments_json, \
          arguments_sha256, requester_id, request_id, required_roles, created_at, expires_at, \
-         created_by_key, consumed_by_request, updated_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?) \
-         ON CONFLICT (tenant, request_id) DO NOTHING RETURNING {APPROVAL_COLUMNS}"
-    );
-    let created = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(tenant)
-        .bind(&a.id)
-        .bind(a.state.as_str())
-        .bind(&a.integration_id)
-        .bind(&a.tool_name)
-        .bind(&a.arguments_json)
-        .bind(&a.arguments_sha256)
-        .bind(&a.requester_id)
-        .bind(&a.request_id)
-        .bind(roles_to_text(&a.required_roles))
-        .bind(a.created_at.0)
-        .bind(a.expires_at.0)
-        .bind(&a.created_by_key)
-        .bind(a.created_at.0)
-        .fetch_optional(&mut *tx)
-        .await?;
-    if let Some(row) = created {
-        // A new approval has no steps yet.
-        return Ok(Inserted::New(approval_from_row(&row)?));
+         created_by_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+         ON CONFLICT (tenant, request_id) DO NOTHING RETURNING seq",
+    )
+    .bind(tenant)
+    .bind(&a.id)
+    .bind(&a.integration_id)
+    .bind(&a.tool_name)
+    .bind(&a.arguments_json)
+    .bind(&a.arguments_sha256)
+    .bind(&a.requester_id)
+    .bind(&a.request_id)
+    .bind(roles_to_text(&a.required_roles))
+    .bind(a.created_at.0)
+    .bind(a.expires_at.0)
+    .bind(&a.created_by_key)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if created.is_some() {
+        return Ok(Inserted::New(a));
     }
     let existing = fetch_approval(tx, tenant, "request_id", &a.request_id)
         .await?
@@ -809,90 +822,72 @@ async fn insert_approval_in(
     Ok(Inserted::Existing(existing))
 }
 
-/// Reads an approval and the people named, runs `f`, and writes its outcome, inside the
-/// writer's batch (the batch's transaction makes the read and the write one step).
-async fn update_approval_in<F, T, E>(
-    tx: &mut sqlx::SqliteConnection,
-    tenant: &str,
-    id: &str,
-    person_ids: &[String],
-    f: &F,
-) -> Result<Option<Updated<T>>, UpdateError<E>>
-where
-    F: Fn(&Approval, &People) -> Result<(Option<Approval>, T), E>,
-{
-    // The approval, its steps and the people named (and its requester), in one statement.
-    let sql = format!(
-        "SELECT {APPROVAL_COLUMNS}, \
-         (SELECT json_group_array(json_object('role', role, 'approver_id', approver_id, \
-          'approved', json(iif(approved, 'true', 'false')), 'comment', comment, \
-          'decided_at', decided_at)) FROM (SELECT * FROM approval_steps s \
-          WHERE s.tenant = a.tenant AND s.approval_id = a.id ORDER BY decided_at, rowid)) \
-          AS steps, \
-         (SELECT json_group_array(json_object('id', p.id, 'display_name', p.display_name, \
-          'email', p.email, 'manager_id', p.manager_id, \
-          'technician', json(iif(p.technician, 'true', 'false')))) FROM people p \
-          WHERE p.tenant = a.tenant AND (p.id = a.requester_id \
-          OR p.id IN (SELECT value FROM json_each(?3)))) AS people \
-         FROM approvals a WHERE a.tenant = ?1 AND a.id = ?2"
-    );
-    let person_ids =
-        serde_json::to_string(person_ids).map_err(|e| corrupt("person ids", &e.to_string()))?;
-    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(tenant)
-        .bind(id)
-        .bind(person_ids)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(StoreError::from)?;
-    let Some(row) = row else {
-        return Ok(None);
-    };
-    let mut current = approval_from_row(&row)?;
-    current.steps = steps_from_json(&row.text("steps")?)?;
-    let people = people_from_json(&row.text("people")?)?;
-    let (next, out) = f(&current, &people).map_err(UpdateError::Rule)?;
-    let Some(next) = next.filter(|n| n != &current) else {
-        return Ok(Some(Updated {
-            approval: current,
-            changed: false,
-            out,
-        }));
-    };
-    sqlx::query(
-        "UPDATE approvals SET state = ?, required_roles = ?, consumed_by_request = ?, updated_at = ? \
-         WHERE tenant = ? AND id = ?",
-    )
-    .bind(next.state.as_str())
-    .bind(roles_to_text(&next.required_roles))
-    .bind(next.consumed_by_request.as_deref())
-    .bind(UnixMillis::now().0)
-    .bind(tenant)
-    .bind(id)
-    .execute(&mut *tx)
-    .await
-    .map_err(StoreError::from)?;
-    for step in next.steps.iter().skip(current.steps.len()) {
-        sqlx::query(
-            "INSERT INTO approval_steps (tenant, approval_id, role, approver_id, approved, comment, decided_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(tenant)
-        .bind(id)
-        .bind(step.role.as_str())
-        .bind(&step.approver_id)
-        .bind(step.approved)
-        .bind(&step.comment)
-        .bind(step.decided_at.0)
-        .execute(&mut *tx)
-        .await
-        .map_err(StoreError::from)?;
+/// The writer connection inside its batch, as [`approvals::update`] reads and writes.
+struct Writer<'c>(&'c mut sqlx::SqliteConnection);
+
+impl ApprovalIo for Writer<'_> {
+    async fn read(
+        &mut self,
+        tenant: &str,
+        id: &str,
+        person_ids: &[String],
+    ) -> Result<Option<ForUpdate>, StoreError> {
+        // The approval and the people named (and its requester), in one statement.
+        let sql = format!(
+            "SELECT {APPROVAL_COLUMNS}, \
+             (SELECT json_group_array(json_object('id', p.id, 'display_name', p.display_name, \
+              'email', p.email, 'manager_id', p.manager_id, \
+              'technician', json(iif(p.technician, 'true', 'false')), 'version', p.version)) \
+              FROM people p WHERE p.tenant = a.tenant AND (p.id = a.requester_id \
+              OR p.id IN (SELECT value FROM json_each(?3)))) AS people \
+             FROM approval_current a WHERE a.tenant = ?1 AND a.id = ?2"
+        );
+        let person_ids =
+            serde_json::to_string(person_ids).map_err(|e| corrupt("person ids", &e.to_string()))?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(tenant)
+            .bind(id)
+            .bind(person_ids)
+            .fetch_optional(&mut *self.0)
+            .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        Ok(Some(ForUpdate {
+            approval: approval_from_row(&row)?,
+            version: row.int("version")?,
+            people: people_from_json(&row.text("people")?)?,
+        }))
     }
-    Ok(Some(Updated {
-        approval: next,
-        changed: true,
-        out,
-    }))
+
+    async fn write(&mut self, w: &Write) -> Result<bool, StoreError> {
+        // Only if the approval is at the version before (version 0 is the head alone), the
+        // version is free (the primary key), and the people read are unchanged.
+        let written = sqlx::query(
+            "INSERT INTO approval_events (tenant, approval_id, version, state, required_roles, \
+             consumed_by_request, steps, created_at) \
+             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8 \
+             WHERE (CASE WHEN ?3 = 1 THEN EXISTS (SELECT 1 FROM approvals \
+              WHERE tenant = ?1 AND id = ?2) ELSE EXISTS (SELECT 1 FROM approval_events \
+              WHERE tenant = ?1 AND approval_id = ?2 AND version = ?3 - 1) END) \
+             AND (SELECT coalesce(group_concat(p.id || ' ' || p.version, ' ' ORDER BY p.id), '') \
+              FROM people p WHERE p.tenant = ?1 AND p.id IN (SELECT value FROM json_each(?9))) = ?10 \
+             ON CONFLICT DO NOTHING RETURNING version",
+        )
+        .bind(&w.tenant)
+        .bind(&w.id)
+        .bind(w.version)
+        .bind(w.next.state.as_str())
+        .bind(roles_to_text(&w.next.required_roles))
+        .bind(w.next.consumed_by_request.as_deref())
+        .bind(steps_to_json(&w.next.steps))
+        .bind(UnixMillis::now().0)
+        .bind(&w.people.ids_json)
+        .bind(&w.people.expect)
+        .fetch_optional(&mut *self.0)
+        .await?;
+        Ok(written.is_some())
+    }
 }
 
 #[cfg(test)]
@@ -939,20 +934,20 @@ mod tests {
     }
 
     /// Writes queued together share one transaction (a later one runs before an earlier
-    /// one is visible to readers, and all become visible at one commit); one that fails, or
-    /// panics, is rolled back alone.
+    /// one is visible to readers, and all become visible at one commit); one that fails
+    /// changes nothing and the others commit; one that panics takes its batch with it.
     #[tokio::test]
-    async fn queued_writes_commit_together_and_a_failing_one_is_rolled_back_alone() {
+    async fn queued_writes_commit_together_a_failing_one_alone_fails_and_a_panic_fails_the_batch() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("t.db").display());
         let store = SqliteStore::connect(&url).await.unwrap();
-        // Hold the writer inside a first batch while three writes queue, so the three run
-        // together in the next one.
-        let (started_tx, started) = tokio::sync::oneshot::channel();
-        let (release, released) = tokio::sync::oneshot::channel::<()>();
-        let holder = {
+        // Hold the writer inside a first batch while the writes queue, so they run together
+        // in the next one.
+        let hold = |store: &SqliteStore| {
+            let (started_tx, started) = tokio::sync::oneshot::channel();
+            let (release, released) = tokio::sync::oneshot::channel::<()>();
             let store = store.clone();
-            tokio::spawn(async move {
+            let holder = tokio::spawn(async move {
                 store
                     .grouped(move |_conn| {
                         Box::pin(async move {
@@ -962,28 +957,23 @@ mod tests {
                         }) as BoxFuture<'_, Result<(), StoreError>>
                     })
                     .await
-            })
+            });
+            (started, release, holder)
         };
-        started.await.unwrap();
         let spawn = |work: Write| {
             let store = store.clone();
             tokio::spawn(async move { store.grouped(work).await })
         };
-        let fails = spawn(Box::new(|conn| {
-            Box::pin(async move {
-                insert(conn, "fails").await?;
-                Err(StoreError::Corrupt("refused after writing".into()))
-            })
-        }));
+
+        let (started, release, holder) = hold(&store);
+        started.await.unwrap();
+        let first = spawn(Box::new(|conn| insert(conn, "first")));
         queued(&store, 1).await;
-        let commits = spawn(Box::new(|conn| insert(conn, "commits")));
+        // The same id again: the statement fails, and changes nothing.
+        let fails = spawn(Box::new(|conn| insert(conn, "first")));
         queued(&store, 2).await;
-        let panics = spawn(Box::new(|conn| {
-            Box::pin(async move {
-                insert(conn, "panics").await?;
-                panic!("a rule that panics after writing");
-            })
-        }));
+        let commits = spawn(Box::new(|conn| insert(conn, "commits")));
+        queued(&store, 3).await;
         // Queued after "commits": what a reader sees while the batch is still open.
         let reader = store.reader.clone();
         let observes = spawn_observer(&store, move |conn| {
@@ -1002,14 +992,159 @@ mod tests {
         queued(&store, 4).await;
         release.send(()).unwrap();
         holder.await.unwrap().unwrap();
-        assert!(matches!(fails.await.unwrap(), Err(StoreError::Corrupt(_))));
+        first.await.unwrap().unwrap();
+        assert!(matches!(fails.await.unwrap(), Err(StoreError::Database(_))));
         commits.await.unwrap().unwrap();
         // The batch's writer saw "commits"; readers did not yet: one open transaction.
         assert_eq!(observes.await.unwrap().unwrap(), (1, 0));
+        assert_eq!(tenant_ids(&store).await, ["commits", "first"]);
+
+        let (started, release, holder) = hold(&store);
+        started.await.unwrap();
+        let lost = spawn(Box::new(|conn| insert(conn, "lost")));
+        queued(&store, 1).await;
+        let panics = spawn(Box::new(|conn| {
+            Box::pin(async move {
+                insert(conn, "panics").await?;
+                panic!("a rule that panics after writing");
+            })
+        }));
+        queued(&store, 2).await;
+        release.send(()).unwrap();
+        holder.await.unwrap().unwrap();
+        assert!(matches!(
+            lost.await.unwrap(),
+            Err(StoreError::NotCommitted(_))
+        ));
         assert!(matches!(
             panics.await.unwrap(),
             Err(StoreError::NotCommitted(_))
         ));
-        assert_eq!(tenant_ids(&store).await, vec!["commits".to_owned()]);
+        assert_eq!(tenant_ids(&store).await, ["commits", "first"]);
+    }
+
+    fn pending(id: &str) -> Approval {
+        use crate::policy::ApproverRole;
+        Approval {
+            id: id.into(),
+            state: ApprovalState::Pending,
+            integration_id: "entra".into(),
+            tool_name: "reset_password".into(),
+            arguments_json: "{}".into(),
+            arguments_sha256: "00".into(),
+            requester_id: "alice".into(),
+            request_id: format!("req-{id}"),
+            required_roles: vec![ApproverRole::Technician],
+            steps: Vec::new(),
+            created_at: UnixMillis(1),
+            expires_at: UnixMillis(i64::MAX / 2),
+            created_by_key: "key_1".into(),
+            consumed_by_request: None,
+        }
+    }
+
+    fn person(id: &str, technician: bool) -> Person {
+        Person {
+            id: id.into(),
+            display_name: id.into(),
+            email: format!("{id}@example.com"),
+            manager_id: String::new(),
+            technician,
+        }
+    }
+
+    /// Approves as `approver` if the directory says they are a technician.
+    fn approve_as(
+        approver: &'static str,
+    ) -> impl Fn(&Approval, &People) -> Result<(Option<Approval>, ()), &'static str> + Send + Sync
+    {
+        move |a, people| {
+            if !people.get(approver).is_some_and(|p| p.technician) {
+                return Err("not a technician");
+            }
+            let mut next = a.clone();
+            next.state = ApprovalState::Approved;
+            Ok((Some(next), ()))
+        }
+    }
+
+    async fn store_with_approval(dir: &tempfile::TempDir) -> SqliteStore {
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let store = SqliteStore::connect(&url).await.unwrap();
+        store
+            .upsert_people("t", &[person("tom", true)])
+            .await
+            .unwrap();
+        let Inserted::New(_) = store.insert_approval("t", &pending("a")).await.unwrap() else {
+            panic!("a new approval");
+        };
+        // Reads the people, so the next decision on "a" is taken from the cache.
+        let look = |a: &Approval, _: &People| Ok::<_, &'static str>((None, a.state));
+        store
+            .update_approval("t", "a", vec!["tom".into()], look)
+            .await
+            .unwrap();
+        store
+    }
+
+    /// What the process last read is only a shortcut: a directory change it did not
+    /// make (another process on the file) rules the next decision.
+    #[tokio::test]
+    async fn a_directory_change_made_elsewhere_rules_a_decision_the_cache_would_allow() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_with_approval(&dir).await;
+        sqlx::query("UPDATE people SET technician = 0, version = version + 1 WHERE id = 'tom'")
+            .execute(&store.writer)
+            .await
+            .unwrap();
+        let refused = store
+            .update_approval("t", "a", vec!["tom".into()], approve_as("tom"))
+            .await;
+        assert!(
+            matches!(refused, Err(UpdateError::Rule("not a technician"))),
+            "{refused:?}"
+        );
+        let events: i64 = sqlx::query_scalar("SELECT count(*) FROM approval_events")
+            .fetch_one(&store.reader)
+            .await
+            .unwrap();
+        assert_eq!(events, 0, "nothing was written");
+    }
+
+    /// An approval changed elsewhere: the decision the cache would make is refused by its
+    /// version, and the one made from a fresh read is written.
+    #[tokio::test]
+    async fn an_approval_changed_elsewhere_is_decided_again_from_a_fresh_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_with_approval(&dir).await;
+        sqlx::query(
+            "INSERT INTO approval_events (tenant, approval_id, version, state, required_roles, \
+             consumed_by_request, steps, created_at) \
+             VALUES ('t', 'a', 1, 'denied', 'technician', NULL, '[]', 2)",
+        )
+        .execute(&store.writer)
+        .await
+        .unwrap();
+        let look = |a: &Approval, _: &People| Ok::<_, &'static str>((None, a.state));
+        let seen = store
+            .update_approval("t", "a", Vec::new(), look)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(seen.out, ApprovalState::Denied, "not the cached 'pending'");
+        // A decision that would write: refused by version 1 being taken, then made again.
+        let approve = approve_as("tom");
+        let decided = store
+            .update_approval("t", "a", vec!["tom".into()], move |a, people| {
+                if a.state == ApprovalState::Denied {
+                    return Ok((None, ()));
+                }
+                approve(a, people)
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!decided.changed);
+        assert_eq!(decided.approval.state, ApprovalState::Denied);
     }
 }
