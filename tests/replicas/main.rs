@@ -401,6 +401,87 @@ async fn an_approval_decided_on_one_replica_reaches_watchers_on_another() {
     );
 }
 
+/// A technician's answer on `replica`.
+async fn submit(
+    c: &Cluster,
+    replica: usize,
+    approval_id: &str,
+    approver: &str,
+) -> Result<pb::Approval, Status> {
+    c.r(replica)
+        .submit_approval(with_key(
+            &c.approver,
+            pb::SubmitApprovalRequest {
+                approval_id: approval_id.into(),
+                role: pb::ApproverRole::Technician as i32,
+                approver_id: approver.into(),
+                approve: true,
+                comment: String::new(),
+            },
+        ))
+        .await
+        .map(|r| r.into_inner().approval.expect("approval"))
+}
+
+/// Replica 0 remembers what it last read and wrote of approvals and people, to skip the
+/// read on its next decision. A directory sync on replica 1 that it never heard of still
+/// rules that decision: the write checks the people it read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_change_on_one_replica_rules_the_next_approval_on_another() {
+    let c = Cluster::start(2).await;
+    c.connect(0, TOOLS).await;
+    people(&c).await;
+    let ask_on_0 = |request: &'static str| {
+        let mut client = c.r(0);
+        let agent = c.agent.clone();
+        async move {
+            client
+                .decide(with_key(&agent, ask("reset_password", "{}", request)))
+                .await
+                .expect("decide")
+                .into_inner()
+                .approval
+                .expect("approval")
+        }
+    };
+    // Replica 0 reads tech (a technician) while approving the first.
+    let first = ask_on_0("req-1").await;
+    let approved = submit(&c, 0, &first.id, "tech").await.expect("approve");
+    assert_eq!(approved.state, pb::ApprovalState::Approved as i32);
+    let second = ask_on_0("req-2").await;
+    // On replica 1, tech stops being a technician.
+    c.r(1)
+        .upsert_people(with_key(
+            &c.admin,
+            pb::UpsertPeopleRequest {
+                people: vec![person("tech", "", false)],
+            },
+        ))
+        .await
+        .expect("upsert people");
+    let refused = submit(&c, 0, &second.id, "tech").await;
+    let status = refused.expect_err("tech is no technician any more");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("technician"), "{status:?}");
+    let still = c
+        .r(1)
+        .get_approval(with_key(
+            &c.admin,
+            pb::GetApprovalRequest {
+                approval_id: second.id.clone(),
+            },
+        ))
+        .await
+        .expect("get approval")
+        .into_inner()
+        .approval
+        .expect("approval");
+    assert_eq!(
+        (still.state, still.steps.len()),
+        (pb::ApprovalState::Pending as i32, 0)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watcher_resumes_on_another_replica_from_a_revision_seen_on_the_first() {
     let c = Cluster::start(2).await;

@@ -21,5 +21,7 @@ mod limits;
 mod metrics;
 #[path = "../suite/ops.rs"]
 mod ops;
+#[path = "../suite/upgrade.rs"]
+mod upgrade;
 #[path = "../suite/watch.rs"]
 mod watch;

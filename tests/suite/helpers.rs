@@ -34,7 +34,12 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
-    let db = fresh_database().await;
+    spawn_app_on(fresh_database().await, adjust).await
+}
+
+/// The server on `db` as it is (a database an earlier release wrote, say), with new keys
+/// for tenant `acme`.
+pub async fn spawn_app_on(db: TestDb, adjust: impl FnOnce(&mut Config)) -> TestApp {
     let mut config = Config {
         database_url: DatabaseUrl::new(db.url.clone()),
         // Short, so tests of revocation and of other writers need not wait long.
