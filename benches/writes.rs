@@ -1,21 +1,24 @@
 //! The approval write path on SQLite and on PostgreSQL, each beside a raw single-row INSERT
 //! on the same database in the same run.
 //!
-//! Per backend, one after another on the same database:
-//! 1. **gRPC**: C clients each run approval cycles through a `toolgate serve` process: a
-//!    Decide that creates the approval, a SubmitApproval that approves it, and a Decide that
-//!    consumes it. Each of the three is one committed write.
-//! 2. **In-process**: the same three writes through the store in this process (no gRPC,
-//!    no server work), to show how much of the cost is the database's.
-//! 3. **Raw INSERT**: single-row INSERTs into a one-index table, each its own commit, with
+//! Per backend, in rounds, each round one figure after another on the same database:
+//! 1. **Raw INSERT**: single-row INSERTs into a one-index table, each its own commit, with
 //!    the durability toolgate uses: on SQLite one connection (SQLite has one writer, as
-//!    toolgate's store does) with WAL and `synchronous=FULL`, and for reference
-//!    `synchronous=NORMAL`; on PostgreSQL C connections.
+//!    toolgate's store does) with WAL and `synchronous=FULL`; on PostgreSQL C connections.
+//! 2. **gRPC**: C clients (over a few HTTP/2 connections) each run approval cycles through
+//!    a `toolgate serve` process: a Decide that creates the approval, a SubmitApproval that
+//!    approves it, and a Decide that consumes it. Each of the three is one committed write.
+//! 3. **In-process**: the same three writes through the store in this process (no gRPC,
+//!    no server work): the store's write path against the same database client the raw
+//!    INSERTs use.
 //!
-//! Ratios are committed approval writes per second over raw INSERTs per second.
+//! Ratios are committed approval writes per second over the raw INSERTs per second of the
+//! same round; this machine's speed drifts within a minute, so the median of the rounds'
+//! ratios is the figure, printed with their range.
 //!
-//! Run: `cargo bench --bench writes` (defaults: 16 clients, 5 s per figure);
-//! `-- --clients 4 --seconds 2` for less, `-- --only sqlite` (or `postgres`) for one backend. PostgreSQL comes from `TOOLGATE_BENCH_POSTGRES`
+//! Run: `cargo bench --bench writes` (defaults: 16 clients over 4 connections, 3 rounds of
+//! 4 s per figure); `-- --clients 4 --seconds 2 --rounds 1` for less, `-- --only sqlite`
+//! (or `postgres`) for one backend. PostgreSQL comes from `TOOLGATE_BENCH_POSTGRES`
 //! (default the local server); the bench makes a database for the run and drops it.
 
 mod common;
@@ -30,107 +33,149 @@ use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 use toolgate::proto::v1 as pb;
 use toolgate::proto::v1::policy_service_client::PolicyServiceClient;
+use toolgate::store::AnyStore;
 
 type Client = PolicyServiceClient<Channel>;
 
 #[derive(Clone, Copy)]
 struct Options {
     clients: usize,
+    /// HTTP/2 connections the gRPC clients share.
+    connections: usize,
     seconds: u64,
+    rounds: usize,
 }
 
 fn main() {
     let opts = Options {
         clients: common::arg("--clients", 16),
-        seconds: common::arg("--seconds", 5) as u64,
+        connections: common::arg("--connections", 4),
+        seconds: common::arg("--seconds", 4) as u64,
+        rounds: common::arg("--rounds", 3).max(1),
     };
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {
         println!(
-            "approval writes: {} clients, {} s per figure, {} cores",
+            "approval writes: {} clients ({} gRPC connections), {} rounds of {} s per figure, \
+             {} cores",
             opts.clients,
+            opts.connections,
+            opts.rounds,
             opts.seconds,
             std::thread::available_parallelism().map_or(0, |n| n.get())
         );
         let only = common::text_arg("--only");
         let wanted = |backend: &str| only.as_deref().is_none_or(|o| o == backend);
         if wanted("sqlite") {
-            sqlite_figures(opts).await;
+            let (dir, url) = common::sqlite_temp();
+            let rounds = measure(opts, &url, |opts| {
+                sqlite_raw(opts, &url, sqlx::sqlite::SqliteSynchronous::Full)
+            })
+            .await;
+            let normal = sqlite_raw(opts, &url, sqlx::sqlite::SqliteSynchronous::Normal).await;
+            drop(dir);
+            report("SQLite (WAL, synchronous=FULL)", &rounds);
+            println!(
+                "  raw INSERT with synchronous=NORMAL, for reference: {normal:.0}/s (toolgate \
+                 keeps FULL: a committed approval survives a power cut)"
+            );
         }
         if wanted("postgres") {
             let mut db = PgDatabase::create("writes").await;
             let settings = db.settings().await;
             let url = db.url.clone();
-            let pg = measure(opts, &url).await;
-            let raw = pg_raw(opts, &url).await;
-            report(&format!("PostgreSQL ({settings})"), pg, raw, "");
+            let rounds = measure(opts, &url, |opts| pg_raw(opts, &url)).await;
+            report(&format!("PostgreSQL ({settings})"), &rounds);
             db.drop_now().await;
         }
     });
 }
 
-async fn sqlite_figures(opts: Options) {
-    let (dir, url) = common::sqlite_temp();
-    let sqlite = measure(opts, &url).await;
-    let raw_full = sqlite_raw(opts, &url, sqlx::sqlite::SqliteSynchronous::Full).await;
-    let raw_normal = sqlite_raw(opts, &url, sqlx::sqlite::SqliteSynchronous::Normal).await;
-    drop(dir);
-    report(
-        "SQLite (WAL, synchronous=FULL)",
-        sqlite,
-        raw_full,
-        &format!(
-            "raw INSERT with synchronous=NORMAL, for reference: {raw_normal:.0}/s \
-                 (toolgate keeps FULL: a committed approval survives a power cut)"
-        ),
-    );
-}
-
-/// Writes per second through gRPC, then through the store in-process.
-struct Measured {
+/// One round's rates: raw INSERTs, and approval writes over gRPC and in-process, per second.
+struct Round {
+    raw: f64,
     grpc: f64,
     store: f64,
 }
 
-fn report(backend: &str, m: Measured, raw: f64, note: &str) {
-    println!("{backend}");
-    println!("  raw single-row INSERT      {raw:>8.0} commits/s");
-    println!(
-        "  approval writes, in-process {:>7.0} writes/s  ratio {:.2}",
-        m.store,
-        m.store / raw
-    );
-    println!(
-        "  approval writes, gRPC      {:>8.0} writes/s  ratio {:.2}  ({:.0} approvals created \
-         and consumed/s)  target >= 0.80: {}",
-        m.grpc,
-        m.grpc / raw,
-        m.grpc / 3.0,
-        if m.grpc / raw >= 0.8 { "met" } else { "MISSED" }
-    );
-    if !note.is_empty() {
-        println!("  {note}");
-    }
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
-async fn measure(opts: Options, url: &str) -> Measured {
+fn spread(v: &[f64]) -> (f64, f64) {
+    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    (lo, hi)
+}
+
+fn report(backend: &str, rounds: &[Round]) {
+    let raws: Vec<f64> = rounds.iter().map(|r| r.raw).collect();
+    let (lo, hi) = spread(&raws);
+    println!("{backend}");
+    println!(
+        "  raw single-row INSERT        {:>7.0} commits/s  (rounds {lo:.0}-{hi:.0})",
+        median(raws.clone())
+    );
+    let figure = |name: &str, rate: fn(&Round) -> f64| {
+        let rates: Vec<f64> = rounds.iter().map(rate).collect();
+        let ratios: Vec<f64> = rounds.iter().map(|r| rate(r) / r.raw).collect();
+        let (lo, hi) = spread(&ratios);
+        let ratio = median(ratios);
+        let approvals = median(rates.clone()) / 3.0;
+        println!(
+            "  approval writes, {name:<11} {:>7.0} writes/s   ratio {ratio:.2} (rounds \
+             {lo:.2}-{hi:.2}; {approvals:.0} approvals created and consumed/s)  target >= \
+             0.80: {}",
+            median(rates),
+            if ratio >= 0.8 { "met" } else { "MISSED" }
+        );
+    };
+    figure("in-process", |r| r.store);
+    figure("gRPC", |r| r.grpc);
+}
+
+/// `opts.rounds` rounds of: raw INSERTs (`raw`), approval cycles over gRPC, the same
+/// writes in-process.
+async fn measure<F, Fut>(opts: Options, url: &str, raw: F) -> Vec<Round>
+where
+    F: Fn(Options) -> Fut,
+    Fut: Future<Output = f64>,
+{
     let (admin, agent, approver) = (
         mint(url, "bench", "admin"),
         mint(url, "bench", "agent"),
         mint(url, "bench", "approver"),
     );
     let server = ServerProcess::toolgate(url, None, &[]);
-    let client = PolicyServiceClient::new(common::connect(server.addr).await);
-    setup(&client, &admin).await;
-    let grpc = for_each_client(opts, move |w, n| {
-        let (client, agent, approver) = (client.clone(), agent.clone(), approver.clone());
-        async move { approval_cycle(&client, &agent, &approver, &format!("w{w}-{n}")).await }
-    })
-    .await
-        * 3.0;
+    let mut clients = Vec::new();
+    for _ in 0..opts.connections.max(1) {
+        clients.push(PolicyServiceClient::new(common::connect(server.addr).await));
+    }
+    setup(&clients[0], &admin).await;
+    let clients = Arc::new(clients);
+    let settings = toolgate::store::pg::PgSettings {
+        max_connections: opts.clients as u32,
+        ..Default::default()
+    };
+    let store = AnyStore::open(url, &settings).await.expect("open store");
+    let mut rounds = Vec::new();
+    for round in 0..opts.rounds {
+        let raw = raw(opts).await;
+        let (clients, agent, approver) = (clients.clone(), agent.clone(), approver.clone());
+        let grpc = for_each_client(opts, move |w, n| {
+            let client = clients[w % clients.len()].clone();
+            let (agent, approver) = (agent.clone(), approver.clone());
+            let request = format!("r{round}-w{w}-{n}");
+            async move { approval_cycle(&client, &agent, &approver, &request).await }
+        })
+        .await
+            * 3.0;
+        let store = store_writes(opts, store.clone(), round).await;
+        rounds.push(Round { raw, grpc, store });
+    }
     drop(server);
-    let store = store_writes(opts, url).await;
-    Measured { grpc, store }
+    rounds
 }
 
 /// Runs `work(task, n)` for n = 0, 1, ... on each of `opts.clients` tasks until
@@ -229,27 +274,22 @@ async fn approval_cycle(client: &Client, agent: &str, approver: &str, request: &
 }
 
 /// The same three writes straight through the store, in this process.
-async fn store_writes(opts: Options, url: &str) -> f64 {
+async fn store_writes(opts: Options, store: AnyStore, round: usize) -> f64 {
     use toolgate::policy::{Approval, ApprovalState, ApprovalStep, ApproverRole, UnixMillis};
-    use toolgate::store::{AnyStore, People, Store, pg::PgSettings};
-    let settings = PgSettings {
-        max_connections: opts.clients as u32,
-        ..Default::default()
-    };
-    let store = AnyStore::open(url, &settings).await.expect("open store");
+    use toolgate::store::{People, Store};
     let cycles = for_each_client(opts, move |w, n| {
         let store = store.clone();
         async move {
             let now = UnixMillis::now();
             let a = Approval {
-                id: format!("apr_store_{w}_{n}"),
+                id: format!("apr_store_{round}_{w}_{n}"),
                 state: ApprovalState::Pending,
                 integration_id: "entra".into(),
                 tool_name: "reset_password".into(),
-                arguments_json: format!(r#"{{"user":"s{w}-{n}"}}"#),
+                arguments_json: format!(r#"{{"user":"s{round}-{w}-{n}"}}"#),
                 arguments_sha256: "0".repeat(64),
                 requester_id: "alice".into(),
-                request_id: format!("store-{w}-{n}"),
+                request_id: format!("store-{round}-{w}-{n}"),
                 required_roles: vec![ApproverRole::Technician],
                 steps: Vec::new(),
                 created_at: now,
@@ -328,7 +368,7 @@ async fn pg_raw(opts: Options, url: &str) -> f64 {
     let mut setup = sqlx::PgConnection::connect(url).await.expect("connect");
     setup
         .execute(
-            "CREATE TABLE bench_raw (seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, \
+            "CREATE TABLE IF NOT EXISTS bench_raw (seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, \
              tenant TEXT NOT NULL, id TEXT NOT NULL, payload TEXT NOT NULL)",
         )
         .await
