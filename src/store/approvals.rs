@@ -108,7 +108,7 @@ where
     if let Some(done) = from_cache(io, cache, tenant, id, person_ids, f).await? {
         return Ok(Some(done));
     }
-    loop {
+    for _ in 0..MAX_ATTEMPTS {
         let Some(read) = io.read(tenant, id, person_ids).await? else {
             cache.forget(tenant, id);
             return Ok(None);
@@ -146,7 +146,16 @@ where
             return Ok(Some(written(w, out)));
         }
     }
+    // Something changed it between every read and write: answer "retry" rather than wait on.
+    Err(StoreError::Unavailable(format!(
+        "approval {id:?} changed under each of {MAX_ATTEMPTS} attempts to decide on it"
+    ))
+    .into())
 }
+
+/// Fresh reads an update makes before it gives up: each refused write means another
+/// decision on the approval (or a directory change) landed in between.
+const MAX_ATTEMPTS: usize = 16;
 
 /// The update decided from the cache and written, if the cache has all it needs, the
 /// decision writes, and the write goes in.

@@ -38,6 +38,11 @@ pub enum StoreError {
     /// the writer is gone): nothing was written, and a retry is safe.
     #[error("the write did not commit: {0}")]
     NotCommitted(String),
+    /// The database could not be reached for a batch this call was part of (each caller
+    /// gets the batch's failure, as text). Approval writes are safe to retry: a retried
+    /// create finds its request id's approval, a retried decision reads again.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl StoreError {
@@ -45,7 +50,9 @@ impl StoreError {
     /// and a sign of an outage rather than of a bug.
     pub fn is_unavailable(&self) -> bool {
         match self {
-            StoreError::Timeout(_) | StoreError::NotCommitted(_) => true,
+            StoreError::Timeout(_) | StoreError::NotCommitted(_) | StoreError::Unavailable(_) => {
+                true
+            }
             StoreError::Database(e) => match e {
                 sqlx::Error::PoolTimedOut
                 | sqlx::Error::PoolClosed

@@ -7,8 +7,10 @@
 //! to let callers about to arrive join it). At low load every call runs at once, alone; under load the database sees one multi-row statement and one commit (one
 //! WAL flush) for every caller waiting, which is what single-row INSERTs cannot do.
 //!
-//! A batch is one statement, so it applies entirely or not at all. If it fails, each of
-//! its requests is run again alone, so one request that the database refuses fails alone.
+//! A batch is one statement, so it applies entirely or not at all. If the database refuses
+//! it, each of its requests is run again alone, so one request that the database refuses
+//! fails alone; if the database cannot be reached, every caller of the batch hears so at
+//! once.
 //! A statement that does not answer within the query timeout fails its batch, and its
 //! connection is closed and replaced.
 
@@ -176,6 +178,14 @@ async fn collect<Req: Send + Sync + 'static, Resp: Send + 'static>(
             }
             Err(e) if reqs.len() == 1 => {
                 let _ = replies.into_iter().next().map(|r| r.send(Err(e)));
+            }
+            Err(e) if e.is_unavailable() => {
+                // The database is unreachable or too slow, not refusing a request: every
+                // caller hears so now, rather than after one attempt each.
+                let why = e.to_string();
+                for reply in replies {
+                    let _ = reply.send(Err(StoreError::Unavailable(why.clone())));
+                }
             }
             Err(e) => {
                 // Nothing of the batch was written (one statement): run each alone, so
