@@ -147,7 +147,11 @@ where
         mint(url, "bench", "agent"),
         mint(url, "bench", "approver"),
     );
-    let server = ServerProcess::toolgate(url, None, &[]);
+    // TOOLGATE_BENCH_SERVE_ARGS adds flags (a fixed `--metrics-listen`, say, to read the
+    // server's own latency histograms while it runs).
+    let extra = std::env::var("TOOLGATE_BENCH_SERVE_ARGS").unwrap_or_default();
+    let extra: Vec<&str> = extra.split_whitespace().collect();
+    let server = ServerProcess::toolgate(url, None, &extra);
     let mut clients = Vec::new();
     for _ in 0..opts.connections.max(1) {
         clients.push(PolicyServiceClient::new(common::connect(server.addr).await));

@@ -147,8 +147,8 @@ pub fn sqlite_temp() -> (tempfile::TempDir, String) {
 }
 
 impl ServerProcess {
-    /// `toolgate serve` on `url` with `extra` flags, its metrics on a free port, warnings
-    /// only. `dir` (the SQLite file's directory) lives as long as the server.
+    /// `toolgate serve` on `url` with `extra` flags, its metrics on a free port (unless
+    /// `extra` says where), warnings only. `dir` (the SQLite file's directory) lives as long as the server.
     pub fn toolgate(url: &str, dir: Option<tempfile::TempDir>, extra: &[&str]) -> Self {
         let addr = free_port();
         let child = wrapped(env!("CARGO_BIN_EXE_toolgate"))
@@ -159,7 +159,11 @@ impl ServerProcess {
                 "--database-url",
                 url,
             ])
-            .args(["--metrics-listen", "127.0.0.1:0"])
+            .args(if extra.contains(&"--metrics-listen") {
+                &[][..]
+            } else {
+                &["--metrics-listen", "127.0.0.1:0"][..]
+            })
             .args(extra)
             .env("RUST_LOG", "warn")
             .stdin(std::process::Stdio::null())
