@@ -78,6 +78,19 @@ pub(crate) struct Write {
     pub people: PeopleSeen,
 }
 
+impl Write {
+    /// `next` as the version after `version`.
+    fn after(tenant: &str, id: &str, version: i64, next: Approval, people: PeopleSeen) -> Self {
+        Write {
+            tenant: tenant.to_owned(),
+            id: id.to_owned(),
+            version: version + 1,
+            next,
+            people,
+        }
+    }
+}
+
 /// What an update reads and writes, per backend.
 pub(crate) trait ApprovalIo {
     /// The approval with its version, and the people in `person_ids` and its requester.
@@ -134,13 +147,7 @@ where
                 out,
             }));
         };
-        let w = Write {
-            tenant: tenant.to_owned(),
-            id: id.to_owned(),
-            version: read.version + 1,
-            next,
-            people: seen,
-        };
+        let w = Write::after(tenant, id, read.version, next, seen);
         if io.write(&w).await? {
             cache.wrote(&w);
             return Ok(Some(written(w, out)));
@@ -180,13 +187,7 @@ where
     if next == *hit.approval {
         return Ok(None);
     }
-    let w = Write {
-        tenant: tenant.to_owned(),
-        id: id.to_owned(),
-        version: hit.version + 1,
-        next,
-        people: hit.seen,
-    };
+    let w = Write::after(tenant, id, hit.version, next, hit.seen);
     if !io.write(&w).await? {
         cache.forget(tenant, id);
         return Ok(None);
@@ -201,6 +202,19 @@ fn written<T>(w: Write, out: T) -> Updated<T> {
         changed: true,
         out,
     }
+}
+
+/// Where an expiry sweep that expired `expired` (at most `limit`) at `now` got to: now, or,
+/// if the batch was full and more may be due, the last expiry it reached.
+pub(crate) fn swept_to(expired: &[(String, Approval)], limit: u32, now: i64) -> i64 {
+    if expired.len() < limit as usize {
+        return now;
+    }
+    expired
+        .iter()
+        .map(|(_, a)| a.expires_at.0)
+        .max()
+        .unwrap_or(now)
 }
 
 /// An approval's steps as the JSON array `approval_events.steps` holds.
@@ -381,28 +395,35 @@ impl ApprovalCache {
     }
 }
 
+/// A pending approval of alice's for the stores' unit tests.
+#[cfg(test)]
+pub(crate) fn test_approval(id: &str, request_id: &str) -> Approval {
+    use crate::policy::{ApproverRole, UnixMillis};
+    Approval {
+        id: id.into(),
+        state: ApprovalState::Pending,
+        integration_id: "entra".into(),
+        tool_name: "reset_password".into(),
+        arguments_json: "{}".into(),
+        arguments_sha256: "00".into(),
+        requester_id: "alice".into(),
+        request_id: request_id.into(),
+        required_roles: vec![ApproverRole::Technician],
+        steps: Vec::new(),
+        created_at: UnixMillis(1),
+        expires_at: UnixMillis(i64::MAX / 2),
+        created_by_key: "key_1".into(),
+        consumed_by_request: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::policy::{ApproverRole, UnixMillis};
 
     fn approval(id: &str) -> Approval {
-        Approval {
-            id: id.into(),
-            state: ApprovalState::Pending,
-            integration_id: "entra".into(),
-            tool_name: "reset_password".into(),
-            arguments_json: "{}".into(),
-            arguments_sha256: "00".into(),
-            requester_id: "alice".into(),
-            request_id: format!("req-{id}"),
-            required_roles: vec![ApproverRole::Technician],
-            steps: Vec::new(),
-            created_at: UnixMillis(1),
-            expires_at: UnixMillis(i64::MAX / 2),
-            created_by_key: "key_1".into(),
-            consumed_by_request: None,
-        }
+        test_approval(id, &format!("req-{id}"))
     }
 
     #[test]

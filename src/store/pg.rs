@@ -21,8 +21,8 @@
 use super::approvals::{self, ApprovalCache, ApprovalIo, ForUpdate, Write};
 use super::pg_batch::{Batcher, Change, ReadReq, run_changes, run_reads};
 use super::rows::{
-    APPROVAL_COLUMNS, Cols, TOOL_COLUMNS, approval_from_row, caller_from_row, corrupt,
-    current_tool_from_row, group_changes, migrator, person_from_row, stamp, u64_of,
+    APPROVAL_COLUMNS, Cols, TOOL_COLUMNS, approval_from_row, approval_page, caller_from_row,
+    corrupt, current_tool_from_row, group_changes, migrator, person_from_row, stamp, u64_of,
 };
 use super::{
     ApprovalCursor, ApprovalQuery, Inserted, IntegrationMeta, KeyInfo, People, ReadScope,
@@ -778,17 +778,7 @@ impl Store for PgStore {
                 .bind(i64::from(q.limit) + 1)
                 .fetch_all(&self.pool)
                 .await?;
-            let page = rows.len().min(q.limit as usize);
-            let approvals = rows[..page]
-                .iter()
-                .map(approval_from_row)
-                .collect::<Result<Vec<_>, _>>()?;
-            let next = if rows.len() > page && page > 0 {
-                Some(rows[page - 1].try_get("seq")?)
-            } else {
-                None
-            };
-            Ok((approvals, next))
+            approval_page(&rows, q.limit)
         })
         .await
     }
@@ -848,16 +838,7 @@ impl Store for PgStore {
                 self.cache.forget(&tenant, &a.id);
                 expired.push((tenant, a));
             }
-            // A full batch may have left more behind: the next sweep goes on from the last.
-            let reached = if rows.len() < limit as usize {
-                now
-            } else {
-                expired
-                    .iter()
-                    .map(|(_, a)| a.expires_at.0)
-                    .max()
-                    .unwrap_or(0)
-            };
+            let reached = approvals::swept_to(&expired, limit, now);
             sqlx::query("UPDATE approval_sweep SET swept_to = GREATEST(swept_to, $1)")
                 .bind(reached)
                 .execute(&mut *tx)

@@ -507,22 +507,7 @@ mod tests {
     }
 
     fn approval(id: &str, request_id: &str) -> Approval {
-        Approval {
-            id: id.into(),
-            state: ApprovalState::Pending,
-            integration_id: "entra".into(),
-            tool_name: "reset_password".into(),
-            arguments_json: "{}".into(),
-            arguments_sha256: "00".into(),
-            requester_id: "alice".into(),
-            request_id: request_id.into(),
-            required_roles: vec![ApproverRole::Technician],
-            steps: Vec::new(),
-            created_at: UnixMillis(1),
-            expires_at: UnixMillis(i64::MAX / 2),
-            created_by_key: "key_1".into(),
-            consumed_by_request: None,
-        }
+        crate::store::approvals::test_approval(id, request_id)
     }
 
     fn create(a: Approval) -> Change {

@@ -16,8 +16,8 @@
 
 use super::approvals::{self, ApprovalCache, ApprovalIo, ForUpdate, Write, steps_to_json};
 use super::rows::{
-    APPROVAL_COLUMNS, Cols, TOOL_COLUMNS, approval_from_row, caller_from_row, corrupt,
-    current_tool_from_row, group_changes, migrator, people_from_json, person_from_row,
+    APPROVAL_COLUMNS, Cols, TOOL_COLUMNS, approval_from_row, approval_page, caller_from_row,
+    corrupt, current_tool_from_row, group_changes, migrator, people_from_json, person_from_row,
     roles_to_text, stamp, u64_of,
 };
 use super::{
@@ -652,17 +652,7 @@ impl Store for SqliteStore {
             .bind(i64::from(q.limit) + 1)
             .fetch_all(&self.reader)
             .await?;
-        let page = rows.len().min(q.limit as usize);
-        let approvals = rows[..page]
-            .iter()
-            .map(approval_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        let next = if rows.len() > page && page > 0 {
-            Some(rows[page - 1].try_get("seq")?)
-        } else {
-            None
-        };
-        Ok((approvals, next))
+        approval_page(&rows, q.limit)
     }
 
     async fn update_approval<F, T, E>(
@@ -722,16 +712,7 @@ impl Store for SqliteStore {
                 expired.push((tenant, a));
             }
         }
-        // A full batch may have left more behind: the next sweep goes on from the last.
-        let reached = if rows.len() < limit as usize {
-            now
-        } else {
-            expired
-                .iter()
-                .map(|(_, a)| a.expires_at.0)
-                .max()
-                .unwrap_or(swept_to)
-        };
+        let reached = approvals::swept_to(&expired, limit, now);
         sqlx::query("UPDATE approval_sweep SET swept_to = max(swept_to, ?) WHERE id = 1")
             .bind(reached)
             .execute(&mut *tx)
@@ -1024,23 +1005,7 @@ mod tests {
     }
 
     fn pending(id: &str) -> Approval {
-        use crate::policy::ApproverRole;
-        Approval {
-            id: id.into(),
-            state: ApprovalState::Pending,
-            integration_id: "entra".into(),
-            tool_name: "reset_password".into(),
-            arguments_json: "{}".into(),
-            arguments_sha256: "00".into(),
-            requester_id: "alice".into(),
-            request_id: format!("req-{id}"),
-            required_roles: vec![ApproverRole::Technician],
-            steps: Vec::new(),
-            created_at: UnixMillis(1),
-            expires_at: UnixMillis(i64::MAX / 2),
-            created_by_key: "key_1".into(),
-            consumed_by_request: None,
-        }
+        crate::store::approvals::test_approval(id, &format!("req-{id}"))
     }
 
     fn person(id: &str, technician: bool) -> Person {
