@@ -914,6 +914,32 @@ mod tests {
             .unwrap()
     }
 
+    type Held = (
+        tokio::sync::oneshot::Receiver<()>,
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<Result<(), StoreError>>,
+    );
+
+    /// Holds the writer inside a batch until released, so the writes queued meanwhile run
+    /// together in the next one: (started, release, the holder).
+    fn hold(store: &SqliteStore) -> Held {
+        let (started_tx, started) = tokio::sync::oneshot::channel();
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let store = store.clone();
+        let holder = tokio::spawn(async move {
+            store
+                .grouped(move |_conn| {
+                    Box::pin(async move {
+                        let _ = started_tx.send(());
+                        let _ = released.await;
+                        Ok::<_, StoreError>(())
+                    }) as BoxFuture<'_, Result<(), StoreError>>
+                })
+                .await
+        });
+        (started, release, holder)
+    }
+
     /// Writes queued together share one transaction (a later one runs before an earlier
     /// one is visible to readers, and all become visible at one commit); one that fails
     /// changes nothing and the others commit; one that panics takes its batch with it.
@@ -922,25 +948,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("t.db").display());
         let store = SqliteStore::connect(&url).await.unwrap();
-        // Hold the writer inside a first batch while the writes queue, so they run together
-        // in the next one.
-        let hold = |store: &SqliteStore| {
-            let (started_tx, started) = tokio::sync::oneshot::channel();
-            let (release, released) = tokio::sync::oneshot::channel::<()>();
-            let store = store.clone();
-            let holder = tokio::spawn(async move {
-                store
-                    .grouped(move |_conn| {
-                        Box::pin(async move {
-                            let _ = started_tx.send(());
-                            let _ = released.await;
-                            Ok::<_, StoreError>(())
-                        }) as BoxFuture<'_, Result<(), StoreError>>
-                    })
-                    .await
-            });
-            (started, release, holder)
-        };
         let spawn = |work: Write| {
             let store = store.clone();
             tokio::spawn(async move { store.grouped(work).await })
@@ -1111,5 +1118,48 @@ mod tests {
             .unwrap();
         assert!(!decided.changed);
         assert_eq!(decided.approval.state, ApprovalState::Denied);
+    }
+
+    /// An approval whose batch never committed is still in the cache; a decision taken
+    /// from it is refused (its version 0 is not there) and the fresh read finds nothing.
+    #[tokio::test]
+    async fn a_cached_approval_whose_commit_failed_is_not_found_and_gets_no_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_with_approval(&dir).await;
+        let (started, release, holder) = hold(&store);
+        started.await.unwrap();
+        let ghost = {
+            let store = store.clone();
+            tokio::spawn(async move { store.insert_approval("t", &pending("ghost")).await })
+        };
+        queued(&store, 1).await;
+        let panics = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .grouped(|_conn| -> BoxFuture<'_, Result<(), StoreError>> {
+                        Box::pin(async { panic!("a rule that panics") })
+                    })
+                    .await
+            })
+        };
+        queued(&store, 2).await;
+        release.send(()).unwrap();
+        holder.await.unwrap().unwrap();
+        assert!(matches!(
+            ghost.await.unwrap(),
+            Err(StoreError::NotCommitted(_))
+        ));
+        assert!(panics.await.unwrap().is_err());
+        let decided = store
+            .update_approval("t", "ghost", vec!["tom".into()], approve_as("tom"))
+            .await;
+        assert!(matches!(decided, Ok(None)), "{decided:?}");
+        let events: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM approval_events WHERE approval_id = 'ghost'")
+                .fetch_one(&store.reader)
+                .await
+                .unwrap();
+        assert_eq!(events, 0);
     }
 }
