@@ -2,8 +2,8 @@
 //!
 //! An approval changes only by appending its next version (`approval_events`). Each write
 //! names the version it makes and the versions of the people its decision read, and the
-//! store writes it only if that version is still free and those people are unchanged
-//! (one statement). So a decision made from what this process last read or wrote (the
+//! store writes it only if the version before it is the latest (and its own is free) and
+//! those people are unchanged (one statement). So a decision made from what this process last read or wrote (the
 //! [`ApprovalCache`]) is as safe as one made from a fresh read: if anything changed in
 //! between — another replica's decision, the expiry sweep, a directory sync — the write
 //! is refused and the decision is made again from a fresh read.
@@ -14,7 +14,7 @@
 
 use super::rows::corrupt;
 use super::{People, StoreError, UpdateError, Updated};
-use crate::policy::{Approval, ApprovalState, ApprovalStep, Person};
+use crate::policy::{Approval, ApprovalState, Person};
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -57,6 +57,20 @@ fn asked_ids(person_ids: &[String], requester: &str) -> Vec<String> {
     ids
 }
 
+/// What a decision reads of the people `asked`: by id for the rules, and with their
+/// versions as the write checks them. `find` gives each one found, with its version.
+fn people_inputs<'a>(
+    asked: &[String],
+    find: impl Fn(&str) -> Option<&'a (Person, i64)>,
+) -> Result<(People, PeopleSeen), StoreError> {
+    let people = asked
+        .iter()
+        .filter_map(|id| find(id).map(|(p, _)| (id.clone(), p.clone())))
+        .collect();
+    let seen = PeopleSeen::new(asked, |id| find(id).map(|(_, v)| *v))?;
+    Ok((people, seen))
+}
+
 /// An approval as read for an update: its version, and the people named with theirs.
 #[derive(Debug, Clone)]
 pub(crate) struct ForUpdate {
@@ -66,8 +80,8 @@ pub(crate) struct ForUpdate {
     pub people: Vec<(Person, i64)>,
 }
 
-/// One approval change: written only if `version` is still free and the people are still
-/// as `people` says.
+/// One approval change: written only if `version - 1` is the approval's latest version and
+/// the people are still as `people` says.
 #[derive(Debug, Clone)]
 pub(crate) struct Write {
     pub tenant: String,
@@ -100,7 +114,8 @@ pub(crate) trait ApprovalIo {
         id: &str,
         person_ids: &[String],
     ) -> impl Future<Output = Result<Option<ForUpdate>, StoreError>> + Send;
-    /// Appends `w` unless its version is taken or its people changed; whether it did.
+    /// Appends `w` unless the version before it is not the latest or its people changed;
+    /// whether it did.
     fn write(&mut self, w: &Write) -> impl Future<Output = Result<bool, StoreError>> + Send;
 }
 
@@ -127,17 +142,8 @@ where
             return Ok(None);
         };
         let asked = asked_ids(person_ids, &read.approval.requester_id);
-        let seen = PeopleSeen::new(&asked, |p| {
-            read.people
-                .iter()
-                .find(|(person, _)| person.id == p)
-                .map(|(_, v)| *v)
-        })?;
-        let people: People = read
-            .people
-            .iter()
-            .map(|(p, _)| (p.id.clone(), p.clone()))
-            .collect();
+        let (people, seen) =
+            people_inputs(&asked, |id| read.people.iter().find(|(p, _)| p.id == id))?;
         cache.read(tenant, &read, &asked);
         let (next, out) = f(&read.approval, &people).map_err(UpdateError::Rule)?;
         let Some(next) = next.filter(|n| n != &read.approval) else {
@@ -148,9 +154,12 @@ where
             }));
         };
         let w = Write::after(tenant, id, read.version, next, seen);
-        if io.write(&w).await? {
-            cache.wrote(&w);
-            return Ok(Some(written(w, out)));
+        if let Some(approval) = write_through(io, cache, w).await? {
+            return Ok(Some(Updated {
+                approval,
+                changed: true,
+                out,
+            }));
         }
     }
     // Something changed it between every read and write: answer "retry" rather than wait on.
@@ -188,21 +197,32 @@ where
         return Ok(None);
     }
     let w = Write::after(tenant, id, hit.version, next, hit.seen);
+    Ok(write_through(io, cache, w).await?.map(|approval| Updated {
+        approval,
+        changed: true,
+        out,
+    }))
+}
+
+/// Writes `w`; the approval it wrote, which the cache now holds, or `None` (and the cache
+/// forgets the approval) if the database refused it.
+async fn write_through<I: ApprovalIo>(
+    io: &mut I,
+    cache: &ApprovalCache,
+    w: Write,
+) -> Result<Option<Approval>, StoreError> {
     if !io.write(&w).await? {
-        cache.forget(tenant, id);
+        cache.forget(&w.tenant, &w.id);
         return Ok(None);
     }
     cache.wrote(&w);
-    Ok(Some(written(w, out)))
+    Ok(Some(w.next))
 }
 
-fn written<T>(w: Write, out: T) -> Updated<T> {
-    Updated {
-        approval: w.next,
-        changed: true,
-        out,
-    }
-}
+/// How far behind where it got to the expiry sweep looks again: an approval committed late
+/// (a slow commit, a replica's clock a little behind) whose expiry the sweep has already
+/// passed is still found.
+pub(crate) const SWEEP_MARGIN_MS: i64 = 60_000;
 
 /// Where an expiry sweep that expired `expired` (at most `limit`) at `now` got to: now, or,
 /// if the batch was full and more may be due, the last expiry it reached.
@@ -215,23 +235,6 @@ pub(crate) fn swept_to(expired: &[(String, Approval)], limit: u32, now: i64) -> 
         .map(|(_, a)| a.expires_at.0)
         .max()
         .unwrap_or(now)
-}
-
-/// An approval's steps as the JSON array `approval_events.steps` holds.
-pub(crate) fn steps_to_json(steps: &[ApprovalStep]) -> String {
-    let steps: Vec<serde_json::Value> = steps
-        .iter()
-        .map(|s| {
-            serde_json::json!({
-                "role": s.role.as_str(),
-                "approver_id": s.approver_id,
-                "approved": s.approved,
-                "comment": s.comment,
-                "decided_at": s.decided_at.0,
-            })
-        })
-        .collect();
-    serde_json::Value::Array(steps).to_string()
 }
 
 /// Most bytes of approvals kept; past it the cache starts over (it is only a shortcut).
@@ -313,19 +316,11 @@ impl ApprovalCache {
             return Ok(None);
         };
         let asked = asked_ids(person_ids, &cached.approval.requester_id);
-        let mut people = People::new();
-        let mut versions = HashMap::new();
-        for p in &asked {
-            match inner.people.get(&(tenant.to_owned(), p.clone())) {
-                None => return Ok(None),
-                Some(None) => {}
-                Some(Some((person, version))) => {
-                    people.insert(p.clone(), person.clone());
-                    versions.insert(p.as_str(), *version);
-                }
-            }
+        let known = |id: &str| inner.people.get(&(tenant.to_owned(), id.to_owned()));
+        if !asked.iter().all(|id| known(id).is_some()) {
+            return Ok(None);
         }
-        let seen = PeopleSeen::new(&asked, |p| versions.get(p).copied())?;
+        let (people, seen) = people_inputs(&asked, |id| known(id).and_then(Option::as_ref))?;
         Ok(Some(Hit {
             approval: cached.approval.clone(),
             version: cached.version,
@@ -420,7 +415,7 @@ pub(crate) fn test_approval(id: &str, request_id: &str) -> Approval {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::{ApproverRole, UnixMillis};
+    use crate::policy::{ApprovalStep, ApproverRole, UnixMillis};
 
     fn approval(id: &str) -> Approval {
         test_approval(id, &format!("req-{id}"))
@@ -464,7 +459,7 @@ mod tests {
             comment: "no: \u{1F600}".into(),
             decided_at: UnixMillis(42),
         }];
-        let json = steps_to_json(&steps);
+        let json = super::super::rows::steps_to_json(&steps);
         assert_eq!(
             super::super::rows::steps_from_json(&json).expect("parse"),
             steps

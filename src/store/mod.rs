@@ -38,10 +38,11 @@ pub enum StoreError {
     /// the writer is gone): nothing was written, and a retry is safe.
     #[error("the write did not commit: {0}")]
     NotCommitted(String),
-    /// The database could not be reached for a batch this call was part of (each caller
-    /// gets the batch's failure, as text). Approval writes are safe to retry: a retried
-    /// create finds its request id's approval, a retried decision reads again.
-    #[error("the database is unavailable: {0}")]
+    /// Worth a retry: the database could not be reached for a batch this call was part of
+    /// (each caller gets the batch's failure, as text), or an approval kept changing under
+    /// every attempt to decide on it. Approval writes are safe to retry: a retried create
+    /// finds its request id's approval, a retried decision reads again.
+    #[error("unavailable, retry: {0}")]
     Unavailable(String),
 }
 

@@ -53,10 +53,6 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
 
 /// The channel a Save notifies, with `<revision> <tenant>` as payload.
 const REVISIONS_CHANNEL: &str = "toolgate_revisions";
-/// How far behind where it got to the expiry sweep looks again: an approval committed
-/// late (a slow commit, a replica's clock a little behind) whose expiry the sweep has
-/// already passed is still found.
-const SWEEP_MARGIN_MS: i64 = 60_000;
 
 /// The channel a key change notifies (no payload: the cache reloads).
 const KEYS_CHANNEL: &str = "toolgate_keys";
@@ -828,7 +824,7 @@ impl Store for PgStore {
                 .bind(now)
                 .bind(i64::from(limit))
                 .bind(&*self.origin)
-                .bind(SWEEP_MARGIN_MS)
+                .bind(approvals::SWEEP_MARGIN_MS)
                 .fetch_all(&mut *tx)
                 .await?;
             let mut expired = Vec::with_capacity(rows.len());

@@ -15,9 +15,10 @@
 //! connection is closed and replaced.
 
 use super::StoreError;
-use super::approvals::{ForUpdate, Write, steps_to_json};
+use super::approvals::{ForUpdate, Write};
 use super::rows::{
     APPROVAL_COLUMNS, Cols, approval_from_row, corrupt, people_from_json, roles_to_text,
+    steps_to_json,
 };
 use crate::policy::{Approval, UnixMillis};
 use sqlx::Row;

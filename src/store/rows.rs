@@ -223,18 +223,19 @@ pub(crate) fn migrator(list: &[(i64, &str, &'static str)]) -> sqlx::migrate::Mig
     Migrator::with_migrations(migrations)
 }
 
-/// An approval's steps, as a JSON array of step objects (aggregated by the database, so
-/// that an approval and its steps are read in one statement).
+/// One step as `approval_events.steps` holds it (and as the database aggregates it).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StepJson<S> {
+    role: S,
+    approver_id: S,
+    approved: bool,
+    comment: S,
+    decided_at: i64,
+}
+
+/// An approval's steps, from a JSON array of step objects.
 pub(crate) fn steps_from_json(json: &str) -> Result<Vec<ApprovalStep>, StoreError> {
-    #[derive(serde::Deserialize)]
-    struct StepJson {
-        role: String,
-        approver_id: String,
-        approved: bool,
-        comment: String,
-        decided_at: i64,
-    }
-    let steps: Vec<StepJson> =
+    let steps: Vec<StepJson<String>> =
         serde_json::from_str(json).map_err(|e| corrupt("approval steps", &e.to_string()))?;
     steps
         .into_iter()
@@ -249,6 +250,22 @@ pub(crate) fn steps_from_json(json: &str) -> Result<Vec<ApprovalStep>, StoreErro
             })
         })
         .collect()
+}
+
+/// An approval's steps as the JSON array [`steps_from_json`] reads.
+pub(crate) fn steps_to_json(steps: &[ApprovalStep]) -> String {
+    let steps: Vec<StepJson<&str>> = steps
+        .iter()
+        .map(|s| StepJson {
+            role: s.role.as_str(),
+            approver_id: &s.approver_id,
+            approved: s.approved,
+            comment: &s.comment,
+            decided_at: s.decided_at.0,
+        })
+        .collect();
+    // Strings, booleans and integers only: serialising cannot fail.
+    serde_json::to_string(&steps).unwrap_or_else(|_| "[]".into())
 }
 
 /// People with their versions, from a JSON array of person objects (aggregated by the

@@ -14,11 +14,11 @@
 //! head, or a new version in `approval_events`, see [`super::approvals`]), so a write that
 //! fails changes nothing and needs no savepoint of its own.
 
-use super::approvals::{self, ApprovalCache, ApprovalIo, ForUpdate, Write, steps_to_json};
+use super::approvals::{self, ApprovalCache, ApprovalIo, ForUpdate, Write};
 use super::rows::{
     APPROVAL_COLUMNS, Cols, TOOL_COLUMNS, approval_from_row, approval_page, caller_from_row,
     corrupt, current_tool_from_row, group_changes, migrator, people_from_json, person_from_row,
-    roles_to_text, stamp, u64_of,
+    roles_to_text, stamp, steps_to_json, u64_of,
 };
 use super::{
     ApprovalCursor, ApprovalQuery, Inserted, IntegrationMeta, KeyInfo, People, ReadScope,
@@ -49,11 +49,6 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0002_approval_events.sql"),
     ),
 ];
-
-/// How far behind where it got to the expiry sweep looks again: an approval committed
-/// late (a slow commit, a clock a little behind) whose expiry the sweep has already passed
-/// is still found.
-const SWEEP_MARGIN_MS: i64 = 60_000;
 
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
@@ -699,7 +694,7 @@ impl Store for SqliteStore {
              ON CONFLICT DO NOTHING RETURNING tenant, approval_id",
         )
         .bind(now)
-        .bind(swept_to - SWEEP_MARGIN_MS)
+        .bind(swept_to - approvals::SWEEP_MARGIN_MS)
         .bind(i64::from(limit))
         .fetch_all(&mut *tx)
         .await?;
@@ -1083,20 +1078,28 @@ mod tests {
         assert_eq!(events, 0, "nothing was written");
     }
 
-    /// An approval changed elsewhere: the decision the cache would make is refused by its
-    /// version, and the one made from a fresh read is written.
+    /// `approval`'s version 1, `denied`, written as another process would (not through
+    /// this store or its cache).
+    async fn denied_elsewhere(store: &SqliteStore, approval: &str) {
+        sqlx::query(
+            "INSERT INTO approval_events (tenant, approval_id, version, state, required_roles, \
+             consumed_by_request, steps, created_at) \
+             VALUES ('t', ?, 1, 'denied', 'technician', NULL, '[]', 2)",
+        )
+        .bind(approval)
+        .execute(&store.writer)
+        .await
+        .unwrap();
+    }
+
+    /// An approval changed elsewhere: an answer that writes nothing is never the cached
+    /// one, and a decision the cache would write is refused by its version and made again
+    /// from a fresh read.
     #[tokio::test]
     async fn an_approval_changed_elsewhere_is_decided_again_from_a_fresh_read() {
         let dir = tempfile::tempdir().unwrap();
         let store = store_with_approval(&dir).await;
-        sqlx::query(
-            "INSERT INTO approval_events (tenant, approval_id, version, state, required_roles, \
-             consumed_by_request, steps, created_at) \
-             VALUES ('t', 'a', 1, 'denied', 'technician', NULL, '[]', 2)",
-        )
-        .execute(&store.writer)
-        .await
-        .unwrap();
+        denied_elsewhere(&store, "a").await;
         let look = |a: &Approval, _: &People| Ok::<_, &'static str>((None, a.state));
         let seen = store
             .update_approval("t", "a", Vec::new(), look)
@@ -1104,10 +1107,15 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(seen.out, ApprovalState::Denied, "not the cached 'pending'");
-        // A decision that would write: refused by version 1 being taken, then made again.
+        // A second approval, cached with its people, then denied elsewhere: the cached
+        // decision (approve) is refused by version 1 being taken, then made again.
+        let Inserted::New(_) = store.insert_approval("t", &pending("b")).await.unwrap() else {
+            panic!("a new approval");
+        };
+        denied_elsewhere(&store, "b").await;
         let approve = approve_as("tom");
         let decided = store
-            .update_approval("t", "a", vec!["tom".into()], move |a, people| {
+            .update_approval("t", "b", vec!["tom".into()], move |a, people| {
                 if a.state == ApprovalState::Denied {
                     return Ok((None, ()));
                 }
@@ -1118,6 +1126,12 @@ mod tests {
             .unwrap();
         assert!(!decided.changed);
         assert_eq!(decided.approval.state, ApprovalState::Denied);
+        let events: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM approval_events WHERE approval_id = 'b'")
+                .fetch_one(&store.reader)
+                .await
+                .unwrap();
+        assert_eq!(events, 1, "only the denial elsewhere");
     }
 
     /// An approval whose batch never committed is still in the cache; a decision taken
