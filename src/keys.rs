@@ -96,34 +96,178 @@ mod tests {
     }
 }
 
+/// Whether `token` has the shape of a key [`generate`] makes (`tg_k<16 hex>_<64 hex>`).
+/// Anything else cannot be a key, and is refused without a look-up.
+pub fn well_formed(token: &str) -> bool {
+    let hex = |s: &str, len: usize| {
+        s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    };
+    token.len() <= MAX_TOKEN_BYTES
+        && token
+            .strip_prefix("tg_k")
+            .and_then(|rest| rest.split_once('_'))
+            .is_some_and(|(id, secret)| hex(id, 16) && hex(secret, 64))
+}
+
+/// Most tokens remembered as unknown; the set is emptied when it fills up (and at every
+/// reload), so it stays bounded whatever a client sends.
+const MAX_MISSES: usize = 4096;
+/// Look-ups of unknown tokens that may run in the database at once.
+const MISS_LOOKUPS: usize = 4;
+
 /// Live keys in memory, by the SHA-256 of their secret, so authenticating a call needs no
 /// database round trip, and calls keep authenticating while the database is unreachable.
 ///
 /// A key not found here is looked up in the store (a key minted a moment ago works at
-/// once). Revocations reach the cache when it is reloaded: on every `key_refresh_interval`
-/// tick and, on PostgreSQL, at once through `NOTIFY toolgate_keys`.
+/// once), at most [`MISS_LOOKUPS`] at a time; a token the store did not know is remembered
+/// (up to [`MAX_MISSES`]) and refused without a look-up until the next reload. Revocations
+/// reach the cache when it is reloaded: on every `key_refresh_interval` tick and, on
+/// PostgreSQL, at once through `NOTIFY toolgate_keys`. Each reload starts a new generation,
+/// and a look-up that began before it does not insert what it read, so a revoked key read
+/// just before its revocation cannot outlive the reload that dropped it.
 ///
 /// Callers are shared (`Arc`): a hit costs a reference count, not copies of its strings.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct KeyCache {
-    keys: std::sync::RwLock<std::collections::HashMap<String, Arc<Caller>>>,
+    keys: std::sync::RwLock<Live>,
+    misses: std::sync::Mutex<std::collections::HashSet<String>>,
+    lookups: tokio::sync::Semaphore,
+}
+
+#[derive(Debug, Default)]
+struct Live {
+    by_hash: std::collections::HashMap<String, Arc<Caller>>,
+    generation: u64,
+}
+
+impl Default for KeyCache {
+    fn default() -> Self {
+        KeyCache {
+            keys: Default::default(),
+            misses: Default::default(),
+            lookups: tokio::sync::Semaphore::new(MISS_LOOKUPS),
+        }
+    }
 }
 
 impl KeyCache {
     pub fn get(&self, secret_sha256: &str) -> Option<Arc<Caller>> {
         let keys = self.keys.read().unwrap_or_else(|e| e.into_inner());
-        keys.get(secret_sha256).cloned()
+        keys.by_hash.get(secret_sha256).cloned()
     }
 
-    pub fn insert(&self, secret_sha256: String, caller: Arc<Caller>) {
+    /// The current generation: read it before a look-up, hand it to
+    /// [`Self::insert_if_current`] after.
+    pub fn generation(&self) -> u64 {
+        self.keys
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .generation
+    }
+
+    /// Caches a key read from the store, unless a reload happened since `generation`.
+    pub fn insert_if_current(&self, generation: u64, secret_sha256: &str, caller: Arc<Caller>) {
         let mut keys = self.keys.write().unwrap_or_else(|e| e.into_inner());
-        keys.insert(secret_sha256, caller);
+        if keys.generation == generation {
+            keys.by_hash.insert(secret_sha256.to_owned(), caller);
+        }
+    }
+
+    /// A turn to look an unknown token up in the store; `None` when the token is known
+    /// to be unknown. Waits while [`MISS_LOOKUPS`] look-ups run.
+    pub async fn miss_lookup(
+        &self,
+        secret_sha256: &str,
+    ) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        if self.is_known_miss(secret_sha256) {
+            return None;
+        }
+        let permit = self.lookups.acquire().await.ok()?;
+        // Another look-up of the same token may have finished while this one waited.
+        (!self.is_known_miss(secret_sha256)).then_some(permit)
+    }
+
+    fn is_known_miss(&self, secret_sha256: &str) -> bool {
+        let misses = self.misses.lock().unwrap_or_else(|e| e.into_inner());
+        misses.contains(secret_sha256)
+    }
+
+    /// Remembers a token the store did not know.
+    pub fn record_miss(&self, secret_sha256: &str) {
+        let mut misses = self.misses.lock().unwrap_or_else(|e| e.into_inner());
+        if misses.len() >= MAX_MISSES {
+            misses.clear();
+        }
+        misses.insert(secret_sha256.to_owned());
     }
 
     /// Replaces the whole cache with the store's live keys (revoked keys drop out).
     pub fn replace_all(&self, live: Vec<(String, Caller)>) {
         let fresh = live.into_iter().map(|(k, c)| (k, Arc::new(c))).collect();
-        let mut keys = self.keys.write().unwrap_or_else(|e| e.into_inner());
-        *keys = fresh;
+        {
+            let mut keys = self.keys.write().unwrap_or_else(|e| e.into_inner());
+            keys.by_hash = fresh;
+            keys.generation += 1;
+        }
+        self.misses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+}
+
+#[cfg(test)]
+mod cache_tests {
+    use super::*;
+    use crate::policy::Role;
+
+    fn caller(key: &str) -> Caller {
+        Caller {
+            key_id: key.into(),
+            tenant: "acme".into(),
+            role: Role::Agent,
+        }
+    }
+
+    #[test]
+    fn only_our_key_shape_is_well_formed() {
+        let key = generate().unwrap();
+        assert!(well_formed(&key.token));
+        for bad in [
+            "tg_kdeadbeef_0000",
+            "tg_k_nope",
+            "",
+            "Bearer",
+            &key.token.to_uppercase(),
+        ] {
+            assert!(!well_formed(bad), "{bad}");
+        }
+        assert!(!well_formed(&format!("{}0", key.token)));
+    }
+
+    #[test]
+    fn a_lookup_that_raced_a_reload_does_not_insert_and_misses_stay_bounded() {
+        let cache = KeyCache::default();
+        let before = cache.generation();
+        cache.replace_all(vec![]);
+        cache.insert_if_current(before, "h1", Arc::new(caller("k1")));
+        assert!(cache.get("h1").is_none(), "a revoked key came back");
+        cache.insert_if_current(cache.generation(), "h1", Arc::new(caller("k1")));
+        assert!(cache.get("h1").is_some());
+        for i in 0..MAX_MISSES + 10 {
+            cache.record_miss(&format!("m{i}"));
+        }
+        let misses = cache.misses.lock().unwrap().len();
+        assert!(misses <= MAX_MISSES, "{misses}");
+    }
+
+    #[tokio::test]
+    async fn a_known_miss_gets_no_lookup() {
+        let cache = KeyCache::default();
+        assert!(cache.miss_lookup("x").await.is_some());
+        cache.record_miss("x");
+        assert!(cache.miss_lookup("x").await.is_none());
+        cache.replace_all(vec![]);
+        assert!(cache.miss_lookup("x").await.is_some());
     }
 }

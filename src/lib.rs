@@ -9,18 +9,18 @@
 //! - [`hub`]: the per-tenant broadcast of approval changes for WatchApprovals.
 //! - [`store`]: the one seam to the database: a trait, and its SQLite and PostgreSQL
 //!   implementations.
-//! - [`follow`]: follows what other processes wrote (other replicas' Saves and approval
-//!   changes, key changes) and the database's health.
-//! - [`grpc`]: the `toolgate.v1.PolicyService` implementation: authentication, validation,
-//!   proto ↔ domain conversion, and the single mapping of errors to gRPC statuses.
+//! - [`app`]: the use cases (decide, save, approvals, watch starts, authentication, the
+//!   follower and the expiry sweep), written once for every transport. No tonic, no sqlx.
+//! - [`grpc`]: the `toolgate.v1.PolicyService` transport: authenticate, convert, call
+//!   [`app`], convert back; the single mapping of errors to gRPC statuses.
 //! - [`server`]: wires store, snapshot, health and reflection, and drains on shutdown.
 //! - [`config`]: flags, environment, TOML file and defaults, resolved once.
 //! - [`keys`]: API key generation and hashing.
 //! - [`proto`]: the generated code.
 #![forbid(unsafe_code)]
 
+pub mod app;
 pub mod config;
-pub mod follow;
 pub mod grpc;
 pub mod hub;
 pub mod keys;

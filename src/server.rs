@@ -1,15 +1,16 @@
 //! Builds and runs the gRPC server: store, snapshot, health, reflection, metrics, limits,
 //! TLS and graceful drain.
 
+use crate::app::follow::{FollowSettings, HealthSwitch, follow};
+use crate::app::sweep::sweep_expired;
+use crate::app::{App, Limits};
 use crate::config::{Config, TlsFiles};
-use crate::follow::{FollowSettings, HealthSwitch, follow};
+use crate::grpc::PolicyApi;
 use crate::grpc::gate::Gate;
-use crate::grpc::{AppState, Limits, PolicyApi};
 use crate::hub::ApprovalHub;
 use crate::metrics::{Gauges, Metrics, serve_metrics};
-use crate::policy::UnixMillis;
 use crate::proto::v1::policy_service_server::PolicyServiceServer;
-use crate::snapshot::{Snapshots, TenantSnapshot};
+use crate::snapshot::Snapshots;
 use crate::store::{AnyStore, Metered, Store, StoreError};
 use std::future::Future;
 use std::sync::Arc;
@@ -149,7 +150,7 @@ pub async fn serve<S: Store>(
         watch_history: config.watch_history,
         max_watch_streams: config.max_watch_streams,
     };
-    let state = Arc::new(AppState::new(
+    let app = Arc::new(App::new(
         store,
         snapshots,
         approvals,
@@ -160,22 +161,13 @@ pub async fn serve<S: Store>(
     let metrics_addr = listeners.metrics.local_addr()?;
     let _metrics_server = Background(tokio::spawn(serve_metrics(
         listeners.metrics,
-        scrape(state.clone(), serving.clone()),
+        scrape(app.clone(), serving.clone()),
     )));
     tracing::info!(addr = %metrics_addr, "metrics serving at /metrics");
 
-    let mut tools = 0;
-    let tenants = state.store.load_all_tools().await?;
-    for t in &tenants {
-        tools += t.tools.len();
-    }
-    for t in tenants {
-        state
-            .snapshots
-            .replace(&t.tenant, TenantSnapshot::new(t.revision, t.tools));
-    }
+    let tools = app.load_snapshots().await?;
     let sweeper = Background(tokio::spawn(sweep_expired(
-        state.clone(),
+        app.clone(),
         config.expiry_sweep,
     )));
     let (reporter, health_service) = tonic_health::server::health_reporter();
@@ -189,7 +181,7 @@ pub async fn serve<S: Store>(
     };
     health.report(true).await;
     let follower = Background(tokio::spawn(follow(
-        state.clone(),
+        app.clone(),
         FollowSettings {
             catch_up_interval: config.catch_up_interval,
             approval_poll_interval: config.approval_poll_interval,
@@ -198,7 +190,7 @@ pub async fn serve<S: Store>(
         },
         health.clone(),
     )));
-    let api = PolicyServiceServer::new(PolicyApi::new(state.clone()))
+    let api = PolicyServiceServer::new(PolicyApi::new(app.clone()))
         .max_decoding_message_size(config.max_message_bytes);
     let api = Gate::new(api, config.max_concurrent_requests, metrics.clone());
     let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -278,12 +270,12 @@ pub async fn serve<S: Store>(
 
 /// What `/metrics` shows: the counters plus gauges read from the state at scrape time.
 fn scrape<S: Store>(
-    state: Arc<AppState<S>>,
+    app: Arc<App<S>>,
     serving: Arc<AtomicBool>,
 ) -> Arc<dyn Fn() -> String + Send + Sync> {
     Arc::new(move || {
-        let totals = state.snapshots.totals();
-        state.metrics.render(Gauges {
+        let totals = app.snapshots.totals();
+        app.metrics.render(Gauges {
             tenants: totals.tenants,
             tools: totals.tools,
             revision_sum: totals.revision_sum,
@@ -305,30 +297,4 @@ fn tls_config(files: &TlsFiles) -> Result<ServerTlsConfig, RunError> {
         tls = tls.client_ca_root(Certificate::from_pem(read("tls_client_ca", ca)?));
     }
     Ok(tls)
-}
-
-/// Marks approvals past their expiry as expired, so their watchers hear of it even when
-/// nobody asks about them again.
-async fn sweep_expired<S: Store>(state: Arc<AppState<S>>, every: std::time::Duration) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        loop {
-            match state.store.expire_due(UnixMillis::now().0, 500).await {
-                Ok(expired) => {
-                    for (tenant, approval) in &expired {
-                        state.approval_changed(tenant, approval);
-                    }
-                    if expired.len() < 500 {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "expiry sweep failed; retrying next tick");
-                    break;
-                }
-            }
-        }
-    }
 }

@@ -5,15 +5,19 @@
 //! not follow the current one is refused, and the caller catches up from the store's
 //! change log instead. Readers never wait on a Save and never touch the database.
 //!
-//! Each tenant also has a bounded broadcast of its revisions for WatchConfig. Events are
-//! sent while the write lock is held, so they leave in revision order, and a subscriber
-//! gets its receiver and the snapshot under one read lock, so every event it then receives
-//! is newer than that snapshot.
+//! Each tenant has a cell of its own: the current snapshot, a bounded broadcast of its
+//! revisions for WatchConfig, and its revision for `min_revision` waiters. Building the
+//! next snapshot and waking waiters touch only that tenant's cell, so a Save of one tenant
+//! never holds up another tenant's Decide. Events are sent while the cell's write lock is
+//! held, so they leave in revision order, and a subscriber gets its receiver and the
+//! snapshot under the cell's read lock, so every event it then receives is newer than
+//! that snapshot.
 
 use crate::policy::{RevisionChanges, Tool, ToolChange};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-use tokio::sync::{Notify, broadcast};
+use std::time::Duration;
+use tokio::sync::{broadcast, watch};
 
 /// What a tenant's watchers are told.
 #[derive(Debug, Clone)]
@@ -24,10 +28,36 @@ pub enum TenantEvent {
     Reset,
 }
 
+/// One tenant's state. Writers are serialised by the caller (one Save of a tenant at a
+/// time applies), so the slow part of an apply, building the next snapshot, runs outside
+/// any lock.
 #[derive(Debug)]
-struct Entry {
-    snapshot: Arc<TenantSnapshot>,
+struct Cell {
+    current: RwLock<Arc<TenantSnapshot>>,
     events: broadcast::Sender<TenantEvent>,
+    /// The current snapshot's revision, for `min_revision` waiters of this tenant only.
+    revision: watch::Sender<u64>,
+}
+
+impl Cell {
+    fn snapshot(&self) -> Arc<TenantSnapshot> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Swaps in `next` and tells the watchers `event`, under the write lock.
+    fn swap(&self, next: TenantSnapshot, event: TenantEvent) {
+        let revision = next.revision;
+        {
+            let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+            *current = Arc::new(next);
+            // No receivers is not an error: nobody is watching.
+            let _ = self.events.send(event);
+        }
+        self.revision.send_replace(revision);
+    }
 }
 
 /// One tenant's tools at one revision.
@@ -125,9 +155,7 @@ pub struct Totals {
 /// Every tenant's snapshot.
 #[derive(Debug)]
 pub struct Snapshots {
-    tenants: RwLock<HashMap<String, Entry>>,
-    /// Woken on every new revision, for readers waiting on `min_revision`.
-    advanced: Notify,
+    tenants: RwLock<HashMap<String, Arc<Cell>>>,
     /// How many revisions a tenant's broadcast holds for a watcher that is behind.
     buffer: usize,
 }
@@ -146,16 +174,29 @@ impl Snapshots {
     pub fn with_buffer(buffer: usize) -> Self {
         Snapshots {
             tenants: RwLock::new(HashMap::new()),
-            advanced: Notify::new(),
             buffer: buffer.max(1),
         }
     }
 
-    fn entry(&self, snapshot: TenantSnapshot) -> Entry {
-        Entry {
-            snapshot: Arc::new(snapshot),
-            events: broadcast::channel(self.buffer).0,
+    /// The tenant's cell, made (empty, at revision 0) if it has none yet.
+    fn cell(&self, tenant: &str) -> Arc<Cell> {
+        {
+            let tenants = self.tenants.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(cell) = tenants.get(tenant) {
+                return cell.clone();
+            }
         }
+        let mut tenants = self.tenants.write().unwrap_or_else(|e| e.into_inner());
+        tenants
+            .entry(tenant.to_owned())
+            .or_insert_with(|| {
+                Arc::new(Cell {
+                    current: RwLock::default(),
+                    events: broadcast::channel(self.buffer).0,
+                    revision: watch::channel(0).0,
+                })
+            })
+            .clone()
     }
 
     /// The tenant's current snapshot (empty at revision 0 for a tenant with no tools).
@@ -163,7 +204,7 @@ impl Snapshots {
         let tenants = self.tenants.read().unwrap_or_else(|e| e.into_inner());
         tenants
             .get(tenant)
-            .map(|e| e.snapshot.clone())
+            .map(|cell| cell.snapshot())
             .unwrap_or_default()
     }
 
@@ -172,43 +213,23 @@ impl Snapshots {
         &self,
         tenant: &str,
     ) -> (Arc<TenantSnapshot>, broadcast::Receiver<TenantEvent>) {
-        {
-            let tenants = self.tenants.read().unwrap_or_else(|e| e.into_inner());
-            if let Some(e) = tenants.get(tenant) {
-                return (e.snapshot.clone(), e.events.subscribe());
-            }
-        }
-        let mut tenants = self.tenants.write().unwrap_or_else(|e| e.into_inner());
-        let e = tenants
-            .entry(tenant.to_owned())
-            .or_insert_with(|| self.entry(TenantSnapshot::default()));
-        (e.snapshot.clone(), e.events.subscribe())
+        let cell = self.cell(tenant);
+        let current = cell.current.read().unwrap_or_else(|e| e.into_inner());
+        (current.clone(), cell.events.subscribe())
     }
 
+    /// Replaces the tenant's snapshot wholesale (a load or reload); watchers are told to
+    /// take a fresh one.
     pub fn replace(&self, tenant: &str, snapshot: TenantSnapshot) {
-        let mut tenants = self.tenants.write().unwrap_or_else(|e| e.into_inner());
-        match tenants.get_mut(tenant) {
-            Some(e) => {
-                e.snapshot = Arc::new(snapshot);
-                // No receivers is not an error: nobody is watching.
-                let _ = e.events.send(TenantEvent::Reset);
-            }
-            None => {
-                let e = self.entry(snapshot);
-                tenants.insert(tenant.to_owned(), e);
-            }
-        }
-        drop(tenants);
-        self.advanced.notify_waiters();
+        self.cell(tenant).swap(snapshot, TenantEvent::Reset);
     }
 
     /// Applies one revision if it follows the current one; ignores one already applied.
+    /// Callers apply one tenant's revisions one at a time.
     pub fn apply(&self, tenant: &str, rc: &RevisionChanges) -> Result<(), Gap> {
-        let mut tenants = self.tenants.write().unwrap_or_else(|e| e.into_inner());
-        let e = tenants
-            .entry(tenant.to_owned())
-            .or_insert_with(|| self.entry(TenantSnapshot::default()));
-        let have = e.snapshot.revision;
+        let cell = self.cell(tenant);
+        let current = cell.snapshot();
+        let have = current.revision;
         if rc.revision <= have {
             return Ok(());
         }
@@ -218,11 +239,28 @@ impl Snapshots {
                 got: rc.revision,
             });
         }
-        e.snapshot = Arc::new(e.snapshot.apply(rc));
-        let _ = e.events.send(TenantEvent::Changes(Arc::new(rc.clone())));
-        drop(tenants);
-        self.advanced.notify_waiters();
+        let next = current.apply(rc);
+        cell.swap(next, TenantEvent::Changes(Arc::new(rc.clone())));
         Ok(())
+    }
+
+    /// The tenant's snapshot once it reaches `min`, waiting at most `wait`; the revision
+    /// it is at when the wait runs out.
+    pub async fn wait_for_revision(
+        &self,
+        tenant: &str,
+        min: u64,
+        wait: Duration,
+    ) -> Result<Arc<TenantSnapshot>, u64> {
+        let mut revision = self.cell(tenant).revision.subscribe();
+        let reached = tokio::time::timeout(wait, revision.wait_for(|r| *r >= min))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if reached {
+            Ok(self.get(tenant))
+        } else {
+            Err(*revision.borrow())
+        }
     }
 
     /// Tenants, tools and the sum of revisions, for `/metrics`.
@@ -232,17 +270,12 @@ impl Snapshots {
             tenants: tenants.len() as u64,
             ..Totals::default()
         };
-        for e in tenants.values() {
-            totals.tools += e.snapshot.len() as u64;
-            totals.revision_sum += e.snapshot.revision;
+        for cell in tenants.values() {
+            let snapshot = cell.snapshot();
+            totals.tools += snapshot.len() as u64;
+            totals.revision_sum += snapshot.revision;
         }
         totals
-    }
-
-    /// A future that completes at the next applied revision of any tenant. Create it
-    /// before checking the revision, so a change in between is not missed.
-    pub fn advanced(&self) -> tokio::sync::futures::Notified<'_> {
-        self.advanced.notified()
     }
 }
 
@@ -291,6 +324,27 @@ mod tests {
         // Replaying an old revision is a no-op.
         assert_eq!(s.apply("t", &r2), Ok(()));
         assert!(s.get("t").tool("i", "b").is_some());
+    }
+
+    #[tokio::test]
+    async fn min_revision_waiters_wake_at_their_tenant_revision_only() {
+        let s = Arc::new(Snapshots::new());
+        s.replace("t", TenantSnapshot::new(1, vec![]));
+        let waiter = {
+            let s = s.clone();
+            tokio::spawn(async move { s.wait_for_revision("t", 2, Duration::from_secs(60)).await })
+        };
+        // Another tenant's revision does not satisfy it.
+        s.replace("other", TenantSnapshot::new(5, vec![]));
+        let r2 = RevisionChanges {
+            revision: 2,
+            changes: vec![ToolChange::Upsert(tool("a", Policy::Auto))],
+        };
+        s.apply("t", &r2).unwrap();
+        let got = waiter.await.unwrap().expect("reached revision 2");
+        assert_eq!(got.revision, 2);
+        let short = s.wait_for_revision("t", 3, Duration::from_millis(1)).await;
+        assert_eq!(short.map(|s| s.revision), Err(2));
     }
 
     #[test]

@@ -7,9 +7,10 @@
 //! (policies are state, so nothing is lost). On drain every stream ends with UNAVAILABLE so
 //! clients reconnect elsewhere and resume.
 
+use super::Stream;
 use super::convert::{approval_to_proto, tool_to_proto};
-use super::error::ApiError;
-use super::{AppState, Stream, may_see, visible_approval};
+use crate::app::watch::ConfigStart;
+use crate::app::{App, AppError, approvals::may_see};
 use crate::metrics::{StreamGuard, Watch};
 use crate::policy::names::check_optional_id;
 use crate::policy::{Approval, Caller, Policy, RevisionChanges, Role, ToolChange, UnixMillis};
@@ -99,76 +100,32 @@ async fn drained(drain: &mut watch::Receiver<bool>) {
     let _ = drain.wait_for(|d| *d).await;
 }
 
-/// Counts a new stream, or refuses it with RESOURCE_EXHAUSTED at `max_watch_streams`.
-fn open_stream<S>(state: &AppState<S>, which: Watch) -> Result<StreamGuard, ApiError> {
-    state
-        .metrics
-        .try_open_watch(which, state.limits.max_watch_streams)
-        .ok_or_else(|| {
-            tracing::warn!(
-                limit = state.limits.max_watch_streams,
-                "watch stream refused: max_watch_streams reached"
-            );
-            ApiError::ResourceExhausted(
-                "too many open watch streams on this server (max_watch_streams); retry with \
-                 backoff, or on another replica"
-                    .into(),
-            )
-        })
-}
-
 pub(super) async fn watch_config<S: Store>(
-    state: Arc<AppState<S>>,
+    app: Arc<App<S>>,
     caller: Arc<Caller>,
     req: pb::WatchConfigRequest,
-) -> Result<Stream<pb::WatchConfigResponse>, ApiError> {
+) -> Result<Stream<pb::WatchConfigResponse>, AppError> {
     check_optional_id("integration_id", &req.integration_id)?;
-    let guard = open_stream(&state, Watch::Config)?;
     let view = View {
         agent: caller.role == Role::Agent,
         integration: (!req.integration_id.is_empty()).then_some(req.integration_id.clone()),
     };
-    let (snapshot, events) = state.snapshots.subscribe(&caller.tenant);
-    let mut initial = Vec::new();
-    let position = match req.since_revision {
-        Some(since)
-            if since <= snapshot.revision
-                && snapshot.revision - since <= state.limits.watch_history =>
-        {
-            let replay = state.store.changes_since(&caller.tenant, since).await?;
-            // The log must hold every revision after `since`; otherwise start over.
-            let contiguous = replay
-                .iter()
-                .zip(since + 1..)
-                .all(|(rc, want)| rc.revision == want);
-            if contiguous && replay.last().map_or(since, |rc| rc.revision) >= snapshot.revision {
-                initial.extend(replay.iter().filter_map(|rc| view.change(rc)));
-                replay.last().map_or(since, |rc| rc.revision)
-            } else {
-                initial.push(view.snapshot(&snapshot, true));
-                snapshot.revision
-            }
-        }
-        Some(_) => {
-            initial.push(view.snapshot(&snapshot, true));
-            snapshot.revision
-        }
-        None => {
-            initial.push(view.snapshot(&snapshot, false));
-            snapshot.revision
-        }
+    let sub = app.watch_config(&caller, req.since_revision).await?;
+    let initial: VecDeque<_> = match &sub.start {
+        ConfigStart::Snapshot { reset } => [view.snapshot(&sub.snapshot, *reset)].into(),
+        ConfigStart::Replay(replay) => replay.iter().filter_map(|rc| view.change(rc)).collect(),
     };
-    let every = state.limits.heartbeat_interval;
+    let every = app.limits.heartbeat_interval;
     let watcher = ConfigWatcher {
-        _open: guard,
-        drain: state.drain.clone(),
-        state,
+        _open: sub.open,
+        drain: app.drain.clone(),
+        app,
         tenant: caller.tenant.clone(),
         view,
-        position,
-        events,
+        position: sub.position,
+        events: sub.events,
         beat: tokio::time::interval_at(tokio::time::Instant::now() + every, every),
-        queue: initial.into(),
+        queue: initial,
         done: false,
     };
     Ok(Box::pin(futures_util::stream::unfold(
@@ -186,7 +143,7 @@ enum Wake<E> {
 
 struct ConfigWatcher<S> {
     _open: StreamGuard,
-    state: Arc<AppState<S>>,
+    app: Arc<App<S>>,
     tenant: String,
     view: View,
     /// The newest revision this watcher has been brought to.
@@ -251,7 +208,7 @@ impl<S: Store> ConfigWatcher<S> {
             Ok(TenantEvent::Changes(_)) => Box::pin(self.fill_gap()).await,
             Ok(TenantEvent::Reset) => Ok(vec![self.resync()]),
             Err(broadcast::error::RecvError::Lagged(missed)) => {
-                self.state.metrics.watch_reset(Watch::Config);
+                self.app.metrics.watch_reset(Watch::Config);
                 tracing::warn!(
                     missed,
                     position = self.position,
@@ -266,17 +223,15 @@ impl<S: Store> ConfigWatcher<S> {
     /// Revisions this watcher has not seen came before the one received: read them from
     /// the change log (the one received is among them).
     async fn fill_gap(&mut self) -> Result<Vec<pb::WatchConfigResponse>, Status> {
-        let replay = self
-            .state
-            .store
-            .changes_since(&self.tenant, self.position)
-            .await
-            .map_err(|e| Status::from(ApiError::from(e)))?;
+        let Some(replay) = self
+            .app
+            .revisions_after(&self.tenant, self.position)
+            .await?
+        else {
+            return Ok(vec![self.resync()]);
+        };
         let mut out = Vec::new();
         for rc in replay {
-            if rc.revision != self.position + 1 {
-                return Ok(vec![self.resync()]);
-            }
             self.position = rc.revision;
             out.extend(self.view.change(&rc));
         }
@@ -284,29 +239,29 @@ impl<S: Store> ConfigWatcher<S> {
     }
 
     fn resync(&mut self) -> pb::WatchConfigResponse {
-        let snapshot = self.state.snapshots.get(&self.tenant);
+        let snapshot = self.app.snapshots.get(&self.tenant);
         self.position = snapshot.revision;
         self.view.snapshot(&snapshot, true)
     }
 }
 
 pub(super) async fn watch_approvals<S: Store>(
-    state: Arc<AppState<S>>,
+    app: Arc<App<S>>,
     caller: Arc<Caller>,
     req: pb::WatchApprovalsRequest,
-) -> Result<Stream<pb::WatchApprovalsResponse>, ApiError> {
+) -> Result<Stream<pb::WatchApprovalsResponse>, AppError> {
     check_optional_id("approval_id", &req.approval_id)?;
-    let guard = open_stream(&state, Watch::Approvals)?;
-    let events = state.approvals.subscribe(&caller.tenant);
+    let guard = app.open_watch(Watch::Approvals)?;
+    let events = app.approvals.subscribe(&caller.tenant);
     let only = (!req.approval_id.is_empty()).then_some(req.approval_id.clone());
     let initial = match &only {
-        Some(id) => Some(visible_approval(&state, &caller, id).await?),
+        Some(id) => Some(app.get_approval(&caller, id).await?),
         None => None,
     };
     let watcher = ApprovalWatcher {
         _open: guard,
-        drain: state.drain.clone(),
-        state,
+        drain: app.drain.clone(),
+        app,
         caller,
         only,
         events,
@@ -321,7 +276,7 @@ pub(super) async fn watch_approvals<S: Store>(
 
 struct ApprovalWatcher<S> {
     _open: StreamGuard,
-    state: Arc<AppState<S>>,
+    app: Arc<App<S>>,
     caller: Arc<Caller>,
     only: Option<String>,
     events: broadcast::Receiver<Arc<Approval>>,
@@ -363,7 +318,7 @@ impl<S: Store> ApprovalWatcher<S> {
                     }
                 }
                 Wake::Event(Err(broadcast::error::RecvError::Lagged(missed))) => {
-                    self.state.metrics.watch_reset(Watch::Approvals);
+                    self.app.metrics.watch_reset(Watch::Approvals);
                     tracing::warn!(missed, "approval watcher fell behind; ending its stream");
                     self.done = true;
                     let status = Status::resource_exhausted(

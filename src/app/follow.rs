@@ -19,7 +19,7 @@
 //! With SQLite the same loop runs; it finds nothing to catch up (one process writes the
 //! file) except keys minted or revoked by the `keys` command.
 
-use crate::grpc::AppState;
+use super::App;
 use crate::metrics::Metrics;
 use crate::policy::UnixMillis;
 use crate::store::{ApprovalCursor, Store, StoreError, Wakeup};
@@ -90,19 +90,19 @@ impl<H: HealthSwitch> DbHealth<H> {
 
 /// Runs until the task is aborted (at drain).
 pub async fn follow<S: Store, H: HealthSwitch>(
-    state: Arc<AppState<S>>,
+    app: Arc<App<S>>,
     settings: FollowSettings,
     switch: H,
 ) {
     let approvals = tokio::spawn(follow_approvals(
-        state.clone(),
+        app.clone(),
         settings.approval_poll_interval,
     ));
     // The approval poller ends with this future (it is aborted with it).
     let _abort_approvals = AbortOnDrop(approvals);
     let mut health = DbHealth {
         switch,
-        metrics: state.metrics.clone(),
+        metrics: app.metrics.clone(),
         last_ok: Instant::now(),
         serving: true,
         down_since: None,
@@ -115,7 +115,7 @@ pub async fn follow<S: Store, H: HealthSwitch>(
     keys.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         if wakeups.is_none() {
-            match state.store.wakeups().await {
+            match app.store.wakeups().await {
                 Ok(rx) => wakeups = Some(rx),
                 Err(e) => health.failed("listen", &e).await,
             }
@@ -129,12 +129,12 @@ pub async fn follow<S: Store, H: HealthSwitch>(
         tokio::select! {
             wakeup = next => match wakeup {
                 Some(Wakeup::Revision { tenant, revision, saved_at }) => {
-                    if state.snapshots.get(&tenant).revision < revision {
-                        match state.catch_up(&tenant).await {
+                    if app.snapshots.get(&tenant).revision < revision {
+                        match app.catch_up(&tenant).await {
                             Ok(()) => {
                                 if let Some(at) = saved_at {
                                     let lag = UnixMillis::now().0.saturating_sub(at).max(0);
-                                    state
+                                    app
                                         .metrics
                                         .propagation_seconds
                                         .observe(Duration::from_millis(lag as u64));
@@ -145,23 +145,23 @@ pub async fn follow<S: Store, H: HealthSwitch>(
                         }
                     }
                 }
-                Some(Wakeup::Keys) => refresh_keys(&state, &mut health).await,
+                Some(Wakeup::Keys) => refresh_keys(&app, &mut health).await,
                 Some(Wakeup::Reconnected) => {
-                    catch_up_all(&state, &mut health).await;
-                    refresh_keys(&state, &mut health).await;
+                    catch_up_all(&app, &mut health).await;
+                    refresh_keys(&app, &mut health).await;
                 }
                 None => wakeups = None,
             },
-            _ = poll.tick() => catch_up_all(&state, &mut health).await,
-            _ = keys.tick() => refresh_keys(&state, &mut health).await,
+            _ = poll.tick() => catch_up_all(&app, &mut health).await,
+            _ = keys.tick() => refresh_keys(&app, &mut health).await,
         }
     }
 }
 
-async fn refresh_keys<S: Store, H: HealthSwitch>(state: &AppState<S>, health: &mut DbHealth<H>) {
-    match state.store.live_keys().await {
+async fn refresh_keys<S: Store, H: HealthSwitch>(app: &App<S>, health: &mut DbHealth<H>) {
+    match app.store.live_keys().await {
         Ok(live) => {
-            state.keys.replace_all(live);
+            app.keys.replace_all(live);
             health.ok().await;
         }
         Err(e) => health.failed("reload keys", &e).await,
@@ -169,16 +169,16 @@ async fn refresh_keys<S: Store, H: HealthSwitch>(state: &AppState<S>, health: &m
 }
 
 /// Catches up every tenant whose stored revision is ahead of its snapshot.
-async fn catch_up_all<S: Store, H: HealthSwitch>(state: &AppState<S>, health: &mut DbHealth<H>) {
-    let revisions = match state.store.tenant_revisions().await {
+async fn catch_up_all<S: Store, H: HealthSwitch>(app: &App<S>, health: &mut DbHealth<H>) {
+    let revisions = match app.store.tenant_revisions().await {
         Ok(r) => r,
         Err(e) => return health.failed("poll revisions", &e).await,
     };
     for (tenant, revision) in revisions {
-        let have = state.snapshots.get(&tenant).revision;
+        let have = app.snapshots.get(&tenant).revision;
         if have < revision {
             tracing::debug!(%tenant, have, revision, "catching up from the change log");
-            if let Err(e) = state.catch_up(&tenant).await {
+            if let Err(e) = app.catch_up(&tenant).await {
                 return health.failed("catch up", &e).await;
             }
         }
@@ -187,16 +187,16 @@ async fn catch_up_all<S: Store, H: HealthSwitch>(state: &AppState<S>, health: &m
 }
 
 /// Publishes approval changes other replicas made to this replica's watchers.
-async fn follow_approvals<S: Store>(state: Arc<AppState<S>>, every: Duration) {
+async fn follow_approvals<S: Store>(app: Arc<App<S>>, every: Duration) {
     let mut cursor = ApprovalCursor::default();
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        match state.store.approval_changes(&mut cursor).await {
+        match app.store.approval_changes(&mut cursor).await {
             Ok(changes) => {
                 for (tenant, approval) in &changes {
-                    state.approvals.publish(tenant, approval);
+                    app.approvals.publish(tenant, approval);
                 }
             }
             // The database's health is judged (and logged) by the main loop.

@@ -1,0 +1,174 @@
+//! Authentication and the role table: an `authorization` header → the caller its API key
+//! stands for, allowed or refused for one operation.
+//!
+//! Keys are looked up in memory ([`KeyCache`](crate::keys::KeyCache)). A token that is not
+//! there reaches the database only if it has the shape of one of our keys, only if it was
+//! not refused a moment ago (a bounded negative cache), and only a few at a time: traffic
+//! with made-up credentials cannot load the database.
+
+use super::{App, AppError};
+use crate::keys::{self, TokenHash};
+use crate::policy::{Caller, Role};
+use crate::store::Store;
+use std::sync::Arc;
+
+const MISSING: &str = "missing credentials: send `authorization: Bearer <api key>`";
+const UNKNOWN: &str = "unknown or revoked API key";
+
+/// Everything a caller can ask for, with the roles that may (the role table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    ConnectIntegration,
+    ListTools,
+    SetPolicy,
+    UpsertPeople,
+    Decide,
+    SubmitApproval,
+    GetApproval,
+    ListApprovals,
+    WatchConfig,
+    WatchApprovals,
+}
+
+impl Operation {
+    pub fn name(self) -> &'static str {
+        match self {
+            Operation::ConnectIntegration => "ConnectIntegration",
+            Operation::ListTools => "ListTools",
+            Operation::SetPolicy => "SetPolicy",
+            Operation::UpsertPeople => "UpsertPeople",
+            Operation::Decide => "Decide",
+            Operation::SubmitApproval => "SubmitApproval",
+            Operation::GetApproval => "GetApproval",
+            Operation::ListApprovals => "ListApprovals",
+            Operation::WatchConfig => "WatchConfig",
+            Operation::WatchApprovals => "WatchApprovals",
+        }
+    }
+
+    /// The roles that may run it. Agents see their own approvals only (see
+    /// [`super::approvals::may_see`]).
+    pub fn roles(self) -> &'static [Role] {
+        use Role::{Admin, Agent, Approver};
+        match self {
+            Operation::ConnectIntegration | Operation::SetPolicy | Operation::UpsertPeople => {
+                &[Admin]
+            }
+            Operation::ListTools | Operation::Decide | Operation::WatchConfig => &[Agent, Admin],
+            Operation::SubmitApproval | Operation::ListApprovals => &[Approver, Admin],
+            Operation::GetApproval | Operation::WatchApprovals => &[Agent, Approver, Admin],
+        }
+    }
+}
+
+/// The token of an `authorization: Bearer <token>` header value.
+pub fn bearer_token(header: Option<&[u8]>) -> Result<&str, AppError> {
+    let value = header
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .ok_or(AppError::Unauthenticated(MISSING))?;
+    value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or(AppError::Unauthenticated(MISSING))
+}
+
+impl<S: Store> App<S> {
+    /// The caller behind an `authorization` header value, if it may run `op`.
+    pub async fn authenticate(
+        &self,
+        authorization: Option<&[u8]>,
+        op: Operation,
+    ) -> Result<Arc<Caller>, AppError> {
+        let token = bearer_token(authorization)?;
+        let caller = self.caller_for(token).await?;
+        if !op.roles().contains(&caller.role) {
+            return Err(AppError::PermissionDenied(format!(
+                "a key with role {} may not call {}",
+                caller.role,
+                op.name()
+            )));
+        }
+        Ok(caller)
+    }
+
+    async fn caller_for(&self, token: &str) -> Result<Arc<Caller>, AppError> {
+        if !keys::well_formed(token) {
+            return Err(AppError::Unauthenticated(UNKNOWN));
+        }
+        let hash = TokenHash::of(token);
+        if let Some(caller) = self.keys.get(hash.as_str()) {
+            return Ok(caller);
+        }
+        // Boxed, like every store call on the Decide path: a store future is large, and
+        // held inline it would make every call's future (moved into a box by tonic on each
+        // call) that large too; the profile showed the copy.
+        Box::pin(self.look_up_missing(hash)).await
+    }
+
+    /// A key not in the cache: minted a moment ago, or not a key at all.
+    async fn look_up_missing(&self, hash: TokenHash) -> Result<Arc<Caller>, AppError> {
+        let hash = hash.as_str();
+        let Some(_turn) = self.keys.miss_lookup(hash).await else {
+            return Err(AppError::Unauthenticated(UNKNOWN));
+        };
+        let generation = self.keys.generation();
+        match self.store.caller_by_secret(hash).await? {
+            Some(caller) => {
+                let caller = Arc::new(caller);
+                self.keys
+                    .insert_if_current(generation, hash, caller.clone());
+                Ok(caller)
+            }
+            None => {
+                self.keys.record_miss(hash);
+                Err(AppError::Unauthenticated(UNKNOWN))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_tokens_are_read_from_the_header() {
+        assert_eq!(bearer_token(Some(b"Bearer abc")).unwrap(), "abc");
+        assert_eq!(bearer_token(Some(b"bearer  abc ")).unwrap(), "abc");
+        for bad in [&b"Basic abc"[..], b"Bearer ", b"Bearer\tabc", b"\xff"] {
+            assert!(
+                matches!(bearer_token(Some(bad)), Err(AppError::Unauthenticated(_))),
+                "{bad:?}"
+            );
+        }
+        assert!(matches!(
+            bearer_token(None),
+            Err(AppError::Unauthenticated(_))
+        ));
+    }
+
+    #[test]
+    fn every_operation_allows_admins_and_only_listed_roles() {
+        use Operation::*;
+        let all = [
+            ConnectIntegration,
+            ListTools,
+            SetPolicy,
+            UpsertPeople,
+            Decide,
+            SubmitApproval,
+            GetApproval,
+            ListApprovals,
+            WatchConfig,
+            WatchApprovals,
+        ];
+        for op in all {
+            assert!(op.roles().contains(&Role::Admin), "{}", op.name());
+        }
+        assert!(!SetPolicy.roles().contains(&Role::Agent));
+        assert!(!Decide.roles().contains(&Role::Approver));
+        assert!(!SubmitApproval.roles().contains(&Role::Agent));
+    }
+}

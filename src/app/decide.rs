@@ -1,0 +1,213 @@
+//! Decide: may this agent run this tool call now?
+//!
+//! `auto`, `disabled` and unknown tools are answered from the in-memory snapshot, with no
+//! database access (so they keep answering while the database is down). `approval_needed`
+//! creates the approval request on a first ask, and evaluates (and consumes once) the
+//! approval presented on a later one.
+
+use super::{App, AppError};
+use crate::keys;
+use crate::policy::canonical::{self, CanonicalArguments};
+use crate::policy::decide::{
+    CallBinding, Decision, DecisionCode, PolicyOutcome, Verdict, decide_by_policy,
+    decide_with_approval, manager_precondition,
+};
+use crate::policy::names::{FieldError, check_id, check_optional_id};
+use crate::policy::{Approval, ApprovalState, Caller, Tool, UnixMillis};
+use crate::store::{Inserted, Store, UpdateError, Updated};
+use std::convert::Infallible;
+
+/// One Decide, as the agent backend asked it.
+#[derive(Debug, Clone, Default)]
+pub struct DecideInput {
+    pub integration_id: String,
+    pub tool_name: String,
+    /// A JSON object.
+    pub arguments_json: String,
+    pub requester_id: String,
+    pub request_id: String,
+    /// Empty on a first ask.
+    pub approval_id: String,
+    /// Answer only from this revision or later.
+    pub min_revision: Option<u64>,
+}
+
+/// A Decide's answer.
+#[derive(Debug, Clone)]
+pub struct DecideOutcome {
+    pub decision: Decision,
+    /// The snapshot revision the policy was read at.
+    pub revision: u64,
+    /// The approval involved, if any.
+    pub approval: Option<Approval>,
+    pub now: UnixMillis,
+}
+
+impl<S: Store> App<S> {
+    pub async fn decide(
+        &self,
+        caller: &Caller,
+        input: DecideInput,
+    ) -> Result<DecideOutcome, AppError> {
+        check_id("integration_id", &input.integration_id)?;
+        check_id("tool_name", &input.tool_name)?;
+        check_optional_id("requester_id", &input.requester_id)?;
+        check_optional_id("request_id", &input.request_id)?;
+        check_optional_id("approval_id", &input.approval_id)?;
+        let args =
+            canonical::parse_arguments(&input.arguments_json, self.limits.max_arguments_bytes)
+                .map_err(|e| FieldError::new("arguments_json", e.0))?;
+        let snapshot = self
+            .snapshot_at_least(&caller.tenant, input.min_revision)
+            .await?;
+        let now = UnixMillis::now();
+        let tool = match decide_by_policy(snapshot.tool(&input.integration_id, &input.tool_name)) {
+            PolicyOutcome::Final(decision) => {
+                return Ok(self.decided(decision, snapshot.revision, None, now));
+            }
+            PolicyOutcome::NeedsApproval(tool) => tool.clone(),
+        };
+        let required = |field: &'static str, value: &str| {
+            check_id(field, value)
+                .map_err(|_| FieldError::new(field, "is required for a tool that needs approval"))
+        };
+        required("requester_id", &input.requester_id)?;
+        required("request_id", &input.request_id)?;
+        let canon = canonical::canonical_arguments(&args);
+        // Boxed: the approval path's store futures would otherwise sit inline in every
+        // Decide's future, fast path included (see `auth`).
+        let (decision, approval) = if input.approval_id.is_empty() {
+            Box::pin(self.first_ask(caller, &tool, &input, canon, now)).await?
+        } else {
+            let id = input.approval_id.clone();
+            Box::pin(self.ask_with_approval(caller, &tool, &id, &input, &canon.sha256, now)).await?
+        };
+        Ok(self.decided(decision, snapshot.revision, approval, now))
+    }
+
+    /// A Decide's answer, counted by verdict and code.
+    fn decided(
+        &self,
+        decision: Decision,
+        revision: u64,
+        approval: Option<Approval>,
+        now: UnixMillis,
+    ) -> DecideOutcome {
+        self.metrics.decision(decision.verdict, decision.code);
+        DecideOutcome {
+            decision,
+            revision,
+            approval,
+            now,
+        }
+    }
+
+    /// Step 2 of Decide: create the approval request, or find the one this request id made.
+    async fn first_ask(
+        &self,
+        caller: &Caller,
+        tool: &Tool,
+        input: &DecideInput,
+        canon: CanonicalArguments,
+        now: UnixMillis,
+    ) -> Result<(Decision, Option<Approval>), AppError> {
+        if tool.manager_approval {
+            let requester = self
+                .store
+                .get_person(&caller.tenant, &input.requester_id)
+                .await?;
+            if let Some(deny) = manager_precondition(tool, requester.as_ref()) {
+                return Ok((deny, None));
+            }
+        }
+        let approval = Approval {
+            id: keys::random_id("apr_").map_err(|e| AppError::internal("random id", e))?,
+            state: ApprovalState::Pending,
+            integration_id: tool.integration_id.clone(),
+            tool_name: tool.name.clone(),
+            arguments_json: canon.canonical,
+            arguments_sha256: canon.sha256,
+            requester_id: input.requester_id.clone(),
+            request_id: input.request_id.clone(),
+            required_roles: tool.required_roles(),
+            steps: Vec::new(),
+            created_at: now,
+            expires_at: now.plus(self.limits.approval_ttl),
+            created_by_key: caller.key_id.clone(),
+            consumed_by_request: None,
+        };
+        match self
+            .store
+            .insert_approval(&caller.tenant, &approval)
+            .await?
+        {
+            Inserted::New(created) => {
+                self.approval_changed(&caller.tenant, &created);
+                let requested = Decision {
+                    verdict: Verdict::PendingApproval,
+                    code: DecisionCode::ApprovalRequired,
+                    reason: "approval requested".into(),
+                };
+                Ok((requested, Some(created)))
+            }
+            // Asking again with the same request id is the same as presenting its approval:
+            // the same call may use it, a different call gets APPROVAL_MISMATCH.
+            Inserted::Existing(existing) => {
+                let sha256 = &approval.arguments_sha256;
+                self.ask_with_approval(caller, tool, &existing.id, input, sha256, now)
+                    .await
+            }
+        }
+    }
+
+    /// Step 3 of Decide: evaluate (and maybe consume) an approval, atomically.
+    async fn ask_with_approval(
+        &self,
+        caller: &Caller,
+        tool: &Tool,
+        approval_id: &str,
+        input: &DecideInput,
+        arguments_sha256: &str,
+        now: UnixMillis,
+    ) -> Result<(Decision, Option<Approval>), AppError> {
+        let tool = tool.clone();
+        let binding = (
+            input.integration_id.clone(),
+            input.tool_name.clone(),
+            input.requester_id.clone(),
+            arguments_sha256.to_owned(),
+        );
+        let request_id = input.request_id.clone();
+        let evaluate = move |approval: &Approval, people: &crate::store::People| {
+            let call = CallBinding {
+                integration_id: &binding.0,
+                tool_name: &binding.1,
+                requester_id: &binding.2,
+                arguments_sha256: &binding.3,
+            };
+            let requester = people.get(&approval.requester_id);
+            let (decision, next) =
+                decide_with_approval(approval, &tool, requester, &call, &request_id, now);
+            Ok::<_, Infallible>((next, decision))
+        };
+        let outcome = self
+            .store
+            .update_approval(&caller.tenant, approval_id, Vec::new(), evaluate)
+            .await;
+        match outcome {
+            Ok(Some(Updated {
+                approval,
+                changed,
+                out: decision,
+            })) => {
+                if changed {
+                    self.approval_changed(&caller.tenant, &approval);
+                }
+                Ok((decision, Some(approval)))
+            }
+            Ok(None) => Err(super::approvals::not_found(approval_id)),
+            Err(UpdateError::Rule(never)) => match never {},
+            Err(UpdateError::Store(e)) => Err(e.into()),
+        }
+    }
+}
