@@ -22,7 +22,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 use toolgate::proto::v1 as pb;
 use toolgate::proto::v1::policy_service_client::PolicyServiceClient;
-use toolgate::store::{AnyStore, Store, pg::PgSettings};
+use toolgate::store::{PgSettings, Store};
 
 const CONNECTIONS: usize = 4;
 const IN_FLIGHT: usize = 64;
@@ -94,7 +94,7 @@ struct Measured {
 /// One agent key per tenant, made through the store (minting thousands through the CLI
 /// would take minutes); returns each tenant's agent token.
 async fn fill(url: &str, tenants: usize, tools: usize) -> Vec<String> {
-    let store = AnyStore::open(url, &PgSettings::default())
+    let store = toolgate::store::open(url, &PgSettings::default())
         .await
         .expect("open store");
     let mut agents = Vec::new();

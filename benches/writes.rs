@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 use toolgate::proto::v1 as pb;
 use toolgate::proto::v1::policy_service_client::PolicyServiceClient;
-use toolgate::store::AnyStore;
+use toolgate::store::SqlStore;
 
 type Client = PolicyServiceClient<Channel>;
 
@@ -158,11 +158,13 @@ where
     }
     setup(&clients[0], &admin).await;
     let clients = Arc::new(clients);
-    let settings = toolgate::store::pg::PgSettings {
+    let settings = toolgate::store::PgSettings {
         max_connections: opts.clients as u32,
         ..Default::default()
     };
-    let store = AnyStore::open(url, &settings).await.expect("open store");
+    let store = toolgate::store::open(url, &settings)
+        .await
+        .expect("open store");
     let mut rounds = Vec::new();
     for round in 0..opts.rounds {
         let raw = raw(opts).await;
@@ -278,9 +280,9 @@ async fn approval_cycle(client: &Client, agent: &str, approver: &str, request: &
 }
 
 /// The same three writes straight through the store, in this process.
-async fn store_writes(opts: Options, store: AnyStore, round: usize) -> f64 {
+async fn store_writes(opts: Options, store: SqlStore, round: usize) -> f64 {
     use toolgate::policy::{Approval, ApprovalState, ApprovalStep, ApproverRole, UnixMillis};
-    use toolgate::store::{People, Store};
+    use toolgate::store::Store;
     let cycles = for_each_client(opts, move |w, n| {
         let store = store.clone();
         async move {
@@ -302,32 +304,38 @@ async fn store_writes(opts: Options, store: AnyStore, round: usize) -> f64 {
                 consumed_by_request: None,
             };
             store.insert_approval("bench", &a).await.expect("insert");
-            let approve = |a: &Approval, _: &People| {
-                let mut next = a.clone();
-                next.state = ApprovalState::Approved;
-                next.steps.push(ApprovalStep {
-                    role: ApproverRole::Technician,
-                    approver_id: "tech".into(),
-                    approved: true,
-                    comment: String::new(),
-                    decided_at: UnixMillis::now(),
-                });
-                Ok::<_, std::convert::Infallible>((Some(next), ()))
-            };
-            store
-                .update_approval("bench", &a.id, vec!["tech".into()], approve)
+            // Each change as the application makes it: read, decide, append the next
+            // version.
+            let read = store
+                .approval_for_update("bench", &a.id, &["tech".into()])
                 .await
-                .expect("approve");
-            let consume = |a: &Approval, _: &People| {
-                let mut next = a.clone();
-                next.state = ApprovalState::Consumed;
-                next.consumed_by_request = Some(a.request_id.clone());
-                Ok::<_, std::convert::Infallible>((Some(next), ()))
-            };
-            store
-                .update_approval("bench", &a.id, Vec::new(), consume)
+                .expect("read")
+                .expect("found");
+            let mut next = read.approval.clone();
+            next.state = ApprovalState::Approved;
+            next.steps.push(ApprovalStep {
+                role: ApproverRole::Technician,
+                approver_id: "tech".into(),
+                approved: true,
+                comment: String::new(),
+                decided_at: UnixMillis::now(),
+            });
+            let appended = store
+                .append_approval("bench", read.version + 1, &next)
+                .await;
+            assert!(appended.expect("approve"), "approve: version taken");
+            let read = store
+                .approval_for_update("bench", &a.id, &[])
                 .await
-                .expect("consume");
+                .expect("read")
+                .expect("found");
+            let mut next = read.approval.clone();
+            next.state = ApprovalState::Consumed;
+            next.consumed_by_request = Some(a.request_id.clone());
+            let appended = store
+                .append_approval("bench", read.version + 1, &next)
+                .await;
+            assert!(appended.expect("consume"), "consume: version taken");
         }
     })
     .await;

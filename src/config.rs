@@ -333,8 +333,8 @@ pub struct ConfigError(pub String);
 
 impl Config {
     /// The PostgreSQL connection settings (unused with SQLite).
-    pub fn pg_settings(&self) -> crate::store::pg::PgSettings {
-        crate::store::pg::PgSettings {
+    pub fn pg_settings(&self) -> crate::store::PgSettings {
+        crate::store::PgSettings {
             query_timeout: self.db_timeout,
             max_connections: self.db_pool_size,
         }

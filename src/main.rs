@@ -135,9 +135,9 @@ async fn keys(command: KeysCommand) -> Result<(), String> {
     }
 }
 
-async fn open(db: &toolgate::config::DatabaseArgs) -> Result<toolgate::store::AnyStore, String> {
+async fn open(db: &toolgate::config::DatabaseArgs) -> Result<toolgate::store::SqlStore, String> {
     let url = resolve_database_url(db).map_err(|e| e.to_string())?;
-    toolgate::store::AnyStore::open(url.expose(), &Default::default())
+    toolgate::store::open(url.expose(), &Default::default())
         .await
         .map_err(|e| format!("database {:?}: {e}", url))
 }

@@ -7,6 +7,7 @@
 
 use crate::policy::decide::{DecisionCode, Verdict};
 use crate::policy::{Approval, ApprovalState};
+use crate::store::StoreOp;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
@@ -118,30 +119,6 @@ pub enum Shed {
     Watch = 1,
 }
 
-/// Store operations, the label of `toolgate_store_errors_total{op}`.
-pub const STORE_OPS: [&str; 20] = [
-    "create_key",
-    "list_keys",
-    "revoke_key",
-    "caller_by_secret",
-    "load_all_tools",
-    "load_tenant_tools",
-    "changes_since",
-    "save_revision",
-    "upsert_people",
-    "get_person",
-    "insert_approval",
-    "get_approval",
-    "list_approvals",
-    "update_approval",
-    "expire_due",
-    "tenant_revisions",
-    "live_keys",
-    "wakeups",
-    "approval_changes",
-    "other",
-];
-
 /// A histogram with fixed upper bounds, in seconds.
 #[derive(Debug)]
 pub struct Histogram {
@@ -211,7 +188,7 @@ pub struct Metrics {
     shed: [AtomicU64; 2],
     pub propagation_seconds: Histogram,
     revisions_followed: AtomicU64,
-    store_errors: [[AtomicU64; 2]; STORE_OPS.len()],
+    store_errors: [[AtomicU64; 2]; StoreOp::ALL.len()],
     pub store_seconds: Histogram,
     /// Unix milliseconds of the follower's last successful read of the database.
     last_db_ok_ms: AtomicU64,
@@ -307,12 +284,8 @@ impl Metrics {
         self.revisions_followed.fetch_add(n, Relaxed);
     }
 
-    pub fn store_error(&self, op: &str, unavailable: bool) {
-        let i = STORE_OPS
-            .iter()
-            .position(|o| *o == op)
-            .unwrap_or(STORE_OPS.len() - 1);
-        self.store_errors[i][usize::from(!unavailable)].fetch_add(1, Relaxed);
+    pub fn store_error(&self, op: StoreOp, unavailable: bool) {
+        self.store_errors[op as usize][usize::from(!unavailable)].fetch_add(1, Relaxed);
     }
 
     pub fn database_ok(&self) {
@@ -498,7 +471,7 @@ impl Metrics {
              database, kind=other anything else.",
             "counter",
         );
-        for (i, op) in STORE_OPS.iter().enumerate() {
+        for (i, op) in StoreOp::ALL.iter().map(|op| op.as_str()).enumerate() {
             for (k, kind) in ["unavailable", "other"].iter().enumerate() {
                 let _ = writeln!(
                     out,

@@ -11,7 +11,7 @@ use crate::hub::ApprovalHub;
 use crate::metrics::{Gauges, Metrics, serve_metrics};
 use crate::proto::v1::policy_service_server::PolicyServiceServer;
 use crate::snapshot::Snapshots;
-use crate::store::{AnyStore, Metered, Store, StoreError};
+use crate::store::{SqlStore, Store, StoreError};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -65,8 +65,8 @@ impl Listeners {
 }
 
 /// Opens the store named by the URL's scheme (created and migrated if needed).
-pub async fn open_store(config: &Config) -> Result<AnyStore, StoreError> {
-    AnyStore::open(config.database_url.expose(), &config.pg_settings()).await
+pub async fn open_store(config: &Config) -> Result<SqlStore, StoreError> {
+    crate::store::open(config.database_url.expose(), &config.pg_settings()).await
 }
 
 /// The health service name that stays SERVING while the process runs: Kubernetes'
@@ -130,14 +130,14 @@ impl Drop for Background {
 /// first, the server keeps serving for `shutdown_delay` (while load balancers notice),
 /// then stops accepting, ends watch streams with UNAVAILABLE, lets in-flight calls finish
 /// within `shutdown_grace`, and returns.
-pub async fn serve<S: Store>(
-    store: S,
+pub async fn serve(
+    store: SqlStore,
     config: Config,
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
     let metrics = Arc::new(Metrics::new(store.backend()));
-    let store = Metered::new(store, metrics.clone());
+    let store: Arc<dyn Store> = Arc::new(store.with_metrics(metrics.clone()));
     let snapshots = Snapshots::with_buffer(config.watch_buffer);
     let serving = Arc::new(AtomicBool::new(false));
     let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
@@ -269,10 +269,7 @@ pub async fn serve<S: Store>(
 }
 
 /// What `/metrics` shows: the counters plus gauges read from the state at scrape time.
-fn scrape<S: Store>(
-    app: Arc<App<S>>,
-    serving: Arc<AtomicBool>,
-) -> Arc<dyn Fn() -> String + Send + Sync> {
+fn scrape(app: Arc<App>, serving: Arc<AtomicBool>) -> Arc<dyn Fn() -> String + Send + Sync> {
     Arc::new(move || {
         let totals = app.snapshots.totals();
         app.metrics.render(Gauges {

@@ -5,7 +5,7 @@ use super::{App, AppError};
 use crate::policy::approval::{StepRequest, submit_step};
 use crate::policy::names::{FieldError, check_id, check_text};
 use crate::policy::{Approval, ApprovalState, ApproverRole, Caller, Role, UnixMillis};
-use crate::store::{ApprovalQuery, Store, UpdateError, Updated};
+use crate::store::{ApprovalQuery, MAX_ATTEMPTS, People};
 
 /// One approver's answer to an approval request.
 #[derive(Debug, Clone)]
@@ -36,7 +36,7 @@ pub fn may_see(caller: &Caller, approval: &Approval) -> bool {
     caller.role != Role::Agent || approval.created_by_key == caller.key_id
 }
 
-impl<S: Store> App<S> {
+impl App {
     /// Records one approver's decision, if the directory says they may make it.
     pub async fn submit_approval(
         &self,
@@ -54,34 +54,63 @@ impl<S: Store> App<S> {
         };
         let snapshot = self.snapshots.get(&caller.tenant);
         let now = UnixMillis::now();
-        let decide_step = move |a: &Approval, people: &crate::store::People| {
+        let decide_step = |a: &Approval, people: &People| {
             // The policy in force now rules which roles are required.
             let tool = snapshot.tool(&a.integration_id, &a.tool_name);
             let requester = people.get(&a.requester_id);
             let approver = people.get(&step.approver_id);
-            submit_step(a, tool, requester, approver, &step, now).map(|next| (Some(next), ()))
-        };
-        let outcome = self
-            .store
-            .update_approval(
-                &caller.tenant,
-                &input.approval_id,
-                vec![input.approver_id],
-                decide_step,
-            )
-            .await;
-        let approval = match outcome {
-            Ok(Some(Updated { approval, .. })) => approval,
-            Ok(None) => return Err(not_found(&input.approval_id)),
-            Err(UpdateError::Rule(e)) if e.is_permission() => {
-                return Err(AppError::PermissionDenied(e.to_string()));
+            match submit_step(a, tool, requester, approver, &step, now) {
+                Ok(next) => Ok((Some(next), ())),
+                Err(e) if e.is_permission() => Err(AppError::PermissionDenied(e.to_string())),
+                Err(e) => Err(AppError::FailedPrecondition(e.to_string())),
             }
-            Err(UpdateError::Rule(e)) => return Err(AppError::FailedPrecondition(e.to_string())),
-            Err(UpdateError::Store(e)) => return Err(e.into()),
         };
-        self.approval_changed(&caller.tenant, &approval);
+        let approver = [input.approver_id.clone()];
+        let (approval, _, ()) = self
+            .change_approval(&caller.tenant, &input.approval_id, &approver, decide_step)
+            .await?;
         tracing::info!(approval = %approval.id, state = approval.state.as_str(), "approval decision recorded");
         Ok(approval)
+    }
+
+    /// The approval state machine's one write path. Reads the approval and the people
+    /// its rules need (`person_ids` and the requester), lets `decide` (pure rules) say
+    /// what it becomes, and appends that as its next version, which goes in only if
+    /// nobody else changed the approval since the read; otherwise it reads and decides
+    /// again. Returns the approval as it is now, whether this call changed it (watchers
+    /// are told of changes), and what `decide` answered.
+    pub(super) async fn change_approval<T>(
+        &self,
+        tenant: &str,
+        id: &str,
+        person_ids: &[String],
+        decide: impl Fn(&Approval, &People) -> Result<(Option<Approval>, T), AppError>,
+    ) -> Result<(Approval, bool, T), AppError> {
+        for _ in 0..MAX_ATTEMPTS {
+            let Some(read) = self
+                .store
+                .approval_for_update(tenant, id, person_ids)
+                .await?
+            else {
+                return Err(not_found(id));
+            };
+            let (next, out) = decide(&read.approval, &read.people)?;
+            let Some(next) = next.filter(|next| next != &read.approval) else {
+                return Ok((read.approval, false, out));
+            };
+            if self
+                .store
+                .append_approval(tenant, read.version + 1, &next)
+                .await?
+            {
+                self.approval_changed(tenant, &next);
+                return Ok((next, true, out));
+            }
+        }
+        // It changed between every read and write: answer "retry" rather than wait on.
+        Err(AppError::Unavailable(format!(
+            "approval {id:?} kept changing under {MAX_ATTEMPTS} attempts to decide on it; retry"
+        )))
     }
 
     /// The approval `id` as `caller` may see it; NOT_FOUND when it is another tenant's,

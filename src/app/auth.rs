@@ -9,7 +9,6 @@
 use super::{App, AppError};
 use crate::keys::{self, TokenHash};
 use crate::policy::{Caller, Role};
-use crate::store::Store;
 use std::sync::Arc;
 
 const MISSING: &str = "missing credentials: send `authorization: Bearer <api key>`";
@@ -74,7 +73,7 @@ pub fn bearer_token(header: Option<&[u8]>) -> Result<&str, AppError> {
         .ok_or(AppError::Unauthenticated(MISSING))
 }
 
-impl<S: Store> App<S> {
+impl App {
     /// The caller behind an `authorization` header value, if it may run `op`.
     pub async fn authenticate(
         &self,

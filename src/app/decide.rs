@@ -14,8 +14,7 @@ use crate::policy::decide::{
 };
 use crate::policy::names::{FieldError, check_id, check_optional_id};
 use crate::policy::{Approval, ApprovalState, Caller, Tool, UnixMillis};
-use crate::store::{Inserted, Store, UpdateError, Updated};
-use std::convert::Infallible;
+use crate::store::{Inserted, People};
 
 /// One Decide, as the agent backend asked it.
 #[derive(Debug, Clone, Default)]
@@ -43,7 +42,7 @@ pub struct DecideOutcome {
     pub now: UnixMillis,
 }
 
-impl<S: Store> App<S> {
+impl App {
     pub async fn decide(
         &self,
         caller: &Caller,
@@ -178,7 +177,7 @@ impl<S: Store> App<S> {
             arguments_sha256.to_owned(),
         );
         let request_id = input.request_id.clone();
-        let evaluate = move |approval: &Approval, people: &crate::store::People| {
+        let evaluate = move |approval: &Approval, people: &People| {
             let call = CallBinding {
                 integration_id: &binding.0,
                 tool_name: &binding.1,
@@ -188,26 +187,11 @@ impl<S: Store> App<S> {
             let requester = people.get(&approval.requester_id);
             let (decision, next) =
                 decide_with_approval(approval, &tool, requester, &call, &request_id, now);
-            Ok::<_, Infallible>((next, decision))
+            Ok((next, decision))
         };
-        let outcome = self
-            .store
-            .update_approval(&caller.tenant, approval_id, Vec::new(), evaluate)
-            .await;
-        match outcome {
-            Ok(Some(Updated {
-                approval,
-                changed,
-                out: decision,
-            })) => {
-                if changed {
-                    self.approval_changed(&caller.tenant, &approval);
-                }
-                Ok((decision, Some(approval)))
-            }
-            Ok(None) => Err(super::approvals::not_found(approval_id)),
-            Err(UpdateError::Rule(never)) => match never {},
-            Err(UpdateError::Store(e)) => Err(e.into()),
-        }
+        let (approval, _, decision) = self
+            .change_approval(&caller.tenant, approval_id, &[], evaluate)
+            .await?;
+        Ok((decision, Some(approval)))
     }
 }

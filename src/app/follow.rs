@@ -22,7 +22,7 @@
 use super::App;
 use crate::metrics::Metrics;
 use crate::policy::UnixMillis;
-use crate::store::{ApprovalCursor, Store, StoreError, Wakeup};
+use crate::store::{ApprovalCursor, StoreError, Wakeup};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -89,11 +89,7 @@ impl<H: HealthSwitch> DbHealth<H> {
 }
 
 /// Runs until the task is aborted (at drain).
-pub async fn follow<S: Store, H: HealthSwitch>(
-    app: Arc<App<S>>,
-    settings: FollowSettings,
-    switch: H,
-) {
+pub async fn follow<H: HealthSwitch>(app: Arc<App>, settings: FollowSettings, switch: H) {
     let approvals = tokio::spawn(follow_approvals(
         app.clone(),
         settings.approval_poll_interval,
@@ -158,7 +154,7 @@ pub async fn follow<S: Store, H: HealthSwitch>(
     }
 }
 
-async fn refresh_keys<S: Store, H: HealthSwitch>(app: &App<S>, health: &mut DbHealth<H>) {
+async fn refresh_keys<H: HealthSwitch>(app: &App, health: &mut DbHealth<H>) {
     match app.store.live_keys().await {
         Ok(live) => {
             app.keys.replace_all(live);
@@ -169,7 +165,7 @@ async fn refresh_keys<S: Store, H: HealthSwitch>(app: &App<S>, health: &mut DbHe
 }
 
 /// Catches up every tenant whose stored revision is ahead of its snapshot.
-async fn catch_up_all<S: Store, H: HealthSwitch>(app: &App<S>, health: &mut DbHealth<H>) {
+async fn catch_up_all<H: HealthSwitch>(app: &App, health: &mut DbHealth<H>) {
     let revisions = match app.store.tenant_revisions().await {
         Ok(r) => r,
         Err(e) => return health.failed("poll revisions", &e).await,
@@ -187,7 +183,7 @@ async fn catch_up_all<S: Store, H: HealthSwitch>(app: &App<S>, health: &mut DbHe
 }
 
 /// Publishes approval changes other replicas made to this replica's watchers.
-async fn follow_approvals<S: Store>(app: Arc<App<S>>, every: Duration) {
+async fn follow_approvals(app: Arc<App>, every: Duration) {
     let mut cursor = ApprovalCursor::default();
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);

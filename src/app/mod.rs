@@ -48,8 +48,8 @@ pub struct Limits {
 
 /// One server's state and its use cases; shared by every transport through an `Arc`.
 #[derive(Debug)]
-pub struct App<S> {
-    pub store: S,
+pub struct App {
+    pub store: Arc<dyn Store>,
     pub snapshots: Snapshots,
     pub approvals: ApprovalHub,
     pub limits: Limits,
@@ -64,9 +64,9 @@ pub struct App<S> {
     write_locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
-impl<S: Store> App<S> {
+impl App {
     pub fn new(
-        store: S,
+        store: Arc<dyn Store>,
         snapshots: Snapshots,
         approvals: ApprovalHub,
         limits: Limits,

@@ -3,9 +3,10 @@
 //! UpsertPeople writes the directory.
 
 use super::{App, AppError};
+use crate::policy::ToolChange;
 use crate::policy::save::{PolicyEdit, plan_connect, plan_set_policy};
 use crate::policy::{Caller, Person, Tool, ToolDefinition};
-use crate::store::{IntegrationMeta, ReadScope, SaveError, SaveKind, Store};
+use crate::store::{IntegrationMeta, MAX_ATTEMPTS, ReadScope, RevisionCommit, SaveKind};
 
 /// What an admin saves. Batches arrive validated (no duplicate entries).
 #[derive(Debug, Clone)]
@@ -33,20 +34,22 @@ pub struct SaveOutcome {
     pub tools: Vec<Tool>,
 }
 
-impl<S: Store> App<S> {
-    /// Runs one Save: under the tenant's write lock, the store reads what the request
-    /// touches, the pure plan decides the changes, and they commit as one revision (or
-    /// none), which is then applied to the snapshot before the lock is released.
+impl App {
+    /// Runs one Save. Under the tenant's write lock (one Save of a tenant at a time in this
+    /// process), it reads what the request touches, lets the pure plan decide the changes,
+    /// and commits them as one revision (or none) on the revision it read; if another
+    /// replica committed first, it reads and plans again. The committed revision is applied
+    /// to the snapshot before the lock is released, so revisions reach it in order.
     pub async fn save(
         &self,
         caller: &Caller,
         request: SaveRequest,
     ) -> Result<SaveOutcome, AppError> {
-        let (kind, expected, meta, scope) = match &request {
+        let (kind, expected, integration, scope) = match &request {
             SaveRequest::Connect { integration, .. } => (
                 SaveKind::Connect,
                 None,
-                Some(integration.clone()),
+                Some(integration),
                 ReadScope::Integration(integration.id.clone()),
             ),
             SaveRequest::SetPolicy {
@@ -59,60 +62,52 @@ impl<S: Store> App<S> {
                 ReadScope::Tools(edit_keys(edits)),
             ),
         };
-        let plan = |existing: &[Tool]| match &request {
-            SaveRequest::Connect { integration, tools } => {
-                Ok(plan_connect(&integration.id, tools, existing))
-            }
-            SaveRequest::SetPolicy { edits, .. } => {
-                plan_set_policy(edits, existing, &caller.key_id).map_err(|u| {
-                    AppError::NotFound(format!(
-                        "changes[{}]: no tool {:?} in integration {:?}",
-                        u.index, u.tool_name, u.integration_id
-                    ))
-                })
-            }
-        };
         let tenant = &caller.tenant;
         let _guard = self.tenant_write_lock(tenant).await;
-        let saved = self
-            .store
-            .save_revision(
+        for _ in 0..MAX_ATTEMPTS {
+            let read = self.store.read_for_save(tenant, &scope).await?;
+            if let Some(expected) = expected
+                && expected != read.revision
+            {
+                return Err(stale(read.revision, expected));
+            }
+            let changes = plan(&request, &read.tools, &caller.key_id)?;
+            let commit = RevisionCommit {
                 tenant,
-                &caller.key_id,
+                actor_key_id: &caller.key_id,
                 kind,
-                expected,
-                meta,
-                scope.clone(),
-                plan,
-            )
-            .await
-            .map_err(|e| match e {
-                SaveError::Plan(e) => e,
-                SaveError::Stale { current } => AppError::FailedPrecondition(format!(
-                    "expected_revision: the tenant is at revision {current}, not {}",
-                    expected.unwrap_or_default()
-                )),
-                SaveError::Store(e) => AppError::from(e),
-            })?;
-        self.apply_saved(tenant, &saved).await;
-        tracing::info!(
-            kind = kind.as_str(),
-            revision = saved.revision,
-            changed = saved.changes.len(),
-            "saved"
-        );
-        let snapshot = self.snapshots.get(tenant);
-        let tools = match &scope {
-            ReadScope::Integration(id) => snapshot.tools(Some(id)).into_iter().cloned().collect(),
-            ReadScope::Tools(keys) => keys
-                .iter()
-                .filter_map(|(i, n)| snapshot.tool(i, n).cloned())
-                .collect(),
-        };
-        Ok(SaveOutcome {
-            revision: saved.revision,
-            tools,
-        })
+                base: read.revision,
+                integration,
+                changes,
+            };
+            let Some(saved) = self.store.commit_revision(commit).await? else {
+                continue;
+            };
+            self.apply_saved(tenant, &saved).await;
+            tracing::info!(
+                kind = kind.as_str(),
+                revision = saved.revision,
+                changed = saved.changes.len(),
+                "saved"
+            );
+            let snapshot = self.snapshots.get(tenant);
+            let tools = match &scope {
+                ReadScope::Integration(id) => {
+                    snapshot.tools(Some(id)).into_iter().cloned().collect()
+                }
+                ReadScope::Tools(keys) => keys
+                    .iter()
+                    .filter_map(|(i, n)| snapshot.tool(i, n).cloned())
+                    .collect(),
+            };
+            return Ok(SaveOutcome {
+                revision: saved.revision,
+                tools,
+            });
+        }
+        Err(AppError::Unavailable(format!(
+            "the tenant's policies kept changing under {MAX_ATTEMPTS} attempts to save; retry"
+        )))
     }
 
     /// Creates or replaces people of the tenant's directory; returns how many.
@@ -126,4 +121,31 @@ fn edit_keys(edits: &[PolicyEdit]) -> Vec<(String, String)> {
         .iter()
         .map(|e| (e.integration_id.clone(), e.tool_name.clone()))
         .collect()
+}
+
+/// The changes a request makes to the tools it read.
+fn plan(
+    request: &SaveRequest,
+    existing: &[Tool],
+    actor: &str,
+) -> Result<Vec<ToolChange>, AppError> {
+    match request {
+        SaveRequest::Connect { integration, tools } => {
+            Ok(plan_connect(&integration.id, tools, existing))
+        }
+        SaveRequest::SetPolicy { edits, .. } => {
+            plan_set_policy(edits, existing, actor).map_err(|u| {
+                AppError::NotFound(format!(
+                    "changes[{}]: no tool {:?} in integration {:?}",
+                    u.index, u.tool_name, u.integration_id
+                ))
+            })
+        }
+    }
+}
+
+fn stale(current: u64, expected: u64) -> AppError {
+    AppError::FailedPrecondition(format!(
+        "expected_revision: the tenant is at revision {current}, not {expected}"
+    ))
 }

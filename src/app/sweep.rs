@@ -4,7 +4,6 @@
 
 use super::App;
 use crate::policy::UnixMillis;
-use crate::store::Store;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +11,7 @@ use std::time::Duration;
 const BATCH: u32 = 500;
 
 /// Runs until the task is aborted (at drain).
-pub async fn sweep_expired<S: Store>(app: Arc<App<S>>, every: Duration) {
+pub async fn sweep_expired(app: Arc<App>, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -25,7 +24,7 @@ pub async fn sweep_expired<S: Store>(app: Arc<App<S>>, every: Duration) {
     }
 }
 
-impl<S: Store> App<S> {
+impl App {
     /// Expires one batch of due approvals and tells their watchers; `Some(true)` when the
     /// batch was full (more may be due), `None` when the store failed (logged).
     pub async fn sweep_once(&self) -> Option<bool> {

@@ -5,7 +5,6 @@ use super::{App, AppError};
 use crate::metrics::{StreamGuard, Watch};
 use crate::policy::{Caller, RevisionChanges};
 use crate::snapshot::{TenantEvent, TenantSnapshot};
-use crate::store::Store;
 use std::sync::Arc;
 use tokio::sync::broadcast;
 
@@ -31,7 +30,7 @@ pub struct ConfigSubscription {
     pub open: StreamGuard,
 }
 
-impl<S: Store> App<S> {
+impl App {
     /// Counts a new stream, or refuses it with RESOURCE_EXHAUSTED at `max_watch_streams`.
     pub fn open_watch(&self, which: Watch) -> Result<StreamGuard, AppError> {
         let limit = self.limits.max_watch_streams;

@@ -15,7 +15,7 @@ use crate::policy::save::PolicyEdit;
 use crate::policy::{Caller, Policy, Role};
 use crate::proto::v1 as pb;
 use crate::proto::v1::policy_service_server::PolicyService;
-use crate::store::{IntegrationMeta, Store};
+use crate::store::IntegrationMeta;
 use convert::*;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,11 +26,11 @@ pub const MAX_BATCH: usize = 10_000;
 
 /// The `toolgate.v1.PolicyService` implementation.
 #[derive(Debug)]
-pub struct PolicyApi<S> {
-    app: Arc<App<S>>,
+pub struct PolicyApi {
+    app: Arc<App>,
 }
 
-impl<S> Clone for PolicyApi<S> {
+impl Clone for PolicyApi {
     fn clone(&self) -> Self {
         PolicyApi {
             app: self.app.clone(),
@@ -38,8 +38,8 @@ impl<S> Clone for PolicyApi<S> {
     }
 }
 
-impl<S: Store> PolicyApi<S> {
-    pub fn new(app: Arc<App<S>>) -> Self {
+impl PolicyApi {
+    pub fn new(app: Arc<App>) -> Self {
         PolicyApi { app }
     }
 
@@ -128,7 +128,7 @@ fn set_policy_from_proto(req: pb::SetPolicyRequest) -> Result<SaveRequest, Field
 type Stream<T> = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
 
 #[tonic::async_trait]
-impl<S: Store> PolicyService for PolicyApi<S> {
+impl PolicyService for PolicyApi {
     async fn connect_integration(
         &self,
         request: Request<pb::ConnectIntegrationRequest>,

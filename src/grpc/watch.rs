@@ -16,7 +16,6 @@ use crate::policy::names::check_optional_id;
 use crate::policy::{Approval, Caller, Policy, RevisionChanges, Role, ToolChange, UnixMillis};
 use crate::proto::v1 as pb;
 use crate::snapshot::{TenantEvent, TenantSnapshot};
-use crate::store::Store;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use tokio::sync::{broadcast, watch};
@@ -100,8 +99,8 @@ async fn drained(drain: &mut watch::Receiver<bool>) {
     let _ = drain.wait_for(|d| *d).await;
 }
 
-pub(super) async fn watch_config<S: Store>(
-    app: Arc<App<S>>,
+pub(super) async fn watch_config(
+    app: Arc<App>,
     caller: Arc<Caller>,
     req: pb::WatchConfigRequest,
 ) -> Result<Stream<pb::WatchConfigResponse>, AppError> {
@@ -141,9 +140,9 @@ enum Wake<E> {
     Event(E),
 }
 
-struct ConfigWatcher<S> {
+struct ConfigWatcher {
     _open: StreamGuard,
-    app: Arc<App<S>>,
+    app: Arc<App>,
     tenant: String,
     view: View,
     /// The newest revision this watcher has been brought to.
@@ -156,7 +155,7 @@ struct ConfigWatcher<S> {
     done: bool,
 }
 
-impl<S: Store> ConfigWatcher<S> {
+impl ConfigWatcher {
     /// The next item of the stream; `None` ends it. Drain is checked before anything
     /// queued, so a draining server stops promptly.
     async fn next(mut self) -> Option<(Result<pb::WatchConfigResponse, Status>, Self)> {
@@ -245,8 +244,8 @@ impl<S: Store> ConfigWatcher<S> {
     }
 }
 
-pub(super) async fn watch_approvals<S: Store>(
-    app: Arc<App<S>>,
+pub(super) async fn watch_approvals(
+    app: Arc<App>,
     caller: Arc<Caller>,
     req: pb::WatchApprovalsRequest,
 ) -> Result<Stream<pb::WatchApprovalsResponse>, AppError> {
@@ -274,9 +273,9 @@ pub(super) async fn watch_approvals<S: Store>(
     )))
 }
 
-struct ApprovalWatcher<S> {
+struct ApprovalWatcher {
     _open: StreamGuard,
-    app: Arc<App<S>>,
+    app: Arc<App>,
     caller: Arc<Caller>,
     only: Option<String>,
     events: broadcast::Receiver<Arc<Approval>>,
@@ -285,7 +284,7 @@ struct ApprovalWatcher<S> {
     done: bool,
 }
 
-impl<S: Store> ApprovalWatcher<S> {
+impl ApprovalWatcher {
     async fn next(mut self) -> Option<(Result<pb::WatchApprovalsResponse, Status>, Self)> {
         loop {
             if self.done {

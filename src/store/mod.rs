@@ -1,26 +1,30 @@
-//! The store seam: everything toolgate keeps, behind one trait.
+//! The store seam: everything toolgate keeps, behind one small trait.
 //!
-//! Row structs and SQL never leave `store/`. The trait speaks in domain types; each backend
-//! runs the same conformance tests (`tests/`). Writes that must see and change state
-//! together (a Save, an approval decision) take a closure that computes the change from the
-//! state read inside the transaction, so the rules stay in `policy/` and the atomicity here.
+//! The trait is data in, data out (no closures, no generics), so the server holds it as
+//! `Arc<dyn Store>` chosen once at start-up from the URL's scheme. Its one implementation,
+//! [`SqlStore`] (`sql.rs`), writes each statement once for both backends (sqlx's SQLite
+//! driver takes PostgreSQL's `$N` parameters); `sqlite.rs` and `pg.rs` hold only what one
+//! backend has and the other has not (connection set-up; PostgreSQL's LISTEN/NOTIFY and its
+//! feed of other replicas' approval changes). Every call is timed and bounded in one place
+//! ([`SqlStore`]'s `call`). Row structs and SQL never leave `store/`.
+//!
+//! Writes that must not lose a race are conditional, and the caller (in `app/`) reads,
+//! decides with the pure rules, and writes again when the condition failed:
+//! [`Store::commit_revision`] goes in only at the revision it was planned on, and
+//! [`Store::append_approval`] only as the approval's next version.
 
-mod any;
-mod approvals;
-mod metered;
-pub mod pg;
-mod pg_batch;
+mod pg;
 mod rows;
-pub mod sqlite;
+mod sql;
+mod sqlite;
 
-pub use any::AnyStore;
-pub use metered::Metered;
+pub use pg::PgSettings;
+pub use sql::{MAX_ATTEMPTS, SqlStore, open};
 
 use crate::policy::{
     Approval, ApprovalState, Caller, Person, RevisionChanges, Role, Tool, ToolChange,
 };
 use std::collections::HashMap;
-use std::future::Future;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -34,14 +38,9 @@ pub enum StoreError {
     UnsupportedUrl(String),
     #[error("the database did not answer within {0:?}")]
     Timeout(std::time::Duration),
-    /// A write ran but its transaction did not commit (SQLite's batched commit failed, or
-    /// the writer is gone): nothing was written, and a retry is safe.
-    #[error("the write did not commit: {0}")]
-    NotCommitted(String),
-    /// Worth a retry: the database could not be reached for a batch this call was part of
-    /// (each caller gets the batch's failure, as text), or an approval kept changing under
-    /// every attempt to decide on it. Approval writes are safe to retry: a retried create
-    /// finds its request id's approval, a retried decision reads again.
+    /// Worth a retry: a conditional write lost its race every time it was tried (the
+    /// approval or the tenant kept changing). A retried create finds its request id's
+    /// approval; a retried decision reads again.
     #[error("unavailable, retry: {0}")]
     Unavailable(String),
 }
@@ -51,9 +50,7 @@ impl StoreError {
     /// and a sign of an outage rather than of a bug.
     pub fn is_unavailable(&self) -> bool {
         match self {
-            StoreError::Timeout(_) | StoreError::NotCommitted(_) | StoreError::Unavailable(_) => {
-                true
-            }
+            StoreError::Timeout(_) | StoreError::Unavailable(_) => true,
             StoreError::Database(e) => match e {
                 sqlx::Error::PoolTimedOut
                 | sqlx::Error::PoolClosed
@@ -103,28 +100,6 @@ pub enum Wakeup {
 pub struct ApprovalCursor {
     pub(crate) frontier: Option<u64>,
     pub(crate) seen: std::collections::HashSet<(String, String, i64)>,
-}
-
-/// Why a Save did not happen.
-#[derive(Debug, thiserror::Error)]
-pub enum SaveError<E> {
-    /// The plan refused the change (bad input found against the current state).
-    #[error("{0}")]
-    Plan(E),
-    /// `expected_revision` was not the tenant's revision.
-    #[error("tenant is at revision {current}")]
-    Stale { current: u64 },
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-/// Why an approval update did not happen.
-#[derive(Debug, thiserror::Error)]
-pub enum UpdateError<E> {
-    #[error("{0}")]
-    Rule(E),
-    #[error(transparent)]
-    Store(#[from] StoreError),
 }
 
 /// An API key as `keys list` shows it; the secret is never stored.
@@ -206,138 +181,222 @@ pub enum Inserted {
     Existing(Approval),
 }
 
-/// The result of an approval update.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Updated<T> {
-    /// The approval as it is now.
-    pub approval: Approval,
-    /// Whether this update saved a change (watchers are told only of those).
-    pub changed: bool,
-    pub out: T,
-}
-
 /// People of the directory read inside an approval transaction, by id.
 pub type People = HashMap<String, Person>;
 
-/// The one store seam. Every method is scoped to one tenant, except key lookup (which is
-/// how the tenant is found) and start-up loading.
-pub trait Store: Clone + Send + Sync + 'static {
+/// The tools a Save reads, with the tenant's revision they were read at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SaveRead {
+    pub revision: u64,
+    pub tools: Vec<Tool>,
+}
+
+/// One Save to commit, planned on the tenant at `base`.
+#[derive(Debug, Clone)]
+pub struct RevisionCommit<'a> {
+    pub tenant: &'a str,
+    pub actor_key_id: &'a str,
+    pub kind: SaveKind,
+    /// The revision the plan was made on; the commit goes in only if it still is current.
+    pub base: u64,
+    /// Integration metadata written with a connect (written even when no tool changed).
+    pub integration: Option<&'a IntegrationMeta>,
+    /// The planned changes, not yet stamped with a revision.
+    pub changes: Vec<ToolChange>,
+}
+
+/// An approval as read to decide on it: its version and the people its rules read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForUpdate {
+    pub approval: Approval,
+    /// The approval's latest version; a change is written as `version + 1`.
+    pub version: i64,
+    /// The requester and the people asked for, by id (those in the directory).
+    pub people: People,
+}
+
+/// Every store call, for the metrics' `op` label. A name per call, checked by the compiler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreOp {
+    CreateKey,
+    ListKeys,
+    RevokeKey,
+    CallerBySecret,
+    LiveKeys,
+    LoadAllTools,
+    LoadTenantTools,
+    ChangesSince,
+    TenantRevisions,
+    ReadForSave,
+    CommitRevision,
+    UpsertPeople,
+    GetPerson,
+    InsertApproval,
+    GetApproval,
+    ListApprovals,
+    ApprovalForUpdate,
+    AppendApproval,
+    ExpireDue,
+    Wakeups,
+    ApprovalChanges,
+}
+
+impl StoreOp {
+    pub const ALL: [StoreOp; 21] = [
+        StoreOp::CreateKey,
+        StoreOp::ListKeys,
+        StoreOp::RevokeKey,
+        StoreOp::CallerBySecret,
+        StoreOp::LiveKeys,
+        StoreOp::LoadAllTools,
+        StoreOp::LoadTenantTools,
+        StoreOp::ChangesSince,
+        StoreOp::TenantRevisions,
+        StoreOp::ReadForSave,
+        StoreOp::CommitRevision,
+        StoreOp::UpsertPeople,
+        StoreOp::GetPerson,
+        StoreOp::InsertApproval,
+        StoreOp::GetApproval,
+        StoreOp::ListApprovals,
+        StoreOp::ApprovalForUpdate,
+        StoreOp::AppendApproval,
+        StoreOp::ExpireDue,
+        StoreOp::Wakeups,
+        StoreOp::ApprovalChanges,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreOp::CreateKey => "create_key",
+            StoreOp::ListKeys => "list_keys",
+            StoreOp::RevokeKey => "revoke_key",
+            StoreOp::CallerBySecret => "caller_by_secret",
+            StoreOp::LiveKeys => "live_keys",
+            StoreOp::LoadAllTools => "load_all_tools",
+            StoreOp::LoadTenantTools => "load_tenant_tools",
+            StoreOp::ChangesSince => "changes_since",
+            StoreOp::TenantRevisions => "tenant_revisions",
+            StoreOp::ReadForSave => "read_for_save",
+            StoreOp::CommitRevision => "commit_revision",
+            StoreOp::UpsertPeople => "upsert_people",
+            StoreOp::GetPerson => "get_person",
+            StoreOp::InsertApproval => "insert_approval",
+            StoreOp::GetApproval => "get_approval",
+            StoreOp::ListApprovals => "list_approvals",
+            StoreOp::ApprovalForUpdate => "approval_for_update",
+            StoreOp::AppendApproval => "append_approval",
+            StoreOp::ExpireDue => "expire_due",
+            StoreOp::Wakeups => "wakeups",
+            StoreOp::ApprovalChanges => "approval_changes",
+        }
+    }
+}
+
+/// The one store seam. Every method is scoped to one tenant, except key look-up (which is
+/// how the tenant is found), start-up loading, the sweep and following other processes.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// `sqlite` or `postgres`, for logs and `toolgate_build_info`.
     fn backend(&self) -> &'static str;
 
-    fn create_key(
+    async fn create_key(
         &self,
         id: &str,
         tenant: &str,
         role: Role,
         secret_sha256: &str,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
-    fn list_keys(&self) -> impl Future<Output = Result<Vec<KeyInfo>, StoreError>> + Send;
-    /// Returns false when no such key exists or it was already revoked.
-    fn revoke_key(&self, id: &str) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    ) -> Result<(), StoreError>;
+    async fn list_keys(&self) -> Result<Vec<KeyInfo>, StoreError>;
+    /// False when no such key exists or it was already revoked.
+    async fn revoke_key(&self, id: &str) -> Result<bool, StoreError>;
     /// The caller a live (not revoked) key stands for.
-    fn caller_by_secret(
-        &self,
-        secret_sha256: &str,
-    ) -> impl Future<Output = Result<Option<Caller>, StoreError>> + Send;
+    async fn caller_by_secret(&self, secret_sha256: &str) -> Result<Option<Caller>, StoreError>;
+    /// Every live key as (SHA-256 of its secret, the caller it stands for): the key cache.
+    async fn live_keys(&self) -> Result<Vec<(String, Caller)>, StoreError>;
 
-    fn load_all_tools(&self) -> impl Future<Output = Result<Vec<TenantTools>, StoreError>> + Send;
-    fn load_tenant_tools(
-        &self,
-        tenant: &str,
-    ) -> impl Future<Output = Result<TenantTools, StoreError>> + Send;
+    async fn load_all_tools(&self) -> Result<Vec<TenantTools>, StoreError>;
+    async fn load_tenant_tools(&self, tenant: &str) -> Result<TenantTools, StoreError>;
     /// The change log of a tenant after `after`, in revision order.
-    fn changes_since(
+    async fn changes_since(
         &self,
         tenant: &str,
         after: u64,
-    ) -> impl Future<Output = Result<Vec<RevisionChanges>, StoreError>> + Send;
+    ) -> Result<Vec<RevisionChanges>, StoreError>;
+    /// Every tenant's current revision, for the catch-up poll.
+    async fn tenant_revisions(&self) -> Result<Vec<(String, u64)>, StoreError>;
 
-    /// Saves one revision atomically: reads `scope` under the tenant's write lock, asks
-    /// `plan` for the changes, and commits them as revision N+1 (or nothing if empty).
-    #[allow(clippy::too_many_arguments)]
-    fn save_revision<F, E>(
+    /// What a Save plans on: the tenant's revision and the tools in `scope`.
+    async fn read_for_save(&self, tenant: &str, scope: &ReadScope) -> Result<SaveRead, StoreError>;
+    /// Commits a planned Save as revision `base + 1` (or, with no changes, only its
+    /// integration metadata), atomically. `None` when the tenant is no longer at `base`:
+    /// read and plan again.
+    async fn commit_revision(
         &self,
-        tenant: &str,
-        actor_key_id: &str,
-        kind: SaveKind,
-        expected_revision: Option<u64>,
-        integration: Option<IntegrationMeta>,
-        scope: ReadScope,
-        plan: F,
-    ) -> impl Future<Output = Result<Saved, SaveError<E>>> + Send
-    where
-        F: FnOnce(&[Tool]) -> Result<Vec<ToolChange>, E> + Send,
-        E: Send;
+        commit: RevisionCommit<'_>,
+    ) -> Result<Option<Saved>, StoreError>;
 
-    fn upsert_people(
-        &self,
-        tenant: &str,
-        people: &[Person],
-    ) -> impl Future<Output = Result<u32, StoreError>> + Send;
-    fn get_person(
-        &self,
-        tenant: &str,
-        id: &str,
-    ) -> impl Future<Output = Result<Option<Person>, StoreError>> + Send;
+    async fn upsert_people(&self, tenant: &str, people: &[Person]) -> Result<u32, StoreError>;
+    async fn get_person(&self, tenant: &str, id: &str) -> Result<Option<Person>, StoreError>;
 
-    fn insert_approval(
+    /// Creates a pending approval, or returns the one its request id already made.
+    async fn insert_approval(
         &self,
         tenant: &str,
         approval: &Approval,
-    ) -> impl Future<Output = Result<Inserted, StoreError>> + Send;
-    fn get_approval(
-        &self,
-        tenant: &str,
-        id: &str,
-    ) -> impl Future<Output = Result<Option<Approval>, StoreError>> + Send;
+    ) -> Result<Inserted, StoreError>;
+    async fn get_approval(&self, tenant: &str, id: &str) -> Result<Option<Approval>, StoreError>;
     /// A page of approvals, newest first, with the position to continue from.
-    fn list_approvals(
+    async fn list_approvals(
         &self,
         tenant: &str,
         query: &ApprovalQuery,
-    ) -> impl Future<Output = Result<(Vec<Approval>, Option<i64>), StoreError>> + Send;
-    /// Reads an approval and the people named in `person_ids`, lets `f` decide, and saves
-    /// the approval `f` returns (its new steps appended), atomically: no other change of
-    /// the approval comes between that read and the write. `f` may run more than once (a
-    /// backend may read again when the approval changed under it). `Ok(None)` when there
-    /// is no such approval in the tenant.
-    fn update_approval<F, T, E>(
+    ) -> Result<(Vec<Approval>, Option<i64>), StoreError>;
+    /// The approval with its version, and the people in `person_ids` and its requester.
+    async fn approval_for_update(
         &self,
         tenant: &str,
         id: &str,
-        person_ids: Vec<String>,
-        f: F,
-    ) -> impl Future<Output = Result<Option<Updated<T>>, UpdateError<E>>> + Send
-    where
-        F: Fn(&Approval, &People) -> Result<(Option<Approval>, T), E> + Send + Sync + 'static,
-        T: Send + 'static,
-        E: Send + 'static;
+        person_ids: &[String],
+    ) -> Result<Option<ForUpdate>, StoreError>;
+    /// Appends `next` as version `version` of its approval; false when that version is
+    /// taken (someone else changed the approval since it was read).
+    async fn append_approval(
+        &self,
+        tenant: &str,
+        version: i64,
+        next: &Approval,
+    ) -> Result<bool, StoreError>;
     /// Marks open approvals past their expiry as expired (at most `limit` at once) and
     /// returns them with their tenants, so watchers can be told.
-    fn expire_due(
-        &self,
-        now: i64,
-        limit: u32,
-    ) -> impl Future<Output = Result<Vec<(String, Approval)>, StoreError>> + Send;
+    async fn expire_due(&self, now: i64, limit: u32)
+    -> Result<Vec<(String, Approval)>, StoreError>;
 
-    /// Every tenant's current revision, for the catch-up poll.
-    fn tenant_revisions(
-        &self,
-    ) -> impl Future<Output = Result<Vec<(String, u64)>, StoreError>> + Send;
-    /// Every live key as (SHA-256 of its secret, the caller it stands for): the key cache.
-    fn live_keys(&self) -> impl Future<Output = Result<Vec<(String, Caller)>, StoreError>> + Send;
     /// Hints that another process wrote (PostgreSQL `LISTEN`). Only hints: the change log
     /// is the truth, and a lost hint only delays until the next poll. SQLite, written by
     /// one server process, sends none.
-    fn wakeups(
-        &self,
-    ) -> impl Future<Output = Result<tokio::sync::mpsc::Receiver<Wakeup>, StoreError>> + Send;
+    async fn wakeups(&self) -> Result<tokio::sync::mpsc::Receiver<Wakeup>, StoreError>;
     /// Approvals changed by other processes since `cursor`, with their tenants, each
     /// change once; moves the cursor. The first call only sets the cursor. SQLite returns
     /// none: every approval write there is made by this process and published as made.
-    fn approval_changes(
+    async fn approval_changes(
         &self,
         cursor: &mut ApprovalCursor,
-    ) -> impl Future<Output = Result<Vec<(String, Approval)>, StoreError>> + Send;
+    ) -> Result<Vec<(String, Approval)>, StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_store_op_is_listed_once_at_its_own_index() {
+        for (i, op) in StoreOp::ALL.iter().enumerate() {
+            assert_eq!(*op as usize, i, "{}", op.as_str());
+        }
+        let mut names: Vec<_> = StoreOp::ALL.iter().map(|op| op.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), StoreOp::ALL.len());
+    }
 }

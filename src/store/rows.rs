@@ -13,6 +13,7 @@ pub(crate) trait Cols {
     fn text(&self, name: &str) -> Result<String, StoreError>;
     fn opt_text(&self, name: &str) -> Result<Option<String>, StoreError>;
     fn int(&self, name: &str) -> Result<i64, StoreError>;
+    fn opt_int(&self, name: &str) -> Result<Option<i64>, StoreError>;
     fn flag(&self, name: &str) -> Result<bool, StoreError>;
     fn opt_flag(&self, name: &str) -> Result<Option<bool>, StoreError>;
 }
@@ -27,6 +28,9 @@ macro_rules! impl_cols {
                 Ok(self.try_get(name)?)
             }
             fn int(&self, name: &str) -> Result<i64, StoreError> {
+                Ok(self.try_get(name)?)
+            }
+            fn opt_int(&self, name: &str) -> Result<Option<i64>, StoreError> {
                 Ok(self.try_get(name)?)
             }
             fn flag(&self, name: &str) -> Result<bool, StoreError> {
@@ -51,7 +55,7 @@ pub(crate) fn u64_of(v: i64) -> u64 {
     v.max(0) as u64
 }
 
-/// The twelve tool columns, in the order [`super::sqlite`] and [`super::pg`] bind them.
+/// The twelve tool columns, in the order [`super::sql`] binds them.
 pub(crate) const TOOL_COLUMNS: &str = "integration_id, name, description, input_schema_json, \
      read_only_hint, destructive_hint, idempotent_hint, open_world_hint, policy, \
      manager_approval, source, source_reason";
@@ -266,33 +270,4 @@ pub(crate) fn steps_to_json(steps: &[ApprovalStep]) -> String {
         .collect();
     // Strings, booleans and integers only: serialising cannot fail.
     serde_json::to_string(&steps).unwrap_or_else(|_| "[]".into())
-}
-
-/// People with their versions, from a JSON array of person objects (aggregated by the
-/// database, so that an approval and the people it names are read in one statement).
-pub(crate) fn people_from_json(json: &str) -> Result<Vec<(Person, i64)>, StoreError> {
-    #[derive(serde::Deserialize)]
-    struct PersonJson {
-        id: String,
-        display_name: String,
-        email: String,
-        manager_id: String,
-        technician: bool,
-        version: i64,
-    }
-    let people: Vec<PersonJson> =
-        serde_json::from_str(json).map_err(|e| corrupt("people", &e.to_string()))?;
-    Ok(people
-        .into_iter()
-        .map(|p| {
-            let person = Person {
-                id: p.id,
-                display_name: p.display_name,
-                email: p.email,
-                manager_id: p.manager_id,
-                technician: p.technician,
-            };
-            (person, p.version)
-        })
-        .collect())
 }

@@ -190,7 +190,7 @@ impl Cluster {
     pub async fn start_via(n: usize, url_for: impl Fn(usize, &str) -> String) -> Cluster {
         let db = helpers::pg::create_database().await;
         let db = helpers::TestDb::postgres(db);
-        let store = toolgate::store::AnyStore::open(&db.url, &Default::default())
+        let store = toolgate::store::open(&db.url, &Default::default())
             .await
             .expect("open store");
         let admin = helpers::mint(&store, "acme", Role::Admin).await;

@@ -255,7 +255,7 @@ impl Drop for Process {
 async fn sigterm_turns_health_not_serving_then_finishes_calls_ends_streams_and_exits_zero() {
     use tonic::Code;
     let db = fresh_database().await;
-    let store = toolgate::store::AnyStore::open(&db.url, &Default::default())
+    let store = toolgate::store::open(&db.url, &Default::default())
         .await
         .unwrap();
     let admin = mint(&store, "acme", toolgate::policy::Role::Admin).await;

@@ -1,0 +1,939 @@
+//! The store's one implementation: every statement written once, run on SQLite or on
+//! PostgreSQL.
+//!
+//! Each method's body is written once inside [`on_pool!`], which compiles it once per
+//! backend with that backend's pool: the SQL uses `$N` parameters (both drivers take
+//! them), `ON CONFLICT`, `RETURNING` and `TRUE`/`FALSE` (both databases have them), and
+//! the few statements that exist on one backend only are chosen outside the body
+//! ([`SqlStore::begin_sql`], [`SqlStore::notify_sql`]). Every call goes through
+//! [`SqlStore::call`], the one place that bounds it in time and records it for `/metrics`.
+
+use super::rows::{
+    APPROVAL_COLUMNS, Cols, TOOL_COLUMNS, approval_from_row, approval_page, caller_from_row,
+    corrupt, current_tool_from_row, group_changes, person_from_row, roles_to_text, stamp,
+    steps_to_json, u64_of,
+};
+use super::{
+    ApprovalCursor, ApprovalQuery, ForUpdate, Inserted, KeyInfo, People, PgSettings, ReadScope,
+    RevisionCommit, SaveRead, Saved, Store, StoreError, StoreOp, TenantTools, Wakeup, pg, sqlite,
+};
+use crate::metrics::Metrics;
+use crate::policy::{
+    Approval, ApprovalState, Caller, Person, RevisionChanges, Role, ToolChange, UnixMillis,
+};
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The database behind the store, chosen once at start-up.
+#[derive(Debug, Clone)]
+enum Db {
+    /// Writes go through a pool of one connection (SQLite has one writer; writers queue
+    /// here instead of failing busy), reads through a pool of read-only connections.
+    Sqlite {
+        writer: sqlx::SqlitePool,
+        reader: sqlx::SqlitePool,
+    },
+    Postgres(sqlx::PgPool),
+}
+
+/// Runs (awaits) the same code on whichever pool the store has: `read` picks SQLite's reader pool,
+/// `write` its writer; PostgreSQL has one pool for both.
+macro_rules! on_pool {
+    ($store:expr, read, |$pool:ident| $body:expr) => {
+        match &$store.db {
+            Db::Sqlite { reader: $pool, .. } => $body.await,
+            Db::Postgres($pool) => $body.await,
+        }
+    };
+    ($store:expr, write, |$pool:ident| $body:expr) => {
+        match &$store.db {
+            Db::Sqlite { writer: $pool, .. } => $body.await,
+            Db::Postgres($pool) => $body.await,
+        }
+    };
+}
+
+/// The SQLite or PostgreSQL store.
+#[derive(Debug, Clone)]
+pub struct SqlStore {
+    db: Db,
+    /// This process's id, written on each approval change, so PostgreSQL's change feed
+    /// skips what this replica already published itself.
+    origin: Arc<str>,
+    /// Bound on each call (PostgreSQL; SQLite waits on its busy timeout instead).
+    timeout: Option<Duration>,
+    metrics: Option<Arc<Metrics>>,
+}
+
+/// Opens the store named by the URL's scheme (created and migrated if needed).
+pub async fn open(url: &str, pg: &PgSettings) -> Result<SqlStore, StoreError> {
+    let scheme = url.split_once(':').map_or(url, |(s, _)| s);
+    let (db, timeout) = match scheme {
+        "sqlite" => {
+            let (writer, reader) = sqlite::connect(url).await?;
+            (Db::Sqlite { writer, reader }, None)
+        }
+        "postgres" | "postgresql" => (
+            Db::Postgres(pg::connect(url, pg).await?),
+            Some(pg.query_timeout),
+        ),
+        other => return Err(StoreError::UnsupportedUrl(other.to_owned())),
+    };
+    let origin = crate::keys::random_id("rep_")
+        .map_err(|e| StoreError::Corrupt(format!("no randomness for a replica id: {e}")))?;
+    Ok(SqlStore {
+        db,
+        origin: origin.into(),
+        timeout,
+        metrics: None,
+    })
+}
+
+/// Attempts at a conditional write that lost its race before the caller is told to retry.
+pub const MAX_ATTEMPTS: usize = 16;
+
+/// How far behind where it got to the expiry sweep looks again: an approval committed late
+/// (a slow commit, a replica's clock a little behind) whose expiry the sweep has already
+/// passed is still found.
+const SWEEP_MARGIN_MS: i64 = 60_000;
+
+/// The columns of an `approval_events` row, in the order [`SqlStore::bind_event`] binds.
+const EVENT_INSERT: &str = "INSERT INTO approval_events (tenant, approval_id, version, origin, \
+     state, required_roles, consumed_by_request, steps, created_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING";
+
+impl SqlStore {
+    /// Records every call's time and failures in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Runs one store call: bounded by the query timeout, timed, and its failure counted.
+    async fn call<T>(
+        &self,
+        op: StoreOp,
+        work: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let started = Instant::now();
+        let result = match self.timeout {
+            Some(limit) if op != StoreOp::LoadAllTools => tokio::time::timeout(limit, work)
+                .await
+                .unwrap_or(Err(StoreError::Timeout(limit))),
+            _ => work.await,
+        };
+        if let Some(metrics) = &self.metrics {
+            metrics.store_seconds.observe(started.elapsed());
+            if let Err(e) = &result {
+                metrics.store_error(op, e.is_unavailable());
+            }
+        }
+        result
+    }
+
+    /// How a write transaction begins: SQLite takes its write lock at once, so a
+    /// transaction never fails half-way to upgrade a read lock.
+    fn begin_sql(&self) -> &'static str {
+        match self.db {
+            Db::Sqlite { .. } => "BEGIN IMMEDIATE",
+            Db::Postgres(_) => "BEGIN",
+        }
+    }
+
+    /// `NOTIFY channel, payload` inside a transaction (delivered at commit); PostgreSQL
+    /// only: on SQLite one server process writes the file.
+    fn notify_sql(&self) -> Option<&'static str> {
+        match self.db {
+            Db::Sqlite { .. } => None,
+            Db::Postgres(_) => Some("SELECT pg_notify($1, $2)"),
+        }
+    }
+}
+
+/// Creates the tenant's row if it has none yet.
+const ENSURE_TENANT: &str =
+    "INSERT INTO tenants (id, revision) VALUES ($1, 0) ON CONFLICT (id) DO NOTHING";
+
+const TOOL_UPSERT: &str = "INSERT INTO tools (tenant, integration_id, name, description, \
+     input_schema_json, read_only_hint, destructive_hint, idempotent_hint, open_world_hint, \
+     policy, manager_approval, source, source_reason, revision) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+     ON CONFLICT (tenant, integration_id, name) DO UPDATE SET \
+     description = excluded.description, input_schema_json = excluded.input_schema_json, \
+     read_only_hint = excluded.read_only_hint, destructive_hint = excluded.destructive_hint, \
+     idempotent_hint = excluded.idempotent_hint, open_world_hint = excluded.open_world_hint, \
+     policy = excluded.policy, manager_approval = excluded.manager_approval, \
+     source = excluded.source, source_reason = excluded.source_reason, \
+     revision = excluded.revision";
+
+const TOOL_CHANGE_UPSERT: &str = "INSERT INTO tool_changes (tenant, integration_id, name, \
+     description, input_schema_json, read_only_hint, destructive_hint, idempotent_hint, \
+     open_world_hint, policy, manager_approval, source, source_reason, revision, removed) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, FALSE)";
+
+/// Binds a tool's columns after the tenant, in [`TOOL_UPSERT`]'s order, then `revision`.
+macro_rules! bind_tool {
+    ($query:expr, $tenant:expr, $tool:expr, $revision:expr) => {
+        $query
+            .bind($tenant)
+            .bind(&$tool.integration_id)
+            .bind(&$tool.name)
+            .bind(&$tool.description)
+            .bind(&$tool.input_schema_json)
+            .bind($tool.annotations.read_only)
+            .bind($tool.annotations.destructive)
+            .bind($tool.annotations.idempotent)
+            .bind($tool.annotations.open_world)
+            .bind($tool.policy.as_str())
+            .bind($tool.manager_approval)
+            .bind($tool.source.as_str())
+            .bind(&$tool.source_reason)
+            .bind($revision)
+    };
+}
+
+/// Binds an approval event in [`EVENT_INSERT`]'s order.
+macro_rules! bind_event {
+    ($query:expr, $tenant:expr, $version:expr, $origin:expr, $a:expr, $at:expr) => {
+        $query
+            .bind($tenant)
+            .bind(&$a.id)
+            .bind($version)
+            .bind($origin)
+            .bind($a.state.as_str())
+            .bind(roles_to_text(&$a.required_roles))
+            .bind($a.consumed_by_request.as_deref())
+            .bind(steps_to_json(&$a.steps))
+            .bind($at)
+    };
+}
+
+fn key_info<R: Cols>(row: &R) -> Result<KeyInfo, StoreError> {
+    let role = row.text("role")?;
+    Ok(KeyInfo {
+        id: row.text("id")?,
+        tenant: row.text("tenant")?,
+        role: Role::parse(&role).ok_or_else(|| corrupt("role", &role))?,
+        created_at: row.int("created_at")?,
+        revoked_at: row.opt_int("revoked_at")?,
+    })
+}
+
+/// `SELECT … FROM approval_current WHERE tenant = $1 AND <column> = $2`.
+fn approval_by(column: &str) -> String {
+    format!("SELECT {APPROVAL_COLUMNS} FROM approval_current WHERE tenant = $1 AND {column} = $2")
+}
+
+/// The tools a Save reads: one integration's, or the tools named (`$2`, `$3` pairs).
+fn scope_sql(scope: &ReadScope) -> String {
+    let select = format!("SELECT {TOOL_COLUMNS}, revision FROM tools WHERE tenant = $1");
+    match scope {
+        ReadScope::Integration(_) => format!("{select} AND integration_id = $2 ORDER BY name"),
+        ReadScope::Tools(_) => format!("{select} AND integration_id = $2 AND name = $3"),
+    }
+}
+
+/// `$2, $3, …` for `n` values after the tenant.
+fn placeholders(n: usize) -> String {
+    (2..n + 2)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The list query's filter on the state a reader sees: open approvals past their expiry
+/// count as expired.
+fn state_clause(state: Option<ApprovalState>) -> &'static str {
+    match state {
+        None => "TRUE",
+        Some(ApprovalState::Expired) => {
+            "(state = 'expired' OR (state IN ('pending', 'approved') AND expires_at <= $2))"
+        }
+        Some(ApprovalState::Pending | ApprovalState::Approved) => "state = $1 AND expires_at > $2",
+        Some(_) => "state = $1",
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for SqlStore {
+    fn backend(&self) -> &'static str {
+        match self.db {
+            Db::Sqlite { .. } => "sqlite",
+            Db::Postgres(_) => "postgres",
+        }
+    }
+
+    async fn create_key(
+        &self,
+        id: &str,
+        tenant: &str,
+        role: Role,
+        secret_sha256: &str,
+    ) -> Result<(), StoreError> {
+        let work = async {
+            on_pool!(self, write, |pool| async {
+                let mut tx = pool.begin_with(self.begin_sql()).await?;
+                sqlx::query(ENSURE_TENANT)
+                    .bind(tenant)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(
+                    "INSERT INTO api_keys (id, tenant, role, secret_sha256, created_at) \
+                 VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(id)
+                .bind(tenant)
+                .bind(role.as_str())
+                .bind(secret_sha256)
+                .bind(UnixMillis::now().0)
+                .execute(&mut *tx)
+                .await?;
+                if let Some(notify) = self.notify_sql() {
+                    let query = sqlx::query(notify).bind(pg::KEYS_CHANNEL).bind("");
+                    query.execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            })
+        };
+        self.call(StoreOp::CreateKey, work).await
+    }
+
+    async fn list_keys(&self) -> Result<Vec<KeyInfo>, StoreError> {
+        let sql = "SELECT id, tenant, role, created_at, revoked_at FROM api_keys \
+                   ORDER BY tenant, created_at, id";
+        let work = async {
+            on_pool!(self, read, |pool| async {
+                let rows = sqlx::query(sql).fetch_all(pool).await?;
+                rows.iter().map(key_info).collect()
+            })
+        };
+        self.call(StoreOp::ListKeys, work).await
+    }
+
+    async fn revoke_key(&self, id: &str) -> Result<bool, StoreError> {
+        let work = async {
+            on_pool!(self, write, |pool| async {
+                let mut tx = pool.begin_with(self.begin_sql()).await?;
+                let done = sqlx::query(
+                    "UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
+                )
+                .bind(UnixMillis::now().0)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+                if let Some(notify) = self.notify_sql() {
+                    let query = sqlx::query(notify).bind(pg::KEYS_CHANNEL).bind("");
+                    query.execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+                Ok(done.rows_affected() == 1)
+            })
+        };
+        self.call(StoreOp::RevokeKey, work).await
+    }
+
+    async fn caller_by_secret(&self, secret_sha256: &str) -> Result<Option<Caller>, StoreError> {
+        let sql = "SELECT id, tenant, role FROM api_keys \
+                   WHERE secret_sha256 = $1 AND revoked_at IS NULL";
+        let work = async {
+            on_pool!(self, read, |pool| async {
+                let row = sqlx::query(sql)
+                    .bind(secret_sha256)
+                    .fetch_optional(pool)
+                    .await?;
+                row.as_ref().map(caller_from_row).transpose()
+            })
+        };
+        self.call(StoreOp::CallerBySecret, work).await
+    }
+
+    async fn live_keys(&self) -> Result<Vec<(String, Caller)>, StoreError> {
+        let sql = "SELECT secret_sha256, id, tenant, role FROM api_keys WHERE revoked_at IS NULL";
+        let work = async {
+            on_pool!(self, read, |pool| async {
+                let rows = sqlx::query(sql).fetch_all(pool).await?;
+                rows.iter()
+                    .map(|row| Ok((row.text("secret_sha256")?, caller_from_row(row)?)))
+                    .collect()
+            })
+        };
+        self.call(StoreOp::LiveKeys, work).await
+    }
+
+    async fn load_all_tools(&self) -> Result<Vec<TenantTools>, StoreError> {
+        let tools_sql = format!("SELECT tenant, {TOOL_COLUMNS}, revision FROM tools");
+        let work = async {
+            on_pool!(self, read, |pool| async {
+                let mut by_tenant: HashMap<String, TenantTools> = HashMap::new();
+                for row in sqlx::query("SELECT id, revision FROM tenants")
+                    .fetch_all(pool)
+                    .await?
+                {
+                    let tenant = row.text("id")?;
+                    let revision = u64_of(row.int("revision")?);
+                    let tools = Vec::new();
+                    by_tenant.insert(
+                        tenant.clone(),
+                        TenantTools {
+                            tenant,
+                            revision,
+                            tools,
+                        },
+                    );
+                }
+                let rows = sqlx::query(sqlx::AssertSqlSafe(tools_sql))
+                    .fetch_all(pool)
+                    .await?;
+                for row in &rows {
+                    if let Some(t) = by_tenant.get_mut(&row.text("tenant")?) {
+                        t.tools.push(current_tool_from_row(row)?);
+                    }
+                }
+                let mut all: Vec<TenantTools> = by_tenant.into_values().collect();
+                all.sort_by(|a, b| a.tenant.cmp(&b.tenant));
+                Ok(all)
+            })
+        };
+        self.call(StoreOp::LoadAllTools, work).await
+    }
+
+    async fn load_tenant_tools(&self, tenant: &str) -> Result<TenantTools, StoreError> {
+        let tools_sql = format!("SELECT {TOOL_COLUMNS}, revision FROM tools WHERE tenant = $1");
+        let work = async {
+            on_pool!(self, write, |pool| async {
+                // One transaction on the writer, so the revision and the tools agree (a Save
+                // holds the tenant's row, or SQLite's write lock, until it commits).
+                let mut tx = pool.begin_with(self.begin_sql()).await?;
+                let revision: Option<i64> =
+                    sqlx::query_scalar("SELECT revision FROM tenants WHERE id = $1")
+                        .bind(tenant)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                let rows = sqlx::query(sqlx::AssertSqlSafe(tools_sql))
+                    .bind(tenant)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                let tools = rows
+                    .iter()
+                    .map(current_tool_from_row)
+                    .collect::<Result<_, _>>()?;
+                let revision = u64_of(revision.unwrap_or(0));
+                Ok(TenantTools {
+                    tenant: tenant.to_owned(),
+                    revision,
+                    tools,
+                })
+            })
+        };
+        self.call(StoreOp::LoadTenantTools, work).await
+    }
+
+    async fn changes_since(
+        &self,
+        tenant: &str,
+        after: u64,
+    ) -> Result<Vec<RevisionChanges>, StoreError> {
+        let sql = format!(
+            "SELECT revision, removed, {TOOL_COLUMNS} FROM tool_changes \
+             WHERE tenant = $1 AND revision > $2 ORDER BY revision, integration_id, name"
+        );
+        let work = async {
+            on_pool!(self, read, |pool| async {
+                let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(tenant)
+                    .bind(after as i64)
+                    .fetch_all(pool)
+                    .await?;
+                group_changes(&rows)
+            })
+        };
+        self.call(StoreOp::ChangesSince, work).await
+    }
+
+    async fn tenant_revisions(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let work = async {
+            on_pool!(self, read, |pool| async {
+                let rows = sqlx::query("SELECT id, revision FROM tenants")
+                    .fetch_all(pool)
+                    .await?;
+                rows.iter()
+                    .map(|row| Ok((row.text("id")?, u64_of(row.int("revision")?))))
+                    .collect()
+            })
+        };
+        self.call(StoreOp::TenantRevisions, work).await
+    }
+
+    async fn read_for_save(&self, tenant: &str, scope: &ReadScope) -> Result<SaveRead, StoreError> {
+        let sql = scope_sql(scope);
+        let work = async {
+            on_pool!(self, read, |pool| async {
+                // The revision first: a Save that lands between the two reads moves the
+                // revision, and the commit planned on this read is then refused.
+                let revision: Option<i64> =
+                    sqlx::query_scalar("SELECT revision FROM tenants WHERE id = $1")
+                        .bind(tenant)
+                        .fetch_optional(pool)
+                        .await?;
+                let mut tools = Vec::new();
+                match scope {
+                    ReadScope::Integration(integration) => {
+                        let query = sqlx::query(sqlx::AssertSqlSafe(sql))
+                            .bind(tenant)
+                            .bind(integration);
+                        for row in query.fetch_all(pool).await? {
+                            tools.push(current_tool_from_row(&row)?);
+                        }
+                    }
+                    ReadScope::Tools(keys) => {
+                        for (integration, name) in keys {
+                            let query = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                                .bind(tenant)
+                                .bind(integration)
+                                .bind(name);
+                            if let Some(row) = query.fetch_optional(pool).await? {
+                                tools.push(current_tool_from_row(&row)?);
+                            }
+                        }
+                    }
+                }
+                Ok(SaveRead {
+                    revision: u64_of(revision.unwrap_or(0)),
+                    tools,
+                })
+            })
+        };
+        self.call(StoreOp::ReadForSave, work).await
+    }
+
+    async fn commit_revision(&self, c: RevisionCommit<'_>) -> Result<Option<Saved>, StoreError> {
+        let tenant = c.tenant;
+        let work = async {
+            on_pool!(self, write, |pool| async {
+                let mut tx = pool.begin_with(self.begin_sql()).await?;
+                sqlx::query(ENSURE_TENANT)
+                    .bind(tenant)
+                    .execute(&mut *tx)
+                    .await?;
+                let now = UnixMillis::now().0;
+                if let Some(meta) = c.integration {
+                    sqlx::query(
+                        "INSERT INTO integrations (tenant, id, kind, display_name, connected_at, \
+                     updated_at) VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT (tenant, id) DO \
+                     UPDATE SET kind = excluded.kind, display_name = excluded.display_name, \
+                     updated_at = excluded.updated_at",
+                    )
+                    .bind(tenant)
+                    .bind(&meta.id)
+                    .bind(&meta.kind)
+                    .bind(&meta.display_name)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                if c.changes.is_empty() {
+                    tx.commit().await?;
+                    return Ok(Some(Saved {
+                        revision: c.base,
+                        changes: Vec::new(),
+                    }));
+                }
+                let revision = c.base + 1;
+                // The condition that orders Saves across replicas: only one commit moves the
+                // tenant from `base`; the others find it moved and plan again.
+                let moved =
+                    sqlx::query("UPDATE tenants SET revision = $1 WHERE id = $2 AND revision = $3")
+                        .bind(revision as i64)
+                        .bind(tenant)
+                        .bind(c.base as i64)
+                        .execute(&mut *tx)
+                        .await?;
+                if moved.rows_affected() != 1 {
+                    tx.rollback().await?;
+                    return Ok(None);
+                }
+                sqlx::query(
+                    "INSERT INTO revisions (tenant, revision, kind, actor_key_id, created_at) \
+                 VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(tenant)
+                .bind(revision as i64)
+                .bind(c.kind.as_str())
+                .bind(c.actor_key_id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                let changes = stamp(c.changes, revision);
+                for change in &changes {
+                    match change {
+                        ToolChange::Upsert(tool) => {
+                            bind_tool!(sqlx::query(TOOL_UPSERT), tenant, tool, revision as i64)
+                                .execute(&mut *tx)
+                                .await?;
+                            bind_tool!(
+                                sqlx::query(TOOL_CHANGE_UPSERT),
+                                tenant,
+                                tool,
+                                revision as i64
+                            )
+                            .execute(&mut *tx)
+                            .await?;
+                        }
+                        ToolChange::Remove {
+                            integration_id,
+                            name,
+                        } => {
+                            sqlx::query("DELETE FROM tools WHERE tenant = $1 AND integration_id = $2 AND name = $3")
+                            .bind(tenant)
+                            .bind(integration_id)
+                            .bind(name)
+                            .execute(&mut *tx)
+                            .await?;
+                            sqlx::query(
+                                "INSERT INTO tool_changes (tenant, revision, integration_id, name, \
+                             removed) VALUES ($1, $2, $3, $4, TRUE)",
+                            )
+                            .bind(tenant)
+                            .bind(revision as i64)
+                            .bind(integration_id)
+                            .bind(name)
+                            .execute(&mut *tx)
+                            .await?;
+                        }
+                    }
+                }
+                if let Some(notify) = self.notify_sql() {
+                    // `<revision>@<unix ms> <tenant>`: the time lets followers measure lag.
+                    let payload = format!("{revision}@{} {tenant}", UnixMillis::now().0);
+                    let query = sqlx::query(notify)
+                        .bind(pg::REVISIONS_CHANNEL)
+                        .bind(payload);
+                    query.execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+                Ok(Some(Saved { revision, changes }))
+            })
+        };
+        self.call(StoreOp::CommitRevision, work).await
+    }
+
+    async fn upsert_people(&self, tenant: &str, people: &[Person]) -> Result<u32, StoreError> {
+        let work = async {
+            on_pool!(self, write, |pool| async {
+                let mut tx = pool.begin_with(self.begin_sql()).await?;
+                sqlx::query(ENSURE_TENANT)
+                    .bind(tenant)
+                    .execute(&mut *tx)
+                    .await?;
+                let now = UnixMillis::now().0;
+                for p in people {
+                    sqlx::query(
+                        "INSERT INTO people (tenant, id, display_name, email, manager_id, \
+                     technician, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                     ON CONFLICT (tenant, id) DO UPDATE SET \
+                     display_name = excluded.display_name, email = excluded.email, \
+                     manager_id = excluded.manager_id, technician = excluded.technician, \
+                     updated_at = excluded.updated_at, version = people.version + 1",
+                    )
+                    .bind(tenant)
+                    .bind(&p.id)
+                    .bind(&p.display_name)
+                    .bind(&p.email)
+                    .bind(&p.manager_id)
+                    .bind(p.technician)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(people.len() as u32)
+            })
+        };
+        self.call(StoreOp::UpsertPeople, work).await
+    }
+
+    async fn get_person(&self, tenant: &str, id: &str) -> Result<Option<Person>, StoreError> {
+        let sql = "SELECT id, display_name, email, manager_id, technician FROM people \
+                   WHERE tenant = $1 AND id = $2";
+        let work = async {
+            on_pool!(self, read, |pool| async {
+                let row = sqlx::query(sql)
+                    .bind(tenant)
+                    .bind(id)
+                    .fetch_optional(pool)
+                    .await?;
+                row.as_ref().map(person_from_row).transpose()
+            })
+        };
+        self.call(StoreOp::GetPerson, work).await
+    }
+
+    async fn insert_approval(&self, tenant: &str, a: &Approval) -> Result<Inserted, StoreError> {
+        debug_assert!(a.state == ApprovalState::Pending && a.steps.is_empty());
+        let existing_sql = approval_by("request_id");
+        let work = async {
+            on_pool!(self, write, |pool| async {
+                let mut tx = pool.begin_with(self.begin_sql()).await?;
+                // Nothing comes back when the request id already made one, which is then read.
+                let created = sqlx::query(
+                    "INSERT INTO approvals (tenant, id, integration_id, tool_name, arguments_json, \
+                 arguments_sha256, requester_id, request_id, required_roles, created_at, \
+                 expires_at, created_by_key) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+                 ON CONFLICT (tenant, request_id) DO NOTHING RETURNING seq",
+                )
+                .bind(tenant)
+                .bind(&a.id)
+                .bind(&a.integration_id)
+                .bind(&a.tool_name)
+                .bind(&a.arguments_json)
+                .bind(&a.arguments_sha256)
+                .bind(&a.requester_id)
+                .bind(&a.request_id)
+                .bind(roles_to_text(&a.required_roles))
+                .bind(a.created_at.0)
+                .bind(a.expires_at.0)
+                .bind(&a.created_by_key)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let inserted = if created.is_some() {
+                    // Version 0, the creation, is the first event: the approval's history and
+                    // what other replicas read.
+                    bind_event!(
+                        sqlx::query(EVENT_INSERT),
+                        tenant,
+                        0_i64,
+                        &*self.origin,
+                        a,
+                        a.created_at.0
+                    )
+                    .execute(&mut *tx)
+                    .await?;
+                    Inserted::New(a.clone())
+                } else {
+                    let row = sqlx::query(sqlx::AssertSqlSafe(existing_sql))
+                        .bind(tenant)
+                        .bind(&a.request_id)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    Inserted::Existing(approval_from_row(&row)?)
+                };
+                tx.commit().await?;
+                Ok(inserted)
+            })
+        };
+        self.call(StoreOp::InsertApproval, work).await
+    }
+
+    async fn get_approval(&self, tenant: &str, id: &str) -> Result<Option<Approval>, StoreError> {
+        let sql = approval_by("id");
+        let work = async {
+            on_pool!(self, read, |pool| async {
+                let query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(tenant).bind(id);
+                let row = query.fetch_optional(pool).await?;
+                row.as_ref().map(approval_from_row).transpose()
+            })
+        };
+        self.call(StoreOp::GetApproval, work).await
+    }
+
+    async fn list_approvals(
+        &self,
+        tenant: &str,
+        q: &ApprovalQuery,
+    ) -> Result<(Vec<Approval>, Option<i64>), StoreError> {
+        let sql = format!(
+            "SELECT {APPROVAL_COLUMNS} FROM approval_current WHERE tenant = $3 AND {} \
+             AND ($4 IS NULL OR created_by_key = $4) AND ($5 IS NULL OR seq < $5) \
+             ORDER BY seq DESC LIMIT $6",
+            state_clause(q.state)
+        );
+        let work = async {
+            on_pool!(self, read, |pool| async {
+                let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(q.state.map(|s| s.as_str()))
+                    .bind(q.now)
+                    .bind(tenant)
+                    .bind(q.created_by_key.as_deref())
+                    .bind(q.before_seq)
+                    .bind(i64::from(q.limit) + 1)
+                    .fetch_all(pool)
+                    .await?;
+                approval_page(&rows, q.limit)
+            })
+        };
+        self.call(StoreOp::ListApprovals, work).await
+    }
+
+    async fn approval_for_update(
+        &self,
+        tenant: &str,
+        id: &str,
+        person_ids: &[String],
+    ) -> Result<Option<ForUpdate>, StoreError> {
+        let approval_sql = approval_by("id");
+        let work = async {
+            on_pool!(self, read, |pool| async {
+                let query = sqlx::query(sqlx::AssertSqlSafe(approval_sql))
+                    .bind(tenant)
+                    .bind(id);
+                let Some(row) = query.fetch_optional(pool).await? else {
+                    return Ok(None);
+                };
+                let approval = approval_from_row(&row)?;
+                let version = row.int("version")?;
+                let mut ids: Vec<&str> = person_ids.iter().map(String::as_str).collect();
+                ids.push(&approval.requester_id);
+                ids.sort_unstable();
+                ids.dedup();
+                let sql = format!(
+                    "SELECT id, display_name, email, manager_id, technician FROM people \
+                 WHERE tenant = $1 AND id IN ({})",
+                    placeholders(ids.len())
+                );
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(tenant);
+                for id in &ids {
+                    query = query.bind(*id);
+                }
+                let mut people = People::new();
+                for row in query.fetch_all(pool).await? {
+                    let person = person_from_row(&row)?;
+                    people.insert(person.id.clone(), person);
+                }
+                Ok(Some(ForUpdate {
+                    approval,
+                    version,
+                    people,
+                }))
+            })
+        };
+        self.call(StoreOp::ApprovalForUpdate, work).await
+    }
+
+    async fn append_approval(
+        &self,
+        tenant: &str,
+        version: i64,
+        next: &Approval,
+    ) -> Result<bool, StoreError> {
+        let work = async {
+            on_pool!(self, write, |pool| async {
+                let query = bind_event!(
+                    sqlx::query(EVENT_INSERT),
+                    tenant,
+                    version,
+                    &*self.origin,
+                    next,
+                    UnixMillis::now().0
+                );
+                Ok(query.execute(pool).await?.rows_affected() == 1)
+            })
+        };
+        self.call(StoreOp::AppendApproval, work).await
+    }
+
+    async fn expire_due(
+        &self,
+        now: i64,
+        limit: u32,
+    ) -> Result<Vec<(String, Approval)>, StoreError> {
+        let due_sql = format!(
+            "SELECT tenant, {APPROVAL_COLUMNS} FROM approval_current \
+             WHERE expires_at > $1 AND expires_at <= $2 AND state IN ('pending', 'approved') \
+             ORDER BY expires_at LIMIT $3"
+        );
+        let work = async {
+            on_pool!(self, write, |pool| async {
+                let mut tx = pool.begin_with(self.begin_sql()).await?;
+                let swept_to: i64 = sqlx::query_scalar("SELECT swept_to FROM approval_sweep")
+                    .fetch_one(&mut *tx)
+                    .await?;
+                // Each open approval that expired since the sweep last got there (and a
+                // margin) gets its next version, 'expired'. A decision written meanwhile, or
+                // another replica sweeping at once, took that version: the approval is skipped.
+                let rows = sqlx::query(sqlx::AssertSqlSafe(due_sql))
+                    .bind(swept_to - SWEEP_MARGIN_MS)
+                    .bind(now)
+                    .bind(i64::from(limit))
+                    .fetch_all(&mut *tx)
+                    .await?;
+                let mut expired = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    let mut a = approval_from_row(row)?;
+                    a.state = ApprovalState::Expired;
+                    let tenant = row.text("tenant")?;
+                    let version = row.int("version")? + 1;
+                    let query = bind_event!(
+                        sqlx::query(EVENT_INSERT),
+                        &tenant,
+                        version,
+                        &*self.origin,
+                        &a,
+                        now
+                    );
+                    if query.execute(&mut *tx).await?.rows_affected() == 1 {
+                        expired.push((tenant, a));
+                    }
+                }
+                // Where it got to: now, or, if the batch was full and more may be due, the
+                // last expiry it reached.
+                let reached = if rows.len() < limit as usize {
+                    now
+                } else {
+                    expired
+                        .iter()
+                        .map(|(_, a)| a.expires_at.0)
+                        .max()
+                        .unwrap_or(now)
+                };
+                sqlx::query("UPDATE approval_sweep SET swept_to = CASE WHEN swept_to < $1 THEN $1 ELSE swept_to END")
+                .bind(reached)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(expired)
+            })
+        };
+        self.call(StoreOp::ExpireDue, work).await
+    }
+
+    async fn wakeups(&self) -> Result<tokio::sync::mpsc::Receiver<Wakeup>, StoreError> {
+        match &self.db {
+            Db::Postgres(pool) => Ok(pg::wakeups(pool.clone())),
+            Db::Sqlite { .. } => {
+                // One process writes this file; the receiver stays open and silent.
+                let (tx, rx) = tokio::sync::mpsc::channel(1);
+                tokio::spawn(async move { tx.closed().await });
+                Ok(rx)
+            }
+        }
+    }
+
+    async fn approval_changes(
+        &self,
+        cursor: &mut ApprovalCursor,
+    ) -> Result<Vec<(String, Approval)>, StoreError> {
+        match &self.db {
+            Db::Postgres(pool) => {
+                let work = pg::approval_changes(pool, &self.origin, cursor);
+                self.call(StoreOp::ApprovalChanges, work).await
+            }
+            Db::Sqlite { .. } => Ok(Vec::new()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_follow_the_tenant() {
+        assert_eq!(placeholders(1), "$2");
+        assert_eq!(placeholders(3), "$2, $3, $4");
+    }
+}
