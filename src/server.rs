@@ -254,8 +254,15 @@ pub async fn serve(
     tracing::info!("draining: streams end UNAVAILABLE, in-flight calls finish");
     drop(follower);
     drop(sweeper);
-    // Streams end with UNAVAILABLE so their clients resume on another replica.
+    // Streams end with UNAVAILABLE so their clients resume on another replica, and health
+    // watches end (they have seen NOT_SERVING), so no open stream holds up the shutdown.
     let _ = drain_tx.send(true);
+    let mut reporter = health.reporter.clone();
+    reporter.clear_service_status("").await;
+    reporter
+        .clear_service_status("toolgate.v1.PolicyService")
+        .await;
+    reporter.clear_service_status(LIVENESS).await;
     let _ = stop_tx.send(());
     match tokio::time::timeout(config.shutdown_grace, &mut server).await {
         Ok(finished) => finished??,

@@ -176,3 +176,6 @@ impl App {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;

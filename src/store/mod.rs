@@ -13,6 +13,9 @@
 //! [`Store::commit_revision`] goes in only at the revision it was planned on, and
 //! [`Store::append_approval`] only as the approval's next version.
 
+#[macro_use]
+mod approval_sql;
+mod group_commit;
 mod pg;
 mod rows;
 mod sql;

@@ -58,17 +58,28 @@ impl Default for PgSettings {
     }
 }
 
-/// Connects and runs the migrations (under PostgreSQL's advisory lock, so replicas
-/// starting together migrate once).
-pub(super) async fn connect(url: &str, settings: &PgSettings) -> Result<PgPool, StoreError> {
+/// Connects the pool and runs the migrations (under PostgreSQL's advisory lock, so replicas
+/// starting together migrate once); the pool, and how to open a connection of one's own.
+pub(super) async fn connect(
+    url: &str,
+    settings: &PgSettings,
+) -> Result<(PgPool, PgConnectOptions), StoreError> {
     let timeout_ms = settings.query_timeout.as_millis().max(1).to_string();
     let options = PgConnectOptions::from_str(url)?
         .application_name("toolgate")
-        .options([("statement_timeout", timeout_ms.as_str())]);
+        // JIT off: every statement here is a point query or a short scan, and a generic
+        // plan's cost estimate for an open-ended one (the change feed's `xid >= $1`) grows
+        // with the table past `jit_above_cost`, so each run compiled it anew: measured,
+        // seconds of CPU per poll once `approval_events` held 100 000 rows.
+        .options([("statement_timeout", timeout_ms.as_str()), ("jit", "off")]);
     let pool = PgPoolOptions::new()
         .max_connections(settings.max_connections.max(2))
+        // sqlx pings every connection as it is handed back; a second ping as it is handed
+        // out would add a round trip to every statement. A connection that died while
+        // idle fails one call with UNAVAILABLE (retryable), and is then dropped.
+        .test_before_acquire(false)
         .acquire_timeout(settings.query_timeout)
-        .connect_with(options)
+        .connect_with(options.clone())
         .await?;
     tokio::time::timeout(
         settings.query_timeout.max(Duration::from_secs(30)),
@@ -76,7 +87,7 @@ pub(super) async fn connect(url: &str, settings: &PgSettings) -> Result<PgPool, 
     )
     .await
     .map_err(|_| StoreError::Timeout(settings.query_timeout))??;
-    Ok(pool)
+    Ok((pool, options))
 }
 
 /// Hints from other replicas, forwarded until the receiver is dropped.
@@ -158,6 +169,32 @@ async fn forward_notifications(pool: PgPool, tx: tokio::sync::mpsc::Sender<Wakeu
     }
 }
 
+/// A page of the change feed: each change as it was made, the approval's head (looked up
+/// per event, by its unique index) with that version's state, in the order of
+/// `approval_events_by_xid_key`. `$1` the frontier, `$2` this replica's origin; `$after`
+/// narrows it to the rows after the page before.
+macro_rules! feed_page {
+    ($after:literal) => {
+        concat!(
+            "SELECT e.xid::text AS xid, e.tenant, e.version, h.seq, h.id, e.state, ",
+            "h.integration_id, h.tool_name, h.arguments_json, h.arguments_sha256, ",
+            "h.requester_id, h.request_id, e.required_roles, h.created_at, h.expires_at, ",
+            "h.created_by_key, e.consumed_by_request, e.steps ",
+            "FROM approval_events e CROSS JOIN LATERAL (SELECT * FROM approvals a ",
+            "WHERE a.tenant = e.tenant AND a.id = e.approval_id LIMIT 1) h ",
+            "WHERE e.xid >= $1::text::xid8 AND e.origin <> $2",
+            $after,
+            " ORDER BY e.xid, e.tenant, e.approval_id, e.version LIMIT 1000"
+        )
+    };
+}
+
+/// Rows of the change feed read at once (the `LIMIT` of [`feed_page!`]).
+const FEED_PAGE: usize = 1000;
+const FEED_FIRST_PAGE: &str = feed_page!("");
+const FEED_NEXT_PAGE: &str =
+    feed_page!(" AND (e.xid, e.tenant, e.approval_id, e.version) > ($3::text::xid8, $4, $5, $6)");
+
 /// Approvals changed by other replicas since `cursor`: every `approval_events` row whose
 /// transaction is at or after the cursor's frontier, less those this replica wrote (it
 /// published them itself) and those already delivered. See [`ApprovalCursor`].
@@ -178,36 +215,44 @@ pub(super) async fn approval_changes(
         cursor.frontier = Some(xmin);
         return Ok(Vec::new());
     };
-    // Each change as it was made: the approval's head with that version's state.
-    let rows = sqlx::query(
-        "SELECT e.xid::text AS xid, e.tenant, e.version, h.seq, h.id, e.state, \
-         h.integration_id, h.tool_name, h.arguments_json, h.arguments_sha256, \
-         h.requester_id, h.request_id, e.required_roles, h.created_at, h.expires_at, \
-         h.created_by_key, e.consumed_by_request, e.steps \
-         FROM approval_events e JOIN approvals h \
-         ON h.tenant = e.tenant AND h.id = e.approval_id \
-         WHERE e.xid >= $1::text::xid8 AND e.origin <> $2 ORDER BY e.xid, e.version",
-    )
-    .bind(frontier.to_string())
-    .bind(origin)
-    .fetch_all(&mut *tx)
-    .await?;
+    // Read in pages, each one index range of `approval_events_by_xid_key` starting after
+    // the last row of the page before, all in this one snapshot.
     let mut seen = std::collections::HashSet::new();
     let mut out = Vec::new();
-    for row in &rows {
-        let xid: String = row.try_get("xid")?;
-        let xid: u64 = xid.parse().map_err(|_| corrupt("xid", &xid))?;
-        let tenant: String = row.try_get("tenant")?;
-        let a = approval_from_row(row)?;
-        let key = (tenant.clone(), a.id.clone(), row.int("version")?);
-        if xid >= xmin {
-            // Not yet below every running transaction: it is read again next time.
-            seen.insert(key.clone());
+    let mut after: Option<(String, String, String, i64)> = None;
+    loop {
+        let query = match &after {
+            None => sqlx::query(FEED_FIRST_PAGE)
+                .bind(frontier.to_string())
+                .bind(origin),
+            Some((xid, tenant, id, version)) => sqlx::query(FEED_NEXT_PAGE)
+                .bind(frontier.to_string())
+                .bind(origin)
+                .bind(xid)
+                .bind(tenant)
+                .bind(id)
+                .bind(*version),
+        };
+        let rows = query.fetch_all(&mut *tx).await?;
+        for row in &rows {
+            let xid_text: String = row.try_get("xid")?;
+            let xid: u64 = xid_text.parse().map_err(|_| corrupt("xid", &xid_text))?;
+            let tenant: String = row.try_get("tenant")?;
+            let a = approval_from_row(row)?;
+            let version = row.int("version")?;
+            let key = (tenant.clone(), a.id.clone(), version);
+            after = Some((xid_text, tenant.clone(), a.id.clone(), version));
+            if xid >= xmin {
+                // Not yet below every running transaction: it is read again next time.
+                seen.insert(key.clone());
+            }
+            if !cursor.seen.contains(&key) {
+                out.push((tenant, a));
+            }
         }
-        if cursor.seen.contains(&key) {
-            continue;
+        if rows.len() < FEED_PAGE {
+            break;
         }
-        out.push((tenant, a));
     }
     tx.commit().await?;
     cursor.frontier = Some(xmin);

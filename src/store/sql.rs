@@ -8,10 +8,11 @@
 //! ([`SqlStore::begin_sql`], [`SqlStore::notify_sql`]). Every call goes through
 //! [`SqlStore::call`], the one place that bounds it in time and records it for `/metrics`.
 
+use super::approval_sql::EVENT_INSERT;
+use super::group_commit::{ApprovalWrite, GroupCommit, Target};
 use super::rows::{
     APPROVAL_COLUMNS, Cols, TOOL_COLUMNS, approval_from_row, approval_page, caller_from_row,
-    corrupt, current_tool_from_row, group_changes, person_from_row, roles_to_text, stamp,
-    steps_to_json, u64_of,
+    corrupt, current_tool_from_row, group_changes, person_from_row, stamp, u64_of,
 };
 use super::{
     ApprovalCursor, ApprovalQuery, ForUpdate, Inserted, KeyInfo, People, PgSettings, ReadScope,
@@ -21,6 +22,7 @@ use crate::metrics::Metrics;
 use crate::policy::{
     Approval, ApprovalState, Caller, Person, RevisionChanges, Role, ToolChange, UnixMillis,
 };
+use sqlx::Connection;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
@@ -29,17 +31,19 @@ use std::time::{Duration, Instant};
 /// The database behind the store, chosen once at start-up.
 #[derive(Debug, Clone)]
 enum Db {
-    /// Writes go through a pool of one connection (SQLite has one writer; writers queue
-    /// here instead of failing busy), reads through a pool of read-only connections.
+    /// Writes go through the one writer connection (SQLite has one writer; writers queue
+    /// on its mutex instead of failing busy), reads through a pool of read-only
+    /// connections.
     Sqlite {
-        writer: sqlx::SqlitePool,
+        writer: sqlite::Writer,
         reader: sqlx::SqlitePool,
     },
     Postgres(sqlx::PgPool),
 }
 
-/// Runs (awaits) the same code on whichever pool the store has: `read` picks SQLite's reader pool,
-/// `write` its writer; PostgreSQL has one pool for both.
+/// Runs (awaits) the same code on whichever database the store has: `read` gives SQLite's
+/// reader pool, `write` its writer connection (`&mut`, so a body uses it once: for one
+/// statement, or to begin a transaction); PostgreSQL has one pool for both.
 macro_rules! on_pool {
     ($store:expr, read, |$pool:ident| $body:expr) => {
         match &$store.db {
@@ -49,7 +53,11 @@ macro_rules! on_pool {
     };
     ($store:expr, write, |$pool:ident| $body:expr) => {
         match &$store.db {
-            Db::Sqlite { writer: $pool, .. } => $body.await,
+            Db::Sqlite { writer, .. } => {
+                let mut connection = writer.lock().await;
+                let $pool = &mut *connection;
+                $body.await
+            }
             Db::Postgres($pool) => $body.await,
         }
     };
@@ -59,6 +67,8 @@ macro_rules! on_pool {
 #[derive(Debug, Clone)]
 pub struct SqlStore {
     db: Db,
+    /// Approval creations and changes, committed together (see [`super::group_commit`]).
+    approvals: GroupCommit,
     /// This process's id, written on each approval change, so PostgreSQL's change feed
     /// skips what this replica already published itself.
     origin: Arc<str>,
@@ -70,22 +80,29 @@ pub struct SqlStore {
 /// Opens the store named by the URL's scheme (created and migrated if needed).
 pub async fn open(url: &str, pg: &PgSettings) -> Result<SqlStore, StoreError> {
     let scheme = url.split_once(':').map_or(url, |(s, _)| s);
-    let (db, timeout) = match scheme {
+    let origin: Arc<str> = crate::keys::random_id("rep_")
+        .map_err(|e| StoreError::Corrupt(format!("no randomness for a replica id: {e}")))?
+        .into();
+    let (db, approvals, timeout) = match scheme {
         "sqlite" => {
             let (writer, reader) = sqlite::connect(url).await?;
-            (Db::Sqlite { writer, reader }, None)
+            let approvals = Target::Sqlite(writer.clone());
+            (Db::Sqlite { writer, reader }, approvals, None)
         }
-        "postgres" | "postgresql" => (
-            Db::Postgres(pg::connect(url, pg).await?),
-            Some(pg.query_timeout),
-        ),
+        "postgres" | "postgresql" => {
+            let (pool, options) = pg::connect(url, pg).await?;
+            let timeout = pg.query_timeout;
+            let options = Box::new(options);
+            let approvals = Target::Postgres { options, timeout };
+            (Db::Postgres(pool), approvals, Some(timeout))
+        }
         other => return Err(StoreError::UnsupportedUrl(other.to_owned())),
     };
-    let origin = crate::keys::random_id("rep_")
-        .map_err(|e| StoreError::Corrupt(format!("no randomness for a replica id: {e}")))?;
+    let approvals = GroupCommit::start(approvals, origin.clone());
     Ok(SqlStore {
         db,
-        origin: origin.into(),
+        approvals,
+        origin,
         timeout,
         metrics: None,
     })
@@ -98,11 +115,6 @@ pub const MAX_ATTEMPTS: usize = 16;
 /// (a slow commit, a replica's clock a little behind) whose expiry the sweep has already
 /// passed is still found.
 const SWEEP_MARGIN_MS: i64 = 60_000;
-
-/// The columns of an `approval_events` row, in the order [`SqlStore::bind_event`] binds.
-const EVENT_INSERT: &str = "INSERT INTO approval_events (tenant, approval_id, version, origin, \
-     state, required_roles, consumed_by_request, steps, created_at) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING";
 
 impl SqlStore {
     /// Records every call's time and failures in `metrics`.
@@ -119,9 +131,13 @@ impl SqlStore {
     ) -> Result<T, StoreError> {
         let started = Instant::now();
         let result = match self.timeout {
-            Some(limit) if op != StoreOp::LoadAllTools => tokio::time::timeout(limit, work)
-                .await
-                .unwrap_or(Err(StoreError::Timeout(limit))),
+            // Loading and the change feed run in pages or in the background: each statement
+            // is bounded by the server's statement_timeout instead.
+            Some(limit) if !matches!(op, StoreOp::LoadAllTools | StoreOp::ApprovalChanges) => {
+                tokio::time::timeout(limit, work)
+                    .await
+                    .unwrap_or(Err(StoreError::Timeout(limit)))
+            }
             _ => work.await,
         };
         if let Some(metrics) = &self.metrics {
@@ -139,6 +155,15 @@ impl SqlStore {
         match self.db {
             Db::Sqlite { .. } => "BEGIN IMMEDIATE",
             Db::Postgres(_) => "BEGIN",
+        }
+    }
+
+    /// A read-only transaction that sees one snapshot throughout (SQLite's read
+    /// transactions always do).
+    fn snapshot_sql(&self) -> &'static str {
+        match self.db {
+            Db::Sqlite { .. } => "BEGIN",
+            Db::Postgres(_) => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
         }
     }
 
@@ -194,22 +219,6 @@ macro_rules! bind_tool {
     };
 }
 
-/// Binds an approval event in [`EVENT_INSERT`]'s order.
-macro_rules! bind_event {
-    ($query:expr, $tenant:expr, $version:expr, $origin:expr, $a:expr, $at:expr) => {
-        $query
-            .bind($tenant)
-            .bind(&$a.id)
-            .bind($version)
-            .bind($origin)
-            .bind($a.state.as_str())
-            .bind(roles_to_text(&$a.required_roles))
-            .bind($a.consumed_by_request.as_deref())
-            .bind(steps_to_json(&$a.steps))
-            .bind($at)
-    };
-}
-
 fn key_info<R: Cols>(row: &R) -> Result<KeyInfo, StoreError> {
     let role = row.text("role")?;
     Ok(KeyInfo {
@@ -235,9 +244,9 @@ fn scope_sql(scope: &ReadScope) -> String {
     }
 }
 
-/// `$2, $3, …` for `n` values after the tenant.
-fn placeholders(n: usize) -> String {
-    (2..n + 2)
+/// `$first, …` for `n` values.
+fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
         .map(|i| format!("${i}"))
         .collect::<Vec<_>>()
         .join(", ")
@@ -403,10 +412,10 @@ impl Store for SqlStore {
     async fn load_tenant_tools(&self, tenant: &str) -> Result<TenantTools, StoreError> {
         let tools_sql = format!("SELECT {TOOL_COLUMNS}, revision FROM tools WHERE tenant = $1");
         let work = async {
-            on_pool!(self, write, |pool| async {
-                // One transaction on the writer, so the revision and the tools agree (a Save
-                // holds the tenant's row, or SQLite's write lock, until it commits).
-                let mut tx = pool.begin_with(self.begin_sql()).await?;
+            on_pool!(self, read, |pool| async {
+                // One read transaction that sees one snapshot, so the revision and the
+                // tools agree.
+                let mut tx = pool.begin_with(self.snapshot_sql()).await?;
                 let revision: Option<i64> =
                     sqlx::query_scalar("SELECT revision FROM tenants WHERE id = $1")
                         .bind(tenant)
@@ -674,57 +683,25 @@ impl Store for SqlStore {
 
     async fn insert_approval(&self, tenant: &str, a: &Approval) -> Result<Inserted, StoreError> {
         debug_assert!(a.state == ApprovalState::Pending && a.steps.is_empty());
-        let existing_sql = approval_by("request_id");
         let work = async {
-            on_pool!(self, write, |pool| async {
-                let mut tx = pool.begin_with(self.begin_sql()).await?;
-                // Nothing comes back when the request id already made one, which is then read.
-                let created = sqlx::query(
-                    "INSERT INTO approvals (tenant, id, integration_id, tool_name, arguments_json, \
-                 arguments_sha256, requester_id, request_id, required_roles, created_at, \
-                 expires_at, created_by_key) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
-                 ON CONFLICT (tenant, request_id) DO NOTHING RETURNING seq",
-                )
-                .bind(tenant)
-                .bind(&a.id)
-                .bind(&a.integration_id)
-                .bind(&a.tool_name)
-                .bind(&a.arguments_json)
-                .bind(&a.arguments_sha256)
-                .bind(&a.requester_id)
-                .bind(&a.request_id)
-                .bind(roles_to_text(&a.required_roles))
-                .bind(a.created_at.0)
-                .bind(a.expires_at.0)
-                .bind(&a.created_by_key)
-                .fetch_optional(&mut *tx)
-                .await?;
-                let inserted = if created.is_some() {
-                    // Version 0, the creation, is the first event: the approval's history and
-                    // what other replicas read.
-                    bind_event!(
-                        sqlx::query(EVENT_INSERT),
-                        tenant,
-                        0_i64,
-                        &*self.origin,
-                        a,
-                        a.created_at.0
-                    )
-                    .execute(&mut *tx)
-                    .await?;
-                    Inserted::New(a.clone())
-                } else {
-                    let row = sqlx::query(sqlx::AssertSqlSafe(existing_sql))
-                        .bind(tenant)
-                        .bind(&a.request_id)
-                        .fetch_one(&mut *tx)
-                        .await?;
-                    Inserted::Existing(approval_from_row(&row)?)
-                };
-                tx.commit().await?;
-                Ok(inserted)
-            })
+            let approval = a.clone();
+            let create = ApprovalWrite::Create {
+                tenant: tenant.to_owned(),
+                approval,
+            };
+            let created = self.approvals.write(create).await?;
+            if created {
+                return Ok(Inserted::New(a.clone()));
+            }
+            // The request id's approval is committed (the conflict waited for it).
+            let sql = approval_by("request_id");
+            let existing = on_pool!(self, read, |pool| async {
+                let query = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(tenant)
+                    .bind(&a.request_id);
+                approval_from_row(&query.fetch_one(pool).await?)
+            })?;
+            Ok(Inserted::Existing(existing))
         };
         self.call(StoreOp::InsertApproval, work).await
     }
@@ -775,35 +752,48 @@ impl Store for SqlStore {
         id: &str,
         person_ids: &[String],
     ) -> Result<Option<ForUpdate>, StoreError> {
-        let approval_sql = approval_by("id");
+        // The approval and the people its rules read, in one statement: a row per person
+        // found, or one row with no person.
+        let columns: Vec<String> = APPROVAL_COLUMNS
+            .split(", ")
+            .map(|c| format!("a.{c}"))
+            .collect();
+        let sql = format!(
+            "SELECT {}, p.id AS person_id, p.display_name, p.email, p.manager_id, \
+             p.technician FROM approval_current a LEFT JOIN people p \
+             ON p.tenant = a.tenant AND (p.id = a.requester_id OR p.id IN ({})) \
+             WHERE a.tenant = $1 AND a.id = $2",
+            columns.join(", "),
+            placeholders(3, person_ids.len().max(1))
+        );
         let work = async {
             on_pool!(self, read, |pool| async {
-                let query = sqlx::query(sqlx::AssertSqlSafe(approval_sql))
-                    .bind(tenant)
-                    .bind(id);
-                let Some(row) = query.fetch_optional(pool).await? else {
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(tenant).bind(id);
+                for person in person_ids {
+                    query = query.bind(person);
+                }
+                if person_ids.is_empty() {
+                    query = query.bind(Option::<&str>::None);
+                }
+                let rows = query.fetch_all(pool).await?;
+                let Some(first) = rows.first() else {
                     return Ok(None);
                 };
-                let approval = approval_from_row(&row)?;
-                let version = row.int("version")?;
-                let mut ids: Vec<&str> = person_ids.iter().map(String::as_str).collect();
-                ids.push(&approval.requester_id);
-                ids.sort_unstable();
-                ids.dedup();
-                let sql = format!(
-                    "SELECT id, display_name, email, manager_id, technician FROM people \
-                 WHERE tenant = $1 AND id IN ({})",
-                    placeholders(ids.len())
-                );
-                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(tenant);
-                for id in &ids {
-                    query = query.bind(*id);
-                }
                 let mut people = People::new();
-                for row in query.fetch_all(pool).await? {
-                    let person = person_from_row(&row)?;
-                    people.insert(person.id.clone(), person);
+                for row in &rows {
+                    if let Some(id) = row.opt_text("person_id")? {
+                        let person = Person {
+                            id: id.clone(),
+                            display_name: row.text("display_name")?,
+                            email: row.text("email")?,
+                            manager_id: row.text("manager_id")?,
+                            technician: row.flag("technician")?,
+                        };
+                        people.insert(id, person);
+                    }
                 }
+                let approval = approval_from_row(first)?;
+                let version = first.int("version")?;
                 Ok(Some(ForUpdate {
                     approval,
                     version,
@@ -820,20 +810,13 @@ impl Store for SqlStore {
         version: i64,
         next: &Approval,
     ) -> Result<bool, StoreError> {
-        let work = async {
-            on_pool!(self, write, |pool| async {
-                let query = bind_event!(
-                    sqlx::query(EVENT_INSERT),
-                    tenant,
-                    version,
-                    &*self.origin,
-                    next,
-                    UnixMillis::now().0
-                );
-                Ok(query.execute(pool).await?.rows_affected() == 1)
-            })
+        let append = ApprovalWrite::Append {
+            tenant: tenant.to_owned(),
+            version,
+            approval: next.clone(),
         };
-        self.call(StoreOp::AppendApproval, work).await
+        self.call(StoreOp::AppendApproval, self.approvals.write(append))
+            .await
     }
 
     async fn expire_due(
@@ -932,8 +915,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn placeholders_follow_the_tenant() {
-        assert_eq!(placeholders(1), "$2");
-        assert_eq!(placeholders(3), "$2, $3, $4");
+    fn placeholders_number_from_the_first() {
+        assert_eq!(placeholders(3, 1), "$3");
+        assert_eq!(placeholders(2, 3), "$2, $3, $4");
     }
 }

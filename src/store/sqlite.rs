@@ -1,15 +1,17 @@
 //! What only SQLite needs: opening the file (created if missing) with WAL and
 //! `synchronous=FULL`, one writer connection and a pool of readers, and its migrations.
 //!
-//! Every write goes through the pool of one connection and a write transaction opens with
-//! `BEGIN IMMEDIATE`, so writers queue in-process instead of failing with SQLITE_BUSY, and a
-//! second process (the `keys` command) waits on the busy timeout. Reads use the readers,
+//! Every write goes through the one writer connection, held behind a mutex (not a pool: a
+//! pool pings each connection as it is handed back, and on SQLite's single writer that
+//! ping would stand between every two writes). A write transaction opens with
+//! `BEGIN IMMEDIATE`, so writers queue in-process instead of failing with SQLITE_BUSY, and
+//! a second process (the `keys` command) waits on the busy timeout. Reads use the readers,
 //! which WAL lets run beside the writer.
 
 use super::StoreError;
 use super::rows::migrator;
-use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{ConnectOptions, SqliteConnection, SqlitePool};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -31,9 +33,12 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
 ];
 
+/// The one writer connection.
+pub(super) type Writer = std::sync::Arc<tokio::sync::Mutex<SqliteConnection>>;
+
 /// Opens (creating if missing) the database at `url` and runs the migrations; the writer
-/// and the reader pools.
-pub(super) async fn connect(url: &str) -> Result<(SqlitePool, SqlitePool), StoreError> {
+/// and the reader pool.
+pub(super) async fn connect(url: &str) -> Result<(Writer, SqlitePool), StoreError> {
     let options = SqliteConnectOptions::from_str(url)?
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
@@ -41,14 +46,15 @@ pub(super) async fn connect(url: &str) -> Result<(SqlitePool, SqlitePool), Store
         .synchronous(SqliteSynchronous::Full)
         .busy_timeout(Duration::from_secs(5))
         .foreign_keys(true);
-    let writer = SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect_with(options.clone())
+    let mut writer = options.connect().await?;
+    migrator(MIGRATIONS)
+        .run_direct(None, &mut writer, false)
         .await?;
-    migrator(MIGRATIONS).run(&writer).await?;
     let reader = SqlitePoolOptions::new()
         .max_connections(4)
+        // Connections to a local file do not go stale; the release ping suffices.
+        .test_before_acquire(false)
         .connect_with(options.read_only(true))
         .await?;
-    Ok((writer, reader))
+    Ok((std::sync::Arc::new(tokio::sync::Mutex::new(writer)), reader))
 }

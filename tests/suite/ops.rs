@@ -347,6 +347,10 @@ async fn sigterm_turns_health_not_serving_then_finishes_calls_ends_streams_and_e
     let ended = watcher.message().await.unwrap_err();
     assert_eq!(ended.code(), Code::Unavailable, "{ended:?}");
     assert!(ended.message().contains("since_revision"));
+    // The health watch ends as well (cleanly, after NOT_SERVING), rather than holding the
+    // shutdown until the grace period runs out.
+    let health_end = health.message().await;
+    assert!(matches!(health_end, Ok(None)), "{health_end:?}");
     let pid = server.child.id().to_string();
     let mut child = std::mem::replace(
         &mut server.child,
@@ -367,4 +371,5 @@ async fn sigterm_turns_health_not_serving_then_finishes_calls_ends_streams_and_e
     assert_eq!(status.code(), Some(0), "{:?}", server.log.lock().unwrap());
     let log = server.log.lock().unwrap().join("\n");
     assert!(log.contains("toolgate stopped"), "{log}");
+    assert!(!log.contains("grace period over"), "{log}");
 }

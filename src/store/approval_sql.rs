@@ -1,0 +1,49 @@
+//! The approval statements, shared by the store ([`super::sql`]) and the group commit
+//! ([`super::group_commit`]).
+
+/// The columns of an `approval_events` row, in the order [`bind_event!`] binds.
+pub(super) const EVENT_INSERT: &str = "INSERT INTO approval_events (tenant, approval_id, version, origin, \
+     state, required_roles, consumed_by_request, steps, created_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING";
+
+/// An approval's head: what never changes. Nothing is inserted when the request id already
+/// made one.
+pub(super) const HEAD_INSERT: &str = "INSERT INTO approvals (tenant, id, integration_id, tool_name, \
+     arguments_json, arguments_sha256, requester_id, request_id, required_roles, created_at, \
+     expires_at, created_by_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+     ON CONFLICT (tenant, request_id) DO NOTHING";
+
+/// Binds an approval event in [`EVENT_INSERT`]'s order.
+macro_rules! bind_event {
+    ($query:expr, $tenant:expr, $version:expr, $origin:expr, $a:expr, $at:expr) => {
+        $query
+            .bind($tenant)
+            .bind(&$a.id)
+            .bind($version)
+            .bind($origin)
+            .bind($a.state.as_str())
+            .bind(super::rows::roles_to_text(&$a.required_roles))
+            .bind($a.consumed_by_request.as_deref())
+            .bind(super::rows::steps_to_json(&$a.steps))
+            .bind($at)
+    };
+}
+
+/// Binds an approval's head columns in [`HEAD_INSERT`]'s order.
+macro_rules! bind_head {
+    ($query:expr, $tenant:expr, $a:expr) => {
+        $query
+            .bind($tenant)
+            .bind(&$a.id)
+            .bind(&$a.integration_id)
+            .bind(&$a.tool_name)
+            .bind(&$a.arguments_json)
+            .bind(&$a.arguments_sha256)
+            .bind(&$a.requester_id)
+            .bind(&$a.request_id)
+            .bind(super::rows::roles_to_text(&$a.required_roles))
+            .bind($a.created_at.0)
+            .bind($a.expires_at.0)
+            .bind(&$a.created_by_key)
+    };
+}
