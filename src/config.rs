@@ -133,6 +133,15 @@ pub struct ServeArgs {
     /// Unary calls in progress at once; beyond it calls get RESOURCE_EXHAUSTED [default: 1024].
     #[arg(long, env = "TOOLGATE_MAX_CONCURRENT_REQUESTS")]
     pub max_concurrent_requests: Option<usize>,
+    /// Unary calls one API key may have in progress at once; beyond it its calls get RESOURCE_EXHAUSTED [default: 256].
+    #[arg(long, env = "TOOLGATE_MAX_CONCURRENT_REQUESTS_PER_KEY")]
+    pub max_concurrent_requests_per_key: Option<usize>,
+    /// Unary calls one connection may have in progress at once; beyond it its calls get RESOURCE_EXHAUSTED [default: 128].
+    #[arg(long, env = "TOOLGATE_MAX_CONCURRENT_REQUESTS_PER_CONNECTION")]
+    pub max_concurrent_requests_per_connection: Option<usize>,
+    /// Longest a unary call's request body may take to arrive, e.g. 5s; past it the call ends DEADLINE_EXCEEDED [default: 5s].
+    #[arg(long, env = "TOOLGATE_REQUEST_BODY_TIMEOUT")]
+    pub request_body_timeout: Option<String>,
     /// Open WatchConfig and WatchApprovals streams; beyond it new ones get RESOURCE_EXHAUSTED [default: 20000].
     #[arg(long, env = "TOOLGATE_MAX_WATCH_STREAMS")]
     pub max_watch_streams: Option<usize>,
@@ -190,6 +199,9 @@ pub struct FileConfig {
     pub max_message_bytes: Option<usize>,
     pub max_concurrent_streams: Option<u32>,
     pub max_concurrent_requests: Option<usize>,
+    pub max_concurrent_requests_per_key: Option<usize>,
+    pub max_concurrent_requests_per_connection: Option<usize>,
+    pub request_body_timeout: Option<String>,
     pub max_watch_streams: Option<usize>,
     pub request_timeout: Option<String>,
     pub keepalive_interval: Option<String>,
@@ -273,6 +285,10 @@ pub struct Config {
     pub max_message_bytes: usize,
     pub max_concurrent_streams: u32,
     pub max_concurrent_requests: usize,
+    pub max_concurrent_requests_per_key: usize,
+    pub max_concurrent_requests_per_connection: usize,
+    /// How long a unary call's request body may take to arrive.
+    pub request_body_timeout: Duration,
     pub max_watch_streams: usize,
     /// `None`: no server-side bound.
     pub request_timeout: Option<Duration>,
@@ -310,6 +326,9 @@ impl Default for Config {
             max_message_bytes: 4 * 1024 * 1024,
             max_concurrent_streams: 1024,
             max_concurrent_requests: 1024,
+            max_concurrent_requests_per_key: 256,
+            max_concurrent_requests_per_connection: 128,
+            request_body_timeout: Duration::from_secs(5),
             max_watch_streams: 20_000,
             // Off: every store call is bounded by db_timeout and every wait by
             // min_revision_wait already, and a server-side timer on every call costs
@@ -424,6 +443,21 @@ impl Config {
                 .max_concurrent_requests
                 .or(file.max_concurrent_requests)
                 .unwrap_or(d.max_concurrent_requests),
+            max_concurrent_requests_per_key: args
+                .max_concurrent_requests_per_key
+                .or(file.max_concurrent_requests_per_key)
+                .unwrap_or(d.max_concurrent_requests_per_key),
+            max_concurrent_requests_per_connection: args
+                .max_concurrent_requests_per_connection
+                .or(file.max_concurrent_requests_per_connection)
+                .unwrap_or(d.max_concurrent_requests_per_connection),
+            request_body_timeout: opt_duration(
+                "request_body_timeout",
+                args.request_body_timeout
+                    .clone()
+                    .or(file.request_body_timeout),
+            )?
+            .unwrap_or(d.request_body_timeout),
             max_watch_streams: args
                 .max_watch_streams
                 .or(file.max_watch_streams)
@@ -487,6 +521,7 @@ impl Config {
             ("key_refresh_interval", config.key_refresh_interval),
             ("db_unavailable_after", config.db_unavailable_after),
             ("keepalive_timeout", config.keepalive_timeout),
+            ("request_body_timeout", config.request_body_timeout),
         ] {
             if d.is_zero() {
                 return Err(ConfigError(format!("{name}: must be more than zero")));
@@ -505,6 +540,14 @@ impl Config {
                 config.max_concurrent_streams as usize,
             ),
             ("max_concurrent_requests", config.max_concurrent_requests),
+            (
+                "max_concurrent_requests_per_key",
+                config.max_concurrent_requests_per_key,
+            ),
+            (
+                "max_concurrent_requests_per_connection",
+                config.max_concurrent_requests_per_connection,
+            ),
             ("max_watch_streams", config.max_watch_streams),
         ] {
             if n == 0 {

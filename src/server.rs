@@ -6,7 +6,7 @@ use crate::app::sweep::sweep_expired;
 use crate::app::{App, Limits};
 use crate::config::{Config, TlsFiles};
 use crate::grpc::PolicyApi;
-use crate::grpc::gate::Gate;
+use crate::grpc::gate::{Gate, GateLimits};
 use crate::hub::ApprovalHub;
 use crate::metrics::{Gauges, Metrics, serve_metrics};
 use crate::proto::v1::policy_service_server::PolicyServiceServer;
@@ -192,7 +192,13 @@ pub async fn serve(
     )));
     let api = PolicyServiceServer::new(PolicyApi::new(app.clone()))
         .max_decoding_message_size(config.max_message_bytes);
-    let api = Gate::new(api, config.max_concurrent_requests, metrics.clone());
+    let limits = GateLimits {
+        max_concurrent_requests: config.max_concurrent_requests,
+        max_concurrent_requests_per_key: config.max_concurrent_requests_per_key,
+        max_concurrent_requests_per_connection: config.max_concurrent_requests_per_connection,
+        request_body_timeout: config.request_body_timeout,
+    };
+    let api = Gate::new(api, app.clone(), limits);
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)

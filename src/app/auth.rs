@@ -30,6 +30,20 @@ pub enum Operation {
 }
 
 impl Operation {
+    pub const ALL: [Operation; 10] = [
+        Operation::ConnectIntegration,
+        Operation::ListTools,
+        Operation::SetPolicy,
+        Operation::UpsertPeople,
+        Operation::Decide,
+        Operation::SubmitApproval,
+        Operation::GetApproval,
+        Operation::ListApprovals,
+        Operation::WatchConfig,
+        Operation::WatchApprovals,
+    ];
+
+    /// The RPC's name, as in the proto and the request path.
     pub fn name(self) -> &'static str {
         match self {
             Operation::ConnectIntegration => "ConnectIntegration",
@@ -151,19 +165,7 @@ mod tests {
     #[test]
     fn every_operation_allows_admins_and_only_listed_roles() {
         use Operation::*;
-        let all = [
-            ConnectIntegration,
-            ListTools,
-            SetPolicy,
-            UpsertPeople,
-            Decide,
-            SubmitApproval,
-            GetApproval,
-            ListApprovals,
-            WatchConfig,
-            WatchApprovals,
-        ];
-        for op in all {
+        for op in Operation::ALL {
             assert!(op.roles().contains(&Role::Admin), "{}", op.name());
         }
         assert!(!SetPolicy.roles().contains(&Role::Agent));

@@ -1,45 +1,86 @@
-//! What every PolicyService call passes first: a request id, and the global concurrency
-//! limit.
+//! What every PolicyService call passes first: a request id, authentication, and the
+//! concurrency limits, in that order.
 //!
 //! - **Request id.** Taken from the caller's `x-request-id` (service meshes set one) when
 //!   it is a short printable token, otherwise made here; it names the call's tracing span,
 //!   so every log line of the call carries it, and it is sent back as `x-request-id`.
-//! - **Load shedding.** At most `max_concurrent_requests` unary calls run at once. One
-//!   more is answered RESOURCE_EXHAUSTED at once rather than queued, so an overloaded
-//!   replica stays responsive and clients (or the mesh) retry elsewhere. Watch streams
-//!   are long-lived and are bounded by `max_watch_streams` instead.
+//! - **Authentication first.** The `authorization` header is checked against the key cache
+//!   before the call may hold anything: a call without a live key, or whose key's role may
+//!   not make it, is answered at once and never takes a place in the limits below. The
+//!   caller found travels to the handler in the request's extensions.
+//! - **Load shedding.** At most `max_concurrent_requests` unary calls run at once, at most
+//!   `max_concurrent_requests_per_key` of one API key and at most
+//!   `max_concurrent_requests_per_connection` on one connection. One more is answered
+//!   RESOURCE_EXHAUSTED at once rather than queued, so an overloaded replica stays
+//!   responsive, one key or one connection cannot take every place, and clients (or the
+//!   mesh) retry elsewhere. Watch streams are long-lived and are bounded by
+//!   `max_watch_streams` instead.
+//! - **A bounded body.** A unary call's request body must arrive within
+//!   `request_body_timeout`; past it the call ends DEADLINE_EXCEEDED and frees its place,
+//!   so a client that sends headers and never a body cannot hold one. The timer is armed
+//!   only when the body is not there yet, which for almost every call it is.
 //!
 //! Health and reflection do not pass through the gate: probes must answer under load.
 
-use crate::metrics::{Metrics, Shed};
+use crate::app::{App, AppError, Operation};
+use crate::metrics::Shed;
+use crate::policy::Caller;
+use bytes::Bytes;
 use http::{HeaderValue, Request, Response};
+use http_body::{Frame, SizeHint};
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use tokio::sync::Semaphore;
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tonic::Status;
 use tonic::body::Body;
 use tonic::server::NamedService;
 use tracing::Instrument;
 
-/// Wraps a tonic service with request ids and the concurrency limit.
+/// The gate's limits; from [`crate::config::Config`].
+#[derive(Debug, Clone, Copy)]
+pub struct GateLimits {
+    pub max_concurrent_requests: usize,
+    pub max_concurrent_requests_per_key: usize,
+    pub max_concurrent_requests_per_connection: usize,
+    pub request_body_timeout: Duration,
+}
+
+/// Wraps a tonic service with request ids, authentication and the limits.
 #[derive(Clone)]
 pub struct Gate<S> {
     inner: S,
+    shared: Arc<Shared>,
+}
+
+/// What every call through the gate shares.
+struct Shared {
+    app: Arc<App>,
     permits: Arc<Semaphore>,
-    metrics: Arc<Metrics>,
-    ids: Arc<RequestIds>,
+    per_key: KeyPermits,
+    per_connection: KeyPermits,
+    body_timeout: Duration,
+    ids: RequestIds,
 }
 
 impl<S> Gate<S> {
-    pub fn new(inner: S, max_concurrent_requests: usize, metrics: Arc<Metrics>) -> Self {
+    pub fn new(inner: S, app: Arc<App>, limits: GateLimits) -> Self {
+        let shared = Shared {
+            app,
+            permits: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
+            per_key: KeyPermits::new(limits.max_concurrent_requests_per_key),
+            per_connection: KeyPermits::new(limits.max_concurrent_requests_per_connection),
+            body_timeout: limits.request_body_timeout,
+            ids: RequestIds::new(),
+        };
         Gate {
             inner,
-            permits: Arc::new(Semaphore::new(max_concurrent_requests)),
-            metrics,
-            ids: Arc::new(RequestIds::new()),
+            shared: Arc::new(shared),
         }
     }
 }
@@ -67,42 +108,223 @@ where
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let id = self.ids.for_request(&req);
+        let id = self.shared.ids.for_request(&req);
         let method = req.uri().path().rsplit_once('/').map_or("", |(_, m)| m);
         let span = tracing::info_span!("rpc", %method, request_id = id.to_str().unwrap_or(""));
-        let streaming = method.starts_with("Watch");
-        let permit = if streaming {
-            None
-        } else {
-            match self.permits.clone().try_acquire_owned() {
-                Ok(permit) => Some(permit),
-                Err(_) => {
-                    self.metrics.shed(Shed::Request);
-                    let _entered = span.enter();
-                    tracing::warn!("call refused: max_concurrent_requests reached");
-                    let mut response = tonic::Status::resource_exhausted(
-                        "server overloaded (max_concurrent_requests); retry with backoff",
-                    )
-                    .into_http::<Body>();
-                    response.headers_mut().insert(REQUEST_ID, id);
-                    return Box::pin(std::future::ready(Ok(response)));
-                }
-            }
-        };
+        let op = operation(method);
         // Take the service that was driven to ready, leave a fresh clone in its place.
         let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let shared = self.shared.clone();
         Box::pin(
             async move {
-                let result = inner.call(req).await;
-                drop(permit);
-                result.map(|mut response| {
-                    response.headers_mut().insert(REQUEST_ID, id);
-                    response
-                })
+                let mut response = match op {
+                    Some(op) => shared.admit(op, req, inner).await,
+                    // Not one of ours: tonic answers UNIMPLEMENTED.
+                    None => call(inner, req).await,
+                };
+                response.headers_mut().insert(REQUEST_ID, id);
+                Ok(response)
             }
             .instrument(span),
         )
+    }
+}
+
+impl Shared {
+    /// Authenticates `req`, takes its places in the limits, and calls the service.
+    async fn admit<S>(&self, op: Operation, mut req: Request<Body>, inner: S) -> Response<Body>
+    where
+        S: tower_service::Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
+    {
+        let header = req.headers().get(http::header::AUTHORIZATION);
+        let caller = match self
+            .app
+            .authenticate(header.map(|v| v.as_bytes()), op)
+            .await
+        {
+            Ok(caller) => caller,
+            Err(e) => return self.refuse(op, e),
+        };
+        let streaming = matches!(op, Operation::WatchConfig | Operation::WatchApprovals);
+        let places = if streaming {
+            None
+        } else {
+            match self.places(&caller, peer(&req)) {
+                Ok(places) => Some(places),
+                Err(response) => return *response,
+            }
+        };
+        req.extensions_mut().insert(caller);
+        if !streaming {
+            req = req.map(|body| Body::new(Deadline::new(body, self.body_timeout)));
+        }
+        let response = call(inner, req).await;
+        drop(places);
+        response
+    }
+
+    /// A place in the global limit and in the caller's key's, or the refusal.
+    #[allow(clippy::result_large_err)]
+    fn places(&self, caller: &Caller, peer: Option<String>) -> Result<Places, Box<Response<Body>>> {
+        let shed = |what: Shed, message: &'static str| {
+            self.app.metrics.shed(what);
+            tracing::warn!("call refused: {message}");
+            Box::new(Status::resource_exhausted(message).into_http::<Body>())
+        };
+        let global = self.permits.clone().try_acquire_owned().map_err(|_| {
+            shed(
+                Shed::Request,
+                "server overloaded (max_concurrent_requests); retry with backoff",
+            )
+        })?;
+        let own = self.per_key.try_acquire(&caller.key_id).ok_or_else(|| {
+            shed(
+                Shed::Request,
+                "too many calls in progress for this API key (max_concurrent_requests_per_key); \
+                 retry with backoff",
+            )
+        })?;
+        let connection = match peer {
+            Some(peer) => Some(self.per_connection.try_acquire(&peer).ok_or_else(|| {
+                shed(
+                    Shed::Request,
+                    "too many calls in progress on this connection \
+                     (max_concurrent_requests_per_connection); retry with backoff",
+                )
+            })?),
+            None => None,
+        };
+        Ok((global, own, connection))
+    }
+
+    /// The answer to a call that may not pass: its status, counted like a Decide's when it
+    /// is one.
+    fn refuse(&self, op: Operation, e: AppError) -> Response<Body> {
+        let status = Status::from(e);
+        if op == Operation::Decide {
+            let metrics = &self.app.metrics;
+            metrics.decide_seconds.observe(Duration::ZERO);
+            metrics.decide_error(status.code());
+        }
+        status.into_http::<Body>()
+    }
+}
+
+async fn call<S>(mut inner: S, req: Request<Body>) -> Response<Body>
+where
+    S: tower_service::Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
+{
+    match inner.call(req).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    }
+}
+
+/// The places a unary call holds while it runs: global, its key's, its connection's.
+type Places = (
+    OwnedSemaphorePermit,
+    OwnedSemaphorePermit,
+    Option<OwnedSemaphorePermit>,
+);
+
+/// The connection a request came on, by its peer address (what tonic records of it).
+fn peer<B>(req: &Request<B>) -> Option<String> {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    let extensions = req.extensions();
+    let tcp = extensions.get::<TcpConnectInfo>().or_else(|| {
+        extensions
+            .get::<TlsConnectInfo<TcpConnectInfo>>()
+            .map(|tls| tls.get_ref())
+    });
+    tcp.and_then(|info| info.remote_addr())
+        .map(|a| a.to_string())
+}
+
+/// The operation a PolicyService method name stands for.
+fn operation(method: &str) -> Option<Operation> {
+    Operation::ALL.into_iter().find(|op| op.name() == method)
+}
+
+/// Places per API key (or per connection), made on the first call; a semaphore with
+/// nothing in progress is dropped once the map grows, so it holds about the busy ones.
+struct KeyPermits {
+    each: usize,
+    keys: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+impl KeyPermits {
+    fn new(each: usize) -> Self {
+        KeyPermits {
+            each,
+            keys: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn try_acquire(&self, key_id: &str) -> Option<OwnedSemaphorePermit> {
+        let semaphore = {
+            let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+            // Drop the semaphores of keys with nothing in progress, so the map stays as
+            // small as the set of busy keys.
+            if keys.len() > 1024 {
+                keys.retain(|_, s| s.available_permits() < self.each);
+            }
+            keys.entry(key_id.to_owned())
+                .or_insert_with(|| Arc::new(Semaphore::new(self.each)))
+                .clone()
+        };
+        semaphore.try_acquire_owned().ok()
+    }
+}
+
+/// A request body that must be complete within a time limit, counted from the first moment
+/// it was not ready (so a body that is there at once costs no timer).
+struct Deadline {
+    inner: Body,
+    limit: Duration,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Deadline {
+    fn new(inner: Body, limit: Duration) -> Self {
+        Deadline {
+            inner,
+            limit,
+            timer: None,
+        }
+    }
+}
+
+impl http_body::Body for Deadline {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let this = self.get_mut();
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            return Poll::Ready(frame);
+        }
+        let limit = this.limit;
+        let timer = this
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(Status::deadline_exceeded(
+                "the request body did not arrive within request_body_timeout",
+            )))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -179,5 +401,28 @@ mod tests {
         let b = ids.for_request(&Request::new(()));
         assert_ne!(a, b);
         assert!(a.is_sensitive(), "ids are sent never indexed");
+    }
+
+    #[test]
+    fn every_method_name_is_an_operation() {
+        for op in Operation::ALL {
+            assert_eq!(operation(op.name()), Some(op));
+        }
+        assert_eq!(operation("NoSuchMethod"), None);
+    }
+
+    #[test]
+    fn a_key_has_its_own_places() {
+        let permits = KeyPermits::new(2);
+        let a1 = permits.try_acquire("a");
+        let a2 = permits.try_acquire("a");
+        assert!(a1.is_some() && a2.is_some());
+        assert!(permits.try_acquire("a").is_none(), "a third for key a");
+        assert!(
+            permits.try_acquire("b").is_some(),
+            "key b is not held up by a"
+        );
+        drop(a1);
+        assert!(permits.try_acquire("a").is_some());
     }
 }

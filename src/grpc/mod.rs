@@ -43,8 +43,12 @@ impl PolicyApi {
         PolicyApi { app }
     }
 
-    /// The caller of `req` from its `authorization` header, if it may run `op`.
+    /// The caller of `req`: the one the gate authenticated for `op` (see [`gate`]), or,
+    /// when the service runs without the gate, from its `authorization` header.
     async fn caller<T>(&self, req: &Request<T>, op: Operation) -> Result<Arc<Caller>, Status> {
+        if let Some(caller) = req.extensions().get::<Arc<Caller>>() {
+            return Ok(caller.clone());
+        }
         let header = req.metadata().get("authorization").map(|v| v.as_bytes());
         Ok(self.app.authenticate(header, op).await?)
     }

@@ -13,6 +13,8 @@ mod approvals;
 mod auth;
 #[path = "../suite/decide.rs"]
 mod decide;
+#[path = "../suite/hardening.rs"]
+mod hardening;
 #[path = "../suite/helpers.rs"]
 mod helpers;
 #[path = "../suite/limits.rs"]

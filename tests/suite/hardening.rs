@@ -1,0 +1,122 @@
+//! Attacks that must never work again, reproduced as the attacker ran them (issue
+//! "Hardening"): raw HTTP/2 frames where the attack needs them.
+
+use crate::helpers::*;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use toolgate::proto::v1::{DecisionCode, Verdict};
+
+/// Opens `n` Decide streams on a new HTTP/2 connection: headers only, no END_STREAM and
+/// never a body, with `authorization` when `key` is given. The connection is driven (pings
+/// answered) until the returned handles are dropped.
+async fn open_held_streams(
+    addr: std::net::SocketAddr,
+    key: Option<&str>,
+    n: usize,
+) -> Vec<(h2::client::ResponseFuture, h2::SendStream<bytes::Bytes>)> {
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let (client, connection) = h2::client::handshake(tcp).await.expect("HTTP/2 handshake");
+    tokio::spawn(connection);
+    let mut client = client;
+    let mut held = Vec::with_capacity(n);
+    for _ in 0..n {
+        client = client.ready().await.expect("stream capacity");
+        let mut request =
+            http::Request::post(format!("http://{addr}/toolgate.v1.PolicyService/Decide"))
+                .header("content-type", "application/grpc")
+                .header("te", "trailers");
+        if let Some(key) = key {
+            request = request.header("authorization", format!("Bearer {key}"));
+        }
+        let request = request.body(()).expect("request");
+        held.push(client.send_request(request, false).expect("send headers"));
+    }
+    held
+}
+
+/// The gRPC status of a stream's answer (trailers-only responses carry it in the headers).
+async fn grpc_status(response: h2::client::ResponseFuture) -> Option<i32> {
+    let response = response.await.ok()?;
+    let in_headers = response.headers().get("grpc-status").cloned();
+    let status = match in_headers {
+        Some(status) => Some(status),
+        None => {
+            let mut body = response.into_body();
+            while let Some(chunk) = body.data().await {
+                let _ = chunk;
+            }
+            body.trailers().await.ok()??.get("grpc-status").cloned()
+        }
+    };
+    status?.to_str().ok()?.parse().ok()
+}
+
+#[tokio::test]
+async fn headers_without_a_key_or_a_body_hold_no_place_and_legitimate_calls_go_on() {
+    let app = spawn_app_with(|c| {
+        // Fewer places than the attack opens streams: the attack held them all before.
+        c.max_concurrent_requests = 64;
+    })
+    .await;
+    app.connect_sample().await;
+    let mut attack = open_held_streams(app.addr, None, 520).await;
+    attack.extend(open_held_streams(app.addr, None, 520).await);
+    // While every attacking stream is still open, legitimate calls are answered normally.
+    for i in 0..50 {
+        let r = app
+            .decide_ok(ask("get_user", "{}", &format!("during-{i}")))
+            .await;
+        assert_eq!(verdict(&r), (Verdict::Allow, DecisionCode::PolicyAuto));
+    }
+    // Each attacking stream was refused at once, from its headers alone.
+    let (first, _stream) = attack.swap_remove(0);
+    assert_eq!(
+        grpc_status(first).await,
+        Some(tonic::Code::Unauthenticated as i32)
+    );
+    drop(attack);
+    let after = app.decide_ok(ask("get_user", "{}", "after")).await;
+    assert_eq!(verdict(&after), (Verdict::Allow, DecisionCode::PolicyAuto));
+}
+
+#[tokio::test]
+async fn a_key_that_never_sends_bodies_holds_only_its_own_places_and_only_until_the_body_timeout() {
+    let app = spawn_app_with(|c| {
+        c.max_concurrent_requests = 64;
+        c.max_concurrent_requests_per_key = 16;
+        c.request_body_timeout = Duration::from_secs(1);
+    })
+    .await;
+    app.connect_sample().await;
+    // A second agent key of the tenant is the attacker.
+    let attacker = app.mint("acme", toolgate::policy::Role::Agent).await;
+    let mut attack = open_held_streams(app.addr, Some(&attacker), 100).await;
+    // The first 16 hold the key's places; the rest are shed at once.
+    let (last, _stream) = attack.pop().expect("streams");
+    assert_eq!(
+        grpc_status(last).await,
+        Some(tonic::Code::ResourceExhausted as i32)
+    );
+    // Other keys are not held up.
+    for i in 0..20 {
+        let r = app
+            .decide_ok(ask("get_user", "{}", &format!("during-{i}")))
+            .await;
+        assert_eq!(verdict(&r), (Verdict::Allow, DecisionCode::PolicyAuto));
+    }
+    // A held stream ends when its body does not arrive in time, and frees its place.
+    let (held, _stream) = attack.swap_remove(0);
+    assert_eq!(
+        grpc_status(held).await,
+        Some(tonic::Code::DeadlineExceeded as i32)
+    );
+    drop(attack);
+    let r = app
+        .client
+        .clone()
+        .decide(with_key(&attacker, ask("get_user", "{}", "after")))
+        .await
+        .expect("the attacker's key has places again")
+        .into_inner();
+    assert_eq!(verdict(&r), (Verdict::Allow, DecisionCode::PolicyAuto));
+}
