@@ -206,6 +206,11 @@ pub(super) async fn approval_changes(
     let mut tx = pool
         .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .await?;
+    // Planned for the frontier at hand: a generic plan cannot tell that `xid >= $1` keeps
+    // only the newest rows, and scanned the whole table on every poll.
+    sqlx::query("SET LOCAL plan_cache_mode = force_custom_plan")
+        .execute(&mut *tx)
+        .await?;
     let xmin: String = sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text")
         .fetch_one(&mut *tx)
         .await?;
