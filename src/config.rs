@@ -133,7 +133,7 @@ pub struct ServeArgs {
     /// Unary calls in progress at once; beyond it calls get RESOURCE_EXHAUSTED [default: 1024].
     #[arg(long, env = "TOOLGATE_MAX_CONCURRENT_REQUESTS")]
     pub max_concurrent_requests: Option<usize>,
-    /// Unary calls one API key may have in progress at once; beyond it its calls get RESOURCE_EXHAUSTED [default: 256].
+    /// Unary calls one API key may have in progress at once; beyond it its calls get RESOURCE_EXHAUSTED. Lower it below max_concurrent_requests so one key cannot take every place [default: 1024].
     #[arg(long, env = "TOOLGATE_MAX_CONCURRENT_REQUESTS_PER_KEY")]
     pub max_concurrent_requests_per_key: Option<usize>,
     /// Unary calls one connection may have in progress at once; beyond it its calls get RESOURCE_EXHAUSTED [default: 128].
@@ -326,7 +326,7 @@ impl Default for Config {
             max_message_bytes: 4 * 1024 * 1024,
             max_concurrent_streams: 1024,
             max_concurrent_requests: 1024,
-            max_concurrent_requests_per_key: 256,
+            max_concurrent_requests_per_key: 1024,
             max_concurrent_requests_per_connection: 128,
             request_body_timeout: Duration::from_secs(5),
             max_watch_streams: 20_000,

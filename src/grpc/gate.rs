@@ -62,8 +62,8 @@ pub struct Gate<S> {
 struct Shared {
     app: Arc<App>,
     permits: Arc<Semaphore>,
-    per_key: KeyPermits,
-    per_connection: KeyPermits,
+    per_key: KeyPermits<String>,
+    per_connection: KeyPermits<std::net::SocketAddr>,
     body_timeout: Duration,
     ids: RequestIds,
 }
@@ -166,7 +166,11 @@ impl Shared {
 
     /// A place in the global limit and in the caller's key's, or the refusal.
     #[allow(clippy::result_large_err)]
-    fn places(&self, caller: &Caller, peer: Option<String>) -> Result<Places, Box<Response<Body>>> {
+    fn places(
+        &self,
+        caller: &Caller,
+        peer: Option<std::net::SocketAddr>,
+    ) -> Result<Places, Box<Response<Body>>> {
         let shed = |what: Shed, message: &'static str| {
             self.app.metrics.shed(what);
             tracing::warn!("call refused: {message}");
@@ -178,7 +182,7 @@ impl Shared {
                 "server overloaded (max_concurrent_requests); retry with backoff",
             )
         })?;
-        let own = self.per_key.try_acquire(&caller.key_id).ok_or_else(|| {
+        let own = self.per_key.try_acquire(caller.key_id.as_str()).ok_or_else(|| {
             shed(
                 Shed::Request,
                 "too many calls in progress for this API key (max_concurrent_requests_per_key); \
@@ -229,7 +233,7 @@ type Places = (
 );
 
 /// The connection a request came on, by its peer address (what tonic records of it).
-fn peer<B>(req: &Request<B>) -> Option<String> {
+fn peer<B>(req: &Request<B>) -> Option<std::net::SocketAddr> {
     use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
     let extensions = req.extensions();
     let tcp = extensions.get::<TcpConnectInfo>().or_else(|| {
@@ -238,7 +242,6 @@ fn peer<B>(req: &Request<B>) -> Option<String> {
             .map(|tls| tls.get_ref())
     });
     tcp.and_then(|info| info.remote_addr())
-        .map(|a| a.to_string())
 }
 
 /// The operation a PolicyService method name stands for.
@@ -248,12 +251,12 @@ fn operation(method: &str) -> Option<Operation> {
 
 /// Places per API key (or per connection), made on the first call; a semaphore with
 /// nothing in progress is dropped once the map grows, so it holds about the busy ones.
-struct KeyPermits {
+struct KeyPermits<K> {
     each: usize,
-    keys: Mutex<HashMap<String, Arc<Semaphore>>>,
+    keys: Mutex<HashMap<K, Arc<Semaphore>>>,
 }
 
-impl KeyPermits {
+impl<K: std::hash::Hash + Eq> KeyPermits<K> {
     fn new(each: usize) -> Self {
         KeyPermits {
             each,
@@ -261,17 +264,26 @@ impl KeyPermits {
         }
     }
 
-    fn try_acquire(&self, key_id: &str) -> Option<OwnedSemaphorePermit> {
+    fn try_acquire<Q>(&self, key: &Q) -> Option<OwnedSemaphorePermit>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         let semaphore = {
             let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
-            // Drop the semaphores of keys with nothing in progress, so the map stays as
-            // small as the set of busy keys.
-            if keys.len() > 1024 {
-                keys.retain(|_, s| s.available_permits() < self.each);
+            match keys.get(key) {
+                Some(semaphore) => semaphore.clone(),
+                None => {
+                    // Drop the semaphores of keys with nothing in progress, so the map
+                    // stays about as small as the set of busy keys.
+                    if keys.len() >= 1024 {
+                        keys.retain(|_, s| s.available_permits() < self.each);
+                    }
+                    let semaphore = Arc::new(Semaphore::new(self.each));
+                    keys.insert(key.to_owned(), semaphore.clone());
+                    semaphore
+                }
             }
-            keys.entry(key_id.to_owned())
-                .or_insert_with(|| Arc::new(Semaphore::new(self.each)))
-                .clone()
         };
         semaphore.try_acquire_owned().ok()
     }
@@ -413,7 +425,7 @@ mod tests {
 
     #[test]
     fn a_key_has_its_own_places() {
-        let permits = KeyPermits::new(2);
+        let permits = KeyPermits::<String>::new(2);
         let a1 = permits.try_acquire("a");
         let a2 = permits.try_acquire("a");
         assert!(a1.is_some() && a2.is_some());
