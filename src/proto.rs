@@ -42,13 +42,46 @@ where
     type Encode = T;
     type Decode = U;
     type Encoder = ProstEncoder<T>;
-    type Decoder = ProstDecoder<U>;
+    type Decoder = Decoder<U>;
 
     fn encoder(&mut self) -> Self::Encoder {
         ProstEncoder::new(BufferSettings::new(BUFFER_BYTES, YIELD_THRESHOLD))
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        ProstDecoder::new(BufferSettings::new(BUFFER_BYTES, YIELD_THRESHOLD))
+        Decoder(ProstDecoder::new(BufferSettings::new(
+            BUFFER_BYTES,
+            YIELD_THRESHOLD,
+        )))
+    }
+}
+
+/// tonic's prost decoder, whose failures are the sender's: a message that is not valid
+/// protobuf is INVALID_ARGUMENT (tonic answers INTERNAL, as if the server were at fault).
+#[derive(Debug)]
+pub struct Decoder<U>(ProstDecoder<U>);
+
+impl<U: prost::Message + Default> tonic::codec::Decoder for Decoder<U> {
+    type Item = U;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        buf: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<U>, tonic::Status> {
+        self.0.decode(buf).map_err(|status| {
+            if status.code() == tonic::Code::Internal {
+                tonic::Status::invalid_argument(format!(
+                    "the message is not valid protobuf for this method: {}",
+                    status.message()
+                ))
+            } else {
+                status
+            }
+        })
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        self.0.buffer_settings()
     }
 }

@@ -132,7 +132,7 @@ impl App {
         page_size: u32,
         page_token: &str,
     ) -> Result<ApprovalPage, AppError> {
-        let before_seq = decode_page_token(page_token)?;
+        let before_id = decode_page_token(page_token)?;
         let limit = match page_size {
             0 => 50,
             n => n.min(500),
@@ -141,7 +141,7 @@ impl App {
         let query = ApprovalQuery {
             state,
             created_by_key: None,
-            before_seq,
+            before_id,
             limit,
             now: now.0,
         };
@@ -154,19 +154,22 @@ impl App {
     }
 }
 
-/// Page tokens are opaque to clients; inside, the position to continue before.
-fn encode_page_token(seq: i64) -> String {
-    format!("v1.{seq}")
+/// Page tokens are opaque to clients; inside, the last approval of the page before. An
+/// approval id is random and belongs to one tenant, so a token says nothing of any other
+/// tenant's activity (a position shared by all tenants did), and another tenant's token
+/// continues nothing (the next page is empty).
+fn encode_page_token(last_id: String) -> String {
+    format!("v2.{last_id}")
 }
 
-fn decode_page_token(token: &str) -> Result<Option<i64>, FieldError> {
+fn decode_page_token(token: &str) -> Result<Option<String>, FieldError> {
     if token.is_empty() {
         return Ok(None);
     }
     token
-        .strip_prefix("v1.")
-        .and_then(|s| s.parse::<i64>().ok())
-        .map(Some)
+        .strip_prefix("v2.")
+        .filter(|id| check_id("page_token", id).is_ok())
+        .map(|id| Some(id.to_owned()))
         .ok_or_else(|| FieldError::new("page_token", "is not a token from ListApprovals"))
 }
 
@@ -176,9 +179,14 @@ mod tests {
 
     #[test]
     fn page_tokens_round_trip_and_reject_garbage() {
-        assert_eq!(decode_page_token(&encode_page_token(42)), Ok(Some(42)));
+        let token = encode_page_token("apr_1".into());
+        assert_eq!(decode_page_token(&token), Ok(Some("apr_1".into())));
         assert_eq!(decode_page_token(""), Ok(None));
         assert!(decode_page_token("42").is_err());
-        assert!(decode_page_token("v1.x").is_err());
+        assert!(
+            decode_page_token("v1.42").is_err(),
+            "the old positions are not accepted"
+        );
+        assert!(decode_page_token("v2.").is_err());
     }
 }

@@ -170,8 +170,8 @@ pub struct ApprovalQuery {
     pub state: Option<ApprovalState>,
     /// Only approvals asked for by this key (an agent's view).
     pub created_by_key: Option<String>,
-    /// Only approvals older than this position (from a page token).
-    pub before_seq: Option<i64>,
+    /// Only approvals made before this one of the tenant (from a page token).
+    pub before_id: Option<String>,
     pub limit: u32,
     pub now: i64,
 }
@@ -349,12 +349,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         approval: &Approval,
     ) -> Result<Inserted, StoreError>;
     async fn get_approval(&self, tenant: &str, id: &str) -> Result<Option<Approval>, StoreError>;
-    /// A page of approvals, newest first, with the position to continue from.
+    /// A page of approvals, newest first, and the id of the last when more follow.
     async fn list_approvals(
         &self,
         tenant: &str,
         query: &ApprovalQuery,
-    ) -> Result<(Vec<Approval>, Option<i64>), StoreError>;
+    ) -> Result<(Vec<Approval>, Option<String>), StoreError>;
     /// The approval with its version, and the people in `person_ids` and its requester.
     async fn approval_for_update(
         &self,

@@ -156,19 +156,19 @@ pub(crate) fn approval_from_row<R: Cols>(row: &R) -> Result<Approval, StoreError
     })
 }
 
-/// A page of approvals from rows fetched with one more than `limit`, and the position to
-/// continue from when there is more.
+/// A page of approvals from rows fetched with one more than `limit`, and the id of the last
+/// one when there is more.
 pub(crate) fn approval_page<R: Cols>(
     rows: &[R],
     limit: u32,
-) -> Result<(Vec<Approval>, Option<i64>), StoreError> {
+) -> Result<(Vec<Approval>, Option<String>), StoreError> {
     let page = rows.len().min(limit as usize);
     let approvals = rows[..page]
         .iter()
         .map(approval_from_row)
         .collect::<Result<Vec<_>, _>>()?;
     let next = if rows.len() > page && page > 0 {
-        Some(rows[page - 1].int("seq")?)
+        Some(rows[page - 1].text("id")?)
     } else {
         None
     };

@@ -722,10 +722,10 @@ impl Store for SqlStore {
         &self,
         tenant: &str,
         q: &ApprovalQuery,
-    ) -> Result<(Vec<Approval>, Option<i64>), StoreError> {
+    ) -> Result<(Vec<Approval>, Option<String>), StoreError> {
         let sql = format!(
             "SELECT {APPROVAL_COLUMNS} FROM approval_current WHERE tenant = $3 AND {} \
-             AND ($4 IS NULL OR created_by_key = $4) AND ($5 IS NULL OR seq < $5) \
+             AND ($4 IS NULL OR created_by_key = $4) AND ($5 IS NULL OR seq < (SELECT b.seq FROM approvals b WHERE b.tenant = $3 AND b.id = $5)) \
              ORDER BY seq DESC LIMIT $6",
             state_clause(q.state)
         );
@@ -736,7 +736,7 @@ impl Store for SqlStore {
                     .bind(q.now)
                     .bind(tenant)
                     .bind(q.created_by_key.as_deref())
-                    .bind(q.before_seq)
+                    .bind(q.before_id.as_deref())
                     .bind(i64::from(q.limit) + 1)
                     .fetch_all(pool)
                     .await?;

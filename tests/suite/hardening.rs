@@ -125,3 +125,106 @@ async fn a_key_that_never_sends_bodies_holds_only_its_own_places_and_only_until_
         .into_inner();
     assert_eq!(verdict(&r), (Verdict::Allow, DecisionCode::PolicyAuto));
 }
+
+/// Sends `body` as one gRPC message (uncompressed, length-prefixed) to Decide with `key`.
+async fn decide_raw(addr: std::net::SocketAddr, key: &str, message: &[u8]) -> Option<i32> {
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let (client, connection) = h2::client::handshake(tcp).await.expect("HTTP/2 handshake");
+    tokio::spawn(connection);
+    let mut client = client.ready().await.expect("ready");
+    let request = http::Request::post(format!("http://{addr}/toolgate.v1.PolicyService/Decide"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("authorization", format!("Bearer {key}"))
+        .body(())
+        .expect("request");
+    let (answer, mut body) = client.send_request(request, false).expect("send");
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(message);
+    body.send_data(frame.into(), true).expect("send body");
+    grpc_status(answer).await
+}
+
+#[tokio::test]
+async fn an_undecodable_request_is_invalid_argument_not_internal() {
+    let app = spawn_app().await;
+    // Field 1 with wire type 7, which protobuf does not have; then a truncated varint.
+    for garbage in [
+        &[0x0f, 0x01][..],
+        &[0x08, 0xff, 0xff][..],
+        &[0x12, 0x40, 0x61][..],
+    ] {
+        let status = decide_raw(app.addr, &app.agent, garbage).await;
+        assert_eq!(
+            status,
+            Some(tonic::Code::InvalidArgument as i32),
+            "{garbage:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_malformed_authorization_header_is_unauthenticated() {
+    let app = spawn_app().await;
+    for value in ["Bearer\tsecret", "Bearer", "Basic abc", "Bearer  "] {
+        let mut request = tonic::Request::new(ask("get_user", "{}", "r1"));
+        request
+            .metadata_mut()
+            .insert("authorization", value.parse().expect("a header value"));
+        let status = app.client.clone().decide(request).await.expect_err(value);
+        assert_eq!(
+            status.code(),
+            tonic::Code::Unauthenticated,
+            "{value:?}: {status:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn page_tokens_say_nothing_of_other_tenants_and_continue_nothing_for_them() {
+    let app = spawn_app().await;
+    app.connect_sample().await;
+    app.sample_people().await;
+    for i in 0..3 {
+        app.decide_ok(ask(
+            "add_user_to_group",
+            r#"{"user":"bob"}"#,
+            &format!("p{i}"),
+        ))
+        .await;
+    }
+    let page = |key: String, token: String| {
+        let mut client = app.client.clone();
+        async move {
+            client
+                .list_approvals(with_key(
+                    &key,
+                    toolgate::proto::v1::ListApprovalsRequest {
+                        state: 0,
+                        page_size: 1,
+                        page_token: token,
+                    },
+                ))
+                .await
+                .map(|r| r.into_inner())
+        }
+    };
+    let first = page(app.approver.clone(), String::new())
+        .await
+        .expect("page 1");
+    let token = first.next_page_token.clone();
+    assert!(!token.is_empty());
+    // Not the old form, a position in a sequence shared by every tenant, whose gaps told
+    // one tenant how many approvals the others made.
+    assert!(!token.starts_with("v1."), "{token}");
+    let second = page(app.approver.clone(), token.clone())
+        .await
+        .expect("page 2");
+    assert_eq!(second.approvals.len(), 1);
+    assert_ne!(second.approvals[0].id, first.approvals[0].id);
+    // Another tenant's approver, with that token, gets nothing of this tenant.
+    let other = app.mint("globex", toolgate::policy::Role::Approver).await;
+    let theirs = page(other, token).await.expect("a page");
+    assert!(theirs.approvals.is_empty(), "{theirs:?}");
+}
