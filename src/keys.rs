@@ -132,11 +132,16 @@ pub struct KeyCache {
     keys: std::sync::RwLock<Live>,
     misses: std::sync::Mutex<std::collections::HashSet<String>>,
     lookups: tokio::sync::Semaphore,
+    /// Tells open streams that the keys were reloaded, so each checks that its own key is
+    /// still live (revocation ends streams as it refuses calls).
+    reloads: tokio::sync::watch::Sender<u64>,
 }
 
 #[derive(Debug, Default)]
 struct Live {
     by_hash: std::collections::HashMap<String, Arc<Caller>>,
+    /// The ids of the keys in `by_hash`.
+    ids: std::collections::HashSet<String>,
     generation: u64,
 }
 
@@ -146,6 +151,7 @@ impl Default for KeyCache {
             keys: Default::default(),
             misses: Default::default(),
             lookups: tokio::sync::Semaphore::new(MISS_LOOKUPS),
+            reloads: tokio::sync::watch::channel(0).0,
         }
     }
 }
@@ -169,6 +175,7 @@ impl KeyCache {
     pub fn insert_if_current(&self, generation: u64, secret_sha256: &str, caller: Arc<Caller>) {
         let mut keys = self.keys.write().unwrap_or_else(|e| e.into_inner());
         if keys.generation == generation {
+            keys.ids.insert(caller.key_id.clone());
             keys.by_hash.insert(secret_sha256.to_owned(), caller);
         }
     }
@@ -201,18 +208,35 @@ impl KeyCache {
         misses.insert(secret_sha256.to_owned());
     }
 
-    /// Replaces the whole cache with the store's live keys (revoked keys drop out).
+    /// Replaces the whole cache with the store's live keys (revoked keys drop out), and
+    /// tells the open streams.
     pub fn replace_all(&self, live: Vec<(String, Caller)>) {
-        let fresh = live.into_iter().map(|(k, c)| (k, Arc::new(c))).collect();
-        {
+        let by_hash: std::collections::HashMap<_, _> =
+            live.into_iter().map(|(k, c)| (k, Arc::new(c))).collect();
+        let ids = by_hash.values().map(|c| c.key_id.clone()).collect();
+        let generation = {
             let mut keys = self.keys.write().unwrap_or_else(|e| e.into_inner());
-            keys.by_hash = fresh;
+            keys.by_hash = by_hash;
+            keys.ids = ids;
             keys.generation += 1;
-        }
+            keys.generation
+        };
         self.misses
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
+        self.reloads.send_replace(generation);
+    }
+
+    /// Whether the key `key_id` is live as of the last reload (or was found since).
+    pub fn is_live(&self, key_id: &str) -> bool {
+        let keys = self.keys.read().unwrap_or_else(|e| e.into_inner());
+        keys.ids.contains(key_id)
+    }
+
+    /// Changes at every reload: a stream waits on it, then checks [`Self::is_live`].
+    pub fn reloads(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.reloads.subscribe()
     }
 }
 

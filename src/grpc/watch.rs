@@ -115,7 +115,9 @@ pub(super) async fn watch_config(
         ConfigStart::Replay(replay) => replay.iter().filter_map(|rc| view.change(rc)).collect(),
     };
     let every = app.limits.heartbeat_interval;
+    let reloads = app.keys.reloads();
     let watcher = ConfigWatcher {
+        reloads,
         _open: sub.open,
         drain: app.drain.clone(),
         app,
@@ -126,6 +128,7 @@ pub(super) async fn watch_config(
         beat: tokio::time::interval_at(tokio::time::Instant::now() + every, every),
         queue: initial,
         done: false,
+        key_id: caller.key_id.clone(),
     };
     Ok(Box::pin(futures_util::stream::unfold(
         watcher,
@@ -138,6 +141,19 @@ enum Wake<E> {
     Drain,
     Beat,
     Event(E),
+    /// The keys were reloaded: the stream's own may have been revoked.
+    Keys,
+}
+
+fn revoked() -> Status {
+    Status::unauthenticated("the API key was revoked")
+}
+
+/// Completes at the next reload of the keys (never, if they can no longer reload).
+async fn keys_reloaded(reloads: &mut watch::Receiver<u64>) {
+    if reloads.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 struct ConfigWatcher {
@@ -153,6 +169,8 @@ struct ConfigWatcher {
     /// Events decided but not yet taken by the client.
     queue: VecDeque<pb::WatchConfigResponse>,
     done: bool,
+    reloads: watch::Receiver<u64>,
+    key_id: String,
 }
 
 impl ConfigWatcher {
@@ -174,6 +192,7 @@ impl ConfigWatcher {
                 () = drained(&mut self.drain) => Wake::Drain,
                 _ = self.beat.tick() => Wake::Beat,
                 event = self.events.recv() => Wake::Event(event),
+                () = keys_reloaded(&mut self.reloads) => Wake::Keys,
             };
             match wake {
                 // Draining, or the server is gone altogether: end either way.
@@ -182,6 +201,11 @@ impl ConfigWatcher {
                     return Some((Err(draining()), self));
                 }
                 Wake::Beat => self.queue.push_back(heartbeat(self.position)),
+                Wake::Keys if !self.app.keys.is_live(&self.key_id) => {
+                    self.done = true;
+                    return Some((Err(revoked()), self));
+                }
+                Wake::Keys => {}
                 Wake::Event(event) => match Box::pin(self.on_event(event)).await {
                     Ok(items) => self.queue.extend(items),
                     Err(status) => {
@@ -257,7 +281,9 @@ pub(super) async fn watch_approvals(
         Some(id) => Some(app.get_approval(&caller, id).await?),
         None => None,
     };
+    let reloads = app.keys.reloads();
     let watcher = ApprovalWatcher {
+        reloads,
         _open: guard,
         drain: app.drain.clone(),
         app,
@@ -282,6 +308,7 @@ struct ApprovalWatcher {
     drain: watch::Receiver<bool>,
     queue: VecDeque<Approval>,
     done: bool,
+    reloads: watch::Receiver<u64>,
 }
 
 impl ApprovalWatcher {
@@ -303,12 +330,18 @@ impl ApprovalWatcher {
             let wake = tokio::select! {
                 () = drained(&mut self.drain) => Wake::Drain,
                 event = self.events.recv() => Wake::<_>::Event(event),
+                () = keys_reloaded(&mut self.reloads) => Wake::Keys,
             };
             match wake {
                 Wake::Drain | Wake::Beat => {
                     self.done = true;
                     return Some((Err(draining()), self));
                 }
+                Wake::Keys if !self.app.keys.is_live(&self.caller.key_id) => {
+                    self.done = true;
+                    return Some((Err(revoked()), self));
+                }
+                Wake::Keys => {}
                 Wake::Event(Ok(a)) => {
                     let wanted = self.only.as_deref().is_none_or(|id| id == a.id)
                         && may_see(&self.caller, &a);

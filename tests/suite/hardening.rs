@@ -228,3 +228,51 @@ async fn page_tokens_say_nothing_of_other_tenants_and_continue_nothing_for_them(
     let theirs = page(other, token).await.expect("a page");
     assert!(theirs.approvals.is_empty(), "{theirs:?}");
 }
+
+#[tokio::test]
+async fn revoking_a_key_ends_its_open_streams_with_unauthenticated() {
+    let app = spawn_app().await;
+    app.connect_sample().await;
+    let agent = app.mint("acme", toolgate::policy::Role::Agent).await;
+    let approver = app.mint("acme", toolgate::policy::Role::Approver).await;
+    let mut config = app
+        .client
+        .clone()
+        .watch_config(with_key(
+            &agent,
+            toolgate::proto::v1::WatchConfigRequest::default(),
+        ))
+        .await
+        .expect("watch config")
+        .into_inner();
+    config.message().await.expect("snapshot").expect("open");
+    let mut approvals = app
+        .client
+        .clone()
+        .watch_approvals(with_key(
+            &approver,
+            toolgate::proto::v1::WatchApprovalsRequest::default(),
+        ))
+        .await
+        .expect("watch approvals")
+        .into_inner();
+    let store = toolgate::server::open_store(&app.config)
+        .await
+        .expect("store");
+    for key in [&agent, &approver] {
+        let id = key.split('_').nth(1).expect("key id");
+        use toolgate::store::Store;
+        assert!(store.revoke_key(id).await.expect("revoke"));
+    }
+    // Both end at the server's next key reload (100 ms in tests), on either store; a
+    // stream that went on would never end, and the bound fails the test.
+    let bound = Duration::from_secs(20);
+    let ended = tokio::time::timeout(bound, config.message()).await;
+    let status = ended.expect("config stream ends").expect_err("config");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    let ended = tokio::time::timeout(bound, approvals.message()).await;
+    let status = ended
+        .expect("approvals stream ends")
+        .expect_err("approvals");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+}
