@@ -184,15 +184,20 @@ async fn a_malformed_authorization_header_is_unauthenticated() {
 #[tokio::test]
 async fn page_tokens_say_nothing_of_other_tenants_and_continue_nothing_for_them() {
     let app = spawn_app().await;
+    // Another tenant asks for approvals first, so its approvals are older than acme's.
+    let globex_admin = app.mint("globex", toolgate::policy::Role::Admin).await;
+    let globex_agent = app.mint("globex", toolgate::policy::Role::Agent).await;
+    app.connect(&globex_admin, "entra", &[("add_user_to_group", None)])
+        .await;
+    for i in 0..3 {
+        let ask = ask("add_user_to_group", r#"{"user":"eve"}"#, &format!("g{i}"));
+        app.decide(&globex_agent, ask).await.expect("globex asks");
+    }
     app.connect_sample().await;
     app.sample_people().await;
     for i in 0..3 {
-        app.decide_ok(ask(
-            "add_user_to_group",
-            r#"{"user":"bob"}"#,
-            &format!("p{i}"),
-        ))
-        .await;
+        let ask = ask("add_user_to_group", r#"{"user":"bob"}"#, &format!("p{i}"));
+        app.decide_ok(ask).await;
     }
     let page = |key: String, token: String| {
         let mut client = app.client.clone();
@@ -223,10 +228,15 @@ async fn page_tokens_say_nothing_of_other_tenants_and_continue_nothing_for_them(
         .expect("page 2");
     assert_eq!(second.approvals.len(), 1);
     assert_ne!(second.approvals[0].id, first.approvals[0].id);
-    // Another tenant's approver, with that token, gets nothing of this tenant.
+    // Another tenant's approver, with that token, continues nothing: a position shared by
+    // every tenant would have paged on into its own older approvals.
     let other = app.mint("globex", toolgate::policy::Role::Approver).await;
-    let theirs = page(other, token).await.expect("a page");
+    let theirs = page(other.clone(), token).await.expect("a page");
     assert!(theirs.approvals.is_empty(), "{theirs:?}");
+    let own = page(other, String::new())
+        .await
+        .expect("globex's first page");
+    assert_eq!(own.approvals.len(), 1, "globex has approvals of its own");
 }
 
 #[tokio::test]
