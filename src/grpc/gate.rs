@@ -364,8 +364,8 @@ impl RequestIds {
 
     /// The id as the response header that carries it back. It is marked sensitive, which
     /// HPACK sends as never indexed: every call's id is new, and indexing it would only
-    /// churn the connection's header table (the profile showed it: about 5 000
-    /// instructions a call spent comparing and evicting ids).
+    /// churn the connection's header table (the callgrind profile showed the comparing and
+    /// evicting; `BENCHMARKS.md` has the figure).
     fn for_request<B>(&self, req: &Request<B>) -> HeaderValue {
         let mut id = match req.headers().get(REQUEST_ID) {
             Some(given) if given.to_str().is_ok_and(usable_id) => given.clone(),

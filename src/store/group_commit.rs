@@ -2,12 +2,11 @@
 //! measurement needs it.
 //!
 //! An approval write committed alone waits for its own WAL flush (PostgreSQL) or fsync
-//! (SQLite, `synchronous=FULL`), and the flushes queue: over gRPC with 16 clients, writes
-//! committed one by one reached 0.34× a raw single-row INSERT on SQLite and 0.05–0.22× on
-//! PostgreSQL (`cargo bench --bench writes`, `BENCHMARKS.md`), short of the 0.5× and 0.15×
-//! the store must hold. Here a writer task takes every approval write waiting (up to
-//! [`MAX_BATCH`]), runs them one after another in one transaction on a connection of its
-//! own, commits once, and only then answers each caller.
+//! (SQLite, `synchronous=FULL`), and the flushes queue: committed one by one, these writes
+//! missed the rates this store must hold over gRPC (`BENCHMARKS.md`, "Approval writes").
+//! Here a writer task takes every approval write waiting (up to [`MAX_BATCH`]), runs them
+//! one after another in one transaction on a connection of its own, commits once, and
+//! only then answers each caller.
 //!
 //! What a caller is told is unchanged: a write it hears "done" of is committed (the flush
 //! covering it is over), and each write is decided as if alone, since the writes of a

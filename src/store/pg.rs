@@ -69,8 +69,8 @@ pub(super) async fn connect(
         .application_name("toolgate")
         // JIT off: every statement here is a point query or a short scan, and a generic
         // plan's cost estimate for an open-ended one (the change feed's `xid >= $1`) grows
-        // with the table past `jit_above_cost`, so each run compiled it anew: measured,
-        // seconds of CPU per poll once `approval_events` held 100 000 rows.
+        // with the table past `jit_above_cost`, so each run compiled it anew, at a cost
+        // that grew with the table (`BENCHMARKS.md`, "Approval writes").
         .options([("statement_timeout", timeout_ms.as_str()), ("jit", "off")]);
     let pool = PgPoolOptions::new()
         .max_connections(settings.max_connections.max(2))
