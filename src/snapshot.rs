@@ -327,14 +327,15 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn min_revision_waiters_wake_at_their_tenant_revision_only() {
+    async fn a_min_revision_waiter_wakes_when_its_tenant_reaches_it_and_times_out_before() {
         let s = Arc::new(Snapshots::new());
         s.replace("t", TenantSnapshot::new(1, vec![]));
         let waiter = {
             let s = s.clone();
             tokio::spawn(async move { s.wait_for_revision("t", 2, Duration::from_secs(60)).await })
         };
-        // Another tenant's revision does not satisfy it.
+        // Another tenant at a higher revision is no answer for this one: the waiter gets
+        // its own tenant's snapshot, at revision 2.
         s.replace("other", TenantSnapshot::new(5, vec![]));
         let r2 = RevisionChanges {
             revision: 2,

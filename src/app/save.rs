@@ -24,6 +24,31 @@ pub enum SaveRequest {
     },
 }
 
+impl SaveRequest {
+    /// What kind of revision it makes, the revision it expects, the integration it
+    /// describes.
+    fn shape(&self) -> (SaveKind, Option<u64>, Option<&IntegrationMeta>) {
+        match self {
+            SaveRequest::Connect { integration, .. } => {
+                (SaveKind::Connect, None, Some(integration))
+            }
+            SaveRequest::SetPolicy {
+                expected_revision, ..
+            } => (SaveKind::SetPolicy, *expected_revision, None),
+        }
+    }
+
+    /// The tools it reads before planning.
+    fn scope(&self) -> ReadScope {
+        match self {
+            SaveRequest::Connect { integration, .. } => {
+                ReadScope::Integration(integration.id.clone())
+            }
+            SaveRequest::SetPolicy { edits, .. } => ReadScope::Tools(edit_keys(edits)),
+        }
+    }
+}
+
 /// A Save's answer.
 #[derive(Debug, Clone)]
 pub struct SaveOutcome {
@@ -45,23 +70,8 @@ impl App {
         caller: &Caller,
         request: SaveRequest,
     ) -> Result<SaveOutcome, AppError> {
-        let (kind, expected, integration, scope) = match &request {
-            SaveRequest::Connect { integration, .. } => (
-                SaveKind::Connect,
-                None,
-                Some(integration),
-                ReadScope::Integration(integration.id.clone()),
-            ),
-            SaveRequest::SetPolicy {
-                edits,
-                expected_revision,
-            } => (
-                SaveKind::SetPolicy,
-                *expected_revision,
-                None,
-                ReadScope::Tools(edit_keys(edits)),
-            ),
-        };
+        let (kind, expected, integration) = request.shape();
+        let scope = request.scope();
         let tenant = &caller.tenant;
         let _guard = self.tenant_write_lock(tenant).await;
         for _ in 0..MAX_ATTEMPTS {
@@ -90,16 +100,7 @@ impl App {
                 changed = saved.changes.len(),
                 "saved"
             );
-            let snapshot = self.snapshots.get(tenant);
-            let tools = match &scope {
-                ReadScope::Integration(id) => {
-                    snapshot.tools(Some(id)).into_iter().cloned().collect()
-                }
-                ReadScope::Tools(keys) => keys
-                    .iter()
-                    .filter_map(|(i, n)| snapshot.tool(i, n).cloned())
-                    .collect(),
-            };
+            let tools = self.tools_in(tenant, &scope);
             return Ok(SaveOutcome {
                 revision: saved.revision,
                 tools,
@@ -108,6 +109,18 @@ impl App {
         Err(AppError::Unavailable(format!(
             "the tenant's policies kept changing under {MAX_ATTEMPTS} attempts to save; retry"
         )))
+    }
+
+    /// The tools of `scope` as the tenant's snapshot has them now.
+    fn tools_in(&self, tenant: &str, scope: &ReadScope) -> Vec<Tool> {
+        let snapshot = self.snapshots.get(tenant);
+        match scope {
+            ReadScope::Integration(id) => snapshot.tools(Some(id)).into_iter().cloned().collect(),
+            ReadScope::Tools(keys) => keys
+                .iter()
+                .filter_map(|(i, n)| snapshot.tool(i, n).cloned())
+                .collect(),
+        }
     }
 
     /// Creates or replaces people of the tenant's directory; returns how many.

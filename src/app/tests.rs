@@ -123,6 +123,22 @@ async fn connected(f: &Fixture) {
         .expect("people");
 }
 
+/// Connects, syncs the directory, and has alice ask for `reset_password` (request `r1`).
+async fn requested(f: &Fixture) -> crate::policy::Approval {
+    connected(f).await;
+    let first = f
+        .app
+        .decide(&agent(), ask("reset_password", "r1", ""))
+        .await;
+    first.expect("ask").approval.expect("an approval")
+}
+
+/// The approval `id` as a decision on it reads it.
+async fn for_update(f: &Fixture, id: &str) -> crate::store::ForUpdate {
+    let read = f.app.store.approval_for_update("acme", id, &[]).await;
+    read.expect("read").expect("found")
+}
+
 #[tokio::test]
 async fn a_connect_seeds_and_a_set_policy_is_guarded_by_the_expected_revision() {
     let f = fixture().await;
@@ -327,20 +343,8 @@ async fn an_approval_is_requested_approved_by_a_technician_and_allows_exactly_on
 #[tokio::test]
 async fn an_approval_version_is_written_once() {
     let f = fixture().await;
-    connected(&f).await;
-    let first = f
-        .app
-        .decide(&agent(), ask("reset_password", "r1", ""))
-        .await
-        .expect("ask");
-    let id = first.approval.expect("approval").id;
-    let read = f
-        .app
-        .store
-        .approval_for_update("acme", &id, &[])
-        .await
-        .expect("read")
-        .expect("found");
+    let id = requested(&f).await.id;
+    let read = for_update(&f, &id).await;
     let mut denied = read.approval.clone();
     denied.state = ApprovalState::Denied;
     assert!(
@@ -365,13 +369,7 @@ async fn an_approval_version_is_written_once() {
 #[tokio::test]
 async fn agents_see_only_their_own_approvals() {
     let f = fixture().await;
-    connected(&f).await;
-    let first = f
-        .app
-        .decide(&agent(), ask("reset_password", "r1", ""))
-        .await
-        .expect("ask");
-    let id = first.approval.expect("approval").id;
+    let id = requested(&f).await.id;
     let other = caller("k_other_agent", Role::Agent);
     assert!(matches!(
         f.app.get_approval(&other, &id).await,
@@ -454,13 +452,7 @@ async fn keys_authenticate_by_role_and_unknown_tokens_are_refused() {
 #[tokio::test]
 async fn the_sweep_expires_due_approvals_and_a_late_use_is_denied() {
     let f = fixture().await;
-    connected(&f).await;
-    let first = f
-        .app
-        .decide(&agent(), ask("reset_password", "r1", ""))
-        .await
-        .expect("ask");
-    let approval = first.approval.expect("approval");
+    let approval = requested(&f).await;
     let later = approval.expires_at.0 + 1;
     let expired = f.app.store.expire_due(later, 500).await.expect("sweep");
     assert_eq!(
@@ -482,20 +474,8 @@ async fn the_sweep_expires_due_approvals_and_a_late_use_is_denied() {
 #[tokio::test]
 async fn of_concurrent_writes_of_one_version_exactly_one_goes_in() {
     let f = fixture().await;
-    connected(&f).await;
-    let first = f
-        .app
-        .decide(&agent(), ask("reset_password", "r1", ""))
-        .await
-        .expect("ask");
-    let id = first.approval.expect("approval").id;
-    let read = f
-        .app
-        .store
-        .approval_for_update("acme", &id, &[])
-        .await
-        .expect("read")
-        .expect("found");
+    let id = requested(&f).await.id;
+    let read = for_update(&f, &id).await;
     // Queued together, these share a batch of the group commit (or follow each other):
     // either way the version key lets one in.
     let writes = (0..8).map(|n| {

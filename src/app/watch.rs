@@ -62,17 +62,16 @@ impl App {
         let (start, position) = match since {
             None => (ConfigStart::Snapshot { reset: false }, current),
             Some(since) if since <= current && current - since <= self.limits.watch_history => {
-                let replay = self.store.changes_since(&caller.tenant, since).await?;
-                let last = replay.last().map_or(since, |rc| rc.revision);
                 // The log must hold every revision after `since`; otherwise start over.
-                let contiguous = replay
-                    .iter()
-                    .zip(since + 1..)
-                    .all(|(rc, want)| rc.revision == want);
-                if contiguous && last >= current {
-                    (ConfigStart::Replay(replay), last)
-                } else {
-                    (ConfigStart::Snapshot { reset: true }, current)
+                let replay = self.revisions_after(&caller.tenant, since).await?;
+                let last = replay
+                    .as_ref()
+                    .map(|r| r.last().map_or(since, |rc| rc.revision));
+                match replay {
+                    Some(replay) if last >= Some(current) => {
+                        (ConfigStart::Replay(replay), last.unwrap_or(current))
+                    }
+                    _ => (ConfigStart::Snapshot { reset: true }, current),
                 }
             }
             Some(_) => (ConfigStart::Snapshot { reset: true }, current),

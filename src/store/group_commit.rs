@@ -97,7 +97,7 @@ async fn run(target: Target, origin: Arc<str>, mut queue: mpsc::Receiver<Job>) {
         let outcome = match &target {
             Target::Sqlite(writer) => {
                 let mut connection = writer.lock().await;
-                commit_sqlite(&mut connection, "BEGIN IMMEDIATE", &origin, &batch).await
+                commit_sqlite(&mut connection, &origin, &batch).await
             }
             Target::Postgres { options, timeout } => {
                 let batch = commit_postgres(&mut postgres, options, &origin, &batch);
@@ -209,62 +209,40 @@ async fn create_rows(
     batch: &[Job],
     which: &[usize],
 ) -> Result<std::collections::HashSet<(String, String)>, StoreError> {
-    let mut columns: [Vec<String>; 10] = Default::default();
-    let (mut created_at, mut expires_at) = (Vec::new(), Vec::new());
-    for &i in which {
-        let ApprovalWrite::Create {
-            tenant,
-            approval: a,
-        } = &batch[i].0
-        else {
-            continue;
-        };
-        let texts = [
-            tenant.clone(),
-            a.id.clone(),
-            a.integration_id.clone(),
-            a.tool_name.clone(),
-            a.arguments_json.clone(),
-            a.arguments_sha256.clone(),
-            a.requester_id.clone(),
-            a.request_id.clone(),
-            super::rows::roles_to_text(&a.required_roles),
-            a.created_by_key.clone(),
-        ];
-        for (column, value) in columns.iter_mut().zip(texts) {
-            column.push(value);
-        }
-        created_at.push(a.created_at.0);
-        expires_at.push(a.expires_at.0);
-    }
-    if created_at.is_empty() {
+    let creates: Vec<(&str, &Approval)> = which
+        .iter()
+        .filter_map(|&i| match &batch[i].0 {
+            ApprovalWrite::Create { tenant, approval } => Some((tenant.as_str(), approval)),
+            ApprovalWrite::Append { .. } => None,
+        })
+        .collect();
+    if creates.is_empty() {
         return Ok(Default::default());
     }
-    let [
-        t,
-        id,
-        integration,
-        tool,
-        args,
-        sha,
-        requester,
-        request,
-        roles,
-        key,
-    ] = columns;
+    // One array per column, in CREATE_ROWS_PG's order.
+    let text = |column: fn(&Approval) -> &str| -> Vec<&str> {
+        creates.iter().map(|(_, a)| column(a)).collect()
+    };
+    let int = |column: fn(&Approval) -> i64| -> Vec<i64> {
+        creates.iter().map(|(_, a)| column(a)).collect()
+    };
+    let roles: Vec<String> = creates
+        .iter()
+        .map(|(_, a)| super::rows::roles_to_text(&a.required_roles))
+        .collect();
     let rows = sqlx::query(CREATE_ROWS_PG)
-        .bind(t)
-        .bind(id)
-        .bind(integration)
-        .bind(tool)
-        .bind(args)
-        .bind(sha)
-        .bind(requester)
-        .bind(request)
+        .bind(creates.iter().map(|(t, _)| *t).collect::<Vec<_>>())
+        .bind(text(|a| &a.id))
+        .bind(text(|a| &a.integration_id))
+        .bind(text(|a| &a.tool_name))
+        .bind(text(|a| &a.arguments_json))
+        .bind(text(|a| &a.arguments_sha256))
+        .bind(text(|a| &a.requester_id))
+        .bind(text(|a| &a.request_id))
         .bind(roles)
-        .bind(created_at)
-        .bind(expires_at)
-        .bind(key)
+        .bind(int(|a| a.created_at.0))
+        .bind(int(|a| a.expires_at.0))
+        .bind(text(|a| &a.created_by_key))
         .bind(origin)
         .fetch_all(&mut *tx)
         .await?;
@@ -326,14 +304,9 @@ async fn append_rows(
 
 /// One batch's transaction, a statement per write (SQLite, where a statement is a call
 /// into the library, not a round trip).
-async fn commit_sqlite(
-    connection: &mut SqliteConnection,
-    begin: &'static str,
-    origin: &str,
-    batch: &[Job],
-) -> Outcome {
+async fn commit_sqlite(connection: &mut SqliteConnection, origin: &str, batch: &[Job]) -> Outcome {
     let mut tx = connection
-        .begin_with(begin)
+        .begin_with("BEGIN IMMEDIATE")
         .await
         .map_err(|e| (None, e.into()))?;
     let mut outcomes = Vec::with_capacity(batch.len());

@@ -195,6 +195,43 @@ const FEED_FIRST_PAGE: &str = feed_page!("");
 const FEED_NEXT_PAGE: &str =
     feed_page!(" AND (e.xid, e.tenant, e.approval_id, e.version) > ($3::text::xid8, $4, $5, $6)");
 
+/// Where a feed row stands in `approval_events_by_xid_key`: (xid, tenant, approval, version).
+type FeedKey = (String, String, String, i64);
+
+/// The page of the feed after `after` (the first page when `None`).
+async fn feed_page(
+    tx: &mut sqlx::PgConnection,
+    frontier: u64,
+    origin: &str,
+    after: Option<&FeedKey>,
+) -> Result<Vec<sqlx::postgres::PgRow>, StoreError> {
+    let query = match after {
+        None => sqlx::query(FEED_FIRST_PAGE),
+        Some(_) => sqlx::query(FEED_NEXT_PAGE),
+    };
+    let mut query = query.bind(frontier.to_string()).bind(origin);
+    if let Some((xid, tenant, id, version)) = after {
+        query = query.bind(xid).bind(tenant).bind(id).bind(*version);
+    }
+    Ok(query.fetch_all(&mut *tx).await?)
+}
+
+/// A feed row: its transaction id, its place, its tenant and the approval as that change
+/// made it.
+fn feed_row(row: &sqlx::postgres::PgRow) -> Result<(u64, FeedKey, String, Approval), StoreError> {
+    let xid_text: String = row.try_get("xid")?;
+    let xid: u64 = xid_text.parse().map_err(|_| corrupt("xid", &xid_text))?;
+    let tenant: String = row.try_get("tenant")?;
+    let approval = approval_from_row(row)?;
+    let key = (
+        xid_text,
+        tenant.clone(),
+        approval.id.clone(),
+        row.int("version")?,
+    );
+    Ok((xid, key, tenant, approval))
+}
+
 /// Approvals changed by other replicas since `cursor`: every `approval_events` row whose
 /// transaction is at or after the cursor's frontier, less those this replica wrote (it
 /// published them itself) and those already delivered. See [`ApprovalCursor`].
@@ -224,36 +261,20 @@ pub(super) async fn approval_changes(
     // the last row of the page before, all in this one snapshot.
     let mut seen = std::collections::HashSet::new();
     let mut out = Vec::new();
-    let mut after: Option<(String, String, String, i64)> = None;
+    let mut after: Option<FeedKey> = None;
     loop {
-        let query = match &after {
-            None => sqlx::query(FEED_FIRST_PAGE)
-                .bind(frontier.to_string())
-                .bind(origin),
-            Some((xid, tenant, id, version)) => sqlx::query(FEED_NEXT_PAGE)
-                .bind(frontier.to_string())
-                .bind(origin)
-                .bind(xid)
-                .bind(tenant)
-                .bind(id)
-                .bind(*version),
-        };
-        let rows = query.fetch_all(&mut *tx).await?;
+        let rows = feed_page(&mut tx, frontier, origin, after.as_ref()).await?;
         for row in &rows {
-            let xid_text: String = row.try_get("xid")?;
-            let xid: u64 = xid_text.parse().map_err(|_| corrupt("xid", &xid_text))?;
-            let tenant: String = row.try_get("tenant")?;
-            let a = approval_from_row(row)?;
-            let version = row.int("version")?;
-            let key = (tenant.clone(), a.id.clone(), version);
-            after = Some((xid_text, tenant.clone(), a.id.clone(), version));
+            let (xid, key, tenant, approval) = feed_row(row)?;
+            let change = (tenant.clone(), approval.id.clone(), key.3);
+            if !cursor.seen.contains(&change) {
+                out.push((tenant, approval));
+            }
             if xid >= xmin {
                 // Not yet below every running transaction: it is read again next time.
-                seen.insert(key.clone());
+                seen.insert(change);
             }
-            if !cursor.seen.contains(&key) {
-                out.push((tenant, a));
-            }
+            after = Some(key);
         }
         if rows.len() < FEED_PAGE {
             break;

@@ -198,6 +198,50 @@ const TOOL_CHANGE_UPSERT: &str = "INSERT INTO tool_changes (tenant, integration_
      open_world_hint, policy, manager_approval, source, source_reason, revision, removed) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, FALSE)";
 
+/// A connect's integration metadata, written whether or not a tool changed.
+const INTEGRATION_UPSERT: &str = "INSERT INTO integrations (tenant, id, kind, display_name, \
+     connected_at, updated_at) VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT (tenant, id) DO \
+     UPDATE SET kind = excluded.kind, display_name = excluded.display_name, \
+     updated_at = excluded.updated_at";
+
+/// Moves the tenant from revision `$3` to `$1`; nothing when it is no longer at `$3`.
+const REVISION_MOVE: &str = "UPDATE tenants SET revision = $1 WHERE id = $2 AND revision = $3";
+
+const REVISION_INSERT: &str = "INSERT INTO revisions (tenant, revision, kind, actor_key_id, \
+     created_at) VALUES ($1, $2, $3, $4, $5)";
+
+const TOOL_DELETE: &str =
+    "DELETE FROM tools WHERE tenant = $1 AND integration_id = $2 AND name = $3";
+
+const TOOL_CHANGE_REMOVAL: &str = "INSERT INTO tool_changes (tenant, integration_id, name, \
+     revision, removed) VALUES ($1, $2, $3, $4, TRUE)";
+
+/// Writes one tool change of a revision: the current tool (or its removal) and the change
+/// log's row.
+macro_rules! write_tool_change {
+    ($tx:expr, $tenant:expr, $revision:expr, $change:expr) => {
+        match $change {
+            ToolChange::Upsert(tool) => {
+                let query = bind_tool!(sqlx::query(TOOL_UPSERT), $tenant, tool, $revision);
+                query.execute($tx).await?;
+                let query = bind_tool!(sqlx::query(TOOL_CHANGE_UPSERT), $tenant, tool, $revision);
+                query.execute($tx).await?;
+            }
+            ToolChange::Remove {
+                integration_id,
+                name,
+            } => {
+                let query = sqlx::query(TOOL_DELETE).bind($tenant).bind(integration_id);
+                query.bind(name).execute($tx).await?;
+                let query = sqlx::query(TOOL_CHANGE_REMOVAL)
+                    .bind($tenant)
+                    .bind(integration_id);
+                query.bind(name).bind($revision).execute($tx).await?;
+            }
+        }
+    };
+}
+
 /// Binds a tool's columns after the tenant, in [`TOOL_UPSERT`]'s order, then `revision`.
 macro_rules! bind_tool {
     ($query:expr, $tenant:expr, $tool:expr, $revision:expr) => {
@@ -530,90 +574,37 @@ impl Store for SqlStore {
                     .await?;
                 let now = UnixMillis::now().0;
                 if let Some(meta) = c.integration {
-                    sqlx::query(
-                        "INSERT INTO integrations (tenant, id, kind, display_name, connected_at, \
-                     updated_at) VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT (tenant, id) DO \
-                     UPDATE SET kind = excluded.kind, display_name = excluded.display_name, \
-                     updated_at = excluded.updated_at",
-                    )
-                    .bind(tenant)
-                    .bind(&meta.id)
-                    .bind(&meta.kind)
-                    .bind(&meta.display_name)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
+                    let query = sqlx::query(INTEGRATION_UPSERT).bind(tenant).bind(&meta.id);
+                    let query = query.bind(&meta.kind).bind(&meta.display_name).bind(now);
+                    query.execute(&mut *tx).await?;
                 }
                 if c.changes.is_empty() {
                     tx.commit().await?;
+                    let changes = Vec::new();
                     return Ok(Some(Saved {
                         revision: c.base,
-                        changes: Vec::new(),
+                        changes,
                     }));
                 }
                 let revision = c.base + 1;
                 // The condition that orders Saves across replicas: only one commit moves the
                 // tenant from `base`; the others find it moved and plan again.
-                let moved =
-                    sqlx::query("UPDATE tenants SET revision = $1 WHERE id = $2 AND revision = $3")
-                        .bind(revision as i64)
-                        .bind(tenant)
-                        .bind(c.base as i64)
-                        .execute(&mut *tx)
-                        .await?;
+                let query = sqlx::query(REVISION_MOVE)
+                    .bind(revision as i64)
+                    .bind(tenant);
+                let moved = query.bind(c.base as i64).execute(&mut *tx).await?;
                 if moved.rows_affected() != 1 {
                     tx.rollback().await?;
                     return Ok(None);
                 }
-                sqlx::query(
-                    "INSERT INTO revisions (tenant, revision, kind, actor_key_id, created_at) \
-                 VALUES ($1, $2, $3, $4, $5)",
-                )
-                .bind(tenant)
-                .bind(revision as i64)
-                .bind(c.kind.as_str())
-                .bind(c.actor_key_id)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+                let query = sqlx::query(REVISION_INSERT)
+                    .bind(tenant)
+                    .bind(revision as i64);
+                let query = query.bind(c.kind.as_str()).bind(c.actor_key_id).bind(now);
+                query.execute(&mut *tx).await?;
                 let changes = stamp(c.changes, revision);
                 for change in &changes {
-                    match change {
-                        ToolChange::Upsert(tool) => {
-                            bind_tool!(sqlx::query(TOOL_UPSERT), tenant, tool, revision as i64)
-                                .execute(&mut *tx)
-                                .await?;
-                            bind_tool!(
-                                sqlx::query(TOOL_CHANGE_UPSERT),
-                                tenant,
-                                tool,
-                                revision as i64
-                            )
-                            .execute(&mut *tx)
-                            .await?;
-                        }
-                        ToolChange::Remove {
-                            integration_id,
-                            name,
-                        } => {
-                            sqlx::query("DELETE FROM tools WHERE tenant = $1 AND integration_id = $2 AND name = $3")
-                            .bind(tenant)
-                            .bind(integration_id)
-                            .bind(name)
-                            .execute(&mut *tx)
-                            .await?;
-                            sqlx::query(
-                                "INSERT INTO tool_changes (tenant, revision, integration_id, name, \
-                             removed) VALUES ($1, $2, $3, $4, TRUE)",
-                            )
-                            .bind(tenant)
-                            .bind(revision as i64)
-                            .bind(integration_id)
-                            .bind(name)
-                            .execute(&mut *tx)
-                            .await?;
-                        }
-                    }
+                    write_tool_change!(&mut *tx, tenant, revision as i64, change);
                 }
                 if let Some(notify) = self.notify_sql() {
                     // `<revision>@<unix ms> <tenant>`: the time lets followers measure lag.
