@@ -71,7 +71,18 @@ pub(super) async fn connect(
         // plan's cost estimate for an open-ended one (the change feed's `xid >= $1`) grows
         // with the table past `jit_above_cost`, so each run compiled it anew, at a cost
         // that grew with the table (`BENCHMARKS.md`, "Approval writes").
-        .options([("statement_timeout", timeout_ms.as_str()), ("jit", "off")]);
+        //
+        // Custom plans only: a prepared statement's generic plan is chosen once, for the
+        // table as it was then, and kept. Chosen while `approvals` was small, a lookup by
+        // (tenant, id) went through the (tenant, seq) index and read the tenant's every
+        // approval once the table had grown; the change feed's `xid >= $1` scanned the whole
+        // table. Planning each statement for its values costs a little CPU per statement and
+        // keeps every plan right for the table as it is.
+        .options([
+            ("statement_timeout", timeout_ms.as_str()),
+            ("jit", "off"),
+            ("plan_cache_mode", "force_custom_plan"),
+        ]);
     let pool = PgPoolOptions::new()
         .max_connections(settings.max_connections.max(2))
         // sqlx pings every connection as it is handed back; a second ping as it is handed
@@ -243,11 +254,8 @@ pub(super) async fn approval_changes(
     let mut tx = pool
         .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .await?;
-    // Planned for the frontier at hand: a generic plan cannot tell that `xid >= $1` keeps
-    // only the newest rows, and scanned the whole table on every poll.
-    sqlx::query("SET LOCAL plan_cache_mode = force_custom_plan")
-        .execute(&mut *tx)
-        .await?;
+    // Planned for the frontier at hand (the pool plans every statement for its values, see
+    // `connect`): a generic plan cannot tell that `xid >= $1` keeps only the newest rows.
     let xmin: String = sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text")
         .fetch_one(&mut *tx)
         .await?;
