@@ -106,7 +106,7 @@ async fn fill(url: &str, tenants: usize, tools: usize) -> Vec<String> {
         ] {
             let key = toolgate::keys::generate().expect("random");
             store
-                .create_key(&key.id, &tenant(t), role, &key.secret_sha256)
+                .create_key(&key.id, &tenant(t), role, &key.secret_sha256, None)
                 .await
                 .expect("create key");
             into.push(key.token);

@@ -301,7 +301,9 @@ async fn store_writes(opts: Options, store: SqlStore, round: usize) -> f64 {
                 created_at: now,
                 expires_at: now.plus(Duration::from_secs(3600)),
                 created_by_key: "bench".into(),
+                principal: "key:bench".into(),
                 consumed_by_request: None,
+                consumed_at: None,
             };
             store.insert_approval("bench", &a).await.expect("insert");
             // Each change as the application makes it: read, decide, append the next

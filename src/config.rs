@@ -39,6 +39,11 @@ pub enum KeysCommand {
         /// agent, approver or admin.
         #[arg(long)]
         role: String,
+        /// A name for the key. Keys of a tenant with the same name are one principal: a
+        /// key made to rotate another (same name) may use the approvals the other asked
+        /// for; a key without a name is a principal of its own.
+        #[arg(long)]
+        name: Option<String>,
         #[command(flatten)]
         db: DatabaseArgs,
     },

@@ -248,6 +248,7 @@ mod cache_tests {
     fn caller(key: &str) -> Caller {
         Caller {
             key_id: key.into(),
+            principal: format!("key:{key}"),
             tenant: "acme".into(),
             role: Role::Agent,
         }

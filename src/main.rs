@@ -82,14 +82,22 @@ async fn shutdown_signal() {
 
 async fn keys(command: KeysCommand) -> Result<(), String> {
     match command {
-        KeysCommand::Create { tenant, role, db } => {
+        KeysCommand::Create {
+            tenant,
+            role,
+            name,
+            db,
+        } => {
             check_id("--tenant", &tenant).map_err(|e| e.to_string())?;
+            if let Some(name) = &name {
+                check_id("--name", name).map_err(|e| e.to_string())?;
+            }
             let role = Role::parse(&role)
                 .ok_or_else(|| format!("--role: {role:?} is not agent, approver or admin"))?;
             let store = open(&db).await?;
             let key = toolgate::keys::generate().map_err(|e| format!("no randomness: {e}"))?;
             store
-                .create_key(&key.id, &tenant, role, &key.secret_sha256)
+                .create_key(&key.id, &tenant, role, &key.secret_sha256, name.as_deref())
                 .await
                 .map_err(|e| e.to_string())?;
             eprintln!(
@@ -103,8 +111,8 @@ async fn keys(command: KeysCommand) -> Result<(), String> {
             let store = open(&db).await?;
             let keys = store.list_keys().await.map_err(|e| e.to_string())?;
             println!(
-                "{:<18} {:<24} {:<9} {:<14} revoked_at",
-                "id", "tenant", "role", "created_at"
+                "{:<18} {:<24} {:<9} {:<24} {:<14} revoked_at",
+                "id", "tenant", "role", "name", "created_at"
             );
             for k in keys {
                 let revoked = k
@@ -112,10 +120,11 @@ async fn keys(command: KeysCommand) -> Result<(), String> {
                     .map(|t| t.to_string())
                     .unwrap_or_else(|| "-".into());
                 println!(
-                    "{:<18} {:<24} {:<9} {:<14} {revoked}",
+                    "{:<18} {:<24} {:<9} {:<24} {:<14} {revoked}",
                     k.id,
                     k.tenant,
                     k.role.as_str(),
+                    k.name.as_deref().unwrap_or("-"),
                     k.created_at
                 );
             }

@@ -174,7 +174,7 @@ def test_changed_arguments_under_the_same_request_id_are_refused(env, pool):
     assert tool.runs == []
 
 
-def test_a_consumed_approval_allows_only_the_request_that_used_it(env, pool):
+def test_a_consumed_approval_gives_one_allow_ever(env, pool):
     tool, pending = FakeTool(), Pending()
     g = guard(env)
     call = in_background(
@@ -206,10 +206,13 @@ def test_a_consumed_approval_allows_only_the_request_that_used_it(env, pool):
         timeout=10,
     )
     assert toolgate_guard.decision_code(other.code) == "APPROVAL_CONSUMED"
-    # ... while a retry of the consuming request is answered ALLOW again: whether to run
-    # the tool a second time is the backend's decision (see docs/integrating.md).
-    g.call("entra", "add_user_to_group", ADD, "alice", tool, request_id="req-once")
-    assert len(tool.runs) == 2
+    # ... and so is a retry of the consuming request: one approval, one ALLOW, ever. The
+    # reason says it was this request that had it (see docs/integrating.md).
+    with pytest.raises(ToolDenied) as again:
+        g.call("entra", "add_user_to_group", ADD, "alice", tool, request_id="req-once")
+    assert again.value.code == "APPROVAL_CONSUMED"
+    assert "by this request_id" in again.value.reason
+    assert len(tool.runs) == 1
 
 
 def test_expired_approval_raises(env_factory, pool):

@@ -31,9 +31,10 @@ pub(super) fn not_found(id: &str) -> AppError {
     AppError::NotFound(format!("approval_id: no approval {id:?} in this tenant"))
 }
 
-/// Whether `caller` may see `approval`: agents see the approvals their key asked for.
+/// Whether `caller` may see `approval`: agents see the approvals their principal (their
+/// key, or the keys of its name) asked for.
 pub fn may_see(caller: &Caller, approval: &Approval) -> bool {
-    caller.role != Role::Agent || approval.created_by_key == caller.key_id
+    caller.role != Role::Agent || approval.principal == caller.principal
 }
 
 impl App {
@@ -140,7 +141,6 @@ impl App {
         let now = UnixMillis::now();
         let query = ApprovalQuery {
             state,
-            created_by_key: None,
             before_id,
             limit,
             now: now.0,

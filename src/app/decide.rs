@@ -5,6 +5,7 @@
 //! creates the approval request on a first ask, and evaluates (and consumes once) the
 //! approval presented on a later one.
 
+use super::approvals::not_found;
 use super::{App, AppError};
 use crate::keys;
 use crate::policy::canonical::{self, CanonicalArguments};
@@ -133,7 +134,9 @@ impl App {
             created_at: now,
             expires_at: now.plus(self.limits.approval_ttl),
             created_by_key: caller.key_id.clone(),
+            principal: caller.principal.clone(),
             consumed_by_request: None,
+            consumed_at: None,
         };
         match self
             .store
@@ -177,7 +180,13 @@ impl App {
             arguments_sha256.to_owned(),
         );
         let request_id = input.request_id.clone();
+        let principal = caller.principal.clone();
         let evaluate = move |approval: &Approval, people: &People| {
+            // Another principal's approval does not exist for this caller: not its
+            // arguments, not its state, not an ALLOW.
+            if approval.principal != principal {
+                return Err(not_found(&approval.id));
+            }
             let call = CallBinding {
                 integration_id: &binding.0,
                 tool_name: &binding.1,

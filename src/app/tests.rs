@@ -52,6 +52,7 @@ async fn fixture() -> Fixture {
 fn caller(key_id: &str, role: Role) -> Caller {
     Caller {
         key_id: key_id.into(),
+        principal: format!("key:{key_id}"),
         tenant: "acme".into(),
         role,
     }
@@ -421,7 +422,7 @@ async fn keys_authenticate_by_role_and_unknown_tokens_are_refused() {
     let key = crate::keys::generate().expect("random");
     f.app
         .store
-        .create_key(&key.id, "acme", Role::Agent, &key.secret_sha256)
+        .create_key(&key.id, "acme", Role::Agent, &key.secret_sha256, None)
         .await
         .expect("mint");
     let header = format!("Bearer {}", key.token);

@@ -262,5 +262,7 @@ pub fn approval_to_proto(a: &Approval, now: UnixMillis) -> pb::Approval {
             .collect(),
         created_at: Some(timestamp(a.created_at)),
         expires_at: Some(timestamp(a.expires_at)),
+        consumed_by_request_id: a.consumed_by_request.clone().unwrap_or_default(),
+        consumed_at: a.consumed_at.map(timestamp),
     }
 }

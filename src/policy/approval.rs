@@ -182,7 +182,9 @@ mod tests {
             created_at: UnixMillis(0),
             expires_at: UnixMillis(1000),
             created_by_key: "k".into(),
+            principal: "key:k".into(),
             consumed_by_request: None,
+            consumed_at: None,
         }
     }
 

@@ -151,15 +151,16 @@ pub fn decide_with_approval(
         );
     }
     match approval.state {
+        // One approval, one ALLOW, ever: a retry of the request that consumed it is
+        // refused too. The approval says which request consumed it and when, so a backend
+        // whose answer was lost can tell that its own request had the ALLOW.
         ApprovalState::Consumed => {
-            return if approval.consumed_by_request.as_deref() == Some(request_id) {
-                (granted(), None)
+            let reason = if approval.consumed_by_request.as_deref() == Some(request_id) {
+                "approval was already used, by this request_id: its ALLOW was given once"
             } else {
-                (
-                    Decision::deny(C::ApprovalConsumed, "approval was already used"),
-                    None,
-                )
+                "approval was already used, by another request"
             };
+            return (Decision::deny(C::ApprovalConsumed, reason), None);
         }
         ApprovalState::Denied => {
             return (
@@ -194,6 +195,7 @@ pub fn decide_with_approval(
         ApprovalState::Approved => {
             next.state = ApprovalState::Consumed;
             next.consumed_by_request = Some(request_id.to_owned());
+            next.consumed_at = Some(now);
             (granted(), Some(next))
         }
         ApprovalState::Denied => (
@@ -261,7 +263,9 @@ mod tests {
             created_at: UnixMillis(0),
             expires_at: UnixMillis(1000),
             created_by_key: "k".into(),
+            principal: "key:k".into(),
             consumed_by_request: None,
+            consumed_at: None,
         }
     }
 
@@ -317,7 +321,7 @@ mod tests {
     }
 
     #[test]
-    fn approved_approval_is_consumed_once_and_a_retry_of_that_request_is_allowed() {
+    fn approved_approval_gives_one_allow_ever_even_to_a_retry_of_the_consuming_request() {
         let t = tool(Policy::ApprovalNeeded, false);
         let mut a = approval(vec![ApproverRole::Technician]);
         a.steps.push(step(ApproverRole::Technician, "tech", true));
@@ -326,10 +330,16 @@ mod tests {
         assert_eq!(d.code, DecisionCode::ApprovalGranted);
         let consumed = next.expect("consumption is saved");
         assert_eq!(consumed.state, ApprovalState::Consumed);
-        let (d, _) = decide_with_approval(&consumed, &t, None, &CALL, "r1", UnixMillis(6));
-        assert_eq!(d.code, DecisionCode::ApprovalGranted);
-        let (d, _) = decide_with_approval(&consumed, &t, None, &CALL, "r2", UnixMillis(6));
-        assert_eq!(d.code, DecisionCode::ApprovalConsumed);
+        assert_eq!(consumed.consumed_by_request.as_deref(), Some("r1"));
+        assert_eq!(consumed.consumed_at, Some(UnixMillis(5)));
+        for retry in ["r1", "r2"] {
+            let (d, next) = decide_with_approval(&consumed, &t, None, &CALL, retry, UnixMillis(6));
+            assert_eq!(
+                (d.verdict, d.code),
+                (Verdict::Deny, DecisionCode::ApprovalConsumed)
+            );
+            assert!(next.is_none(), "a consumed approval never changes again");
+        }
     }
 
     #[test]

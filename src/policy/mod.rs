@@ -199,6 +199,20 @@ pub struct Caller {
     pub key_id: String,
     pub tenant: String,
     pub role: Role,
+    /// Who the key speaks for: the keys of a tenant created with the same name are one
+    /// principal (a key and the keys that rotate it), a key without a name is its own. An
+    /// approval and its request id belong to the principal that asked.
+    pub principal: String,
+}
+
+impl Caller {
+    /// The principal of key `key_id`, named `name` (if it has a name).
+    pub fn principal_of(key_id: &str, name: Option<&str>) -> String {
+        match name {
+            Some(name) => format!("name:{name}"),
+            None => format!("key:{key_id}"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -291,8 +305,12 @@ pub struct Approval {
     pub expires_at: UnixMillis,
     /// The API key that asked for it (an agent sees only its own).
     pub created_by_key: String,
-    /// The request that consumed it; a retry of that request gets the same ALLOW.
+    /// The principal that asked for it ([`Caller::principal`]): only its keys may use it.
+    pub principal: String,
+    /// The request that consumed it (its one ALLOW).
     pub consumed_by_request: Option<String>,
+    /// When it was consumed.
+    pub consumed_at: Option<UnixMillis>,
 }
 
 /// Milliseconds since the Unix epoch: the one clock type of the domain.

@@ -6,12 +6,13 @@ pub(super) const EVENT_INSERT: &str = "INSERT INTO approval_events (tenant, appr
      state, required_roles, consumed_by_request, steps, created_at) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING";
 
-/// An approval's head: what never changes. Nothing is inserted when the request id already
-/// made one.
+/// An approval's head: what never changes. Nothing is inserted when the principal's request
+/// id already made one.
 pub(super) const HEAD_INSERT: &str = "INSERT INTO approvals (tenant, id, integration_id, tool_name, \
      arguments_json, arguments_sha256, requester_id, request_id, required_roles, created_at, \
-     expires_at, created_by_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
-     ON CONFLICT (tenant, request_id) DO NOTHING";
+     expires_at, created_by_key, principal) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+     ON CONFLICT (tenant, principal, request_id) DO NOTHING";
 
 /// Binds an approval event in [`EVENT_INSERT`]'s order.
 macro_rules! bind_event {
@@ -45,5 +46,6 @@ macro_rules! bind_head {
             .bind($a.created_at.0)
             .bind($a.expires_at.0)
             .bind(&$a.created_by_key)
+            .bind(&$a.principal)
     };
 }

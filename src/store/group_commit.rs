@@ -19,7 +19,7 @@
 use super::StoreError;
 use super::approval_sql::{EVENT_INSERT, HEAD_INSERT};
 use super::sqlite::Writer;
-use crate::policy::{Approval, UnixMillis};
+use crate::policy::Approval;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions, Connection, Row, SqliteConnection};
 use std::sync::Arc;
@@ -134,22 +134,23 @@ async fn commit_postgres(
 /// `$13` is the origin. Returns the (tenant, id) of each approval created.
 const CREATE_ROWS_PG: &str = "WITH head AS (INSERT INTO approvals (tenant, id, integration_id, \
      tool_name, arguments_json, arguments_sha256, requester_id, request_id, required_roles, \
-     created_at, expires_at, created_by_key) \
+     created_at, expires_at, created_by_key, principal) \
      SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
-     $6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[], $11::bigint[], $12::text[]) \
-     ON CONFLICT (tenant, request_id) DO NOTHING \
+     $6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[], $11::bigint[], $12::text[], \
+     $14::text[]) \
+     ON CONFLICT (tenant, principal, request_id) DO NOTHING \
      RETURNING tenant, id, required_roles, created_at), \
      version_0 AS (INSERT INTO approval_events (tenant, approval_id, version, origin, state, \
      required_roles, consumed_by_request, steps, created_at) \
      SELECT tenant, id, 0, $13, 'pending', required_roles, NULL, '[]', created_at FROM head) \
      SELECT tenant, id FROM head";
 
-/// The changes of a batch, over arrays (`$4` the origin, `$9` the time). Returns the
+/// The changes of a batch, over arrays (`$4` the origin). Returns the
 /// (tenant, approval, version) of each change written.
 const APPEND_ROWS_PG: &str = "INSERT INTO approval_events (tenant, approval_id, version, \
      origin, state, required_roles, consumed_by_request, steps, created_at) \
-     SELECT t, a, v, $4, s, r, c, st, $9 FROM unnest($1::text[], $2::text[], $3::bigint[], \
-     $5::text[], $6::text[], $7::text[], $8::text[]) AS u(t, a, v, s, r, c, st) \
+     SELECT t, a, v, $4, s, r, c, st, at FROM unnest($1::text[], $2::text[], $3::bigint[], \
+     $5::text[], $6::text[], $7::text[], $8::text[], $9::bigint[]) AS u(t, a, v, s, r, c, st, at) \
      ON CONFLICT DO NOTHING RETURNING tenant, approval_id, version";
 
 /// PostgreSQL: a batch is at most two statements over arrays (`unnest`), the creations and
@@ -163,14 +164,18 @@ async fn commit_pg_rows(connection: &mut PgConnection, origin: &str, batch: &[Jo
     let mut firsts = std::collections::HashSet::new();
     for (i, (write, _)) in batch.iter().enumerate() {
         let (kind, key) = match write {
-            ApprovalWrite::Create { tenant, approval } => {
-                (&mut creates, (tenant, &approval.request_id, -1))
-            }
+            ApprovalWrite::Create { tenant, approval } => (
+                &mut creates,
+                (tenant, &approval.request_id, -1, &approval.principal),
+            ),
             ApprovalWrite::Append {
                 tenant,
                 version,
                 approval,
-            } => (&mut appends, (tenant, &approval.id, *version)),
+            } => (
+                &mut appends,
+                (tenant, &approval.id, *version, &approval.principal),
+            ),
         };
         if firsts.insert(key) {
             kind.push(i);
@@ -244,6 +249,7 @@ async fn create_rows(
         .bind(int(|a| a.expires_at.0))
         .bind(text(|a| &a.created_by_key))
         .bind(origin)
+        .bind(text(|a| &a.principal))
         .fetch_all(&mut *tx)
         .await?;
     rows.iter()
@@ -258,7 +264,7 @@ async fn append_rows(
     which: &[usize],
 ) -> Result<std::collections::HashSet<(String, String, i64)>, StoreError> {
     let (mut tenants, mut ids, mut versions, mut states) = (vec![], vec![], vec![], vec![]);
-    let (mut roles, mut consumers, mut steps) = (vec![], vec![], vec![]);
+    let (mut roles, mut consumers, mut steps, mut times) = (vec![], vec![], vec![], vec![]);
     for &i in which {
         let ApprovalWrite::Append {
             tenant,
@@ -275,6 +281,7 @@ async fn append_rows(
         roles.push(super::rows::roles_to_text(&a.required_roles));
         consumers.push(a.consumed_by_request.clone());
         steps.push(super::rows::steps_to_json(&a.steps));
+        times.push(super::rows::change_time(a));
     }
     if versions.is_empty() {
         return Ok(Default::default());
@@ -288,7 +295,7 @@ async fn append_rows(
         .bind(roles)
         .bind(consumers)
         .bind(steps)
-        .bind(UnixMillis::now().0)
+        .bind(times)
         .fetch_all(&mut *tx)
         .await?;
     rows.iter()
@@ -330,9 +337,9 @@ async fn commit_sqlite(connection: &mut SqliteConnection, origin: &str, batch: &
                 version,
                 approval,
             } => {
-                let now = UnixMillis::now().0;
+                let at = super::rows::change_time(approval);
                 let query = sqlx::query(EVENT_INSERT);
-                let event = bind_event!(query, tenant, *version, origin, approval, now);
+                let event = bind_event!(query, tenant, *version, origin, approval, at);
                 event
                     .execute(&mut *tx)
                     .await

@@ -111,6 +111,8 @@ pub struct KeyInfo {
     pub id: String,
     pub tenant: String,
     pub role: Role,
+    /// Keys of a tenant with the same name are one principal (`keys create --name`).
+    pub name: Option<String>,
     pub created_at: i64,
     pub revoked_at: Option<i64>,
 }
@@ -168,8 +170,6 @@ pub struct TenantTools {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApprovalQuery {
     pub state: Option<ApprovalState>,
-    /// Only approvals asked for by this key (an agent's view).
-    pub created_by_key: Option<String>,
     /// Only approvals made before this one of the tenant (from a page token).
     pub before_id: Option<String>,
     pub limit: u32,
@@ -309,6 +309,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         tenant: &str,
         role: Role,
         secret_sha256: &str,
+        name: Option<&str>,
     ) -> Result<(), StoreError>;
     async fn list_keys(&self) -> Result<Vec<KeyInfo>, StoreError>;
     /// False when no such key exists or it was already revoked.

@@ -33,6 +33,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "indexes",
         include_str!("../../migrations/postgres/0003_indexes.sql"),
     ),
+    (
+        4,
+        "principals",
+        include_str!("../../migrations/postgres/0004_principals.sql"),
+    ),
 ];
 
 /// The channel a Save notifies, with `<revision>@<unix ms> <tenant>` as payload.
@@ -190,7 +195,8 @@ macro_rules! feed_page {
             "SELECT e.xid::text AS xid, e.tenant, e.version, h.seq, h.id, e.state, ",
             "h.integration_id, h.tool_name, h.arguments_json, h.arguments_sha256, ",
             "h.requester_id, h.request_id, e.required_roles, h.created_at, h.expires_at, ",
-            "h.created_by_key, e.consumed_by_request, e.steps ",
+            "h.created_by_key, h.principal, e.consumed_by_request, e.steps, ",
+            "e.created_at AS updated_at ",
             "FROM approval_events e CROSS JOIN LATERAL (SELECT * FROM approvals a ",
             "WHERE a.tenant = e.tenant AND a.id = e.approval_id LIMIT 1) h ",
             "WHERE e.xid >= $1::text::xid8 AND e.origin <> $2",

@@ -65,7 +65,7 @@ pub(crate) const TOOL_COLUMNS: &str = "integration_id, name, description, input_
 /// `consumed_by_request` and the `steps` as JSON).
 pub(crate) const APPROVAL_COLUMNS: &str = "seq, id, state, integration_id, tool_name, \
      arguments_json, arguments_sha256, requester_id, request_id, required_roles, created_at, \
-     expires_at, created_by_key, consumed_by_request, steps, version";
+     expires_at, created_by_key, principal, consumed_by_request, steps, version, updated_at";
 
 pub(crate) fn tool_from_row<R: Cols>(row: &R, revision: u64) -> Result<Tool, StoreError> {
     let policy: String = row.text("policy")?;
@@ -152,8 +152,19 @@ pub(crate) fn approval_from_row<R: Cols>(row: &R) -> Result<Approval, StoreError
         created_at: UnixMillis(row.int("created_at")?),
         expires_at: UnixMillis(row.int("expires_at")?),
         created_by_key: row.text("created_by_key")?,
+        principal: row.text("principal")?,
         consumed_by_request: row.opt_text("consumed_by_request")?,
+        // The latest event's time, which for a consumed approval is its consumption.
+        consumed_at: (state == "consumed")
+            .then(|| row.int("updated_at").map(UnixMillis))
+            .transpose()?,
     })
+}
+
+/// When a change to an approval happened: its consumption (so that a consumed approval
+/// reads back the time its ALLOW was given), or now.
+pub(crate) fn change_time(a: &Approval) -> i64 {
+    a.consumed_at.unwrap_or_else(UnixMillis::now).0
 }
 
 /// A page of approvals from rows fetched with one more than `limit`, and the id of the last
@@ -185,11 +196,14 @@ pub(crate) fn person_from_row<R: Cols>(row: &R) -> Result<Person, StoreError> {
     })
 }
 
-/// A key row (`id, tenant, role`) as the caller it stands for.
+/// A key row (`id, tenant, role, name`) as the caller it stands for.
 pub(crate) fn caller_from_row<R: Cols>(row: &R) -> Result<Caller, StoreError> {
     let role: String = row.text("role")?;
+    let key_id = row.text("id")?;
+    let name = row.opt_text("name")?;
     Ok(Caller {
-        key_id: row.text("id")?,
+        principal: Caller::principal_of(&key_id, name.as_deref()),
+        key_id,
         tenant: row.text("tenant")?,
         role: Role::parse(&role).ok_or_else(|| corrupt("role", &role))?,
     })

@@ -269,6 +269,7 @@ fn key_info<R: Cols>(row: &R) -> Result<KeyInfo, StoreError> {
         id: row.text("id")?,
         tenant: row.text("tenant")?,
         role: Role::parse(&role).ok_or_else(|| corrupt("role", &role))?,
+        name: row.opt_text("name")?,
         created_at: row.int("created_at")?,
         revoked_at: row.opt_int("revoked_at")?,
     })
@@ -324,6 +325,7 @@ impl Store for SqlStore {
         tenant: &str,
         role: Role,
         secret_sha256: &str,
+        name: Option<&str>,
     ) -> Result<(), StoreError> {
         let work = async {
             on_pool!(self, write, |pool| async {
@@ -333,14 +335,15 @@ impl Store for SqlStore {
                     .execute(&mut *tx)
                     .await?;
                 sqlx::query(
-                    "INSERT INTO api_keys (id, tenant, role, secret_sha256, created_at) \
-                 VALUES ($1, $2, $3, $4, $5)",
+                    "INSERT INTO api_keys (id, tenant, role, secret_sha256, created_at, name) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
                 )
                 .bind(id)
                 .bind(tenant)
                 .bind(role.as_str())
                 .bind(secret_sha256)
                 .bind(UnixMillis::now().0)
+                .bind(name)
                 .execute(&mut *tx)
                 .await?;
                 if let Some(notify) = self.notify_sql() {
@@ -355,7 +358,7 @@ impl Store for SqlStore {
     }
 
     async fn list_keys(&self) -> Result<Vec<KeyInfo>, StoreError> {
-        let sql = "SELECT id, tenant, role, created_at, revoked_at FROM api_keys \
+        let sql = "SELECT id, tenant, role, name, created_at, revoked_at FROM api_keys \
                    ORDER BY tenant, created_at, id";
         let work = async {
             on_pool!(self, read, |pool| async {
@@ -389,7 +392,7 @@ impl Store for SqlStore {
     }
 
     async fn caller_by_secret(&self, secret_sha256: &str) -> Result<Option<Caller>, StoreError> {
-        let sql = "SELECT id, tenant, role FROM api_keys \
+        let sql = "SELECT id, tenant, role, name FROM api_keys \
                    WHERE secret_sha256 = $1 AND revoked_at IS NULL";
         let work = async {
             on_pool!(self, read, |pool| async {
@@ -404,7 +407,8 @@ impl Store for SqlStore {
     }
 
     async fn live_keys(&self) -> Result<Vec<(String, Caller)>, StoreError> {
-        let sql = "SELECT secret_sha256, id, tenant, role FROM api_keys WHERE revoked_at IS NULL";
+        let sql =
+            "SELECT secret_sha256, id, tenant, role, name FROM api_keys WHERE revoked_at IS NULL";
         let work = async {
             on_pool!(self, read, |pool| async {
                 let rows = sqlx::query(sql).fetch_all(pool).await?;
@@ -684,11 +688,16 @@ impl Store for SqlStore {
             if created {
                 return Ok(Inserted::New(a.clone()));
             }
-            // The request id's approval is committed (the conflict waited for it).
-            let sql = approval_by("request_id");
+            // The principal's approval for this request id is committed (the conflict
+            // waited for it).
+            let sql = format!(
+                "SELECT {APPROVAL_COLUMNS} FROM approval_current \
+                 WHERE tenant = $1 AND principal = $2 AND request_id = $3"
+            );
             let existing = on_pool!(self, read, |pool| async {
                 let query = sqlx::query(sqlx::AssertSqlSafe(sql))
                     .bind(tenant)
+                    .bind(&a.principal)
                     .bind(&a.request_id);
                 approval_from_row(&query.fetch_one(pool).await?)
             })?;
@@ -716,8 +725,8 @@ impl Store for SqlStore {
     ) -> Result<(Vec<Approval>, Option<String>), StoreError> {
         let sql = format!(
             "SELECT {APPROVAL_COLUMNS} FROM approval_current WHERE tenant = $3 AND {} \
-             AND ($4 IS NULL OR created_by_key = $4) AND ($5 IS NULL OR seq < (SELECT b.seq FROM approvals b WHERE b.tenant = $3 AND b.id = $5)) \
-             ORDER BY seq DESC LIMIT $6",
+             AND ($4 IS NULL OR seq < (SELECT b.seq FROM approvals b WHERE b.tenant = $3 AND b.id = $4)) \
+             ORDER BY seq DESC LIMIT $5",
             state_clause(q.state)
         );
         let work = async {
@@ -726,7 +735,6 @@ impl Store for SqlStore {
                     .bind(q.state.map(|s| s.as_str()))
                     .bind(q.now)
                     .bind(tenant)
-                    .bind(q.created_by_key.as_deref())
                     .bind(q.before_id.as_deref())
                     .bind(i64::from(q.limit) + 1)
                     .fetch_all(pool)

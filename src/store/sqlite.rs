@@ -31,6 +31,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "indexes",
         include_str!("../../migrations/sqlite/0003_indexes.sql"),
     ),
+    (
+        4,
+        "principals",
+        include_str!("../../migrations/sqlite/0004_principals.sql"),
+    ),
 ];
 
 /// The one writer connection.

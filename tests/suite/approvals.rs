@@ -44,17 +44,23 @@ async fn technician_approval_allows_the_exact_call_once() {
         verdict(&go),
         (Verdict::Allow, DecisionCode::ApprovalGranted)
     );
-    assert_eq!(
-        go.approval.unwrap().state,
-        pb::ApprovalState::Consumed as i32
-    );
-    // A retry of the same request gets the same answer; any other request is refused.
+    let consumed = go.approval.unwrap();
+    assert_eq!(consumed.state, pb::ApprovalState::Consumed as i32);
+    // One ALLOW, ever: a retry of the same request is refused too, and the approval says
+    // that this request consumed it, and when (so a backend whose ALLOW was lost can tell).
     let retry = app
         .decide_ok(with_approval(ask("add_user_to_group", ARGS, "r1"), &a.id))
         .await;
     assert_eq!(
         verdict(&retry),
-        (Verdict::Allow, DecisionCode::ApprovalGranted)
+        (Verdict::Deny, DecisionCode::ApprovalConsumed)
+    );
+    let shown = retry.approval.expect("the consumed approval");
+    assert_eq!(shown.consumed_by_request_id, "r1");
+    assert!(shown.consumed_at.is_some(), "{shown:?}");
+    assert_eq!(
+        shown.consumed_at, consumed.consumed_at,
+        "stored as answered"
     );
     let replay = app
         .decide_ok(with_approval(ask("add_user_to_group", ARGS, "r2"), &a.id))

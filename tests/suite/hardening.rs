@@ -286,3 +286,115 @@ async fn revoking_a_key_ends_its_open_streams_with_unauthenticated() {
         .expect_err("approvals");
     assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
 }
+
+/// Issue item 2: a second agent key of the tenant, with the first key's request_id or
+/// approval_id, neither sees nor uses the approval; the first key's one ALLOW stays its own.
+#[tokio::test]
+async fn another_agent_key_neither_sees_nor_uses_an_approval() {
+    use toolgate::proto::v1 as pb;
+    let app = spawn_app().await;
+    app.connect_sample().await;
+    app.sample_people().await;
+    let other = app.mint("acme", toolgate::policy::Role::Agent).await;
+    let args = r#"{"group":"admins","user":"bob"}"#;
+    let asked = app.decide_ok(ask("add_user_to_group", args, "r1")).await;
+    let approval = asked.approval.expect("approval");
+
+    // Its id: NOT_FOUND on Decide and on GetApproval, with nothing of the approval.
+    let by_id = with_approval(ask("add_user_to_group", "{}", "x1"), &approval.id);
+    let status = app
+        .decide(&other, by_id)
+        .await
+        .expect_err("not the other's");
+    assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
+    assert!(!status.message().contains("bob"), "{status:?}");
+    let get = pb::GetApprovalRequest {
+        approval_id: approval.id.clone(),
+    };
+    let status = app
+        .client
+        .clone()
+        .get_approval(with_key(&other, get))
+        .await
+        .expect_err("not the other's");
+    assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
+
+    // Its request_id: a request of the other key's own (a new approval), not a view of the
+    // first key's (which answered APPROVAL_MISMATCH with the whole approval attached).
+    let squat = app
+        .decide(&other, ask("add_user_to_group", "{}", "r1"))
+        .await
+        .expect("decide");
+    assert_eq!(
+        verdict(&squat),
+        (Verdict::PendingApproval, DecisionCode::ApprovalRequired)
+    );
+    let theirs = squat.approval.expect("its own approval");
+    assert_ne!(theirs.id, approval.id);
+    assert_eq!(theirs.arguments_json, "{}");
+
+    // Approved, the first key's approval gives its one ALLOW to the first key only.
+    app.submit(&approval.id, pb::ApproverRole::Technician, "tech", true)
+        .await
+        .expect("approve");
+    let stolen = with_approval(ask("add_user_to_group", args, "r1"), &approval.id);
+    let status = app
+        .decide(&other, stolen)
+        .await
+        .expect_err("not the other's");
+    assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
+    let go = app
+        .decide_ok(with_approval(
+            ask("add_user_to_group", args, "r1"),
+            &approval.id,
+        ))
+        .await;
+    assert_eq!(
+        verdict(&go),
+        (Verdict::Allow, DecisionCode::ApprovalGranted)
+    );
+}
+
+/// Keys created with the same name are one principal: the key that rotates another uses
+/// the approvals the other asked for. Another name is another principal.
+#[tokio::test]
+async fn keys_with_the_same_name_are_one_principal() {
+    use toolgate::policy::Role;
+    use toolgate::proto::v1 as pb;
+    let app = spawn_app().await;
+    app.connect_sample().await;
+    app.sample_people().await;
+    let old = app.mint_named("acme", Role::Agent, Some("helpdesk")).await;
+    let new = app.mint_named("acme", Role::Agent, Some("helpdesk")).await;
+    let stranger = app.mint_named("acme", Role::Agent, Some("billing")).await;
+    let args = r#"{"group":"admins","user":"bob"}"#;
+    let asked = app
+        .decide(&old, ask("add_user_to_group", args, "r1"))
+        .await
+        .expect("decide");
+    let approval = asked.approval.expect("approval");
+    app.submit(&approval.id, pb::ApproverRole::Technician, "tech", true)
+        .await
+        .expect("approve");
+    let with_it = || with_approval(ask("add_user_to_group", args, "r1"), &approval.id);
+    let status = app
+        .decide(&stranger, with_it())
+        .await
+        .expect_err("another name");
+    assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
+    let go = app.decide(&new, with_it()).await.expect("decide");
+    assert_eq!(
+        verdict(&go),
+        (Verdict::Allow, DecisionCode::ApprovalGranted)
+    );
+    // The old key, one principal with the new, sees that its ALLOW was given.
+    let again = app.decide(&old, with_it()).await.expect("decide");
+    assert_eq!(
+        verdict(&again),
+        (Verdict::Deny, DecisionCode::ApprovalConsumed)
+    );
+    assert_eq!(
+        again.approval.expect("approval").consumed_by_request_id,
+        "r1"
+    );
+}

@@ -105,9 +105,20 @@ async fn start(
 }
 
 pub async fn mint(store: &impl Store, tenant: &str, role: Role) -> String {
+    mint_named(store, tenant, role, None).await
+}
+
+/// A key with a name (`keys create --name`): keys of a tenant with the same name are one
+/// principal.
+pub async fn mint_named(
+    store: &impl Store,
+    tenant: &str,
+    role: Role,
+    name: Option<&str>,
+) -> String {
     let key = toolgate::keys::generate().expect("randomness");
     store
-        .create_key(&key.id, tenant, role, &key.secret_sha256)
+        .create_key(&key.id, tenant, role, &key.secret_sha256, name)
         .await
         .expect("create key");
     key.token
@@ -151,10 +162,15 @@ impl TestApp {
 
     /// Mints a key of another tenant (or this one) while the server runs.
     pub async fn mint(&self, tenant: &str, role: Role) -> String {
+        self.mint_named(tenant, role, None).await
+    }
+
+    /// Mints a named key while the server runs.
+    pub async fn mint_named(&self, tenant: &str, role: Role, name: Option<&str>) -> String {
         let store = toolgate::server::open_store(&self.config)
             .await
             .expect("open store");
-        mint(&store, tenant, role).await
+        mint_named(&store, tenant, role, name).await
     }
 
     pub async fn connect(

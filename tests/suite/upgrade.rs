@@ -63,8 +63,9 @@ fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
-/// Approvals in every state, as schema 1 kept them: a mutable row and a steps table.
-fn schema_one_approvals() -> String {
+/// Approvals in every state, as schema 1 kept them: a mutable row and a steps table; asked
+/// for by the agent key `old_key`.
+fn schema_one_approvals(old_key: &toolgate::keys::NewKey) -> String {
     let args = canonical::parse_arguments(ARGS, 1 << 16).expect("arguments");
     let canon = canonical::canonical_arguments(&args);
     let (now, far) = (now_ms(), now_ms() + 3_600_000);
@@ -77,13 +78,15 @@ fn schema_one_approvals() -> String {
         };
         format!(
             "('acme', '{id}', '{state}', 'entra', 'reset_password', '{}', '{}', 'alice', \
-             '{request}', 'technician', {now}, {expires}, 'key_old', {consumed}, {now}{version})",
-            canon.canonical, canon.sha256
+             '{request}', 'technician', {now}, {expires}, '{}', {consumed}, {now}{version})",
+            canon.canonical, canon.sha256, old_key.id
         )
     };
     let version_column = if postgres { ", version" } else { "" };
     let mut sql = format!(
         "INSERT INTO tenants (id, revision) VALUES ('acme', 0);
+         INSERT INTO api_keys (id, tenant, role, secret_sha256, created_at)
+         VALUES ('{}', 'acme', 'agent', '{}', 1);
          INSERT INTO people (tenant, id, display_name, email, manager_id, technician, updated_at)
          VALUES ('acme', 'alice', 'Alice', 'alice@example.com', 'mgr', FALSE, 1),
                 ('acme', 'tech', 'Tech', 'tech@example.com', '', TRUE, 1),
@@ -96,6 +99,8 @@ fn schema_one_approvals() -> String {
          VALUES ('acme', 'apr_approved', 'technician', 'tech', TRUE, 'ok', {now}),
                 ('acme', 'apr_consumed', 'technician', 'tech', TRUE, 'fine', {now}),
                 ('acme', 'apr_denied', 'technician', 'tech', FALSE, 'no', {now});",
+        old_key.id,
+        old_key.secret_sha256,
         row("apr_pending", "pending", "req-p", far, "NULL", 0),
         row("apr_approved", "approved", "req-a", far, "NULL", 1),
         row("apr_consumed", "consumed", "req-c", far, "'req-c'", 2),
@@ -143,7 +148,8 @@ async fn listed_ids(app: &TestApp) -> Vec<String> {
 async fn approvals_written_before_approvals_became_append_only_keep_their_state_and_work_on() {
     let db = fresh_database().await;
     migrate_to(&db.url, 1).await;
-    execute(&db.url, &schema_one_approvals()).await;
+    let old_key = toolgate::keys::generate().expect("random");
+    execute(&db.url, &schema_one_approvals(&old_key)).await;
 
     // Opening the store runs migration 2. The approval that expired meanwhile is found by
     // the first sweep, once.
@@ -219,23 +225,34 @@ async fn approvals_written_before_approvals_became_append_only_keep_their_state_
         "newest first, as before"
     );
 
-    // Each goes on as its state says.
+    // Each belongs to the key that asked for it (migration 4): another agent key of the
+    // tenant does not find it.
     let call = |request: &str, id: &str| with_approval(ask("reset_password", ARGS, request), id);
+    let status = app
+        .decide(&app.agent, call("req-a", "apr_approved"))
+        .await
+        .expect_err("another key's approval");
+    assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
+    // Each goes on as its state says, for the key that asked.
+    let old = |request: &str, id: &str| {
+        let (app, token, req) = (&app, old_key.token.clone(), call(request, id));
+        async move { verdict(&app.decide(&token, req).await.expect("decide")) }
+    };
     assert_eq!(
-        verdict(&app.decide_ok(call("req-a", "apr_approved")).await),
+        old("req-a", "apr_approved").await,
         (Verdict::Allow, DecisionCode::ApprovalGranted)
     );
     assert_eq!(
-        verdict(&app.decide_ok(call("req-c", "apr_consumed")).await),
-        (Verdict::Allow, DecisionCode::ApprovalGranted),
-        "a retry by the request that consumed it"
+        old("req-c", "apr_consumed").await,
+        (Verdict::Deny, DecisionCode::ApprovalConsumed),
+        "one ALLOW ever, also for a retry by the request that consumed it"
     );
     assert_eq!(
-        verdict(&app.decide_ok(call("req-x", "apr_consumed")).await),
+        old("req-x", "apr_consumed").await,
         (Verdict::Deny, DecisionCode::ApprovalConsumed)
     );
     assert_eq!(
-        verdict(&app.decide_ok(call("req-d", "apr_denied")).await),
+        old("req-d", "apr_denied").await,
         (Verdict::Deny, DecisionCode::ApprovalDenied)
     );
     let approved = app
@@ -244,11 +261,11 @@ async fn approvals_written_before_approvals_became_append_only_keep_their_state_
         .expect("approve");
     assert_eq!(approved.state, pb::ApprovalState::Approved as i32);
     assert_eq!(
-        verdict(&app.decide_ok(call("req-p", "apr_pending")).await),
+        old("req-p", "apr_pending").await,
         (Verdict::Allow, DecisionCode::ApprovalGranted)
     );
     assert_eq!(
-        verdict(&app.decide_ok(call("req-y", "apr_pending")).await),
+        old("req-y", "apr_pending").await,
         (Verdict::Deny, DecisionCode::ApprovalConsumed)
     );
     // A new approval comes after every old one.

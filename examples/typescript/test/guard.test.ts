@@ -175,7 +175,7 @@ test("changed arguments under the same request id are refused", async () => {
   assert.deepEqual(tool.runs, []);
 });
 
-test("a consumed approval allows only the request that used it", async () => {
+test("a consumed approval gives one ALLOW, ever", async () => {
   const env = await start();
   const tool = new FakeTool();
   const pending = new Pending();
@@ -202,10 +202,15 @@ test("a consumed approval allows only the request that used it", async () => {
     bearer(env.agentKey),
   );
   assert.equal(decisionCode(other.code), "APPROVAL_CONSUMED");
-  // ... while a retry of the consuming request is answered ALLOW again: whether to run the
-  // tool a second time is the backend's decision (see docs/integrating.md).
-  await guard.call("entra", "add_user_to_group", ADD, "alice", tool.run, { requestId: "req-once" });
-  assert.equal(tool.runs.length, 2);
+  // ... and so is a retry of the consuming request: one approval, one ALLOW, ever. The
+  // reason says it was this request that had it (see docs/integrating.md).
+  const again = await rejectsWith(
+    guard.call("entra", "add_user_to_group", ADD, "alice", tool.run, { requestId: "req-once" }),
+    ToolDenied,
+  );
+  assert.equal(again.code, "APPROVAL_CONSUMED");
+  assert.match(again.reason, /by this request_id/);
+  assert.equal(tool.runs.length, 1);
 });
 
 test("an expired approval rejects with APPROVAL_EXPIRED", async () => {
