@@ -1,16 +1,31 @@
-//! Prometheus metrics, served as text on their own port at `/metrics`.
+//! Prometheus metrics through `prometheus-client`, served as text on their own port at
+//! `/metrics`.
 //!
 //! Every label set is closed (verdicts, decision codes, approval events, store operations,
-//! gRPC codes), so each series is a plain atomic in a fixed array: recording one costs a
-//! relaxed add on the Decide path, with no map or lock. No tenant, tool, key or argument
-//! ever becomes a label.
+//! gRPC codes, the RPC methods this server has), so each series is resolved once, when
+//! [`Metrics`] is made, and its handle kept in a fixed array: counting is a relaxed atomic
+//! add on the Decide path, with no family look-up or lock. (A histogram observation takes
+//! the histogram's own short mutex; that is how `prometheus-client` keeps buckets, sum and
+//! count consistent.) No tenant, tool, key or argument ever becomes a label.
+
+#[cfg(target_os = "linux")]
+mod process;
 
 use crate::policy::decide::{DecisionCode, Verdict};
 use crate::policy::{Approval, ApprovalState};
 use crate::store::StoreOp;
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use prometheus_client::encoding::prometheus_text;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
+
+/// A closed label set: label names and values are all written in this file.
+type Labels<const N: usize> = [(&'static str, &'static str); N];
 
 const VERDICTS: [(Verdict, &str); 3] = [
     (Verdict::Allow, "ALLOW"),
@@ -51,6 +66,28 @@ const GRPC_CODES: [&str; 17] = [
     "UNAVAILABLE",
     "DATA_LOSS",
     "UNAUTHENTICATED",
+];
+
+/// gRPC status codes by number as go-grpc-prometheus names them (grpc-go's
+/// `codes.Code.String()`), for `grpc_server_handled_total{grpc_code}`.
+const GO_GRPC_CODES: [&str; 17] = [
+    "OK",
+    "Canceled",
+    "Unknown",
+    "InvalidArgument",
+    "DeadlineExceeded",
+    "NotFound",
+    "AlreadyExists",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "FailedPrecondition",
+    "Aborted",
+    "OutOfRange",
+    "Unimplemented",
+    "Internal",
+    "Unavailable",
+    "DataLoss",
+    "Unauthenticated",
 ];
 
 /// What happened to an approval: the label of `toolgate_approval_events_total`.
@@ -110,7 +147,7 @@ pub enum Watch {
     Approvals = 1,
 }
 
-const WATCHES: [(Watch, &str); 2] = [(Watch::Config, "config"), (Watch::Approvals, "approvals")];
+const WATCHES: [&str; 2] = ["config", "approvals"];
 
 /// What a shed request was: the label of `toolgate_shed_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,50 +156,91 @@ pub enum Shed {
     Watch = 1,
 }
 
-/// A histogram with fixed upper bounds, in seconds.
-#[derive(Debug)]
-pub struct Histogram {
-    bounds: &'static [f64],
-    /// Per bucket (not cumulative), plus one for +Inf.
-    counts: Box<[AtomicU64]>,
-    sum_nanos: AtomicU64,
+const SHEDS: [&str; 2] = ["request", "watch"];
+
+/// The kind of an RPC: the `grpc_type` label, with go-grpc-prometheus' values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RpcType {
+    Unary,
+    ClientStream,
+    ServerStream,
+    BidiStream,
 }
 
-impl Histogram {
-    fn new(bounds: &'static [f64]) -> Self {
-        Histogram {
-            bounds,
-            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
-            sum_nanos: AtomicU64::new(0),
+impl RpcType {
+    fn as_str(self) -> &'static str {
+        match self {
+            RpcType::Unary => "unary",
+            RpcType::ClientStream => "client_stream",
+            RpcType::ServerStream => "server_stream",
+            RpcType::BidiStream => "bidi_stream",
         }
     }
+}
 
-    pub fn observe(&self, elapsed: Duration) {
-        let secs = elapsed.as_secs_f64();
-        let i = self
-            .bounds
-            .iter()
-            .position(|&b| secs <= b)
-            .unwrap_or(self.bounds.len());
-        self.counts[i].fetch_add(1, Relaxed);
-        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
-        self.sum_nanos.fetch_add(nanos, Relaxed);
+/// Every RPC this server answers: (type, service, method). These are the only values of
+/// `grpc_service` and `grpc_method` besides `unknown`, which counts every other path, so a
+/// caller cannot make new series by calling made-up methods.
+pub const RPC_METHODS: [(RpcType, &str, &str); 14] = {
+    use RpcType::{BidiStream, ServerStream, Unary};
+    const POLICY: &str = "toolgate.v1.PolicyService";
+    [
+        (Unary, POLICY, "ConnectIntegration"),
+        (Unary, POLICY, "ListTools"),
+        (Unary, POLICY, "SetPolicy"),
+        (Unary, POLICY, "UpsertPeople"),
+        (Unary, POLICY, "Decide"),
+        (Unary, POLICY, "SubmitApproval"),
+        (Unary, POLICY, "GetApproval"),
+        (Unary, POLICY, "ListApprovals"),
+        (ServerStream, POLICY, "WatchConfig"),
+        (ServerStream, POLICY, "WatchApprovals"),
+        (Unary, "grpc.health.v1.Health", "Check"),
+        (ServerStream, "grpc.health.v1.Health", "Watch"),
+        (
+            BidiStream,
+            "grpc.reflection.v1.ServerReflection",
+            "ServerReflectionInfo",
+        ),
+        (
+            BidiStream,
+            "grpc.reflection.v1alpha.ServerReflection",
+            "ServerReflectionInfo",
+        ),
+    ]
+};
+
+/// An RPC method by its place in [`RPC_METHODS`]; one past the end is `unknown`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RpcMethod(usize);
+
+impl RpcMethod {
+    /// Every path that names no method of [`RPC_METHODS`].
+    pub const UNKNOWN: RpcMethod = RpcMethod(RPC_METHODS.len());
+
+    /// The method a request path (`/package.Service/Method`) names.
+    pub fn of_path(path: &str) -> RpcMethod {
+        path.strip_prefix('/')
+            .and_then(|p| p.split_once('/'))
+            .and_then(|(service, method)| {
+                RPC_METHODS
+                    .iter()
+                    .position(|(_, s, m)| *s == service && *m == method)
+            })
+            .map_or(RpcMethod::UNKNOWN, RpcMethod)
     }
 
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        header(out, name, help, "histogram");
-        let mut cumulative = 0;
-        for (i, count) in self.counts.iter().enumerate() {
-            cumulative += count.load(Relaxed);
-            let le = match self.bounds.get(i) {
-                Some(b) => format_float(*b),
-                None => "+Inf".to_owned(),
-            };
-            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
-        }
-        let sum = self.sum_nanos.load(Relaxed) as f64 / 1e9;
-        let _ = writeln!(out, "{name}_sum {}", format_float(sum));
-        let _ = writeln!(out, "{name}_count {cumulative}");
+    /// Its `grpc_type`, `grpc_service` and `grpc_method` labels.
+    fn labels(self) -> Labels<3> {
+        let (kind, service, method) = match RPC_METHODS.get(self.0) {
+            Some((kind, service, method)) => (kind.as_str(), *service, *method),
+            None => ("unknown", "unknown", "unknown"),
+        };
+        [
+            ("grpc_type", kind),
+            ("grpc_service", service),
+            ("grpc_method", method),
+        ]
     }
 }
 
@@ -173,23 +251,55 @@ const LATENCY_BOUNDS: &[f64] = &[
 const PROPAGATION_BOUNDS: &[f64] = &[
     0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
+/// Prometheus' default buckets (go-grpc-prometheus uses them), with finer ones below 5ms
+/// where unary calls of this server fall.
+const RPC_BOUNDS: &[f64] = &[
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
 
-/// Counters and gauges of one server.
+fn rpc_histogram() -> Histogram {
+    Histogram::new(RPC_BOUNDS.iter().copied())
+}
+
+/// The `grpc_server_*` series of one RPC method.
+#[derive(Debug)]
+struct RpcSeries {
+    started: Counter,
+    /// By gRPC status code.
+    handled: [Counter; GO_GRPC_CODES.len()],
+    seconds: Histogram,
+}
+
+/// Counters, gauges and histograms of one server, and the registry that exposes them.
 #[derive(Debug)]
 pub struct Metrics {
-    backend: &'static str,
-    decisions: [[AtomicU64; CODES.len()]; VERDICTS.len()],
-    decide_errors: [AtomicU64; GRPC_CODES.len()],
+    registry: Registry,
+    /// Each verdict's natural codes are resolved at start; any other pair on its first
+    /// occurrence, so pairs that never occur are not shown.
+    decisions: [[OnceLock<Counter>; CODES.len()]; VERDICTS.len()],
+    decisions_family: Family<Labels<2>, Counter>,
+    /// By gRPC code; `OK` (never an error) is counted nowhere.
+    decide_errors: [Counter; GRPC_CODES.len()],
     pub decide_seconds: Histogram,
-    approvals: [AtomicU64; ApprovalEvent::ALL.len()],
-    watch_open: [AtomicI64; WATCHES.len()],
-    watch_total: std::sync::atomic::AtomicUsize,
-    watch_resets: [AtomicU64; WATCHES.len()],
-    shed: [AtomicU64; 2],
+    approvals: [Counter; ApprovalEvent::ALL.len()],
+    watch_open: [Gauge; WATCHES.len()],
+    watch_total: AtomicUsize,
+    watch_resets: [Counter; WATCHES.len()],
+    shed: [Counter; SHEDS.len()],
     pub propagation_seconds: Histogram,
-    revisions_followed: AtomicU64,
-    store_errors: [[AtomicU64; 2]; StoreOp::ALL.len()],
+    revisions_followed: Counter,
+    /// By operation, then `unavailable` / `other`.
+    store_errors: [[Counter; 2]; StoreOp::ALL.len()],
     pub store_seconds: Histogram,
+    /// By [`RpcMethod`], the last one `unknown`.
+    rpcs: Box<[RpcSeries]>,
+    /// Set at scrape time from [`Gauges`].
+    serving: Gauge,
+    tenants: Gauge<u64, AtomicU64>,
+    tools: Gauge<u64, AtomicU64>,
+    revision_sum: Gauge<u64, AtomicU64>,
+    staleness_seconds: Gauge<f64, AtomicU64>,
     /// Unix milliseconds of the follower's last successful read of the database.
     last_db_ok_ms: AtomicU64,
 }
@@ -203,26 +313,181 @@ pub struct Gauges {
     pub serving: bool,
 }
 
-fn zeros<const N: usize>() -> [AtomicU64; N] {
-    std::array::from_fn(|_| AtomicU64::new(0))
+/// A family of `M` with one label, its handles resolved for each of `values`.
+fn one_label<M, const N: usize>(
+    label: &'static str,
+    values: [&'static str; N],
+) -> (Family<Labels<1>, M>, [M; N])
+where
+    M: prometheus_client::metrics::TypedMetric + Clone + Default,
+{
+    let family = Family::<Labels<1>, M>::default();
+    let handles = values.map(|value| family.get_or_create_owned(&[(label, value)]));
+    (family, handles)
 }
 
 impl Metrics {
     pub fn new(backend: &'static str) -> Self {
+        let mut r = Registry::default();
+
+        let build_info = Family::<Labels<2>, Gauge>::default();
+        build_info
+            .get_or_create(&[("version", env!("CARGO_PKG_VERSION")), ("backend", backend)])
+            .set(1);
+        r.register(
+            "toolgate_build_info",
+            "Build of this server; the value is 1",
+            build_info,
+        );
+        let serving = Gauge::default();
+        r.register(
+            "toolgate_serving",
+            "1 while health is SERVING, 0 while loading, in a database outage or draining",
+            serving.clone(),
+        );
+
+        let decisions_family = Family::<Labels<2>, Counter>::default();
+        let decisions: [[OnceLock<Counter>; CODES.len()]; VERDICTS.len()] = Default::default();
+        for (v, (verdict, vname)) in VERDICTS.iter().enumerate() {
+            for (c, (code, cname)) in CODES.iter().enumerate() {
+                if natural_verdict(*code) == *verdict {
+                    let counter = decisions_family
+                        .get_or_create_owned(&[("verdict", vname), ("code", cname)]);
+                    let _ = decisions[v][c].set(counter);
+                }
+            }
+        }
+        r.register(
+            "toolgate_decisions",
+            "Decide answers by verdict and code",
+            decisions_family.clone(),
+        );
+        let errors = Family::<Labels<1>, Counter>::default();
+        let decide_errors = std::array::from_fn(|i| match i {
+            0 => Counter::default(),
+            _ => errors.get_or_create_owned(&[("grpc_code", GRPC_CODES[i])]),
+        });
+        r.register(
+            "toolgate_decide_errors",
+            "Decide calls answered with an error status instead of a decision",
+            errors,
+        );
+        let decide_seconds = Histogram::new(LATENCY_BOUNDS.iter().copied());
+        r.register(
+            "toolgate_decide_duration_seconds",
+            "Time to answer a Decide, from the request's arrival to its answer",
+            decide_seconds.clone(),
+        );
+
+        let (family, approvals) = one_label("event", ApprovalEvent::ALL.map(ApprovalEvent::as_str));
+        r.register(
+            "toolgate_approval_events",
+            "Approval changes this replica made, by event",
+            family,
+        );
+        let (family, watch_open) = one_label("watch", WATCHES);
+        r.register(
+            "toolgate_watch_streams",
+            "Open WatchConfig and WatchApprovals streams",
+            family,
+        );
+        let (family, watch_resets) = one_label("watch", WATCHES);
+        r.register(
+            "toolgate_watch_resets",
+            "Watchers that fell behind their buffer and were brought current (WatchConfig: a \
+             fresh snapshot)",
+            family,
+        );
+        let (family, shed) = one_label("kind", SHEDS);
+        r.register(
+            "toolgate_shed",
+            "Calls refused with RESOURCE_EXHAUSTED because a concurrency limit was reached",
+            family,
+        );
+
+        let tenants = Gauge::default();
+        r.register(
+            "toolgate_tenants",
+            "Tenants in this replica's snapshot",
+            tenants.clone(),
+        );
+        let tools = Gauge::default();
+        r.register(
+            "toolgate_tools",
+            "Tools in this replica's snapshot, over all tenants",
+            tools.clone(),
+        );
+        let revision_sum = Gauge::default();
+        r.register(
+            "toolgate_revision_sum",
+            "Sum over tenants of the revision this replica serves; replicas that agree show \
+             the same value",
+            revision_sum.clone(),
+        );
+        let revisions_followed = Counter::default();
+        r.register(
+            "toolgate_revisions_followed",
+            "Revisions saved by another replica (or process) applied to this one's snapshot",
+            revisions_followed.clone(),
+        );
+        let propagation_seconds = Histogram::new(PROPAGATION_BOUNDS.iter().copied());
+        r.register(
+            "toolgate_propagation_lag_seconds",
+            "From another replica's commit of a revision to its arrival in this replica's \
+             snapshot (across replicas' clocks)",
+            propagation_seconds.clone(),
+        );
+        let staleness_seconds = Gauge::default();
+        r.register(
+            "toolgate_snapshot_staleness_seconds",
+            "Time since this replica last read the database successfully; the snapshot may \
+             lag other replicas' saves by this much",
+            staleness_seconds.clone(),
+        );
+
+        let family = Family::<Labels<2>, Counter>::default();
+        let store_errors = StoreOp::ALL.map(|op| {
+            ["unavailable", "other"]
+                .map(|kind| family.get_or_create_owned(&[("op", op.as_str()), ("kind", kind)]))
+        });
+        r.register(
+            "toolgate_store_errors",
+            "Failed store calls by operation; kind=unavailable is an unreachable, slow or busy \
+             database, kind=other anything else",
+            family,
+        );
+        let store_seconds = Histogram::new(LATENCY_BOUNDS.iter().copied());
+        r.register(
+            "toolgate_store_duration_seconds",
+            "Time of store calls, from requests and from background work",
+            store_seconds.clone(),
+        );
+
+        let rpcs = register_rpcs(&mut r);
+        #[cfg(target_os = "linux")]
+        r.register_collector(Box::new(process::ProcessCollector));
+
         Metrics {
-            backend,
-            decisions: std::array::from_fn(|_| zeros()),
-            decide_errors: zeros(),
-            decide_seconds: Histogram::new(LATENCY_BOUNDS),
-            approvals: zeros(),
-            watch_open: std::array::from_fn(|_| AtomicI64::new(0)),
-            watch_total: std::sync::atomic::AtomicUsize::new(0),
-            watch_resets: zeros(),
-            shed: zeros(),
-            propagation_seconds: Histogram::new(PROPAGATION_BOUNDS),
-            revisions_followed: AtomicU64::new(0),
-            store_errors: std::array::from_fn(|_| zeros()),
-            store_seconds: Histogram::new(LATENCY_BOUNDS),
+            registry: r,
+            decisions,
+            decisions_family,
+            decide_errors,
+            decide_seconds,
+            approvals,
+            watch_open,
+            watch_total: AtomicUsize::new(0),
+            watch_resets,
+            shed,
+            propagation_seconds,
+            revisions_followed,
+            store_errors,
+            store_seconds,
+            rpcs,
+            serving,
+            tenants,
+            tools,
+            revision_sum,
+            staleness_seconds,
             last_db_ok_ms: AtomicU64::new(unix_ms()),
         }
     }
@@ -231,19 +496,24 @@ impl Metrics {
         let v = VERDICTS.iter().position(|(x, _)| *x == verdict);
         let c = CODES.iter().position(|(x, _)| *x == code);
         if let (Some(v), Some(c)) = (v, c) {
-            self.decisions[v][c].fetch_add(1, Relaxed);
+            self.decisions[v][c]
+                .get_or_init(|| {
+                    self.decisions_family
+                        .get_or_create_owned(&[("verdict", VERDICTS[v].1), ("code", CODES[c].1)])
+                })
+                .inc();
         }
     }
 
     pub fn decide_error(&self, code: tonic::Code) {
         let i = (code as usize).min(GRPC_CODES.len() - 1);
-        self.decide_errors[i].fetch_add(1, Relaxed);
+        self.decide_errors[i].inc();
     }
 
     pub fn approval(&self, approval: &Approval) {
         let e = ApprovalEvent::of(approval);
         if let Some(i) = ApprovalEvent::ALL.iter().position(|x| *x == e) {
-            self.approvals[i].fetch_add(1, Relaxed);
+            self.approvals[i].inc();
         }
     }
 
@@ -260,7 +530,7 @@ impl Metrics {
             self.shed(Shed::Watch);
             return None;
         }
-        self.watch_open[which as usize].fetch_add(1, Relaxed);
+        self.watch_open[which as usize].inc();
         Some(StreamGuard {
             metrics: self.clone(),
             which,
@@ -268,225 +538,97 @@ impl Metrics {
     }
 
     pub fn watch_open(&self, which: Watch) -> i64 {
-        self.watch_open[which as usize].load(Relaxed)
+        self.watch_open[which as usize].get()
     }
 
     pub fn watch_reset(&self, which: Watch) {
-        self.watch_resets[which as usize].fetch_add(1, Relaxed);
+        self.watch_resets[which as usize].inc();
     }
 
     pub fn shed(&self, what: Shed) {
-        self.shed[what as usize].fetch_add(1, Relaxed);
+        self.shed[what as usize].inc();
     }
 
     /// Revisions saved by another replica reached this one's snapshot.
     pub fn revisions_followed(&self, n: u64) {
-        self.revisions_followed.fetch_add(n, Relaxed);
+        self.revisions_followed.inc_by(n);
     }
 
     pub fn store_error(&self, op: StoreOp, unavailable: bool) {
-        self.store_errors[op as usize][usize::from(!unavailable)].fetch_add(1, Relaxed);
+        self.store_errors[op as usize][usize::from(!unavailable)].inc();
     }
 
     pub fn database_ok(&self) {
         self.last_db_ok_ms.store(unix_ms(), Relaxed);
     }
 
+    /// An RPC of `method` arrived.
+    pub fn rpc_started(&self, method: RpcMethod) {
+        if let Some(series) = self.rpcs.get(method.0) {
+            series.started.inc();
+        }
+    }
+
+    /// An RPC of `method` ended with `code` after `elapsed`.
+    pub fn rpc_handled(&self, method: RpcMethod, code: tonic::Code, elapsed: Duration) {
+        if let Some(series) = self.rpcs.get(method.0) {
+            let i = (code as usize).min(GO_GRPC_CODES.len() - 1);
+            series.handled[i].inc();
+            series.seconds.observe(elapsed.as_secs_f64());
+        }
+    }
+
     /// The Prometheus text exposition (format 0.0.4).
     pub fn render(&self, g: Gauges) -> String {
-        let mut out = String::with_capacity(8 * 1024);
-        header(
-            &mut out,
-            "toolgate_build_info",
-            "Build of this server; the value is 1.",
-            "gauge",
-        );
-        let _ = writeln!(
-            out,
-            "toolgate_build_info{{version=\"{}\",backend=\"{}\"}} 1",
-            env!("CARGO_PKG_VERSION"),
-            self.backend
-        );
-        header(
-            &mut out,
-            "toolgate_serving",
-            "1 while health is SERVING, 0 while loading, in a database outage or draining.",
-            "gauge",
-        );
-        let _ = writeln!(out, "toolgate_serving {}", u8::from(g.serving));
-
-        header(
-            &mut out,
-            "toolgate_decisions_total",
-            "Decide answers by verdict and code.",
-            "counter",
-        );
-        for (v, (verdict, vname)) in VERDICTS.iter().enumerate() {
-            for (c, (code, cname)) in CODES.iter().enumerate() {
-                let n = self.decisions[v][c].load(Relaxed);
-                // Each code has one natural verdict; other pairs appear once they occur.
-                if n > 0 || natural_verdict(*code) == *verdict {
-                    let _ = writeln!(
-                        out,
-                        "toolgate_decisions_total{{verdict=\"{vname}\",code=\"{cname}\"}} {n}"
-                    );
-                }
-            }
-        }
-        header(
-            &mut out,
-            "toolgate_decide_errors_total",
-            "Decide calls answered with an error status instead of a decision.",
-            "counter",
-        );
-        for (i, name) in GRPC_CODES.iter().enumerate().skip(1) {
-            let _ = writeln!(
-                out,
-                "toolgate_decide_errors_total{{grpc_code=\"{name}\"}} {}",
-                self.decide_errors[i].load(Relaxed)
-            );
-        }
-        self.decide_seconds.render(
-            &mut out,
-            "toolgate_decide_duration_seconds",
-            "Time to answer a Decide, from the request's arrival to its answer.",
-        );
-
-        header(
-            &mut out,
-            "toolgate_approval_events_total",
-            "Approval changes this replica made, by event.",
-            "counter",
-        );
-        for (i, e) in ApprovalEvent::ALL.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "toolgate_approval_events_total{{event=\"{}\"}} {}",
-                e.as_str(),
-                self.approvals[i].load(Relaxed)
-            );
-        }
-
-        header(
-            &mut out,
-            "toolgate_watch_streams",
-            "Open WatchConfig and WatchApprovals streams.",
-            "gauge",
-        );
-        for (w, name) in WATCHES {
-            let _ = writeln!(
-                out,
-                "toolgate_watch_streams{{watch=\"{name}\"}} {}",
-                self.watch_open(w).max(0)
-            );
-        }
-        header(
-            &mut out,
-            "toolgate_watch_resets_total",
-            "Watchers that fell behind their buffer and were brought current (WatchConfig: a \
-             fresh snapshot).",
-            "counter",
-        );
-        for (w, name) in WATCHES {
-            let _ = writeln!(
-                out,
-                "toolgate_watch_resets_total{{watch=\"{name}\"}} {}",
-                self.watch_resets[w as usize].load(Relaxed)
-            );
-        }
-        header(
-            &mut out,
-            "toolgate_shed_total",
-            "Calls refused with RESOURCE_EXHAUSTED because a concurrency limit was reached.",
-            "counter",
-        );
-        let _ = writeln!(
-            out,
-            "toolgate_shed_total{{kind=\"request\"}} {}",
-            self.shed[Shed::Request as usize].load(Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "toolgate_shed_total{{kind=\"watch\"}} {}",
-            self.shed[Shed::Watch as usize].load(Relaxed)
-        );
-
-        header(
-            &mut out,
-            "toolgate_tenants",
-            "Tenants in this replica's snapshot.",
-            "gauge",
-        );
-        let _ = writeln!(out, "toolgate_tenants {}", g.tenants);
-        header(
-            &mut out,
-            "toolgate_tools",
-            "Tools in this replica's snapshot, over all tenants.",
-            "gauge",
-        );
-        let _ = writeln!(out, "toolgate_tools {}", g.tools);
-        header(
-            &mut out,
-            "toolgate_revision_sum",
-            "Sum over tenants of the revision this replica serves; replicas that agree show \
-             the same value.",
-            "gauge",
-        );
-        let _ = writeln!(out, "toolgate_revision_sum {}", g.revision_sum);
-        header(
-            &mut out,
-            "toolgate_revisions_followed_total",
-            "Revisions saved by another replica (or process) applied to this one's snapshot.",
-            "counter",
-        );
-        let _ = writeln!(
-            out,
-            "toolgate_revisions_followed_total {}",
-            self.revisions_followed.load(Relaxed)
-        );
-        self.propagation_seconds.render(
-            &mut out,
-            "toolgate_propagation_lag_seconds",
-            "From another replica's commit of a revision to its arrival in this replica's \
-             snapshot (across replicas' clocks).",
-        );
-        header(
-            &mut out,
-            "toolgate_snapshot_staleness_seconds",
-            "Time since this replica last read the database successfully; the snapshot may \
-             lag other replicas' saves by this much.",
-            "gauge",
-        );
+        self.serving.set(i64::from(g.serving));
+        self.tenants.set(g.tenants);
+        self.tools.set(g.tools);
+        self.revision_sum.set(g.revision_sum);
         let age = unix_ms().saturating_sub(self.last_db_ok_ms.load(Relaxed));
-        let _ = writeln!(
-            out,
-            "toolgate_snapshot_staleness_seconds {}",
-            format_float(age as f64 / 1000.0)
-        );
-
-        header(
-            &mut out,
-            "toolgate_store_errors_total",
-            "Failed store calls by operation; kind=unavailable is an unreachable, slow or busy \
-             database, kind=other anything else.",
-            "counter",
-        );
-        for (i, op) in StoreOp::ALL.iter().map(|op| op.as_str()).enumerate() {
-            for (k, kind) in ["unavailable", "other"].iter().enumerate() {
-                let _ = writeln!(
-                    out,
-                    "toolgate_store_errors_total{{op=\"{op}\",kind=\"{kind}\"}} {}",
-                    self.store_errors[i][k].load(Relaxed)
-                );
-            }
-        }
-        self.store_seconds.render(
-            &mut out,
-            "toolgate_store_duration_seconds",
-            "Time of store calls, from requests and from background work.",
-        );
+        self.staleness_seconds.set(age as f64 / 1000.0);
+        let mut out = String::with_capacity(64 * 1024);
+        // Writing to a String cannot fail.
+        let _ = prometheus_text::encode(&mut out, &self.registry);
         out
     }
+}
+
+/// The `grpc_server_*` families (go-grpc-prometheus' names and labels) with every
+/// method's series made up front, so each is shown from the start (at zero).
+fn register_rpcs(r: &mut Registry) -> Box<[RpcSeries]> {
+    let started = Family::<Labels<3>, Counter>::default();
+    let handled = Family::<Labels<4>, Counter>::default();
+    let seconds =
+        Family::<Labels<3>, Histogram, fn() -> Histogram>::new_with_constructor(rpc_histogram);
+    let rpcs = (0..=RPC_METHODS.len())
+        .map(|i| {
+            let [kind, service, method] = RpcMethod(i).labels();
+            RpcSeries {
+                started: started.get_or_create_owned(&[kind, service, method]),
+                handled: GO_GRPC_CODES.map(|code| {
+                    handled.get_or_create_owned(&[kind, service, method, ("grpc_code", code)])
+                }),
+                seconds: seconds.get_or_create_owned(&[kind, service, method]),
+            }
+        })
+        .collect();
+    r.register(
+        "grpc_server_started",
+        "Total number of RPCs started on the server",
+        started,
+    );
+    r.register(
+        "grpc_server_handled",
+        "Total number of RPCs completed on the server, regardless of success or failure",
+        handled,
+    );
+    r.register(
+        "grpc_server_handling_seconds",
+        "Histogram of response latency (seconds) of gRPC that had been application-level \
+         handled by the server",
+        seconds,
+    );
+    rpcs
 }
 
 /// Decrements the open-stream gauge when the stream ends.
@@ -498,7 +640,7 @@ pub struct StreamGuard {
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
-        self.metrics.watch_open[self.which as usize].fetch_sub(1, Relaxed);
+        self.metrics.watch_open[self.which as usize].dec();
         self.metrics.watch_total.fetch_sub(1, Relaxed);
     }
 }
@@ -508,19 +650,6 @@ fn natural_verdict(code: DecisionCode) -> Verdict {
         DecisionCode::PolicyAuto | DecisionCode::ApprovalGranted => Verdict::Allow,
         DecisionCode::ApprovalRequired | DecisionCode::ApprovalPending => Verdict::PendingApproval,
         _ => Verdict::Deny,
-    }
-}
-
-fn header(out: &mut String, name: &str, help: &str, kind: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-}
-
-fn format_float(v: f64) -> String {
-    if v.is_finite() && v == v.trunc() && v.abs() < 1e15 {
-        format!("{v:.1}")
-    } else {
-        format!("{v}")
     }
 }
 
@@ -552,11 +681,9 @@ pub async fn serve_metrics(
             let render = render.clone();
             async move {
                 let (status, ctype, body) = match (req.method(), req.uri().path()) {
-                    (&Method::GET, "/metrics") => (
-                        StatusCode::OK,
-                        "text/plain; version=0.0.4; charset=utf-8",
-                        render(),
-                    ),
+                    (&Method::GET, "/metrics") => {
+                        (StatusCode::OK, prometheus_text::CONTENT_TYPE, render())
+                    }
                     (&Method::GET, "/") => (
                         StatusCode::OK,
                         "text/plain; charset=utf-8",
@@ -592,18 +719,42 @@ mod tests {
     use super::*;
 
     #[test]
-    fn histogram_buckets_are_cumulative_and_end_with_inf() {
-        let h = Histogram::new(&[0.001, 0.01]);
-        h.observe(Duration::from_micros(500));
-        h.observe(Duration::from_millis(5));
-        h.observe(Duration::from_secs(1));
-        let mut out = String::new();
-        h.render(&mut out, "x", "help");
-        assert!(out.contains("x_bucket{le=\"0.001\"} 1\n"), "{out}");
-        assert!(out.contains("x_bucket{le=\"0.01\"} 2\n"), "{out}");
-        assert!(out.contains("x_bucket{le=\"+Inf\"} 3\n"), "{out}");
-        assert!(out.contains("x_count 3\n"), "{out}");
-        assert!(out.contains("x_sum 1.0055\n"), "{out}");
+    fn names_types_and_labels_are_as_documented() {
+        let m = Metrics::new("sqlite");
+        m.decide_seconds.observe(0.000_5);
+        m.decide_seconds.observe(0.005);
+        m.decide_seconds.observe(1.0);
+        m.decide_error(tonic::Code::Unauthenticated);
+        m.revisions_followed(2);
+        let text = m.render(Gauges {
+            tenants: 3,
+            serving: true,
+            ..Gauges::default()
+        });
+        for line in [
+            "# TYPE toolgate_decisions_total counter\n",
+            "# HELP toolgate_decide_errors_total Decide calls answered with an error status \
+             instead of a decision.\n",
+            "toolgate_decide_errors_total{grpc_code=\"UNAUTHENTICATED\"} 1\n",
+            "# TYPE toolgate_decide_duration_seconds histogram\n",
+            "toolgate_decide_duration_seconds_bucket{le=\"0.0005\"} 1\n",
+            "toolgate_decide_duration_seconds_bucket{le=\"0.005\"} 2\n",
+            "toolgate_decide_duration_seconds_bucket{le=\"+Inf\"} 3\n",
+            "toolgate_decide_duration_seconds_count 3\n",
+            "toolgate_decide_duration_seconds_sum 1.0055\n",
+            "toolgate_revisions_followed_total 2\n",
+            "toolgate_tenants 3\n",
+            "toolgate_serving 1\n",
+            "# TYPE toolgate_watch_streams gauge\n",
+            "toolgate_shed_total{kind=\"watch\"} 0\n",
+        ] {
+            assert!(text.contains(line), "{line} not in:\n{text}");
+        }
+        assert!(
+            !text.contains("toolgate_decide_errors_total{grpc_code=\"OK\"}"),
+            "OK is never a Decide error"
+        );
+        assert!(!text.contains("_total_total"));
     }
 
     #[test]
@@ -617,5 +768,94 @@ mod tests {
             assert!(text.contains(&format!("code=\"{name}\"}} 1\n")), "{name}");
         }
         assert!(!text.contains("verdict=\"ALLOW\",code=\"TOOL_DISABLED\""));
+        m.decision(Verdict::Allow, DecisionCode::ToolDisabled);
+        let text = m.render(Gauges::default());
+        assert!(text.contains("{verdict=\"ALLOW\",code=\"TOOL_DISABLED\"} 1\n"));
+    }
+
+    #[test]
+    fn only_known_methods_are_labels() {
+        let decide = RpcMethod::of_path("/toolgate.v1.PolicyService/Decide");
+        assert_eq!(
+            decide.labels(),
+            [
+                ("grpc_type", "unary"),
+                ("grpc_service", "toolgate.v1.PolicyService"),
+                ("grpc_method", "Decide"),
+            ]
+        );
+        for path in [
+            "/toolgate.v1.PolicyService/Nope",
+            "/toolgate.v1.PolicyService/Decide/x",
+            "/evil.Service/Decide",
+            "toolgate.v1.PolicyService/Decide",
+            "/",
+            "",
+        ] {
+            assert_eq!(RpcMethod::of_path(path), RpcMethod::UNKNOWN, "{path}");
+        }
+        let m = Metrics::new("sqlite");
+        m.rpc_started(decide);
+        m.rpc_handled(decide, tonic::Code::Cancelled, Duration::from_millis(1));
+        m.rpc_handled(
+            RpcMethod::UNKNOWN,
+            tonic::Code::Unimplemented,
+            Duration::ZERO,
+        );
+        let text = m.render(Gauges::default());
+        let decide = "grpc_type=\"unary\",grpc_service=\"toolgate.v1.PolicyService\",\
+                      grpc_method=\"Decide\"";
+        for line in [
+            format!("grpc_server_started_total{{{decide}}} 1\n"),
+            format!("grpc_server_handled_total{{{decide},grpc_code=\"Canceled\"}} 1\n"),
+            format!("grpc_server_handled_total{{{decide},grpc_code=\"OK\"}} 0\n"),
+            format!("grpc_server_handling_seconds_count{{{decide}}} 1\n"),
+            "grpc_server_handled_total{grpc_type=\"unknown\",grpc_service=\"unknown\",\
+             grpc_method=\"unknown\",grpc_code=\"Unimplemented\"} 1\n"
+                .to_owned(),
+        ] {
+            assert!(text.contains(&line), "{line} not in:\n{text}");
+        }
+    }
+
+    /// The method table names every method of the services the server registers, with
+    /// its streaming kind, and nothing else.
+    #[test]
+    fn the_method_table_is_the_served_descriptors() {
+        use prost::Message as _;
+        let mut served = Vec::new();
+        for set in [
+            crate::proto::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        ] {
+            let set = prost_types::FileDescriptorSet::decode(set).expect("descriptor set");
+            for file in set.file {
+                for service in &file.service {
+                    for method in &service.method {
+                        let kind = match (method.client_streaming(), method.server_streaming()) {
+                            (false, false) => RpcType::Unary,
+                            (true, false) => RpcType::ClientStream,
+                            (false, true) => RpcType::ServerStream,
+                            (true, true) => RpcType::BidiStream,
+                        };
+                        served.push((
+                            kind,
+                            format!("{}.{}", file.package(), service.name()),
+                            method.name().to_owned(),
+                        ));
+                    }
+                }
+            }
+        }
+        let table: Vec<_> = RPC_METHODS
+            .iter()
+            .map(|(k, s, m)| (*k, (*s).to_owned(), (*m).to_owned()))
+            .collect();
+        served.sort_by(|a, b| (&a.1, &a.2).cmp(&(&b.1, &b.2)));
+        let mut sorted = table.clone();
+        sorted.sort_by(|a, b| (&a.1, &a.2).cmp(&(&b.1, &b.2)));
+        assert_eq!(sorted, served);
     }
 }

@@ -7,6 +7,7 @@ use crate::app::{App, Limits};
 use crate::config::{Config, TlsFiles};
 use crate::grpc::PolicyApi;
 use crate::grpc::gate::{Gate, GateLimits};
+use crate::grpc::rpc_metrics::RpcMetricsLayer;
 use crate::hub::ApprovalHub;
 use crate::metrics::{Gauges, Metrics, serve_metrics};
 use crate::proto::v1::policy_service_server::PolicyServiceServer;
@@ -233,7 +234,9 @@ pub async fn serve(
         .with_nodelay(Some(true))
         .with_keepalive(Some(Duration::from_secs(60)));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    // Every call of every service passes the grpc_server_* metrics first.
     let server = builder
+        .layer(RpcMetricsLayer::new(metrics))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

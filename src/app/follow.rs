@@ -133,7 +133,7 @@ pub async fn follow<H: HealthSwitch>(app: Arc<App>, settings: FollowSettings, sw
                                     app
                                         .metrics
                                         .propagation_seconds
-                                        .observe(Duration::from_millis(lag as u64));
+                                        .observe(lag as f64 / 1000.0);
                                 }
                                 health.ok().await
                             }

@@ -208,7 +208,7 @@ impl Shared {
         let status = Status::from(e);
         if op == Operation::Decide {
             let metrics = &self.app.metrics;
-            metrics.decide_seconds.observe(Duration::ZERO);
+            metrics.decide_seconds.observe(0.0);
             metrics.decide_error(status.code());
         }
         status.into_http::<Body>()

@@ -4,6 +4,7 @@
 pub mod convert;
 pub mod error;
 pub mod gate;
+pub mod rpc_metrics;
 mod watch;
 
 use crate::app::approvals::SubmitInput;
@@ -224,7 +225,9 @@ impl PolicyService for PolicyApi {
             Err(status) => Err(status),
         };
         let metrics = &self.app.metrics;
-        metrics.decide_seconds.observe(started.elapsed());
+        metrics
+            .decide_seconds
+            .observe(started.elapsed().as_secs_f64());
         match outcome {
             Ok(out) => Ok(Response::new(pb::DecideResponse {
                 verdict: verdict_to_proto(out.decision.verdict) as i32,

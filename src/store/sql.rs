@@ -141,7 +141,9 @@ impl SqlStore {
             _ => work.await,
         };
         if let Some(metrics) = &self.metrics {
-            metrics.store_seconds.observe(started.elapsed());
+            metrics
+                .store_seconds
+                .observe(started.elapsed().as_secs_f64());
             if let Err(e) = &result {
                 metrics.store_error(op, e.is_unavailable());
             }

@@ -203,3 +203,156 @@ async fn metrics_answer_404_off_the_path() {
     conn.read_to_string(&mut raw).await.unwrap();
     assert!(raw.starts_with("HTTP/1.1 404"), "{raw}");
 }
+
+/// The `grpc_server_*` series of one PolicyService method, go-grpc-prometheus style.
+fn rpc(kind: &str, service: &str, method: &str) -> String {
+    format!("grpc_type=\"{kind}\",grpc_service=\"{service}\",grpc_method=\"{method}\"")
+}
+
+fn handled(labels: &str, code: &str) -> String {
+    format!("grpc_server_handled_total{{{labels},grpc_code=\"{code}\"}}")
+}
+
+async fn channel(app: &TestApp) -> tonic::transport::Channel {
+    tonic::transport::Channel::from_shared(format!("http://{}", app.addr))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect")
+}
+
+/// Calls `path` with an empty message, as a client that knows no such method might.
+async fn call_path(app: &TestApp, path: &'static str) -> tonic::Status {
+    let mut grpc = tonic::client::Grpc::new(channel(app).await);
+    grpc.ready().await.expect("ready");
+    grpc.unary::<(), (), _>(
+        with_key(&app.agent, ()),
+        http::uri::PathAndQuery::from_static(path),
+        tonic_prost::ProstCodec::default(),
+    )
+    .await
+    .expect_err("no such method")
+}
+
+#[tokio::test]
+async fn grpc_server_metrics_count_every_call_by_method_and_code() {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let app = spawn_app().await;
+    app.connect_sample().await;
+    let before = app.scrape().await;
+
+    let r = app.decide_ok(ask("get_user", "{}", "g1")).await;
+    assert_eq!(verdict(&r), (Verdict::Allow, DecisionCode::PolicyAuto));
+    assert_status(
+        app.decide("tg_k_not_a_key", ask("get_user", "{}", "g2"))
+            .await,
+        Code::Unauthenticated,
+        "API key",
+    );
+    HealthClient::new(channel(&app).await)
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("health");
+    for path in [
+        "/evil.Service/Steal",
+        "/toolgate.v1.PolicyService/Steal",
+        "/toolgate.v1.PolicyService/Decide/x",
+    ] {
+        assert_eq!(call_path(&app, path).await.code(), Code::Unimplemented);
+    }
+    // Recorded before the last frame of each answer is sent: no waiting needed.
+    let after = app.scrape().await;
+    let moved = |series: &str| after.delta(&before, series);
+
+    let decide = rpc("unary", "toolgate.v1.PolicyService", "Decide");
+    assert_eq!(
+        moved(&format!("grpc_server_started_total{{{decide}}}")),
+        2.0
+    );
+    assert_eq!(moved(&handled(&decide, "OK")), 1.0);
+    assert_eq!(moved(&handled(&decide, "Unauthenticated")), 1.0);
+    assert_eq!(moved(&handled(&decide, "Internal")), 0.0);
+    assert_eq!(
+        moved(&format!("grpc_server_handling_seconds_count{{{decide}}}")),
+        2.0
+    );
+    assert_eq!(
+        moved(&format!(
+            "grpc_server_handling_seconds_bucket{{{decide},le=\"+Inf\"}}"
+        )),
+        2.0
+    );
+    let check = rpc("unary", "grpc.health.v1.Health", "Check");
+    assert_eq!(moved(&handled(&check, "OK")), 1.0);
+    let unknown = rpc("unknown", "unknown", "unknown");
+    assert_eq!(
+        moved(&format!("grpc_server_started_total{{{unknown}}}")),
+        3.0
+    );
+    assert_eq!(moved(&handled(&unknown, "Unimplemented")), 3.0);
+    // A caller cannot make series: only the methods the server has are labels.
+    for made_up in ["evil", "Steal", "Decide/x"] {
+        assert!(!after.text.contains(made_up), "{made_up} in the metrics");
+    }
+    for secret in [app.agent.as_str(), "tg_k_not_a_key"] {
+        assert!(!after.text.contains(secret), "a key in the metrics");
+    }
+    #[cfg(target_os = "linux")]
+    {
+        assert!(after.get("process_resident_memory_bytes") > 0.0);
+        assert!(after.get("process_open_fds") > 0.0);
+        assert!(after.get("process_cpu_seconds_total") >= 0.0);
+    }
+}
+
+#[tokio::test]
+async fn a_stream_the_client_drops_is_counted_canceled() {
+    let app = spawn_app().await;
+    app.connect_sample().await;
+    let watch = rpc("server_stream", "toolgate.v1.PolicyService", "WatchConfig");
+    let before = app.scrape().await;
+    let mut stream = app
+        .client
+        .clone()
+        .watch_config(with_key(
+            &app.agent,
+            pb::WatchConfigRequest {
+                since_revision: None,
+                integration_id: String::new(),
+            },
+        ))
+        .await
+        .expect("watch")
+        .into_inner();
+    stream.message().await.expect("snapshot").expect("open");
+    let open = app.scrape().await;
+    assert_eq!(
+        open.delta(&before, &format!("grpc_server_started_total{{{watch}}}")),
+        1.0
+    );
+    assert_eq!(open.delta(&before, &handled(&watch, "Canceled")), 0.0);
+    drop(stream);
+    // The server learns of the reset on its own time: wait for it, within a bound.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let now = app.scrape().await;
+        if now.delta(&before, &handled(&watch, "Canceled")) == 1.0 {
+            assert_eq!(
+                now.delta(
+                    &before,
+                    &format!("grpc_server_handling_seconds_count{{{watch}}}")
+                ),
+                1.0
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the dropped stream was never counted:\n{}",
+            now.text
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
