@@ -93,16 +93,31 @@ pub enum Wakeup {
     Reconnected,
 }
 
-/// Where a replica's read of other replicas' approval changes has got to.
-///
-/// `frontier` is the oldest transaction still running when the last read was taken
-/// (PostgreSQL's snapshot `xmin`): every change made by an older transaction has been seen.
-/// Changes at or after it are read again next time, and `seen` keeps those already
-/// delivered, as (tenant, approval id, version), so none is delivered twice.
+/// Where a replica's read of other replicas' approval changes has got to: the snapshot of
+/// the last read (PostgreSQL's `xmax`, the first transaction id not yet begun then, and
+/// `running`, the transactions below it still running then). Every change by a transaction
+/// below `xmax` and not in `running` was visible to that read and delivered by it; the next
+/// read takes the changes of transactions at or after `xmax` and of those in `running`
+/// that have committed since. So no change is read twice or missed, and what the cursor
+/// keeps is bounded by the transactions running at once (not by the changes made while
+/// one of them stays open).
 #[derive(Debug, Clone, Default)]
 pub struct ApprovalCursor {
-    pub(crate) frontier: Option<u64>,
-    pub(crate) seen: std::collections::HashSet<(String, String, i64)>,
+    pub(crate) last: Option<FeedSnapshot>,
+}
+
+impl ApprovalCursor {
+    /// The transactions the next read looks back for (those running at the last read).
+    pub fn transactions_awaited(&self) -> usize {
+        self.last.as_ref().map_or(0, |last| last.running.len())
+    }
+}
+
+/// A feed read's snapshot: see [`ApprovalCursor`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct FeedSnapshot {
+    pub(crate) xmax: u64,
+    pub(crate) running: Vec<u64>,
 }
 
 /// An API key as `keys list` shows it; the secret is never stored.

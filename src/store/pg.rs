@@ -10,7 +10,7 @@
 //! never answers).
 
 use super::rows::{Cols, approval_from_row, corrupt, migrator};
-use super::{ApprovalCursor, StoreError, Wakeup};
+use super::{ApprovalCursor, FeedSnapshot, StoreError, Wakeup};
 use crate::policy::Approval;
 use sqlx::Row;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
@@ -187,8 +187,9 @@ async fn forward_notifications(pool: PgPool, tx: tokio::sync::mpsc::Sender<Wakeu
 
 /// A page of the change feed: each change as it was made, the approval's head (looked up
 /// per event, by its unique index) with that version's state, in the order of
-/// `approval_events_by_xid_key`. `$1` the frontier, `$2` this replica's origin; `$after`
-/// narrows it to the rows after the page before.
+/// `approval_events_by_xid_key`. `$1` the last read's `xmax`, `$2` this replica's origin,
+/// `$3` the transactions running at the last read; `$after` narrows it to the rows after
+/// the page before.
 macro_rules! feed_page {
     ($after:literal) => {
         concat!(
@@ -199,7 +200,8 @@ macro_rules! feed_page {
             "e.created_at AS updated_at ",
             "FROM approval_events e CROSS JOIN LATERAL (SELECT * FROM approvals a ",
             "WHERE a.tenant = e.tenant AND a.id = e.approval_id LIMIT 1) h ",
-            "WHERE e.xid >= $1::text::xid8 AND e.origin <> $2",
+            "WHERE (e.xid >= $1::text::xid8 OR e.xid = ANY($3::text[]::xid8[])) ",
+            "AND e.origin <> $2",
             $after,
             " ORDER BY e.xid, e.tenant, e.approval_id, e.version LIMIT 1000"
         )
@@ -210,7 +212,7 @@ macro_rules! feed_page {
 const FEED_PAGE: usize = 1000;
 const FEED_FIRST_PAGE: &str = feed_page!("");
 const FEED_NEXT_PAGE: &str =
-    feed_page!(" AND (e.xid, e.tenant, e.approval_id, e.version) > ($3::text::xid8, $4, $5, $6)");
+    feed_page!(" AND (e.xid, e.tenant, e.approval_id, e.version) > ($4::text::xid8, $5, $6, $7)");
 
 /// Where a feed row stands in `approval_events_by_xid_key`: (xid, tenant, approval, version).
 type FeedKey = (String, String, String, i64);
@@ -218,7 +220,7 @@ type FeedKey = (String, String, String, i64);
 /// The page of the feed after `after` (the first page when `None`).
 async fn feed_page(
     tx: &mut sqlx::PgConnection,
-    frontier: u64,
+    last: &FeedSnapshot,
     origin: &str,
     after: Option<&FeedKey>,
 ) -> Result<Vec<sqlx::postgres::PgRow>, StoreError> {
@@ -226,32 +228,52 @@ async fn feed_page(
         None => sqlx::query(FEED_FIRST_PAGE),
         Some(_) => sqlx::query(FEED_NEXT_PAGE),
     };
-    let mut query = query.bind(frontier.to_string()).bind(origin);
+    let running: Vec<String> = last.running.iter().map(u64::to_string).collect();
+    let mut query = query.bind(last.xmax.to_string()).bind(origin).bind(running);
     if let Some((xid, tenant, id, version)) = after {
         query = query.bind(xid).bind(tenant).bind(id).bind(*version);
     }
     Ok(query.fetch_all(&mut *tx).await?)
 }
 
-/// A feed row: its transaction id, its place, its tenant and the approval as that change
-/// made it.
-fn feed_row(row: &sqlx::postgres::PgRow) -> Result<(u64, FeedKey, String, Approval), StoreError> {
-    let xid_text: String = row.try_get("xid")?;
-    let xid: u64 = xid_text.parse().map_err(|_| corrupt("xid", &xid_text))?;
+/// A feed row: its place, its tenant and the approval as that change made it.
+fn feed_row(row: &sqlx::postgres::PgRow) -> Result<(FeedKey, String, Approval), StoreError> {
+    let xid: String = row.try_get("xid")?;
     let tenant: String = row.try_get("tenant")?;
     let approval = approval_from_row(row)?;
     let key = (
-        xid_text,
+        xid,
         tenant.clone(),
         approval.id.clone(),
         row.int("version")?,
     );
-    Ok((xid, key, tenant, approval))
+    Ok((key, tenant, approval))
 }
 
-/// Approvals changed by other replicas since `cursor`: every `approval_events` row whose
-/// transaction is at or after the cursor's frontier, less those this replica wrote (it
-/// published them itself) and those already delivered. See [`ApprovalCursor`].
+/// This transaction's snapshot: its `xmax` and the transactions running below it.
+async fn feed_snapshot(tx: &mut sqlx::PgConnection) -> Result<FeedSnapshot, StoreError> {
+    let row = sqlx::query(
+        "SELECT pg_snapshot_xmax(s)::text AS xmax, \
+         ARRAY(SELECT x::text FROM pg_snapshot_xip(s) AS x) AS running \
+         FROM pg_current_snapshot() AS s",
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    let xid = |text: &str| {
+        text.parse::<u64>()
+            .map_err(|_| corrupt("snapshot xid", text))
+    };
+    let xmax: String = row.try_get("xmax")?;
+    let running: Vec<String> = row.try_get("running")?;
+    Ok(FeedSnapshot {
+        xmax: xid(&xmax)?,
+        running: running.iter().map(|x| xid(x)).collect::<Result<_, _>>()?,
+    })
+}
+
+/// Approvals changed by other replicas since `cursor`: every `approval_events` row that
+/// became visible since the cursor's snapshot, less those this replica wrote (it published
+/// them itself). See [`ApprovalCursor`].
 pub(super) async fn approval_changes(
     pool: &PgPool,
     origin: &str,
@@ -260,43 +282,31 @@ pub(super) async fn approval_changes(
     let mut tx = pool
         .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .await?;
-    // Planned for the frontier at hand (the pool plans every statement for its values, see
-    // `connect`): a generic plan cannot tell that `xid >= $1` keeps only the newest rows.
-    let xmin: String = sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text")
-        .fetch_one(&mut *tx)
-        .await?;
-    let xmin: u64 = xmin.parse().map_err(|_| corrupt("snapshot xmin", &xmin))?;
-    let Some(frontier) = cursor.frontier else {
-        tx.commit().await?;
-        cursor.frontier = Some(xmin);
-        return Ok(Vec::new());
-    };
-    // Read in pages, each one index range of `approval_events_by_xid_key` starting after
-    // the last row of the page before, all in this one snapshot.
-    let mut seen = std::collections::HashSet::new();
+    // The statements are planned for the values at hand (the pool plans every statement
+    // for its values, see `connect`): a generic plan cannot tell that `xid >= $1` keeps
+    // only the newest rows.
+    let now = feed_snapshot(&mut tx).await?;
     let mut out = Vec::new();
-    let mut after: Option<FeedKey> = None;
-    loop {
-        let rows = feed_page(&mut tx, frontier, origin, after.as_ref()).await?;
-        for row in &rows {
-            let (xid, key, tenant, approval) = feed_row(row)?;
-            let change = (tenant.clone(), approval.id.clone(), key.3);
-            if !cursor.seen.contains(&change) {
+    if let Some(last) = &cursor.last {
+        // Read in pages, each one index range of `approval_events_by_xid_key` starting
+        // after the last row of the page before, all in this one snapshot.
+        let mut after: Option<FeedKey> = None;
+        loop {
+            let rows = feed_page(&mut tx, last, origin, after.as_ref()).await?;
+            for row in &rows {
+                let (key, tenant, approval) = feed_row(row)?;
                 out.push((tenant, approval));
+                after = Some(key);
             }
-            if xid >= xmin {
-                // Not yet below every running transaction: it is read again next time.
-                seen.insert(change);
+            if rows.len() < FEED_PAGE {
+                break;
             }
-            after = Some(key);
-        }
-        if rows.len() < FEED_PAGE {
-            break;
         }
     }
     tx.commit().await?;
-    cursor.frontier = Some(xmin);
-    cursor.seen = seen;
+    // Moved on only once everything up to `now` is in hand: after an error the next read
+    // starts from the same place.
+    cursor.last = Some(now);
     Ok(out)
 }
 

@@ -13,6 +13,7 @@ mod approvals;
 mod auth;
 #[path = "../suite/decide.rs"]
 mod decide;
+mod feed;
 #[path = "../suite/hardening.rs"]
 mod hardening;
 #[path = "../suite/helpers.rs"]
