@@ -189,4 +189,29 @@ mod tests {
         );
         assert!(decode_page_token("v2.").is_err());
     }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Fuzz target for page tokens (issue "Hardening"): any string either is refused
+        /// with INVALID_ARGUMENT naming `page_token`, or is exactly a token this server
+        /// makes, for an id that passes the id rules.
+        #[test]
+        fn any_page_token_is_refused_or_is_one_of_ours(token in ".{0,80}|v2\\..{0,40}") {
+            match decode_page_token(&token) {
+                Ok(None) => prop_assert!(token.is_empty()),
+                Ok(Some(id)) => {
+                    prop_assert!(check_id("page_token", &id).is_ok());
+                    prop_assert_eq!(encode_page_token(id), token);
+                }
+                Err(e) => prop_assert!(e.to_string().contains("page_token"), "{e}"),
+            }
+        }
+
+        #[test]
+        fn every_token_we_make_reads_back(id in "apr_[0-9a-f]{1,32}") {
+            let token = encode_page_token(id.clone());
+            prop_assert_eq!(decode_page_token(&token).expect("ours"), Some(id));
+        }
+    }
 }

@@ -496,3 +496,56 @@ async fn of_concurrent_writes_of_one_version_exactly_one_goes_in() {
         .count();
     assert_eq!(written, 1);
 }
+
+/// Fuzz target for resume positions (issue "Hardening"): any `since_revision` a client
+/// sends either replays exactly the revisions after it, starts over with a snapshot, or,
+/// ahead of this server, is UNAVAILABLE; never an error of ours, never a wrong replay.
+#[test]
+fn any_resume_revision_replays_exactly_or_starts_over() {
+    use proptest::prelude::*;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let f = runtime.block_on(async {
+        let f = fixture().await;
+        connected(&f).await;
+        for policy in [Policy::Disabled, Policy::Auto, Policy::Disabled] {
+            let edit = SaveRequest::SetPolicy {
+                edits: vec![PolicyEdit {
+                    integration_id: "entra".into(),
+                    tool_name: "get_user".into(),
+                    policy,
+                    manager_approval: None,
+                }],
+                expected_revision: None,
+            };
+            f.app.save(&admin(), edit).await.expect("save");
+        }
+        f
+    });
+    let current = f.app.snapshots.get("acme").revision;
+    assert_eq!(current, 4);
+    let cases = ProptestConfig::with_cases(64);
+    let since = prop_oneof![0..=current + 2, any::<u64>()];
+    proptest!(cases, |(since in since)| {
+        let got = runtime.block_on(f.app.watch_config(&agent(), Some(since)));
+        match got {
+            Ok(sub) => {
+                prop_assert!(since <= current);
+                prop_assert_eq!(sub.position, current);
+                match sub.start {
+                    ConfigStart::Replay(replay) => {
+                        let revisions: Vec<u64> = replay.iter().map(|r| r.revision).collect();
+                        prop_assert_eq!(revisions, (since + 1..=current).collect::<Vec<_>>());
+                    }
+                    ConfigStart::Snapshot { reset } => prop_assert!(reset),
+                }
+            }
+            Err(AppError::Unavailable(message)) => {
+                prop_assert!(since > current, "{message}");
+            }
+            Err(other) => prop_assert!(false, "since {since}: {other:?}"),
+        }
+    });
+}
