@@ -1,11 +1,18 @@
-//! Configuration: command-line flags, then `TOOLGATE_*` environment variables, then an
-//! optional TOML file, then defaults. Resolved once into [`Config`].
+//! Configuration. Each setting of `serve` is a field of [`ServeArgs`], where clap gives it
+//! a flag and a `TOOLGATE_*` environment variable (a flag beats its variable) and its name
+//! is its TOML key, and a field of [`Config`], with its type and, in `Config::default()`,
+//! its default. [`Config::resolve`] puts what clap found over the optional TOML file
+//! (figment) and extracts `Config`: flags > environment > file > defaults. Durations are
+//! humantime's (`250ms`, `90s`, `30m`, `24h`, `7d`) or a bare number of seconds.
 
 use clap::{Args, Parser, Subcommand};
-use serde::Deserialize;
+use figment::providers::{Format, Serialized, Toml};
+use figment::value::Value;
+use figment::{Figment, Provider};
+use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 #[derive(Debug, Parser)]
@@ -60,20 +67,24 @@ pub enum KeysCommand {
     },
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Serialize)]
 pub struct DatabaseArgs {
     /// sqlite://PATH (created if missing) or postgres://USER@HOST/DB.
     #[arg(long, env = "TOOLGATE_DATABASE_URL")]
     pub database_url: Option<String>,
     /// TOML file with the same settings as `serve`.
     #[arg(long, env = "TOOLGATE_CONFIG")]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
 }
 
-#[derive(Debug, Default, Args)]
+/// `serve`'s settings, each declared here once: its flag, its environment variable and, by
+/// its field name, its TOML key. Unset ones serialize to nothing and leave the file's value.
+#[derive(Debug, Default, Args, Serialize)]
 pub struct ServeArgs {
     /// TOML file; flags and environment variables override it.
     #[arg(long, env = "TOOLGATE_CONFIG")]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
     /// Address of the gRPC server [default: 127.0.0.1:50051].
     #[arg(long, env = "TOOLGATE_LISTEN")]
@@ -179,46 +190,6 @@ pub struct ServeArgs {
     pub tls_client_ca: Option<PathBuf>,
 }
 
-/// The settings a TOML file may hold; every one optional.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    pub listen: Option<SocketAddr>,
-    pub database_url: Option<String>,
-    pub approval_ttl: Option<String>,
-    pub max_arguments_bytes: Option<usize>,
-    pub min_revision_wait: Option<String>,
-    pub shutdown_grace: Option<String>,
-    pub log_format: Option<String>,
-    pub heartbeat_interval: Option<String>,
-    pub watch_history: Option<u64>,
-    pub watch_buffer: Option<usize>,
-    pub expiry_sweep: Option<String>,
-    pub db_timeout: Option<String>,
-    pub catch_up_interval: Option<String>,
-    pub approval_poll_interval: Option<String>,
-    pub key_refresh_interval: Option<String>,
-    pub db_unavailable_after: Option<String>,
-    pub db_pool_size: Option<u32>,
-    pub metrics_listen: Option<SocketAddr>,
-    pub max_message_bytes: Option<usize>,
-    pub max_concurrent_streams: Option<u32>,
-    pub max_concurrent_requests: Option<usize>,
-    pub max_concurrent_requests_per_key: Option<usize>,
-    pub max_concurrent_requests_per_connection: Option<usize>,
-    pub request_body_timeout: Option<String>,
-    pub max_watch_streams: Option<usize>,
-    pub request_timeout: Option<String>,
-    pub keepalive_interval: Option<String>,
-    pub keepalive_timeout: Option<String>,
-    pub max_connection_age: Option<String>,
-    pub max_connection_age_grace: Option<String>,
-    pub shutdown_delay: Option<String>,
-    pub tls_cert: Option<PathBuf>,
-    pub tls_key: Option<PathBuf>,
-    pub tls_client_ca: Option<PathBuf>,
-}
-
 /// Files of the optional TLS listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
@@ -228,14 +199,28 @@ pub struct TlsFiles {
     pub client_ca: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
 pub enum LogFormat {
     Text,
     Json,
 }
 
+impl TryFrom<String> for LogFormat {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        match text.as_str() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("{other:?} is not text or json")),
+        }
+    }
+}
+
 /// A database URL whose password never reaches a log.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
 pub struct DatabaseUrl(String);
 
 impl DatabaseUrl {
@@ -267,23 +252,36 @@ impl fmt::Debug for DatabaseUrl {
 }
 
 /// Everything `serve` needs, resolved.
-#[derive(Debug, Clone)]
+/// Its fields are the TOML keys (but `tls`, from `tls_cert`, `tls_key` and `tls_client_ca`);
+/// a key left unset keeps its value from `Config::default()`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
 pub struct Config {
     pub listen: SocketAddr,
     pub database_url: DatabaseUrl,
+    #[serde(with = "duration")]
     pub approval_ttl: Duration,
     pub max_arguments_bytes: usize,
+    #[serde(with = "duration")]
     pub min_revision_wait: Duration,
+    #[serde(with = "duration")]
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
+    #[serde(with = "duration")]
     pub heartbeat_interval: Duration,
     pub watch_history: u64,
     pub watch_buffer: usize,
+    #[serde(with = "duration")]
     pub expiry_sweep: Duration,
+    #[serde(with = "duration")]
     pub db_timeout: Duration,
+    #[serde(with = "duration")]
     pub catch_up_interval: Duration,
+    #[serde(with = "duration")]
     pub approval_poll_interval: Duration,
+    #[serde(with = "duration")]
     pub key_refresh_interval: Duration,
+    #[serde(with = "duration")]
     pub db_unavailable_after: Duration,
     pub db_pool_size: u32,
     pub metrics_listen: SocketAddr,
@@ -293,17 +291,25 @@ pub struct Config {
     pub max_concurrent_requests_per_key: usize,
     pub max_concurrent_requests_per_connection: usize,
     /// How long a unary call's request body may take to arrive.
+    #[serde(with = "duration")]
     pub request_body_timeout: Duration,
     pub max_watch_streams: usize,
     /// `None`: no server-side bound.
+    #[serde(with = "duration::zero_is_off")]
     pub request_timeout: Option<Duration>,
     /// `None`: no HTTP/2 pings.
+    #[serde(with = "duration::zero_is_off")]
     pub keepalive_interval: Option<Duration>,
+    #[serde(with = "duration")]
     pub keepalive_timeout: Duration,
     /// `None`: connections live as long as their clients keep them.
+    #[serde(with = "duration::zero_is_off")]
     pub max_connection_age: Option<Duration>,
+    #[serde(with = "duration")]
     pub max_connection_age_grace: Duration,
+    #[serde(with = "duration")]
     pub shutdown_delay: Duration,
+    #[serde(skip)]
     pub tls: Option<TlsFiles>,
 }
 
@@ -355,6 +361,21 @@ impl Default for Config {
 #[error("{0}")]
 pub struct ConfigError(pub String);
 
+impl From<figment::Error> for ConfigError {
+    /// `key: problem`, and the file when the value came from it.
+    fn from(e: figment::Error) -> Self {
+        let mut message = format!("{}: {}", e.path.join("."), e.kind);
+        if let Some(file) = e
+            .metadata
+            .as_ref()
+            .and_then(|m| m.source.as_ref()?.file_path())
+        {
+            message += &format!(" (config file {})", file.display());
+        }
+        ConfigError(message)
+    }
+}
+
 impl Config {
     /// The PostgreSQL connection settings (unused with SQLite).
     pub fn pg_settings(&self) -> crate::store::PgSettings {
@@ -364,248 +385,101 @@ impl Config {
         }
     }
 
+    /// `serve`'s configuration: its flags and environment variables over its file.
     pub fn resolve(args: &ServeArgs) -> Result<Config, ConfigError> {
-        let file = read_file(args.config.as_deref())?;
-        let d = Config::default();
-        let ttl = args.approval_ttl.clone().or(file.approval_ttl);
-        let wait = args.min_revision_wait.clone().or(file.min_revision_wait);
-        let grace = args.shutdown_grace.clone().or(file.shutdown_grace);
-        let format = args.log_format.clone().or(file.log_format);
-        let heartbeat = args.heartbeat_interval.clone().or(file.heartbeat_interval);
-        let sweep = args.expiry_sweep.clone().or(file.expiry_sweep);
-        let config = Config {
-            listen: args.listen.or(file.listen).unwrap_or(d.listen),
-            database_url: args
-                .database_url
-                .clone()
-                .or(file.database_url)
-                .map(DatabaseUrl::new)
-                .unwrap_or(d.database_url),
-            approval_ttl: opt_duration("approval_ttl", ttl)?.unwrap_or(d.approval_ttl),
-            max_arguments_bytes: args
-                .max_arguments_bytes
-                .or(file.max_arguments_bytes)
-                .unwrap_or(d.max_arguments_bytes),
-            min_revision_wait: opt_duration("min_revision_wait", wait)?
-                .unwrap_or(d.min_revision_wait),
-            shutdown_grace: opt_duration("shutdown_grace", grace)?.unwrap_or(d.shutdown_grace),
-            heartbeat_interval: opt_duration("heartbeat_interval", heartbeat)?
-                .unwrap_or(d.heartbeat_interval),
-            watch_history: args
-                .watch_history
-                .or(file.watch_history)
-                .unwrap_or(d.watch_history),
-            watch_buffer: args
-                .watch_buffer
-                .or(file.watch_buffer)
-                .unwrap_or(d.watch_buffer),
-            expiry_sweep: opt_duration("expiry_sweep", sweep)?.unwrap_or(d.expiry_sweep),
-            db_timeout: opt_duration("db_timeout", args.db_timeout.clone().or(file.db_timeout))?
-                .unwrap_or(d.db_timeout),
-            catch_up_interval: opt_duration(
-                "catch_up_interval",
-                args.catch_up_interval.clone().or(file.catch_up_interval),
-            )?
-            .unwrap_or(d.catch_up_interval),
-            approval_poll_interval: opt_duration(
-                "approval_poll_interval",
-                args.approval_poll_interval
-                    .clone()
-                    .or(file.approval_poll_interval),
-            )?
-            .unwrap_or(d.approval_poll_interval),
-            key_refresh_interval: opt_duration(
-                "key_refresh_interval",
-                args.key_refresh_interval
-                    .clone()
-                    .or(file.key_refresh_interval),
-            )?
-            .unwrap_or(d.key_refresh_interval),
-            db_unavailable_after: opt_duration(
-                "db_unavailable_after",
-                args.db_unavailable_after
-                    .clone()
-                    .or(file.db_unavailable_after),
-            )?
-            .unwrap_or(d.db_unavailable_after),
-            db_pool_size: args
-                .db_pool_size
-                .or(file.db_pool_size)
-                .unwrap_or(d.db_pool_size),
-            metrics_listen: args
-                .metrics_listen
-                .or(file.metrics_listen)
-                .unwrap_or(d.metrics_listen),
-            max_message_bytes: args
-                .max_message_bytes
-                .or(file.max_message_bytes)
-                .unwrap_or(d.max_message_bytes),
-            max_concurrent_streams: args
-                .max_concurrent_streams
-                .or(file.max_concurrent_streams)
-                .unwrap_or(d.max_concurrent_streams),
-            max_concurrent_requests: args
-                .max_concurrent_requests
-                .or(file.max_concurrent_requests)
-                .unwrap_or(d.max_concurrent_requests),
-            max_concurrent_requests_per_key: args
-                .max_concurrent_requests_per_key
-                .or(file.max_concurrent_requests_per_key)
-                .unwrap_or(d.max_concurrent_requests_per_key),
-            max_concurrent_requests_per_connection: args
-                .max_concurrent_requests_per_connection
-                .or(file.max_concurrent_requests_per_connection)
-                .unwrap_or(d.max_concurrent_requests_per_connection),
-            request_body_timeout: opt_duration(
-                "request_body_timeout",
-                args.request_body_timeout
-                    .clone()
-                    .or(file.request_body_timeout),
-            )?
-            .unwrap_or(d.request_body_timeout),
-            max_watch_streams: args
-                .max_watch_streams
-                .or(file.max_watch_streams)
-                .unwrap_or(d.max_watch_streams),
-            request_timeout: zero_is_off(
-                "request_timeout",
-                args.request_timeout.clone().or(file.request_timeout),
-                d.request_timeout,
-            )?,
-            keepalive_interval: zero_is_off(
-                "keepalive_interval",
-                args.keepalive_interval.clone().or(file.keepalive_interval),
-                d.keepalive_interval,
-            )?,
-            keepalive_timeout: opt_duration(
-                "keepalive_timeout",
-                args.keepalive_timeout.clone().or(file.keepalive_timeout),
-            )?
-            .unwrap_or(d.keepalive_timeout),
-            max_connection_age: zero_is_off(
-                "max_connection_age",
-                args.max_connection_age.clone().or(file.max_connection_age),
-                d.max_connection_age,
-            )?,
-            max_connection_age_grace: opt_duration(
-                "max_connection_age_grace",
-                args.max_connection_age_grace
-                    .clone()
-                    .or(file.max_connection_age_grace),
-            )?
-            .unwrap_or(d.max_connection_age_grace),
-            shutdown_delay: opt_duration(
-                "shutdown_delay",
-                args.shutdown_delay.clone().or(file.shutdown_delay),
-            )?
-            .unwrap_or(d.shutdown_delay),
-            tls: tls_files(
-                args.tls_cert.clone().or(file.tls_cert),
-                args.tls_key.clone().or(file.tls_key),
-                args.tls_client_ca.clone().or(file.tls_client_ca),
-            )?,
-            log_format: match format.as_deref() {
-                None | Some("text") => LogFormat::Text,
-                Some("json") => LogFormat::Json,
-                Some(other) => {
-                    return Err(ConfigError(format!(
-                        "log_format: {other:?} is not text or json"
-                    )));
-                }
-            },
-        };
-        if config.approval_ttl.is_zero() {
-            return Err(ConfigError("approval_ttl: must be more than zero".into()));
-        }
-        for (name, d) in [
-            ("heartbeat_interval", config.heartbeat_interval),
-            ("expiry_sweep", config.expiry_sweep),
-            ("db_timeout", config.db_timeout),
-            ("catch_up_interval", config.catch_up_interval),
-            ("approval_poll_interval", config.approval_poll_interval),
-            ("key_refresh_interval", config.key_refresh_interval),
-            ("db_unavailable_after", config.db_unavailable_after),
-            ("keepalive_timeout", config.keepalive_timeout),
-            ("request_body_timeout", config.request_body_timeout),
-        ] {
-            if d.is_zero() {
-                return Err(ConfigError(format!("{name}: must be more than zero")));
-            }
-        }
-        if config.db_pool_size == 0 {
-            return Err(ConfigError("db_pool_size: must be more than zero".into()));
-        }
-        if config.watch_buffer == 0 {
-            return Err(ConfigError("watch_buffer: must be more than zero".into()));
-        }
-        for (name, n) in [
-            ("max_message_bytes", config.max_message_bytes),
+        load(args.config.as_deref(), args)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        // Zero makes no sense for these (where it does, it reads as "off": zero_is_off).
+        let zero = [
+            ("approval_ttl", self.approval_ttl.is_zero()),
+            ("heartbeat_interval", self.heartbeat_interval.is_zero()),
+            ("expiry_sweep", self.expiry_sweep.is_zero()),
+            ("db_timeout", self.db_timeout.is_zero()),
+            ("catch_up_interval", self.catch_up_interval.is_zero()),
             (
-                "max_concurrent_streams",
-                config.max_concurrent_streams as usize,
+                "approval_poll_interval",
+                self.approval_poll_interval.is_zero(),
             ),
-            ("max_concurrent_requests", config.max_concurrent_requests),
+            ("key_refresh_interval", self.key_refresh_interval.is_zero()),
+            ("db_unavailable_after", self.db_unavailable_after.is_zero()),
+            ("keepalive_timeout", self.keepalive_timeout.is_zero()),
+            ("request_body_timeout", self.request_body_timeout.is_zero()),
+            ("db_pool_size", self.db_pool_size == 0),
+            ("watch_buffer", self.watch_buffer == 0),
+            ("max_message_bytes", self.max_message_bytes == 0),
+            ("max_concurrent_streams", self.max_concurrent_streams == 0),
+            ("max_concurrent_requests", self.max_concurrent_requests == 0),
             (
                 "max_concurrent_requests_per_key",
-                config.max_concurrent_requests_per_key,
+                self.max_concurrent_requests_per_key == 0,
             ),
             (
                 "max_concurrent_requests_per_connection",
-                config.max_concurrent_requests_per_connection,
+                self.max_concurrent_requests_per_connection == 0,
             ),
-            ("max_watch_streams", config.max_watch_streams),
-        ] {
-            if n == 0 {
-                return Err(ConfigError(format!("{name}: must be more than zero")));
-            }
+            ("max_watch_streams", self.max_watch_streams == 0),
+            ("max_arguments_bytes", self.max_arguments_bytes == 0),
+        ];
+        if let Some((name, _)) = zero.iter().find(|(_, is_zero)| *is_zero) {
+            return Err(ConfigError(format!("{name}: must be more than zero")));
         }
-        if config.max_arguments_bytes >= config.max_message_bytes {
+        if self.max_arguments_bytes >= self.max_message_bytes {
             return Err(ConfigError(format!(
                 "max_arguments_bytes: {} does not fit in max_message_bytes ({})",
-                config.max_arguments_bytes, config.max_message_bytes
+                self.max_arguments_bytes, self.max_message_bytes
             )));
         }
-        if config.max_arguments_bytes == 0 {
-            return Err(ConfigError(
-                "max_arguments_bytes: must be more than zero".into(),
-            ));
-        }
-        Ok(config)
+        Ok(())
     }
 }
 
 /// The database URL for the `keys` commands: flag or env, then the TOML file, then default.
 pub fn resolve_database_url(args: &DatabaseArgs) -> Result<DatabaseUrl, ConfigError> {
-    if let Some(url) = &args.database_url {
-        return Ok(DatabaseUrl::new(url.clone()));
+    Ok(load(args.config.as_deref(), args)?.database_url)
+}
+
+/// The one loader: the TOML file at `file`, if any, under the settings clap found in `given`
+/// (flags and environment), over the defaults; then the checks.
+fn load(file: Option<&Path>, given: &impl Serialize) -> Result<Config, ConfigError> {
+    let mut figment = Figment::new();
+    if let Some(path) = file {
+        figment = figment.merge(Toml::file_exact(path));
     }
-    let file = read_file(args.config.as_deref())?;
-    Ok(file
-        .database_url
-        .map(DatabaseUrl::new)
-        .unwrap_or(Config::default().database_url))
-}
+    // A setting clap did not find serializes as empty; dropped, it leaves the file's value.
+    let mut given = Value::serialize(given)?.into_dict().unwrap_or_default();
+    given.retain(|_, value| !matches!(value, Value::Empty(..)));
+    let figment = figment.merge(Serialized::defaults(given));
 
-fn read_file(path: Option<&std::path::Path>) -> Result<FileConfig, ConfigError> {
-    let Some(path) = path else {
-        return Ok(FileConfig::default());
+    let settings = ServeArgs::augment_args(clap::Command::new("serve"));
+    let is_setting =
+        |key: &str| key != "config" && settings.get_arguments().any(|arg| arg.get_id() == key);
+    // Only the file can fail to read, or hold a key that is no setting.
+    let in_file = |problem: String| {
+        let file = file.map_or("".into(), |f| format!("config file {}: ", f.display()));
+        ConfigError(format!("{file}{}", problem.trim_end()))
     };
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError(format!("config file {}: {e}", path.display())))?;
-    toml::from_str(&text).map_err(|e| ConfigError(format!("config file {}: {e}", path.display())))
-}
+    let data = figment.data().map_err(|e| in_file(e.kind.to_string()))?;
+    if let Some(key) = data
+        .values()
+        .flat_map(|d| d.keys())
+        .find(|k| !is_setting(k))
+    {
+        return Err(in_file(format!("unknown setting {key:?}")));
+    }
 
-/// A duration where `0` switches the feature off.
-fn zero_is_off(
-    name: &str,
-    value: Option<String>,
-    default: Option<Duration>,
-) -> Result<Option<Duration>, ConfigError> {
-    Ok(match opt_duration(name, value)? {
-        Some(d) if d.is_zero() => None,
-        Some(d) => Some(d),
-        None => default,
-    })
+    let mut config: Config = figment.extract()?;
+    let path = |key| match figment.contains(key) {
+        true => figment
+            .extract_inner(key)
+            .map(Some)
+            .map_err(ConfigError::from),
+        false => Ok(None),
+    };
+    config.tls = tls_files(path("tls_cert")?, path("tls_key")?, path("tls_client_ca")?)?;
+    config.validate()?;
+    Ok(config)
 }
 
 /// TLS needs both a certificate and its key; a client CA only makes sense with them.
@@ -629,52 +503,82 @@ fn tls_files(
     }
 }
 
-fn opt_duration(name: &str, value: Option<String>) -> Result<Option<Duration>, ConfigError> {
-    value
-        .map(|v| parse_duration(&v).map_err(|e| ConfigError(format!("{name}: {e}"))))
-        .transpose()
-}
-
-/// Parses `500ms`, `90s`, `15m`, `24h`, `7d`, or a bare number of seconds.
+/// Parses a humantime duration (`250ms`, `90s`, `30m`, `24h`, `7d`, `1h 30m`) or a bare
+/// number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (digits, unit) = text.split_at(split);
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 500ms, 90s, 15m, 24h or 7d"))?;
-    let per_unit_ms = match unit {
-        "ms" => 1,
-        "" | "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => {
-            return Err(format!(
-                "{text:?} has unknown unit {unit:?}; use ms, s, m, h or d"
-            ));
-        }
+    let parsed = match text.parse::<u64>() {
+        Ok(seconds) => Ok(Duration::from_secs(seconds)),
+        Err(_) => humantime::parse_duration(text).map_err(|e| e.to_string()),
     };
-    n.checked_mul(per_unit_ms)
-        .map(Duration::from_millis)
-        .ok_or_else(|| format!("{text:?} is too long"))
+    match parsed {
+        Ok(d) if d.as_millis() <= u128::from(u64::MAX) => Ok(d),
+        Ok(_) => Err(format!("invalid duration {text:?}: too long")),
+        // humantime's "unknown time unit" lists the units itself.
+        Err(e) if e.contains("unit") => Err(format!("invalid duration {text:?}: {e}")),
+        Err(e) => Err(format!(
+            "invalid duration {text:?}: {e}; write e.g. 250ms, 90s, 30m, 24h or 7d"
+        )),
+    }
+}
+
+/// `#[serde(with)]` for durations written as text.
+mod duration {
+    use serde::{Deserialize, Deserializer, de::Error};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        super::parse_duration(&String::deserialize(d)?).map_err(D::Error::custom)
+    }
+
+    /// A duration where `0` switches the feature off (`None`).
+    pub mod zero_is_off {
+        use super::*;
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+            super::deserialize(d).map(|d| (!d.is_zero()).then_some(d))
+        }
+    }
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)] // Jail's closures return figment's Result, as Jail asks.
 mod tests {
     use super::*;
+    use figment::Jail;
+
+    /// `toolgate serve ARGS` as the binary parses and resolves it. Clap reads the process
+    /// environment, so only call it inside a `Jail` (one at a time, variables restored).
+    fn serve(args: &[&str]) -> Result<Config, ConfigError> {
+        let argv = ["toolgate", "serve"].iter().chain(args);
+        let Command::Serve(args) = Cli::try_parse_from(argv).unwrap().command else {
+            unreachable!()
+        };
+        Config::resolve(&args)
+    }
+
+    fn file(dir: &tempfile::TempDir, text: &str) -> PathBuf {
+        let path = dir.path().join("toolgate.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
 
     #[test]
     fn durations_parse_with_units() {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
         assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
         assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86400)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86400)));
+        assert_eq!(parse_duration(" 1h 30m "), Ok(Duration::from_secs(5400)));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("").is_err());
+        assert!(parse_duration("-5s").is_err());
+        assert!(parse_duration("600000000000y").is_err());
+        let err = parse_duration("5x").unwrap_err();
+        assert!(err.starts_with("invalid duration \"5x\": "), "{err}");
     }
 
     #[test]
@@ -683,19 +587,22 @@ mod tests {
         let shown = format!("{url:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("toolgate:***@db"), "{shown}");
+        let config = Config {
+            database_url: url,
+            ..Config::default()
+        };
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
     }
 
     #[test]
     fn flags_override_file_which_overrides_defaults() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("toolgate.toml");
-        std::fs::write(
-            &path,
-            "listen = \"127.0.0.1:7000\"\napproval_ttl = \"1h\"\n",
-        )
-        .unwrap();
         let args = ServeArgs {
-            config: Some(path),
+            config: Some(file(
+                &dir,
+                "listen = \"127.0.0.1:7000\"\napproval_ttl = \"1h\"\n",
+            )),
             listen: Some("127.0.0.1:8000".parse().unwrap()),
             database_url: None,
             approval_ttl: None,
@@ -711,6 +618,93 @@ mod tests {
         assert_eq!(config.listen.port(), 8000);
         assert_eq!(config.approval_ttl, Duration::from_secs(3600));
         assert_eq!(config.database_url.expose(), "sqlite://toolgate.db");
+    }
+
+    #[test]
+    fn file_then_environment_then_flags() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "toolgate.toml",
+                "approval_ttl = \"1h\"\nwatch_buffer = 10\ndb_pool_size = 3\n",
+            )?;
+            jail.set_env("TOOLGATE_CONFIG", "toolgate.toml");
+            let config = serve(&[]).unwrap();
+            assert_eq!(config.approval_ttl, Duration::from_secs(3600));
+            assert_eq!(config.watch_buffer, 10);
+
+            jail.set_env("TOOLGATE_APPROVAL_TTL", "30m");
+            jail.set_env("TOOLGATE_WATCH_BUFFER", "20");
+            let config = serve(&[]).unwrap();
+            assert_eq!(config.approval_ttl, Duration::from_secs(1800));
+            assert_eq!(config.watch_buffer, 20);
+
+            let config = serve(&["--approval-ttl", "90s", "--watch-buffer", "30"]).unwrap();
+            assert_eq!(config.approval_ttl, Duration::from_secs(90));
+            assert_eq!(config.watch_buffer, 30);
+            // What no layer sets keeps the file's value, or the default.
+            assert_eq!(config.db_pool_size, 3);
+            assert_eq!(config.expiry_sweep, Duration::from_secs(5));
+
+            // The keys commands read the same file, under their own flag and variable.
+            jail.create_file("keys.toml", "database_url = \"sqlite://from-file.db\"\n")?;
+            let keys = |url: Option<&str>| DatabaseArgs {
+                database_url: url.map(String::from),
+                config: Some("keys.toml".into()),
+            };
+            let url = resolve_database_url(&keys(None)).unwrap();
+            assert_eq!(url.expose(), "sqlite://from-file.db");
+            let url = resolve_database_url(&keys(Some("sqlite://flag.db"))).unwrap();
+            assert_eq!(url.expose(), "sqlite://flag.db");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_bad_duration_is_refused_naming_its_setting_and_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = file(&dir, "approval_ttl = \"5x\"\n");
+        let from_file = ServeArgs {
+            config: Some(path.clone()),
+            ..ServeArgs::default()
+        };
+        let err = Config::resolve(&from_file).unwrap_err().0;
+        assert!(
+            err.starts_with("approval_ttl: invalid duration \"5x\""),
+            "{err}"
+        );
+        assert!(err.contains(&path.display().to_string()), "{err}");
+
+        let from_flag = ServeArgs {
+            config: Some(file(&dir, "approval_ttl = \"1h\"\n")),
+            keepalive_timeout: Some("soon".into()),
+            ..ServeArgs::default()
+        };
+        let err = Config::resolve(&from_flag).unwrap_err().0;
+        assert!(
+            err.starts_with("keepalive_timeout: invalid duration \"soon\""),
+            "{err}"
+        );
+
+        Jail::expect_with(|jail| {
+            jail.set_env("TOOLGATE_EXPIRY_SWEEP", "1 fortnight");
+            let err = serve(&[]).unwrap_err().0;
+            assert!(err.starts_with("expiry_sweep: invalid duration"), "{err}");
+            Ok(())
+        });
+
+        let number = file(&dir, "watch_buffer = \"many\"\n");
+        let err = Config::resolve(&ServeArgs {
+            config: Some(number),
+            ..ServeArgs::default()
+        })
+        .unwrap_err();
+        assert!(err.0.starts_with("watch_buffer: "), "{err}");
+        let format = ServeArgs {
+            log_format: Some("xml".into()),
+            ..ServeArgs::default()
+        };
+        let err = Config::resolve(&format).unwrap_err();
+        assert_eq!(err.0, "log_format: \"xml\" is not text or json");
     }
 
     #[test]
@@ -737,14 +731,155 @@ mod tests {
         };
         let err = Config::resolve(&zero).unwrap_err();
         assert!(err.0.starts_with("max_concurrent_requests:"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let zero_ttl = ServeArgs {
+            config: Some(file(&dir, "approval_ttl = \"0s\"\n")),
+            ..ServeArgs::default()
+        };
+        let err = Config::resolve(&zero_ttl).unwrap_err();
+        assert_eq!(err.0, "approval_ttl: must be more than zero");
+        let too_big = ServeArgs {
+            max_arguments_bytes: Some(4 * 1024 * 1024),
+            ..ServeArgs::default()
+        };
+        let err = Config::resolve(&too_big).unwrap_err();
+        assert!(err.0.starts_with("max_arguments_bytes:"), "{err}");
     }
 
     #[test]
     fn unknown_file_settings_are_refused_by_name() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("toolgate.toml");
-        std::fs::write(&path, "listne = \"127.0.0.1:7000\"\n").unwrap();
-        let err = read_file(Some(&path)).unwrap_err();
-        assert!(err.0.contains("listne"), "{err}");
+        for text in ["listne = \"127.0.0.1:7000\"\n", "config = \"other.toml\"\n"] {
+            let path = file(&dir, text);
+            let key = text.split(' ').next().unwrap();
+            let args = ServeArgs {
+                config: Some(path.clone()),
+                ..ServeArgs::default()
+            };
+            let err = Config::resolve(&args).unwrap_err().0;
+            assert!(err.contains(&format!("unknown setting \"{key}\"")), "{err}");
+            assert!(err.contains(&path.display().to_string()), "{err}");
+            let keys = DatabaseArgs {
+                database_url: None,
+                config: Some(path),
+            };
+            let err = resolve_database_url(&keys).unwrap_err().0;
+            assert!(err.contains(key), "{err}");
+        }
+        let missing = ServeArgs {
+            config: Some(dir.path().join("missing.toml")),
+            ..ServeArgs::default()
+        };
+        let err = Config::resolve(&missing).unwrap_err().0;
+        assert!(err.starts_with("config file "), "{err}");
+        let broken = ServeArgs {
+            config: Some(file(&dir, "listen = \n")),
+            ..ServeArgs::default()
+        };
+        let err = Config::resolve(&broken).unwrap_err().0;
+        assert!(err.starts_with("config file "), "{err}");
+    }
+
+    /// Every flag, variable and key sets a field of `Config`, and every field is set by one.
+    #[test]
+    fn every_setting_reaches_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = r#"
+            listen = "127.0.0.1:7000"
+            database_url = "sqlite://other.db"
+            approval_ttl = "1h"
+            max_arguments_bytes = 1000
+            min_revision_wait = "3s"
+            shutdown_grace = "21s"
+            log_format = "json"
+            heartbeat_interval = "16s"
+            watch_history = 7
+            watch_buffer = 8
+            expiry_sweep = "6s"
+            db_timeout = "4s"
+            catch_up_interval = "2s"
+            approval_poll_interval = "100ms"
+            key_refresh_interval = "3s"
+            db_unavailable_after = "11s"
+            db_pool_size = 2
+            metrics_listen = "127.0.0.1:7001"
+            max_message_bytes = 100000
+            max_concurrent_streams = 9
+            max_concurrent_requests = 10
+            max_concurrent_requests_per_key = 11
+            max_concurrent_requests_per_connection = 12
+            request_body_timeout = "7s"
+            max_watch_streams = 13
+            request_timeout = "8s"
+            keepalive_interval = "0"
+            keepalive_timeout = "9s"
+            max_connection_age = "1h"
+            max_connection_age_grace = "10s"
+            shutdown_delay = "1s"
+            tls_cert = "cert.pem"
+            tls_key = "key.pem"
+            tls_client_ca = "ca.pem"
+        "#;
+        let settings = ServeArgs::augment_args(clap::Command::new("serve"));
+        let keys = text.lines().filter(|l| l.contains(" = ")).count();
+        assert_eq!(
+            keys,
+            settings.get_arguments().count() - 1,
+            "a key per setting"
+        );
+        let args = ServeArgs {
+            config: Some(file(&dir, text)),
+            ..ServeArgs::default()
+        };
+        let config = format!("{:#?}", Config::resolve(&args).unwrap());
+        let default = format!("{:#?}", Config::default());
+        // One entry per field: its line and the lines of its value.
+        let fields = |shown: &str| {
+            let mut fields: Vec<String> = Vec::new();
+            for line in shown.lines().skip(1) {
+                let starts_field = line.as_bytes().get(4).is_some_and(u8::is_ascii_lowercase);
+                match (starts_field, fields.last_mut()) {
+                    (false, Some(field)) => field.push_str(line),
+                    _ => fields.push(line.to_owned()),
+                }
+            }
+            fields
+        };
+        let (config, default) = (fields(&config), fields(&default));
+        assert_eq!(config.len(), default.len());
+        // `tls` takes three keys; every other field one.
+        assert_eq!(config.len() + 2, keys, "a setting that reaches no field");
+        for (set, unset) in config.iter().zip(&default) {
+            assert_ne!(set, unset, "no setting reached this field");
+        }
+    }
+
+    /// README.md's table is the contract: one row per setting, with its flag and variable.
+    #[test]
+    fn every_setting_has_its_flag_variable_and_key_in_the_readme() {
+        let rows: Vec<Vec<&str>> = include_str!("../README.md")
+            .lines()
+            .filter(|l| l.starts_with("| `--"))
+            .map(|l| l.split('|').map(|c| c.trim().trim_matches('`')).collect())
+            .collect();
+        let settings = ServeArgs::augment_args(clap::Command::new("serve"));
+        let mut documented = 0;
+        for arg in settings.get_arguments() {
+            let id = arg.get_id().as_str();
+            let long = arg.get_long().unwrap();
+            let env = arg.get_env().unwrap().to_str().unwrap();
+            assert_eq!(long, id.replace('_', "-"));
+            assert_eq!(env, format!("TOOLGATE_{}", id.to_uppercase()));
+            let key = if id == "config" { "" } else { id };
+            let flag = format!("--{long}");
+            let row = rows.iter().find(|r| r[1] == flag);
+            assert_eq!(
+                row.map(|r| (r[2], r[3])),
+                Some((env, key)),
+                "README row of {flag}"
+            );
+            documented += 1;
+        }
+        assert_eq!(rows.len(), documented, "README rows without a setting");
     }
 }
