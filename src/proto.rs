@@ -89,8 +89,8 @@ impl<U: prost::Message + Default> tonic::codec::Decoder for Decoder<U> {
 #[cfg(test)]
 mod tests {
     use super::v1 as pb;
-    use prost::Message;
     use proptest::prelude::*;
+    use prost::Message;
 
     /// Decodes `bytes` as `M`; a message that decodes encodes to bytes that decode to it
     /// again.
