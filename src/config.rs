@@ -158,6 +158,12 @@ pub struct ServeArgs {
     /// Longest a unary call's request body may take to arrive, e.g. 5s; past it the call ends DEADLINE_EXCEEDED [default: 5s].
     #[arg(long, env = "TOOLGATE_REQUEST_BODY_TIMEOUT")]
     pub request_body_timeout: Option<String>,
+    /// Connections open at once to the gRPC port; beyond it new ones are closed as they are accepted [default: 10000].
+    #[arg(long, env = "TOOLGATE_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Longest a new connection may take to finish its TLS and HTTP/2 handshake before it is closed [default: 10s].
+    #[arg(long, env = "TOOLGATE_HANDSHAKE_TIMEOUT")]
+    pub handshake_timeout: Option<String>,
     /// Open WatchConfig and WatchApprovals streams; beyond it new ones get RESOURCE_EXHAUSTED [default: 20000].
     #[arg(long, env = "TOOLGATE_MAX_WATCH_STREAMS")]
     pub max_watch_streams: Option<usize>,
@@ -293,6 +299,10 @@ pub struct Config {
     /// How long a unary call's request body may take to arrive.
     #[serde(with = "duration")]
     pub request_body_timeout: Duration,
+    pub max_connections: usize,
+    /// How long a new connection may take to finish its handshake.
+    #[serde(with = "duration")]
+    pub handshake_timeout: Duration,
     pub max_watch_streams: usize,
     /// `None`: no server-side bound.
     #[serde(with = "duration::zero_is_off")]
@@ -340,6 +350,8 @@ impl Default for Config {
             max_concurrent_requests_per_key: 1024,
             max_concurrent_requests_per_connection: 128,
             request_body_timeout: Duration::from_secs(5),
+            max_connections: 10_000,
+            handshake_timeout: Duration::from_secs(10),
             max_watch_streams: 20_000,
             // Off: every store call is bounded by db_timeout and every wait by
             // min_revision_wait already, and a server-side timer on every call costs
@@ -406,6 +418,8 @@ impl Config {
             ("db_unavailable_after", self.db_unavailable_after.is_zero()),
             ("keepalive_timeout", self.keepalive_timeout.is_zero()),
             ("request_body_timeout", self.request_body_timeout.is_zero()),
+            ("handshake_timeout", self.handshake_timeout.is_zero()),
+            ("max_connections", self.max_connections == 0),
             ("db_pool_size", self.db_pool_size == 0),
             ("watch_buffer", self.watch_buffer == 0),
             ("max_message_bytes", self.max_message_bytes == 0),
@@ -809,6 +823,8 @@ mod tests {
             max_concurrent_requests_per_key = 11
             max_concurrent_requests_per_connection = 12
             request_body_timeout = "7s"
+            max_connections = 14
+            handshake_timeout = "15s"
             max_watch_streams = 13
             request_timeout = "8s"
             keepalive_interval = "0"

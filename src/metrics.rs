@@ -158,6 +158,20 @@ pub enum Shed {
 
 const SHEDS: [&str; 2] = ["request", "watch"];
 
+/// Why a connection was closed before it carried calls: the label of
+/// `toolgate_connections_refused_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionRefusal {
+    /// `max_connections` were open.
+    Limit = 0,
+    /// Its handshake was not done within `handshake_timeout`.
+    HandshakeTimeout = 1,
+    /// Its handshake was not done when the server drained.
+    Draining = 2,
+}
+
+const REFUSALS: [&str; 3] = ["limit", "handshake_timeout", "draining"];
+
 /// The kind of an RPC: the `grpc_type` label, with go-grpc-prometheus' values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RpcType {
@@ -287,6 +301,8 @@ pub struct Metrics {
     watch_total: AtomicUsize,
     watch_resets: [Counter; WATCHES.len()],
     shed: [Counter; SHEDS.len()],
+    connections_open: Gauge,
+    connections_refused: [Counter; REFUSALS.len()],
     pub propagation_seconds: Histogram,
     revisions_followed: Counter,
     /// By operation, then `unavailable` / `other`.
@@ -404,6 +420,19 @@ impl Metrics {
             "Calls refused with RESOURCE_EXHAUSTED because a concurrency limit was reached",
             family,
         );
+        let connections_open = Gauge::default();
+        r.register(
+            "toolgate_connections_open",
+            "Open connections to the gRPC port (at most max_connections)",
+            connections_open.clone(),
+        );
+        let (family, connections_refused) = one_label("reason", REFUSALS);
+        r.register(
+            "toolgate_connections_refused",
+            "Connections closed before they carried calls: over max_connections, or their \
+             handshake not done within handshake_timeout or when the server drained",
+            family,
+        );
 
         let tenants = Gauge::default();
         r.register(
@@ -478,6 +507,8 @@ impl Metrics {
             watch_total: AtomicUsize::new(0),
             watch_resets,
             shed,
+            connections_open,
+            connections_refused,
             propagation_seconds,
             revisions_followed,
             store_errors,
@@ -547,6 +578,14 @@ impl Metrics {
 
     pub fn shed(&self, what: Shed) {
         self.shed[what as usize].inc();
+    }
+
+    pub fn connections_open(&self, delta: i64) {
+        self.connections_open.inc_by(delta);
+    }
+
+    pub fn connection_refused(&self, why: ConnectionRefusal) {
+        self.connections_refused[why as usize].inc();
     }
 
     /// Revisions saved by another replica reached this one's snapshot.

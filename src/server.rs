@@ -6,6 +6,7 @@ use crate::app::sweep::sweep_expired;
 use crate::app::{App, Limits};
 use crate::config::{Config, TlsFiles};
 use crate::grpc::PolicyApi;
+use crate::grpc::connections::{self, ConnectionLimits};
 use crate::grpc::gate::{Gate, GateLimits};
 use crate::grpc::rpc_metrics::RpcMetricsLayer;
 use crate::hub::ApprovalHub;
@@ -156,7 +157,7 @@ pub async fn serve(
         snapshots,
         approvals,
         limits,
-        drain_rx,
+        drain_rx.clone(),
         metrics.clone(),
     ));
     let metrics_addr = listeners.metrics.local_addr()?;
@@ -233,6 +234,11 @@ pub async fn serve(
     let incoming = TcpIncoming::from(listeners.grpc)
         .with_nodelay(Some(true))
         .with_keepalive(Some(Duration::from_secs(60)));
+    let connection_limits = ConnectionLimits {
+        max_connections: config.max_connections,
+        handshake_timeout: config.handshake_timeout,
+    };
+    let incoming = connections::admit(incoming, connection_limits, metrics.clone(), drain_rx);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     // Every call of every service passes the grpc_server_* metrics first.
     let server = builder

@@ -1,6 +1,7 @@
 //! The gRPC transport: each RPC authenticates, converts its request, calls the use case in
 //! [`crate::app`], and converts the answer. Nothing here decides anything.
 
+pub mod connections;
 pub mod convert;
 pub mod error;
 pub mod gate;

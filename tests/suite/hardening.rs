@@ -398,3 +398,143 @@ async fn keys_with_the_same_name_are_one_principal() {
         "r1"
     );
 }
+
+/// Reads `conn` until the server closes it (whatever it sent first, such as its SETTINGS);
+/// fails the test if that does not happen within a bound it must happen in.
+async fn closed_by_server(mut conn: TcpStream) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    let closed = async {
+        loop {
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), closed)
+        .await
+        .expect("the server closes the connection");
+}
+
+/// Polls the metrics until `series` reads `value` (the server accepts connections in its
+/// own time); fails the test if that does not happen within a bound it must happen in.
+async fn metric_reaches(app: &TestApp, series: &str, value: f64) {
+    let last = std::sync::Mutex::new(None);
+    let reached = async {
+        loop {
+            let now = app.scrape().await.get(series);
+            *last.lock().unwrap() = Some(now);
+            if now == value {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(30), reached)
+        .await
+        .is_err()
+    {
+        panic!(
+            "{series} never reached {value}: last {:?}",
+            last.lock().unwrap()
+        );
+    }
+}
+
+/// Issue item 6: connections that never finish the HTTP/2 handshake (nothing sent, or half
+/// the preface) are closed once `handshake_timeout` has passed, and counted.
+#[tokio::test]
+async fn connections_that_never_finish_the_handshake_are_closed() {
+    use tokio::io::AsyncWriteExt;
+    let app = spawn_app_with(|c| c.handshake_timeout = Duration::from_millis(300)).await;
+    app.connect_sample().await;
+    let before = app.scrape().await;
+    let mut idle = Vec::new();
+    for i in 0..10 {
+        let mut conn = TcpStream::connect(app.addr).await.expect("connect");
+        if i % 2 == 1 {
+            conn.write_all(b"PRI * HTTP/2.0\r\n").await.expect("write");
+        }
+        idle.push(conn);
+    }
+    for conn in idle {
+        closed_by_server(conn).await;
+    }
+    let after = app.scrape().await;
+    let series = "toolgate_connections_refused_total{reason=\"handshake_timeout\"}";
+    assert_eq!(after.delta(&before, series), 10.0);
+    // A client that finishes its handshake is served.
+    let r = app.decide_ok(ask("get_user", "{}", "after")).await;
+    assert_eq!(verdict(&r), (Verdict::Allow, DecisionCode::PolicyAuto));
+}
+
+/// Issue item 6: at most `max_connections` are open; one more is closed as it is accepted,
+/// and the places come back when connections close.
+#[tokio::test]
+async fn connections_over_the_limit_are_closed_and_places_come_back() {
+    const LIMIT: usize = 4;
+    let app = spawn_app_with(|c| {
+        c.max_connections = LIMIT;
+        c.handshake_timeout = Duration::from_secs(3600);
+    })
+    .await;
+    // The test's own client holds a connection once it has made a call; fill the rest.
+    let _ = app.decide(&app.agent, ask("get_user", "{}", "r0")).await;
+    let before = app.scrape().await;
+    let own = before.get("toolgate_connections_open") as usize;
+    let mut held = Vec::new();
+    for _ in own..LIMIT {
+        held.push(TcpStream::connect(app.addr).await.expect("connect"));
+    }
+    metric_reaches(&app, "toolgate_connections_open", LIMIT as f64).await;
+    // One more finds no place.
+    let extra = TcpStream::connect(app.addr).await.expect("connect");
+    closed_by_server(extra).await;
+    let scraped = app.scrape().await;
+    let series = "toolgate_connections_refused_total{reason=\"limit\"}";
+    assert_eq!(scraped.delta(&before, series), 1.0);
+    assert_eq!(scraped.get("toolgate_connections_open"), LIMIT as f64);
+    drop(held);
+    // Once the server has seen them close, a client connects and is served.
+    let served = async {
+        loop {
+            let mut client = toolgate::proto::v1::policy_service_client::PolicyServiceClient::new(
+                tonic::transport::Channel::from_shared(format!("http://{}", app.addr))
+                    .expect("uri")
+                    .connect_lazy(),
+            );
+            let ask = with_key(&app.agent, ask("get_user", "{}", "r"));
+            if let Ok(answer) = client.decide(ask).await {
+                return answer.into_inner();
+            }
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), served)
+        .await
+        .expect("served once the places are back");
+}
+
+/// Issue item 6: a shutdown does not wait on connections still in their handshake.
+#[tokio::test]
+async fn drain_does_not_wait_on_connections_that_never_finish_the_handshake() {
+    let mut app = spawn_app_with(|c| {
+        c.handshake_timeout = Duration::from_secs(3600);
+        c.shutdown_grace = Duration::from_secs(3600);
+    })
+    .await;
+    // The test's own client holds a connection once it has made a call.
+    let _ = app.decide(&app.agent, ask("get_user", "{}", "r0")).await;
+    let own = app.scrape().await.get("toolgate_connections_open");
+    let mut idle = Vec::new();
+    for _ in 0..20 {
+        idle.push(TcpStream::connect(app.addr).await.expect("connect"));
+    }
+    // Every one is accepted before the shutdown begins.
+    metric_reaches(&app, "toolgate_connections_open", own + 20.0).await;
+    tokio::time::timeout(Duration::from_secs(30), app.stop())
+        .await
+        .expect("the server stops without waiting on them");
+    drop(idle);
+}
