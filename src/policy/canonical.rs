@@ -3,8 +3,13 @@
 //!
 //! Parsing is stricter than plain JSON where a looser parser would let two different calls
 //! share one hash: duplicate object keys are rejected (parsers disagree on which one wins),
-//! and so are integers beyond ±2^53, which RFC 8785 would round to the nearest double while
-//! an agent backend in Python or Go would run them exactly.
+//! and a number is accepted only if canonicalisation loses nothing: the exact decimal value
+//! of its text must equal the exact value of its RFC 8785 spelling (the nearest double,
+//! printed shortest). So `0.1`, `1e16` and 2^60 are accepted, while
+//! `18446744073709551617` or `0.10000000000000001` (which RFC 8785 would round, while an
+//! agent backend in Python or Go would run them exactly) are refused: two texts with the
+//! same hash mean the same numbers to every parser, exact or not. Only JSON's four
+//! whitespace characters are whitespace.
 
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use sha2::{Digest, Sha256};
@@ -42,9 +47,6 @@ impl fmt::Display for ArgumentsError {
 
 impl std::error::Error for ArgumentsError {}
 
-/// Largest integer magnitude a double holds exactly.
-const MAX_SAFE_INTEGER: u64 = 1 << 53;
-
 /// Parses `text` as the arguments of a call: a JSON object. Empty text means `{}`.
 pub fn parse_arguments(text: &str, max_bytes: usize) -> Result<Json, ArgumentsError> {
     if text.len() > max_bytes {
@@ -53,7 +55,7 @@ pub fn parse_arguments(text: &str, max_bytes: usize) -> Result<Json, ArgumentsEr
             text.len()
         )));
     }
-    if text.trim().is_empty() {
+    if text.trim_matches(is_json_whitespace).is_empty() {
         return Ok(Json::Object(Vec::new()));
     }
     let value = parse(text)?;
@@ -71,7 +73,118 @@ pub fn parse(text: &str) -> Result<Json, ArgumentsError> {
         .map_err(|e| ArgumentsError(format!("is not valid JSON: {e}")))?;
     de.end()
         .map_err(|e| ArgumentsError(format!("is not valid JSON: {e}")))?;
+    for number in number_tokens(text) {
+        check_exact(number)?;
+    }
     Ok(value)
+}
+
+/// Space, tab, line feed and carriage return: JSON's whitespace (RFC 8259 §2).
+fn is_json_whitespace(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\n' | '\r')
+}
+
+/// The number tokens of a valid JSON text, in order (everything outside strings that starts
+/// with `-` or a digit).
+fn number_tokens(text: &str) -> impl Iterator<Item = &str> {
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        while i < bytes.len() {
+            match bytes[i] {
+                b'"' => {
+                    i += 1;
+                    while i < bytes.len() && bytes[i] != b'"' {
+                        // An escape takes the next byte with it (`\"` does not end it).
+                        i += if bytes[i] == b'\\' { 2 } else { 1 };
+                    }
+                    i += 1;
+                }
+                b'-' | b'0'..=b'9' => {
+                    let start = i;
+                    while i < bytes.len()
+                        && matches!(bytes[i], b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')
+                    {
+                        i += 1;
+                    }
+                    return Some(&text[start..i]);
+                }
+                _ => i += 1,
+            }
+        }
+        None
+    })
+}
+
+/// Refuses a number token whose exact value its RFC 8785 spelling does not keep.
+fn check_exact(token: &str) -> Result<(), ArgumentsError> {
+    let double: f64 = token
+        .parse()
+        .ok()
+        .filter(|d: &f64| d.is_finite())
+        .ok_or_else(|| ArgumentsError(format!("number {} is out of range", shown(token))))?;
+    let mut spelled = String::new();
+    write_number(&mut spelled, double);
+    if Decimal::of(token) == Decimal::of(&spelled) {
+        return Ok(());
+    }
+    Err(ArgumentsError(format!(
+        "number {} is not exactly representable: RFC 8785 would make it {spelled}, which a \
+         parser that reads numbers exactly would run differently; send it as a string",
+        shown(token)
+    )))
+}
+
+/// A number token as an error message shows it (long ones cut).
+fn shown(token: &str) -> String {
+    match token.char_indices().nth(40) {
+        Some((cut, _)) => format!("{}…", &token[..cut]),
+        None => token.to_owned(),
+    }
+}
+
+/// The exact value of a JSON number: `digits` × 10^`exponent`, with no leading or trailing
+/// zero digit (zero is no digits, whatever its sign).
+#[derive(Debug, PartialEq, Eq)]
+struct Decimal {
+    negative: bool,
+    digits: Vec<u8>,
+    exponent: i128,
+}
+
+impl Decimal {
+    fn of(text: &str) -> Decimal {
+        let (negative, rest) = match text.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, text),
+        };
+        let (mantissa, exp) = match rest.find(['e', 'E']) {
+            Some(at) => (&rest[..at], &rest[at + 1..]),
+            None => (rest, "0"),
+        };
+        let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+        // An exponent too long for i128 saturates: such a number is zero or not finite,
+        // and the parse refused the latter already.
+        let exp: i128 = exp.parse().unwrap_or(if exp.starts_with('-') {
+            i128::MIN / 2
+        } else {
+            i128::MAX / 2
+        });
+        let all: Vec<u8> = int.bytes().chain(frac.bytes()).collect();
+        let Some(first) = all.iter().position(|&d| d != b'0') else {
+            return Decimal {
+                negative: false,
+                digits: Vec::new(),
+                exponent: 0,
+            };
+        };
+        let last = all.iter().rposition(|&d| d != b'0').unwrap_or(first);
+        Decimal {
+            negative,
+            digits: all[first..=last].to_vec(),
+            exponent: exp - frac.len() as i128 + (all.len() - 1 - last) as i128,
+        }
+    }
 }
 
 /// Canonical form and hash of already-parsed arguments.
@@ -182,21 +295,12 @@ impl<'de> Visitor<'de> for JsonVisitor {
         Ok(Json::Bool(v))
     }
 
+    // Integers become doubles; `parse` refuses those the double does not hold exactly.
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<Json, E> {
-        if v > MAX_SAFE_INTEGER {
-            return Err(E::custom(format!(
-                "integer {v} is beyond 2^53 and would lose precision; send it as a string"
-            )));
-        }
         Ok(Json::Number(v as f64))
     }
 
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<Json, E> {
-        if v.unsigned_abs() > MAX_SAFE_INTEGER {
-            return Err(E::custom(format!(
-                "integer {v} is beyond 2^53 and would lose precision; send it as a string"
-            )));
-        }
         Ok(Json::Number(v as f64))
     }
 
@@ -258,8 +362,13 @@ mod tests {
 
     #[test]
     fn rfc8785_section_3_2_2_example() {
+        // The RFC's 333333333.33333329 is one that canonicalisation rounds (to
+        // 333333333.3333333), which `parse` refuses; its spelling is checked apart.
+        let mut spelled = String::new();
+        write_number(&mut spelled, "333333333.33333329".parse().unwrap());
+        assert_eq!(spelled, "333333333.3333333");
         let input = r#"{
-          "numbers": [333333333.33333329, 1E30, 4.50, 2e-3, 0.000000000000000000000000001],
+          "numbers": [333333333.3333333, 1E30, 4.50, 2e-3, 0.000000000000000000000000001],
           "string": "\u20ac$\u000F\u000aA'\u0042\u0022\u005c\\\"\/",
           "literals": [null, true, false]
         }"#;
@@ -345,11 +454,65 @@ mod tests {
     }
 
     #[test]
-    fn integers_beyond_2_pow_53_are_rejected() {
-        assert!(parse("9007199254740992").is_ok());
-        assert!(parse("-9007199254740992").is_ok());
-        assert!(parse("9007199254740993").is_err());
-        assert!(parse("-9007199254740993").is_err());
+    fn a_number_is_accepted_only_if_its_canonical_spelling_keeps_its_exact_value() {
+        for accepted in [
+            "0.1",
+            "1e16",
+            "10000000000000000",
+            "1152921504606847000",
+            "9007199254740992",
+            "-9007199254740992",
+            "1.0",
+            "-0",
+            "0e5",
+            "4.50",
+            "1E30",
+        ] {
+            let value = parse(accepted).unwrap_or_else(|e| panic!("{accepted}: {e}"));
+            // The canonical form is accepted again and is its own canonical form.
+            let once = canonicalize(&value);
+            assert_eq!(canon(&once), once, "{accepted}");
+        }
+        assert_eq!(canon("1e16"), "10000000000000000");
+        for refused in [
+            "18446744073709551616",
+            "18446744073709551617",
+            "9007199254740993",
+            "-9007199254740993",
+            "9007199254740993.0",
+            "0.10000000000000001",
+            "333333333.33333329",
+            // 2^60 is a double, but RFC 8785 spells it 1152921504606847000, which is
+            // accepted (its own spelling) and would share its hash.
+            "1152921504606846976",
+        ] {
+            let err = parse(&format!(r#"{{"amount":{refused}}}"#)).expect_err(refused);
+            assert!(err.0.contains(refused), "{refused}: {err}");
+        }
+        // Two texts that RFC 8785 would give one hash cannot both be accepted.
+        assert!(parse("18446744073709551616").is_err());
+        assert!(parse("18446744073709552000").is_ok());
+    }
+
+    #[test]
+    fn only_json_whitespace_is_whitespace() {
+        assert_eq!(
+            parse_arguments(" \t\r\n", 100),
+            Ok(Json::Object(Vec::new()))
+        );
+        for odd in ["\u{a0}", "\u{3000}", "\u{2028}", "\u{0b}", "\u{0c}"] {
+            assert!(parse_arguments(odd, 100).is_err(), "{odd:?}");
+            assert!(
+                parse_arguments(&format!("{odd}{{}}"), 100).is_err(),
+                "{odd:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn numbers_inside_strings_and_keys_are_not_numbers() {
+        let text = r#"{"9007199254740993":"0.10000000000000001","a\"1":[1,"\\",2]}"#;
+        assert!(parse(text).is_ok());
     }
 
     #[test]
@@ -387,12 +550,9 @@ mod tests {
         let leaf = prop_oneof![
             Just(Json::Null),
             any::<bool>().prop_map(Json::Bool),
-            (-(1i64 << 53)..(1i64 << 53)).prop_map(|n| Json::Number(n as f64)),
-            // Doubles of 2^53 and beyond are integers whose canonical text an exact-integer
-            // parser would read differently, so the strict parser refuses that text.
+            any::<i64>().prop_map(|n| Json::Number(n as f64)),
             any::<f64>()
-                .prop_filter("finite, below 2^53", |f| f.is_finite()
-                    && f.abs() < 9.007199254740992e15)
+                .prop_filter("finite", |f| f.is_finite())
                 .prop_map(Json::Number),
             "\\PC{0,8}".prop_map(Json::String),
         ];
@@ -451,9 +611,33 @@ mod tests {
             prop_assert_eq!(once, twice);
         }
 
+        /// Fuzz target for the arguments parser (issue "Hardening"): any text either is
+        /// refused or gives a canonical form that is accepted again as itself.
         #[test]
-        fn parser_never_panics(text in "\\PC{0,64}") {
-            let _ = parse(&text);
+        fn any_text_is_refused_or_canonical_again(text in "\\PC{0,64}|[-+0-9.eE \\[\\],{}\"a:]{0,48}") {
+            if let Ok(value) = parse(&text) {
+                let once = canonicalize(&value);
+                let again = parse(&once).expect("the canonical form is accepted");
+                prop_assert_eq!(canonicalize(&again), once);
+            }
+        }
+
+        /// Any number text is accepted exactly when its value survives canonicalisation,
+        /// and then its canonical spelling is accepted and spelled the same.
+        #[test]
+        fn any_number_is_accepted_exactly_when_canonicalisation_keeps_it(
+            text in "-?(0|[1-9][0-9]{0,24})(\\.[0-9]{1,24})?([eE][-+]?[0-9]{1,3})?"
+        ) {
+            let Ok(double) = text.parse::<f64>() else { return Ok(()) };
+            if !double.is_finite() {
+                prop_assert!(parse(&text).is_err());
+                return Ok(());
+            }
+            let mut spelled = String::new();
+            write_number(&mut spelled, double);
+            let same = Decimal::of(&text) == Decimal::of(&spelled);
+            prop_assert_eq!(parse(&text).is_ok(), same, "{} spelled {}", text, spelled);
+            prop_assert_eq!(canon(&spelled), spelled);
         }
     }
 }

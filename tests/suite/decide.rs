@@ -104,7 +104,12 @@ async fn bad_arguments_are_invalid_and_create_nothing() {
             r#"{"group":"Helpdesk","group":"Domain Admins"}"#,
             "duplicate object key",
         ),
-        (r#"{"id":9007199254740993}"#, "2^53"),
+        (r#"{"id":9007199254740993}"#, "number 9007199254740993"),
+        (
+            r#"{"amount":18446744073709551617}"#,
+            "number 18446744073709551617",
+        ),
+        ("\u{3000}", "not valid JSON"),
         (&format!(r#"{{"pad":"{}"}}"#, "x".repeat(80)), "at most 64"),
     ] {
         let r = app
