@@ -19,6 +19,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::net::TcpListener;
+// A background task is aborted when its handle drops, so no early return leaves one behind.
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
@@ -118,15 +121,6 @@ pub async fn run(
     serve(store, config, listeners, shutdown).await
 }
 
-/// Aborts a background task when dropped, so no early return leaves one behind.
-struct Background(tokio::task::JoinHandle<()>);
-
-impl Drop for Background {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// Runs toolgate over an opened store. Metrics answer at once; health turns SERVING only
 /// once the snapshot of every tenant is loaded. On shutdown health turns NOT_SERVING
 /// first, the server keeps serving for `shutdown_delay` (while load balancers notice),
@@ -142,7 +136,7 @@ pub async fn serve(
     let store: Arc<dyn Store> = Arc::new(store.with_metrics(metrics.clone()));
     let snapshots = Snapshots::with_buffer(config.watch_buffer);
     let serving = Arc::new(AtomicBool::new(false));
-    let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
+    let drain = CancellationToken::new();
     let approvals = ApprovalHub::new(config.watch_buffer);
     let limits = Limits {
         approval_ttl: config.approval_ttl,
@@ -157,18 +151,18 @@ pub async fn serve(
         snapshots,
         approvals,
         limits,
-        drain_rx.clone(),
+        drain.clone(),
         metrics.clone(),
     ));
     let metrics_addr = listeners.metrics.local_addr()?;
-    let _metrics_server = Background(tokio::spawn(serve_metrics(
+    let _metrics_server = AbortOnDropHandle::new(tokio::spawn(serve_metrics(
         listeners.metrics,
         scrape(app.clone(), serving.clone()),
     )));
     tracing::info!(addr = %metrics_addr, "metrics serving at /metrics");
 
     let tools = app.load_snapshots().await?;
-    let sweeper = Background(tokio::spawn(sweep_expired(
+    let sweeper = AbortOnDropHandle::new(tokio::spawn(sweep_expired(
         app.clone(),
         config.expiry_sweep,
     )));
@@ -182,7 +176,7 @@ pub async fn serve(
         draining: Arc::new(AtomicBool::new(false)),
     };
     health.report(true).await;
-    let follower = Background(tokio::spawn(follow(
+    let follower = AbortOnDropHandle::new(tokio::spawn(follow(
         app.clone(),
         FollowSettings {
             catch_up_interval: config.catch_up_interval,
@@ -238,7 +232,7 @@ pub async fn serve(
         max_connections: config.max_connections,
         handshake_timeout: config.handshake_timeout,
     };
-    let incoming = connections::admit(incoming, connection_limits, metrics.clone(), drain_rx);
+    let incoming = connections::admit(incoming, connection_limits, metrics.clone(), drain.clone());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     // Every call of every service passes the grpc_server_* metrics first.
     let server = builder
@@ -271,7 +265,7 @@ pub async fn serve(
     drop(sweeper);
     // Streams end with UNAVAILABLE so their clients resume on another replica, and health
     // watches end (they have seen NOT_SERVING), so no open stream holds up the shutdown.
-    let _ = drain_tx.send(true);
+    drain.cancel();
     let mut reporter = health.reporter.clone();
     reporter.clear_service_status("").await;
     reporter

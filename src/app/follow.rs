@@ -95,7 +95,7 @@ pub async fn follow<H: HealthSwitch>(app: Arc<App>, settings: FollowSettings, sw
         settings.approval_poll_interval,
     ));
     // The approval poller ends with this future (it is aborted with it).
-    let _abort_approvals = AbortOnDrop(approvals);
+    let _abort_approvals = tokio_util::task::AbortOnDropHandle::new(approvals);
     let mut health = DbHealth {
         switch,
         metrics: app.metrics.clone(),
@@ -198,13 +198,5 @@ async fn follow_approvals(app: Arc<App>, every: Duration) {
             // The database's health is judged (and logged) by the main loop.
             Err(e) => tracing::debug!(error = %e, "reading approval changes failed; retrying"),
         }
-    }
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }

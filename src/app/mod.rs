@@ -31,7 +31,8 @@ use crate::store::{Saved, Store, StoreError};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{OwnedMutexGuard, watch as drain_watch};
+use tokio::sync::OwnedMutexGuard;
+use tokio_util::sync::CancellationToken;
 
 /// Limits and timings the use cases apply; from [`crate::config::Config`].
 #[derive(Debug, Clone)]
@@ -53,8 +54,8 @@ pub struct App {
     pub snapshots: Snapshots,
     pub approvals: ApprovalHub,
     pub limits: Limits,
-    /// Turns true when the server drains: open streams end with UNAVAILABLE.
-    pub drain: drain_watch::Receiver<bool>,
+    /// Cancelled when the server drains: open streams end with UNAVAILABLE.
+    pub drain: CancellationToken,
     /// Counters and gauges for `/metrics`.
     pub metrics: Arc<Metrics>,
     /// Live API keys, so authentication needs no database round trip.
@@ -70,7 +71,7 @@ impl App {
         snapshots: Snapshots,
         approvals: ApprovalHub,
         limits: Limits,
-        drain: drain_watch::Receiver<bool>,
+        drain: CancellationToken,
         metrics: Arc<Metrics>,
     ) -> Self {
         App {

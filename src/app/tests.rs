@@ -16,7 +16,6 @@ use crate::store::{IntegrationMeta, ReadScope, RevisionCommit, SaveKind};
 struct Fixture {
     app: Arc<App>,
     _dir: tempfile::TempDir,
-    _drain: tokio::sync::watch::Sender<bool>,
 }
 
 async fn fixture() -> Fixture {
@@ -25,7 +24,6 @@ async fn fixture() -> Fixture {
     let store = crate::store::open(&url, &Default::default())
         .await
         .expect("open store");
-    let (drain_tx, drain) = tokio::sync::watch::channel(false);
     let limits = Limits {
         approval_ttl: Duration::from_secs(3600),
         max_arguments_bytes: 64 * 1024,
@@ -39,13 +37,12 @@ async fn fixture() -> Fixture {
         Snapshots::new(),
         ApprovalHub::new(16),
         limits,
-        drain,
+        tokio_util::sync::CancellationToken::new(),
         Arc::new(Metrics::new("sqlite")),
     );
     Fixture {
         app: Arc::new(app),
         _dir: dir,
-        _drain: drain_tx,
     }
 }
 

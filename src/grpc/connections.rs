@@ -19,8 +19,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_stream::{Stream, StreamExt};
+use tokio_util::sync::CancellationToken;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
 /// The HTTP/2 client preface (24 bytes) and the header of the SETTINGS frame after it.
@@ -33,13 +34,13 @@ pub struct ConnectionLimits {
     pub handshake_timeout: Duration,
 }
 
-/// Admits the accepted connections of `incoming` within `limits`; `drain` turns true when
+/// Admits the accepted connections of `incoming` within `limits`; `drain` is cancelled when
 /// the server drains.
 pub fn admit<S>(
     incoming: S,
     limits: ConnectionLimits,
     metrics: Arc<Metrics>,
-    drain: watch::Receiver<bool>,
+    drain: CancellationToken,
 ) -> impl Stream<Item = io::Result<Admitted>>
 where
     S: Stream<Item = io::Result<TcpStream>>,
@@ -59,12 +60,9 @@ where
             return None;
         };
         metrics.connections_open(1);
-        let mut drain = drain.clone();
         let handshake = Handshake {
             deadline: Box::pin(tokio::time::sleep(limits.handshake_timeout)),
-            drain: Box::pin(async move {
-                let _ = drain.wait_for(|draining| *draining).await;
-            }),
+            drain: Box::pin(drain.clone().cancelled_owned()),
             read: 0,
             wrote: false,
             answered: false,

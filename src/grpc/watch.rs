@@ -20,6 +20,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use tokio::sync::{broadcast, watch};
 use tokio::time::Interval;
+use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 /// What one watcher may see.
@@ -93,12 +94,6 @@ fn draining() -> Status {
     Status::unavailable("server is shutting down; reconnect and resume with since_revision")
 }
 
-/// Completes when the server starts to drain.
-async fn drained(drain: &mut watch::Receiver<bool>) {
-    // An error means the server is gone altogether: drain as well.
-    let _ = drain.wait_for(|d| *d).await;
-}
-
 pub(super) async fn watch_config(
     app: Arc<App>,
     caller: Arc<Caller>,
@@ -164,7 +159,7 @@ struct ConfigWatcher {
     /// The newest revision this watcher has been brought to.
     position: u64,
     events: broadcast::Receiver<TenantEvent>,
-    drain: watch::Receiver<bool>,
+    drain: CancellationToken,
     beat: Interval,
     /// Events decided but not yet taken by the client.
     queue: VecDeque<pb::WatchConfigResponse>,
@@ -181,7 +176,7 @@ impl ConfigWatcher {
             if self.done {
                 return None;
             }
-            if *self.drain.borrow() {
+            if self.drain.is_cancelled() {
                 self.done = true;
                 return Some((Err(draining()), self));
             }
@@ -189,7 +184,7 @@ impl ConfigWatcher {
                 return Some((Ok(item), self));
             }
             let wake = tokio::select! {
-                () = drained(&mut self.drain) => Wake::Drain,
+                () = self.drain.cancelled() => Wake::Drain,
                 _ = self.beat.tick() => Wake::Beat,
                 event = self.events.recv() => Wake::Event(event),
                 () = keys_reloaded(&mut self.reloads) => Wake::Keys,
@@ -305,7 +300,7 @@ struct ApprovalWatcher {
     caller: Arc<Caller>,
     only: Option<String>,
     events: broadcast::Receiver<Arc<Approval>>,
-    drain: watch::Receiver<bool>,
+    drain: CancellationToken,
     queue: VecDeque<Approval>,
     done: bool,
     reloads: watch::Receiver<u64>,
@@ -317,7 +312,7 @@ impl ApprovalWatcher {
             if self.done {
                 return None;
             }
-            if *self.drain.borrow() {
+            if self.drain.is_cancelled() {
                 self.done = true;
                 return Some((Err(draining()), self));
             }
@@ -328,7 +323,7 @@ impl ApprovalWatcher {
                 return Some((Ok(message), self));
             }
             let wake = tokio::select! {
-                () = drained(&mut self.drain) => Wake::Drain,
+                () = self.drain.cancelled() => Wake::Drain,
                 event = self.events.recv() => Wake::<_>::Event(event),
                 () = keys_reloaded(&mut self.reloads) => Wake::Keys,
             };

@@ -9,36 +9,13 @@
 //! timeout, on the server (`statement_timeout`) and in the store (a lost connection that
 //! never answers).
 
-use super::rows::{Cols, approval_from_row, corrupt, migrator};
+use super::rows::{Cols, approval_from_row, corrupt};
 use super::{ApprovalCursor, FeedSnapshot, StoreError, Wakeup};
 use crate::policy::Approval;
 use sqlx::Row;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use std::str::FromStr;
 use std::time::Duration;
-
-const MIGRATIONS: &[(i64, &str, &str)] = &[
-    (
-        1,
-        "init",
-        include_str!("../../migrations/postgres/0001_init.sql"),
-    ),
-    (
-        2,
-        "approval_events",
-        include_str!("../../migrations/postgres/0002_approval_events.sql"),
-    ),
-    (
-        3,
-        "indexes",
-        include_str!("../../migrations/postgres/0003_indexes.sql"),
-    ),
-    (
-        4,
-        "principals",
-        include_str!("../../migrations/postgres/0004_principals.sql"),
-    ),
-];
 
 /// The channel a Save notifies, with `<revision>@<unix ms> <tenant>` as payload.
 pub(super) const REVISIONS_CHANNEL: &str = "toolgate_revisions";
@@ -99,7 +76,7 @@ pub(super) async fn connect(
         .await?;
     tokio::time::timeout(
         settings.query_timeout.max(Duration::from_secs(30)),
-        migrator(MIGRATIONS).run(&pool),
+        sqlx::migrate!("migrations/postgres").run(&pool),
     )
     .await
     .map_err(|_| StoreError::Timeout(settings.query_timeout))??;

@@ -223,24 +223,6 @@ pub(crate) fn stamp(changes: Vec<ToolChange>, revision: u64) -> Vec<ToolChange> 
         .collect()
 }
 
-/// A migrator over migrations embedded in the binary (no build-time database needed).
-pub(crate) fn migrator(list: &[(i64, &str, &'static str)]) -> sqlx::migrate::Migrator {
-    use sqlx::migrate::{Migration, MigrationType, Migrator};
-    let migrations = list
-        .iter()
-        .map(|(version, name, sql)| {
-            Migration::new(
-                *version,
-                (*name).to_owned().into(),
-                MigrationType::Simple,
-                sqlx::SqlSafeStr::into_sql_str(*sql),
-                false,
-            )
-        })
-        .collect();
-    Migrator::with_migrations(migrations)
-}
-
 /// One step as `approval_events.steps` holds it (and as the database aggregates it).
 #[derive(serde::Serialize, serde::Deserialize)]
 struct StepJson<S> {

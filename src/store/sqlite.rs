@@ -9,34 +9,10 @@
 //! which WAL lets run beside the writer.
 
 use super::StoreError;
-use super::rows::migrator;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{ConnectOptions, SqliteConnection, SqlitePool};
 use std::str::FromStr;
 use std::time::Duration;
-
-const MIGRATIONS: &[(i64, &str, &str)] = &[
-    (
-        1,
-        "init",
-        include_str!("../../migrations/sqlite/0001_init.sql"),
-    ),
-    (
-        2,
-        "approval_events",
-        include_str!("../../migrations/sqlite/0002_approval_events.sql"),
-    ),
-    (
-        3,
-        "indexes",
-        include_str!("../../migrations/sqlite/0003_indexes.sql"),
-    ),
-    (
-        4,
-        "principals",
-        include_str!("../../migrations/sqlite/0004_principals.sql"),
-    ),
-];
 
 /// The one writer connection.
 pub(super) type Writer = std::sync::Arc<tokio::sync::Mutex<SqliteConnection>>;
@@ -52,7 +28,7 @@ pub(super) async fn connect(url: &str) -> Result<(Writer, SqlitePool), StoreErro
         .busy_timeout(Duration::from_secs(5))
         .foreign_keys(true);
     let mut writer = options.connect().await?;
-    migrator(MIGRATIONS)
+    sqlx::migrate!("migrations/sqlite")
         .run_direct(None, &mut writer, false)
         .await?;
     let reader = SqlitePoolOptions::new()
