@@ -91,7 +91,8 @@ const GO_GRPC_CODES: [&str; 17] = [
 ];
 
 /// What happened to an approval: the label of `toolgate_approval_events_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "snake_case")]
 pub enum ApprovalEvent {
     Created,
     Step,
@@ -103,26 +104,10 @@ pub enum ApprovalEvent {
 }
 
 impl ApprovalEvent {
-    const ALL: [ApprovalEvent; 7] = [
-        ApprovalEvent::Created,
-        ApprovalEvent::Step,
-        ApprovalEvent::Approved,
-        ApprovalEvent::Denied,
-        ApprovalEvent::Expired,
-        ApprovalEvent::Consumed,
-        ApprovalEvent::Cancelled,
-    ];
+    const ALL: &'static [ApprovalEvent] = <ApprovalEvent as strum::VariantArray>::VARIANTS;
 
     fn as_str(self) -> &'static str {
-        match self {
-            ApprovalEvent::Created => "created",
-            ApprovalEvent::Step => "step",
-            ApprovalEvent::Approved => "approved",
-            ApprovalEvent::Denied => "denied",
-            ApprovalEvent::Expired => "expired",
-            ApprovalEvent::Consumed => "consumed",
-            ApprovalEvent::Cancelled => "cancelled",
-        }
+        self.into()
     }
 
     /// The event an approval's new state records: a pending approval with no step yet was
@@ -173,7 +158,8 @@ pub enum ConnectionRefusal {
 const REFUSALS: [&str; 3] = ["limit", "handshake_timeout", "draining"];
 
 /// The kind of an RPC: the `grpc_type` label, with go-grpc-prometheus' values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum RpcType {
     Unary,
     ClientStream,
@@ -183,12 +169,7 @@ pub enum RpcType {
 
 impl RpcType {
     fn as_str(self) -> &'static str {
-        match self {
-            RpcType::Unary => "unary",
-            RpcType::ClientStream => "client_stream",
-            RpcType::ServerStream => "server_stream",
-            RpcType::BidiStream => "bidi_stream",
-        }
+        self.into()
     }
 }
 
@@ -395,7 +376,10 @@ impl Metrics {
             decide_seconds.clone(),
         );
 
-        let (family, approvals) = one_label("event", ApprovalEvent::ALL.map(ApprovalEvent::as_str));
+        let (family, approvals) = one_label(
+            "event",
+            std::array::from_fn(|i| ApprovalEvent::ALL[i].as_str()),
+        );
         r.register(
             "toolgate_approval_events",
             "Approval changes this replica made, by event",
@@ -475,9 +459,10 @@ impl Metrics {
         );
 
         let family = Family::<Labels<2>, Counter>::default();
-        let store_errors = StoreOp::ALL.map(|op| {
+        let store_errors = std::array::from_fn(|i| {
+            let op = StoreOp::ALL[i].as_str();
             ["unavailable", "other"]
-                .map(|kind| family.get_or_create_owned(&[("op", op.as_str()), ("kind", kind)]))
+                .map(|kind| family.get_or_create_owned(&[("op", op), ("kind", kind)]))
         });
         r.register(
             "toolgate_store_errors",

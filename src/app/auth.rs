@@ -14,8 +14,9 @@ use std::sync::Arc;
 const MISSING: &str = "missing credentials: send `authorization: Bearer <api key>`";
 const UNKNOWN: &str = "unknown or revoked API key";
 
-/// Everything a caller can ask for, with the roles that may (the role table).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Everything a caller can ask for, with the roles that may (the role table). A variant's
+/// name is the RPC's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
 pub enum Operation {
     ConnectIntegration,
     ListTools,
@@ -30,33 +31,11 @@ pub enum Operation {
 }
 
 impl Operation {
-    pub const ALL: [Operation; 10] = [
-        Operation::ConnectIntegration,
-        Operation::ListTools,
-        Operation::SetPolicy,
-        Operation::UpsertPeople,
-        Operation::Decide,
-        Operation::SubmitApproval,
-        Operation::GetApproval,
-        Operation::ListApprovals,
-        Operation::WatchConfig,
-        Operation::WatchApprovals,
-    ];
+    pub const ALL: &'static [Operation] = <Operation as strum::VariantArray>::VARIANTS;
 
     /// The RPC's name, as in the proto and the request path.
     pub fn name(self) -> &'static str {
-        match self {
-            Operation::ConnectIntegration => "ConnectIntegration",
-            Operation::ListTools => "ListTools",
-            Operation::SetPolicy => "SetPolicy",
-            Operation::UpsertPeople => "UpsertPeople",
-            Operation::Decide => "Decide",
-            Operation::SubmitApproval => "SubmitApproval",
-            Operation::GetApproval => "GetApproval",
-            Operation::ListApprovals => "ListApprovals",
-            Operation::WatchConfig => "WatchConfig",
-            Operation::WatchApprovals => "WatchApprovals",
-        }
+        self.into()
     }
 
     /// The roles that may run it. Agents see their own approvals only (see

@@ -246,7 +246,10 @@ fn peer<B>(req: &Request<B>) -> Option<std::net::SocketAddr> {
 
 /// The operation a PolicyService method name stands for.
 fn operation(method: &str) -> Option<Operation> {
-    Operation::ALL.into_iter().find(|op| op.name() == method)
+    Operation::ALL
+        .iter()
+        .copied()
+        .find(|op| op.name() == method)
 }
 
 /// Places per API key (or per connection), made on the first call; a semaphore with
@@ -417,7 +420,7 @@ mod tests {
 
     #[test]
     fn every_method_name_is_an_operation() {
-        for op in Operation::ALL {
+        for &op in Operation::ALL {
             assert_eq!(operation(op.name()), Some(op));
         }
         assert_eq!(operation("NoSuchMethod"), None);

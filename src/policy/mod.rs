@@ -10,11 +10,12 @@ pub mod names;
 pub mod save;
 pub mod seed;
 
-use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use strum::{Display, EnumString, IntoStaticStr};
 
 /// What happens when an agent wants to run a tool.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, IntoStaticStr, EnumString, Display)]
+#[strum(serialize_all = "snake_case")]
 pub enum Policy {
     Auto,
     ApprovalNeeded,
@@ -23,25 +24,17 @@ pub enum Policy {
 
 impl Policy {
     pub fn as_str(self) -> &'static str {
-        match self {
-            Policy::Auto => "auto",
-            Policy::ApprovalNeeded => "approval_needed",
-            Policy::Disabled => "disabled",
-        }
+        self.into()
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "auto" => Some(Policy::Auto),
-            "approval_needed" => Some(Policy::ApprovalNeeded),
-            "disabled" => Some(Policy::Disabled),
-            _ => None,
-        }
+        s.parse().ok()
     }
 }
 
 /// Which rule chose a tool's current policy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, IntoStaticStr, EnumString, Display)]
+#[strum(serialize_all = "snake_case")]
 pub enum PolicySource {
     Annotation,
     Verb,
@@ -51,22 +44,11 @@ pub enum PolicySource {
 
 impl PolicySource {
     pub fn as_str(self) -> &'static str {
-        match self {
-            PolicySource::Annotation => "annotation",
-            PolicySource::Verb => "verb",
-            PolicySource::Fallback => "fallback",
-            PolicySource::Admin => "admin",
-        }
+        self.into()
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "annotation" => Some(PolicySource::Annotation),
-            "verb" => Some(PolicySource::Verb),
-            "fallback" => Some(PolicySource::Fallback),
-            "admin" => Some(PolicySource::Admin),
-            _ => None,
-        }
+        s.parse().ok()
     }
 }
 
@@ -161,7 +143,8 @@ pub struct Person {
 }
 
 /// The role of an API key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, IntoStaticStr, EnumString, Display)]
+#[strum(serialize_all = "snake_case")]
 pub enum Role {
     Agent,
     Approver,
@@ -170,26 +153,11 @@ pub enum Role {
 
 impl Role {
     pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Agent => "agent",
-            Role::Approver => "approver",
-            Role::Admin => "admin",
-        }
+        self.into()
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "agent" => Some(Role::Agent),
-            "approver" => Some(Role::Approver),
-            "admin" => Some(Role::Admin),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        s.parse().ok()
     }
 }
 
@@ -215,7 +183,8 @@ impl Caller {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, IntoStaticStr, EnumString)]
+#[strum(serialize_all = "snake_case")]
 pub enum ApproverRole {
     Technician,
     Manager,
@@ -223,22 +192,16 @@ pub enum ApproverRole {
 
 impl ApproverRole {
     pub fn as_str(self) -> &'static str {
-        match self {
-            ApproverRole::Technician => "technician",
-            ApproverRole::Manager => "manager",
-        }
+        self.into()
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "technician" => Some(ApproverRole::Technician),
-            "manager" => Some(ApproverRole::Manager),
-            _ => None,
-        }
+        s.parse().ok()
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, IntoStaticStr, EnumString)]
+#[strum(serialize_all = "snake_case")]
 pub enum ApprovalState {
     Pending,
     Approved,
@@ -250,26 +213,11 @@ pub enum ApprovalState {
 
 impl ApprovalState {
     pub fn as_str(self) -> &'static str {
-        match self {
-            ApprovalState::Pending => "pending",
-            ApprovalState::Approved => "approved",
-            ApprovalState::Denied => "denied",
-            ApprovalState::Expired => "expired",
-            ApprovalState::Consumed => "consumed",
-            ApprovalState::Cancelled => "cancelled",
-        }
+        self.into()
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "pending" => Some(ApprovalState::Pending),
-            "approved" => Some(ApprovalState::Approved),
-            "denied" => Some(ApprovalState::Denied),
-            "expired" => Some(ApprovalState::Expired),
-            "consumed" => Some(ApprovalState::Consumed),
-            "cancelled" => Some(ApprovalState::Cancelled),
-            _ => None,
-        }
+        s.parse().ok()
     }
 
     /// Whether the approval can still change by an approver's decision or by time.

@@ -234,7 +234,8 @@ pub struct ForUpdate {
 }
 
 /// Every store call, for the metrics' `op` label. A name per call, checked by the compiler.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "snake_case")]
 pub enum StoreOp {
     CreateKey,
     ListKeys,
@@ -260,54 +261,10 @@ pub enum StoreOp {
 }
 
 impl StoreOp {
-    pub const ALL: [StoreOp; 21] = [
-        StoreOp::CreateKey,
-        StoreOp::ListKeys,
-        StoreOp::RevokeKey,
-        StoreOp::CallerBySecret,
-        StoreOp::LiveKeys,
-        StoreOp::LoadAllTools,
-        StoreOp::LoadTenantTools,
-        StoreOp::ChangesSince,
-        StoreOp::TenantRevisions,
-        StoreOp::ReadForSave,
-        StoreOp::CommitRevision,
-        StoreOp::UpsertPeople,
-        StoreOp::GetPerson,
-        StoreOp::InsertApproval,
-        StoreOp::GetApproval,
-        StoreOp::ListApprovals,
-        StoreOp::ApprovalForUpdate,
-        StoreOp::AppendApproval,
-        StoreOp::ExpireDue,
-        StoreOp::Wakeups,
-        StoreOp::ApprovalChanges,
-    ];
+    pub const ALL: &'static [StoreOp] = <StoreOp as strum::VariantArray>::VARIANTS;
 
     pub fn as_str(self) -> &'static str {
-        match self {
-            StoreOp::CreateKey => "create_key",
-            StoreOp::ListKeys => "list_keys",
-            StoreOp::RevokeKey => "revoke_key",
-            StoreOp::CallerBySecret => "caller_by_secret",
-            StoreOp::LiveKeys => "live_keys",
-            StoreOp::LoadAllTools => "load_all_tools",
-            StoreOp::LoadTenantTools => "load_tenant_tools",
-            StoreOp::ChangesSince => "changes_since",
-            StoreOp::TenantRevisions => "tenant_revisions",
-            StoreOp::ReadForSave => "read_for_save",
-            StoreOp::CommitRevision => "commit_revision",
-            StoreOp::UpsertPeople => "upsert_people",
-            StoreOp::GetPerson => "get_person",
-            StoreOp::InsertApproval => "insert_approval",
-            StoreOp::GetApproval => "get_approval",
-            StoreOp::ListApprovals => "list_approvals",
-            StoreOp::ApprovalForUpdate => "approval_for_update",
-            StoreOp::AppendApproval => "append_approval",
-            StoreOp::ExpireDue => "expire_due",
-            StoreOp::Wakeups => "wakeups",
-            StoreOp::ApprovalChanges => "approval_changes",
-        }
+        self.into()
     }
 }
 
