@@ -5,7 +5,8 @@
 use clap::Parser;
 use std::process::ExitCode;
 use toolgate::config::{Cli, Command, Config, KeysCommand, LogFormat, resolve_database_url};
-use toolgate::policy::{Role, names::check_id};
+use toolgate::policy::Role;
+use toolgate::policy::names::{TenantId, check_id};
 use toolgate::store::Store;
 
 fn main() -> ExitCode {
@@ -88,7 +89,7 @@ async fn keys(command: KeysCommand) -> Result<(), String> {
             name,
             db,
         } => {
-            check_id("--tenant", &tenant).map_err(|e| e.to_string())?;
+            let tenant = TenantId::parse("--tenant", tenant).map_err(|e| e.to_string())?;
             if let Some(name) = &name {
                 check_id("--name", name).map_err(|e| e.to_string())?;
             }
@@ -97,11 +98,17 @@ async fn keys(command: KeysCommand) -> Result<(), String> {
             let store = open(&db).await?;
             let key = toolgate::keys::generate().map_err(|e| format!("no randomness: {e}"))?;
             store
-                .create_key(&key.id, &tenant, role, &key.secret_sha256, name.as_deref())
+                .create_key(
+                    &key.id,
+                    tenant.as_str(),
+                    role,
+                    &key.secret_sha256,
+                    name.as_deref(),
+                )
                 .await
                 .map_err(|e| e.to_string())?;
             eprintln!(
-                "created key {} for tenant {tenant:?} with role {role}; it is shown once:",
+                "created key {} for tenant \"{tenant}\" with role {role}; it is shown once:",
                 key.id
             );
             println!("{}", key.token);

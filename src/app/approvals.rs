@@ -3,17 +3,17 @@
 
 use super::{App, AppError};
 use crate::policy::approval::{StepRequest, submit_step};
-use crate::policy::names::{FieldError, check_id, check_text};
+use crate::policy::names::{ApprovalId, FieldError, PersonId, check_id, check_text};
 use crate::policy::{Approval, ApprovalState, ApproverRole, Caller, Role, UnixMillis};
 use crate::store::{ApprovalQuery, MAX_ATTEMPTS, People};
 
 /// One approver's answer to an approval request.
 #[derive(Debug, Clone)]
 pub struct SubmitInput {
-    pub approval_id: String,
+    pub approval_id: ApprovalId,
     pub role: ApproverRole,
     /// The person answering (checked against the directory, never trusted).
-    pub approver_id: String,
+    pub approver_id: PersonId,
     pub approve: bool,
     pub comment: String,
 }
@@ -44,12 +44,10 @@ impl App {
         caller: &Caller,
         input: SubmitInput,
     ) -> Result<Approval, AppError> {
-        check_id("approval_id", &input.approval_id)?;
-        check_id("approver_id", &input.approver_id)?;
         check_text("comment", &input.comment)?;
         let step = StepRequest {
             role: input.role,
-            approver_id: input.approver_id.clone(),
+            approver_id: input.approver_id.as_str().to_owned(),
             approve: input.approve,
             comment: input.comment,
         };
@@ -66,9 +64,14 @@ impl App {
                 Err(e) => Err(AppError::FailedPrecondition(e.to_string())),
             }
         };
-        let approver = [input.approver_id.clone()];
+        let approver = [input.approver_id.as_str().to_owned()];
         let (approval, _, ()) = self
-            .change_approval(&caller.tenant, &input.approval_id, &approver, decide_step)
+            .change_approval(
+                &caller.tenant,
+                input.approval_id.as_str(),
+                &approver,
+                decide_step,
+            )
             .await?;
         tracing::info!(approval = %approval.id, state = approval.state.as_str(), "approval decision recorded");
         Ok(approval)
@@ -116,8 +119,12 @@ impl App {
 
     /// The approval `id` as `caller` may see it; NOT_FOUND when it is another tenant's,
     /// or another agent's.
-    pub async fn get_approval(&self, caller: &Caller, id: &str) -> Result<Approval, AppError> {
-        check_id("approval_id", id)?;
+    pub async fn get_approval(
+        &self,
+        caller: &Caller,
+        id: &ApprovalId,
+    ) -> Result<Approval, AppError> {
+        let id = id.as_str();
         self.store
             .get_approval(&caller.tenant, id)
             .await?

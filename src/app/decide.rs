@@ -13,23 +13,33 @@ use crate::policy::decide::{
     CallBinding, Decision, DecisionCode, PolicyOutcome, Verdict, decide_by_policy,
     decide_with_approval, manager_precondition,
 };
-use crate::policy::names::{FieldError, check_id, check_optional_id};
+use crate::policy::names::{ApprovalId, FieldError, IntegrationId, PersonId, RequestId, ToolName};
 use crate::policy::{Approval, ApprovalState, Caller, Tool, UnixMillis};
 use crate::store::{Inserted, People};
 
 /// One Decide, as the agent backend asked it.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct DecideInput {
-    pub integration_id: String,
-    pub tool_name: String,
+    pub integration_id: IntegrationId,
+    pub tool_name: ToolName,
     /// A JSON object.
     pub arguments_json: String,
-    pub requester_id: String,
-    pub request_id: String,
-    /// Empty on a first ask.
-    pub approval_id: String,
+    /// Required for a tool that needs approval.
+    pub requester_id: Option<PersonId>,
+    /// Required for a tool that needs approval.
+    pub request_id: Option<RequestId>,
+    /// `None` on a first ask.
+    pub approval_id: Option<ApprovalId>,
     /// Answer only from this revision or later.
     pub min_revision: Option<u64>,
+}
+
+/// What a Decide of a tool that needs approval asks for (every id checked, present).
+struct Asked<'a> {
+    integration_id: &'a str,
+    tool_name: &'a str,
+    requester_id: &'a str,
+    request_id: &'a str,
 }
 
 /// A Decide's answer.
@@ -49,11 +59,6 @@ impl App {
         caller: &Caller,
         input: DecideInput,
     ) -> Result<DecideOutcome, AppError> {
-        check_id("integration_id", &input.integration_id)?;
-        check_id("tool_name", &input.tool_name)?;
-        check_optional_id("requester_id", &input.requester_id)?;
-        check_optional_id("request_id", &input.request_id)?;
-        check_optional_id("approval_id", &input.approval_id)?;
         let args =
             canonical::parse_arguments(&input.arguments_json, self.limits.max_arguments_bytes)
                 .map_err(|e| FieldError::new("arguments_json", e.0))?;
@@ -61,26 +66,41 @@ impl App {
             .snapshot_at_least(&caller.tenant, input.min_revision)
             .await?;
         let now = UnixMillis::now();
-        let tool = match decide_by_policy(snapshot.tool(&input.integration_id, &input.tool_name)) {
+        let tool = match decide_by_policy(
+            snapshot.tool(input.integration_id.as_str(), input.tool_name.as_str()),
+        ) {
             PolicyOutcome::Final(decision) => {
                 return Ok(self.decided(decision, snapshot.revision, None, now));
             }
             PolicyOutcome::NeedsApproval(tool) => tool.clone(),
         };
-        let required = |field: &'static str, value: &str| {
-            check_id(field, value)
-                .map_err(|_| FieldError::new(field, "is required for a tool that needs approval"))
+        let required = |field: &'static str| {
+            FieldError::new(field, "is required for a tool that needs approval")
         };
-        required("requester_id", &input.requester_id)?;
-        required("request_id", &input.request_id)?;
+        let asked = Asked {
+            integration_id: input.integration_id.as_str(),
+            tool_name: input.tool_name.as_str(),
+            requester_id: input
+                .requester_id
+                .as_ref()
+                .ok_or_else(|| required("requester_id"))?
+                .as_str(),
+            request_id: input
+                .request_id
+                .as_ref()
+                .ok_or_else(|| required("request_id"))?
+                .as_str(),
+        };
         let canon = canonical::canonical_arguments(&args);
         // Boxed: the approval path's store futures would otherwise sit inline in every
         // Decide's future, fast path included (see `auth`).
-        let (decision, approval) = if input.approval_id.is_empty() {
-            Box::pin(self.first_ask(caller, &tool, &input, canon, now)).await?
-        } else {
-            let id = input.approval_id.clone();
-            Box::pin(self.ask_with_approval(caller, &tool, &id, &input, &canon.sha256, now)).await?
+        let (decision, approval) = match &input.approval_id {
+            None => Box::pin(self.first_ask(caller, &tool, &asked, canon, now)).await?,
+            Some(id) => {
+                let id = id.as_str();
+                let sha256 = &canon.sha256;
+                Box::pin(self.ask_with_approval(caller, &tool, id, &asked, sha256, now)).await?
+            }
         };
         Ok(self.decided(decision, snapshot.revision, approval, now))
     }
@@ -107,14 +127,14 @@ impl App {
         &self,
         caller: &Caller,
         tool: &Tool,
-        input: &DecideInput,
+        asked: &Asked<'_>,
         canon: CanonicalArguments,
         now: UnixMillis,
     ) -> Result<(Decision, Option<Approval>), AppError> {
         if tool.manager_approval {
             let requester = self
                 .store
-                .get_person(&caller.tenant, &input.requester_id)
+                .get_person(&caller.tenant, asked.requester_id)
                 .await?;
             if let Some(deny) = manager_precondition(tool, requester.as_ref()) {
                 return Ok((deny, None));
@@ -127,8 +147,8 @@ impl App {
             tool_name: tool.name.clone(),
             arguments_json: canon.canonical,
             arguments_sha256: canon.sha256,
-            requester_id: input.requester_id.clone(),
-            request_id: input.request_id.clone(),
+            requester_id: asked.requester_id.to_owned(),
+            request_id: asked.request_id.to_owned(),
             required_roles: tool.required_roles(),
             steps: Vec::new(),
             created_at: now,
@@ -156,7 +176,7 @@ impl App {
             // the same call may use it, a different call gets APPROVAL_MISMATCH.
             Inserted::Existing(existing) => {
                 let sha256 = &approval.arguments_sha256;
-                self.ask_with_approval(caller, tool, &existing.id, input, sha256, now)
+                self.ask_with_approval(caller, tool, &existing.id, asked, sha256, now)
                     .await
             }
         }
@@ -168,18 +188,18 @@ impl App {
         caller: &Caller,
         tool: &Tool,
         approval_id: &str,
-        input: &DecideInput,
+        asked: &Asked<'_>,
         arguments_sha256: &str,
         now: UnixMillis,
     ) -> Result<(Decision, Option<Approval>), AppError> {
         let tool = tool.clone();
         let binding = (
-            input.integration_id.clone(),
-            input.tool_name.clone(),
-            input.requester_id.clone(),
+            asked.integration_id.to_owned(),
+            asked.tool_name.to_owned(),
+            asked.requester_id.to_owned(),
             arguments_sha256.to_owned(),
         );
-        let request_id = input.request_id.clone();
+        let request_id = asked.request_id.to_owned();
         let principal = caller.principal.clone();
         let evaluate = move |approval: &Approval, people: &People| {
             // Another principal's approval does not exist for this caller: not its

@@ -7,6 +7,7 @@ use super::save::SaveRequest;
 use super::watch::ConfigStart;
 use super::*;
 use crate::policy::decide::{DecisionCode, Verdict};
+use crate::policy::names::{ApprovalId, IntegrationId, PersonId, RequestId, ToolName};
 use crate::policy::save::PolicyEdit;
 use crate::policy::{
     Annotations, ApprovalState, ApproverRole, Caller, Person, Policy, Role, ToolDefinition,
@@ -98,14 +99,18 @@ fn person(id: &str, manager: &str, technician: bool) -> Person {
 
 fn ask(tool: &str, request_id: &str, approval_id: &str) -> DecideInput {
     DecideInput {
-        integration_id: "entra".into(),
-        tool_name: tool.into(),
+        integration_id: IntegrationId::parse("integration_id", "entra").unwrap(),
+        tool_name: ToolName::parse("tool_name", tool).unwrap(),
         arguments_json: r#"{"user":"bob"}"#.into(),
-        requester_id: "alice".into(),
-        request_id: request_id.into(),
-        approval_id: approval_id.into(),
+        requester_id: PersonId::parse_optional("requester_id", "alice").unwrap(),
+        request_id: RequestId::parse_optional("request_id", request_id).unwrap(),
+        approval_id: ApprovalId::parse_optional("approval_id", approval_id).unwrap(),
         min_revision: None,
     }
+}
+
+fn approval_id(id: &str) -> ApprovalId {
+    ApprovalId::parse("approval_id", id).unwrap()
 }
 
 /// Connects entra and syncs alice (the requester) and tom (a technician).
@@ -297,9 +302,9 @@ async fn an_approval_is_requested_approved_by_a_technician_and_allows_exactly_on
 
     let approver = caller("k_approver", Role::Approver);
     let submit = |who: &str| SubmitInput {
-        approval_id: approval.id.clone(),
+        approval_id: approval_id(&approval.id),
         role: ApproverRole::Technician,
-        approver_id: who.into(),
+        approver_id: PersonId::parse("approver_id", who).unwrap(),
         approve: true,
         comment: String::new(),
     };
@@ -360,7 +365,11 @@ async fn an_approval_version_is_written_once() {
             .expect("append"),
         "a second write of the same version is refused"
     );
-    let now = f.app.get_approval(&agent(), &id).await.expect("get");
+    let now = f
+        .app
+        .get_approval(&agent(), &approval_id(&id))
+        .await
+        .expect("get");
     assert_eq!(now.state, ApprovalState::Denied);
 }
 
@@ -370,10 +379,15 @@ async fn agents_see_only_their_own_approvals() {
     let id = requested(&f).await.id;
     let other = caller("k_other_agent", Role::Agent);
     assert!(matches!(
-        f.app.get_approval(&other, &id).await,
+        f.app.get_approval(&other, &approval_id(&id)).await,
         Err(AppError::NotFound(_))
     ));
-    assert!(f.app.get_approval(&agent(), &id).await.is_ok());
+    assert!(
+        f.app
+            .get_approval(&agent(), &approval_id(&id))
+            .await
+            .is_ok()
+    );
     let page = f
         .app
         .list_approvals(

@@ -1,6 +1,10 @@
 //! Proto ↔ domain conversions. Inbound conversions validate and name the offending field.
 
-use crate::policy::names::{FieldError, check_id, check_optional_id, check_text};
+use crate::app::decide::DecideInput;
+use crate::policy::names::{
+    ApprovalId, FieldError, IntegrationId, PersonId, RequestId, ToolName, check_id,
+    check_optional_id, check_text,
+};
 use crate::policy::save::PolicyEdit;
 use crate::policy::{
     Annotations, Approval, ApprovalState, ApproverRole, Person, Policy, PolicySource, Tool,
@@ -265,4 +269,17 @@ pub fn approval_to_proto(a: &Approval, now: UnixMillis) -> pb::Approval {
         consumed_by_request_id: a.consumed_by_request.clone().unwrap_or_default(),
         consumed_at: a.consumed_at.map(timestamp),
     }
+}
+
+/// A Decide request as the application takes it, every id checked.
+pub fn decide_input(req: pb::DecideRequest) -> Result<DecideInput, FieldError> {
+    Ok(DecideInput {
+        integration_id: IntegrationId::parse("integration_id", req.integration_id)?,
+        tool_name: ToolName::parse("tool_name", req.tool_name)?,
+        arguments_json: req.arguments_json,
+        requester_id: PersonId::parse_optional("requester_id", req.requester_id)?,
+        request_id: RequestId::parse_optional("request_id", req.request_id)?,
+        approval_id: ApprovalId::parse_optional("approval_id", req.approval_id)?,
+        min_revision: req.min_revision,
+    })
 }

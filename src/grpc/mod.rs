@@ -9,9 +9,9 @@ pub mod rpc_metrics;
 mod watch;
 
 use crate::app::approvals::SubmitInput;
-use crate::app::decide::DecideInput;
 use crate::app::save::SaveRequest;
 use crate::app::{App, AppError, Operation};
+use crate::policy::names::{ApprovalId, PersonId};
 use crate::policy::names::{FieldError, check_id, check_optional_id, check_text};
 use crate::policy::save::PolicyEdit;
 use crate::policy::{Caller, Policy, Role};
@@ -210,19 +210,10 @@ impl PolicyService for PolicyApi {
     ) -> Result<Response<pb::DecideResponse>, Status> {
         let started = std::time::Instant::now();
         let outcome = match self.caller(&request, Operation::Decide).await {
-            Ok(caller) => {
-                let req = request.into_inner();
-                let input = DecideInput {
-                    integration_id: req.integration_id,
-                    tool_name: req.tool_name,
-                    arguments_json: req.arguments_json,
-                    requester_id: req.requester_id,
-                    request_id: req.request_id,
-                    approval_id: req.approval_id,
-                    min_revision: req.min_revision,
-                };
-                self.app.decide(&caller, input).await.map_err(Status::from)
-            }
+            Ok(caller) => match decide_input(request.into_inner()) {
+                Ok(input) => self.app.decide(&caller, input).await.map_err(Status::from),
+                Err(e) => Err(invalid(e)),
+            },
             Err(status) => Err(status),
         };
         let metrics = &self.app.metrics;
@@ -250,12 +241,11 @@ impl PolicyService for PolicyApi {
     ) -> Result<Response<pb::SubmitApprovalResponse>, Status> {
         let caller = self.caller(&request, Operation::SubmitApproval).await?;
         let req = request.into_inner();
-        check_id("approval_id", &req.approval_id).map_err(invalid)?;
         let role = role_from_proto("role", req.role).map_err(invalid)?;
         let input = SubmitInput {
-            approval_id: req.approval_id,
+            approval_id: ApprovalId::parse("approval_id", req.approval_id).map_err(invalid)?,
             role,
-            approver_id: req.approver_id,
+            approver_id: PersonId::parse("approver_id", req.approver_id).map_err(invalid)?,
             approve: req.approve,
             comment: req.comment,
         };
@@ -274,7 +264,8 @@ impl PolicyService for PolicyApi {
     ) -> Result<Response<pb::GetApprovalResponse>, Status> {
         let caller = self.caller(&request, Operation::GetApproval).await?;
         let req = request.into_inner();
-        let approval = self.app.get_approval(&caller, &req.approval_id).await?;
+        let id = ApprovalId::parse("approval_id", req.approval_id).map_err(invalid)?;
+        let approval = self.app.get_approval(&caller, &id).await?;
         Ok(Response::new(pb::GetApprovalResponse {
             approval: Some(approval_to_proto(
                 &approval,

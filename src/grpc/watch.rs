@@ -12,7 +12,7 @@ use super::convert::{approval_to_proto, tool_to_proto};
 use crate::app::watch::ConfigStart;
 use crate::app::{App, AppError, approvals::may_see};
 use crate::metrics::{StreamGuard, Watch};
-use crate::policy::names::check_optional_id;
+use crate::policy::names::{ApprovalId, check_optional_id};
 use crate::policy::{Approval, Caller, Policy, RevisionChanges, Role, ToolChange, UnixMillis};
 use crate::proto::v1 as pb;
 use crate::snapshot::{TenantEvent, TenantSnapshot};
@@ -268,10 +268,9 @@ pub(super) async fn watch_approvals(
     caller: Arc<Caller>,
     req: pb::WatchApprovalsRequest,
 ) -> Result<Stream<pb::WatchApprovalsResponse>, AppError> {
-    check_optional_id("approval_id", &req.approval_id)?;
+    let only = ApprovalId::parse_optional("approval_id", req.approval_id)?;
     let guard = app.open_watch(Watch::Approvals)?;
     let events = app.approvals.subscribe(&caller.tenant);
-    let only = (!req.approval_id.is_empty()).then_some(req.approval_id.clone());
     let initial = match &only {
         Some(id) => Some(app.get_approval(&caller, id).await?),
         None => None,
@@ -298,7 +297,7 @@ struct ApprovalWatcher {
     _open: StreamGuard,
     app: Arc<App>,
     caller: Arc<Caller>,
-    only: Option<String>,
+    only: Option<ApprovalId>,
     events: broadcast::Receiver<Arc<Approval>>,
     drain: CancellationToken,
     queue: VecDeque<Approval>,
@@ -338,7 +337,7 @@ impl ApprovalWatcher {
                 }
                 Wake::Keys => {}
                 Wake::Event(Ok(a)) => {
-                    let wanted = self.only.as_deref().is_none_or(|id| id == a.id)
+                    let wanted = self.only.as_ref().is_none_or(|id| id.as_str() == a.id)
                         && may_see(&self.caller, &a);
                     if wanted {
                         self.queue.push_back((*a).clone());

@@ -59,6 +59,67 @@ pub fn check_id(field: &str, value: &str) -> Result<(), FieldError> {
     Ok(())
 }
 
+/// Identifier types: each a checked [`check_id`] value, made only by `parse` where the value
+/// enters (a request field, a flag), so code that takes one need not check it again, and
+/// one kind of id cannot be passed where another is meant.
+macro_rules! id_types {
+    ($($(#[$doc:meta])* $name:ident;)*) => {$(
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(String);
+
+        impl $name {
+            /// `value` as the field `field`, or what is wrong with it.
+            pub fn parse(field: &str, value: impl Into<String>) -> Result<Self, FieldError> {
+                let value = value.into();
+                check_id(field, &value)?;
+                Ok($name(value))
+            }
+
+            /// Like `parse`, but empty is `None` (an optional reference).
+            pub fn parse_optional(
+                field: &str,
+                value: impl Into<String>,
+            ) -> Result<Option<Self>, FieldError> {
+                let value = value.into();
+                if value.is_empty() {
+                    return Ok(None);
+                }
+                Self::parse(field, value).map(Some)
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+
+            pub fn into_string(self) -> String {
+                self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    )*};
+}
+
+id_types! {
+    /// A tenant (from `keys create --tenant`; requests carry it in their key).
+    TenantId;
+    /// An integration of a tenant.
+    IntegrationId;
+    /// A tool of an integration.
+    ToolName;
+    /// An approval.
+    ApprovalId;
+    /// An agent backend's name for one intended execution of a call.
+    RequestId;
+    /// A person of the tenant's directory.
+    PersonId;
+}
+
 /// Like [`check_id`], but empty is allowed (an optional reference).
 pub fn check_optional_id(field: &str, value: &str) -> Result<(), FieldError> {
     if value.is_empty() {
@@ -85,6 +146,19 @@ pub fn check_text(field: &str, value: &str) -> Result<(), FieldError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_id_type_is_made_only_from_a_checked_value() {
+        assert_eq!(
+            ToolName::parse("tool_name", "get_user").unwrap().as_str(),
+            "get_user"
+        );
+        let err = ApprovalId::parse("approval_id", "a b").unwrap_err();
+        assert_eq!(err.field, "approval_id");
+        assert!(RequestId::parse("request_id", "").is_err(), "required");
+        assert_eq!(RequestId::parse_optional("request_id", "").unwrap(), None);
+        assert!(PersonId::parse_optional("requester_id", "\n").is_err());
+    }
 
     #[test]
     fn ids_accept_every_naming_style() {
