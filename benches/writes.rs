@@ -74,7 +74,7 @@ fn main() {
             .await;
             let normal = sqlite_raw(opts, &url, sqlx::sqlite::SqliteSynchronous::Normal).await;
             drop(dir);
-            report("SQLite (WAL, synchronous=FULL)", &rounds);
+            report("SQLite (WAL, synchronous=FULL)", &rounds, 0.5);
             println!(
                 "  raw INSERT with synchronous=NORMAL, for reference: {normal:.0}/s (toolgate \
                  keeps FULL: a committed approval survives a power cut)"
@@ -85,7 +85,7 @@ fn main() {
             let settings = db.settings().await;
             let url = db.url.clone();
             let rounds = measure(opts, &url, |opts| pg_raw(opts, &url)).await;
-            report(&format!("PostgreSQL ({settings})"), &rounds);
+            report(&format!("PostgreSQL ({settings})"), &rounds, 0.15);
             db.drop_now().await;
         }
     });
@@ -109,7 +109,9 @@ fn spread(v: &[f64]) -> (f64, f64) {
     (lo, hi)
 }
 
-fn report(backend: &str, rounds: &[Round]) {
+/// `grpc_target`: the least ratio over gRPC the application-layer issue asks for (SQLite
+/// 0.5, PostgreSQL 0.15); the in-process figure has none (it shows what the server adds).
+fn report(backend: &str, rounds: &[Round], grpc_target: f64) {
     let raws: Vec<f64> = rounds.iter().map(|r| r.raw).collect();
     let (lo, hi) = spread(&raws);
     println!("{backend}");
@@ -117,22 +119,25 @@ fn report(backend: &str, rounds: &[Round]) {
         "  raw single-row INSERT        {:>7.0} commits/s  (rounds {lo:.0}-{hi:.0})",
         median(raws.clone())
     );
-    let figure = |name: &str, rate: fn(&Round) -> f64| {
+    let figure = |name: &str, rate: fn(&Round) -> f64, target: Option<f64>| {
         let rates: Vec<f64> = rounds.iter().map(rate).collect();
         let ratios: Vec<f64> = rounds.iter().map(|r| rate(r) / r.raw).collect();
         let (lo, hi) = spread(&ratios);
         let ratio = median(ratios);
         let approvals = median(rates.clone()) / 3.0;
+        let verdict = match target {
+            Some(t) if ratio >= t => format!("  target >= {t:.2}: met"),
+            Some(t) => format!("  target >= {t:.2}: MISSED"),
+            None => String::new(),
+        };
         println!(
             "  approval writes, {name:<11} {:>7.0} writes/s   ratio {ratio:.2} (rounds \
-             {lo:.2}-{hi:.2}; {approvals:.0} approvals created and consumed/s)  target >= \
-             0.80: {}",
+             {lo:.2}-{hi:.2}; {approvals:.0} approvals created and consumed/s){verdict}",
             median(rates),
-            if ratio >= 0.8 { "met" } else { "MISSED" }
         );
     };
-    figure("in-process", |r| r.store);
-    figure("gRPC", |r| r.grpc);
+    figure("in-process", |r| r.store, None);
+    figure("gRPC", |r| r.grpc, Some(grpc_target));
 }
 
 /// `opts.rounds` rounds of: raw INSERTs (`raw`), approval cycles over gRPC, the same
