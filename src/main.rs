@@ -21,6 +21,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => runtime.block_on(serve(*args)),
         Command::Keys { command } => runtime.block_on(keys(command)),
+        Command::Client(command) => return runtime.block_on(toolgate::cli::run(command)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -11,6 +11,8 @@ mod admin;
 mod approvals;
 #[path = "../suite/auth.rs"]
 mod auth;
+#[path = "../suite/cli.rs"]
+mod cli;
 #[path = "../suite/decide.rs"]
 mod decide;
 #[path = "../suite/hardening.rs"]

@@ -1,0 +1,700 @@
+//! The operator's client commands: each one gRPC call (or stream) to a running server with
+//! an API key, printed as a table or, with `--output json`, as the response in the protobuf
+//! JSON mapping. Nothing here decides anything: the server's rules answer, as for any
+//! other client.
+//!
+//! Exit codes: 0 on success; 1 with `error: <CODE>: <message>` on standard error when the
+//! server answers with an error; 2 for bad usage (clap's own, a bad file or value).
+
+use crate::proto::v1 as pb;
+use crate::proto::v1::policy_service_client::PolicyServiceClient;
+use clap::{Args, Subcommand, ValueEnum};
+use prost::Message;
+use prost_reflect::{DescriptorPool, DynamicMessage};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::{Code, Request, Status};
+
+/// How a client command reaches the server.
+#[derive(Args, Clone)]
+pub struct ClientArgs {
+    /// The server, http://HOST:PORT or https://HOST:PORT (TLS).
+    #[arg(
+        long,
+        env = "TOOLGATE_SERVER",
+        default_value = "http://127.0.0.1:50051",
+        global = true
+    )]
+    pub server: String,
+    /// The API key (never printed).
+    #[arg(long, env = "TOOLGATE_API_KEY", hide_env_values = true, global = true)]
+    pub api_key: Option<String>,
+    /// table (for people) or json (the protobuf JSON mapping, one document per line).
+    #[arg(long, value_enum, default_value_t = Output::Table, global = true)]
+    pub output: Output,
+    /// CA certificate (PEM) that signed the server's certificate.
+    #[arg(long, global = true)]
+    pub ca_cert: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS, with --client-key.
+    #[arg(long, global = true, requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    /// Client key (PEM) for mutual TLS, with --client-cert.
+    #[arg(long, global = true, requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for ClientArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientArgs")
+            .field("server", &self.server)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("output", &self.output)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+/// The client commands (`toolgate <noun> <verb>`).
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// The tenant's tools and their policies.
+    Tools {
+        #[command(subcommand)]
+        command: ToolsCommand,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Change a tool's policy.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Approval requests: list, show, approve, deny.
+    Approvals {
+        #[command(subcommand)]
+        command: ApprovalsCommand,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Connect an integration from a ConnectIntegrationRequest in JSON.
+    Integrations {
+        #[command(subcommand)]
+        command: IntegrationsCommand,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Sync the directory from an UpsertPeopleRequest in JSON.
+    People {
+        #[command(subcommand)]
+        command: PeopleCommand,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Follow changes: one JSON line per event, resuming after a broken stream.
+    Watch {
+        #[command(subcommand)]
+        command: WatchCommand,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ToolsCommand {
+    List {
+        #[arg(long)]
+        integration: Option<String>,
+        /// Admins: include disabled tools.
+        #[arg(long)]
+        include_disabled: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub enum PolicyArg {
+    Auto,
+    ApprovalNeeded,
+    Disabled,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    Set {
+        integration: String,
+        tool: String,
+        #[arg(value_enum)]
+        policy: PolicyArg,
+        #[arg(long)]
+        manager_approval: Option<bool>,
+        /// Apply only if the tenant is still at this revision.
+        #[arg(long)]
+        expected_revision: Option<u64>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum StateArg {
+    Pending,
+    Approved,
+    Denied,
+    Expired,
+    Consumed,
+    Cancelled,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum RoleArg {
+    Technician,
+    Manager,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApprovalsCommand {
+    List {
+        #[arg(long, value_enum)]
+        state: Option<StateArg>,
+    },
+    Show {
+        id: String,
+    },
+    Approve(StepArgs),
+    Deny(StepArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StepArgs {
+    id: String,
+    /// The person deciding (checked against the directory).
+    #[arg(long = "as")]
+    person: String,
+    #[arg(long, value_enum, default_value = "technician")]
+    role: RoleArg,
+    #[arg(long, default_value = "")]
+    comment: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IntegrationsCommand {
+    Connect { file: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PeopleCommand {
+    Upsert { file: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WatchCommand {
+    Config {
+        #[arg(long)]
+        integration: Option<String>,
+    },
+    Approvals {
+        #[arg(long)]
+        approval_id: Option<String>,
+    },
+}
+
+/// Why a command failed: the server's answer (exit 1) or bad usage (exit 2).
+enum Failure {
+    Server(Status),
+    Usage(String),
+}
+
+impl From<Status> for Failure {
+    fn from(status: Status) -> Self {
+        Failure::Server(status)
+    }
+}
+
+/// Runs a client command to completion.
+pub async fn run(command: ClientCommand) -> ExitCode {
+    match dispatch(command).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Server(status)) => {
+            eprintln!("error: {}: {}", code_name(status.code()), status.message());
+            ExitCode::from(1)
+        }
+        Err(Failure::Usage(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn dispatch(command: ClientCommand) -> Result<(), Failure> {
+    match command {
+        ClientCommand::Tools { command, client } => {
+            let ToolsCommand::List {
+                integration,
+                include_disabled,
+            } = command;
+            let mut api = Api::connect(&client).await?;
+            let req = pb::ListToolsRequest {
+                integration_id: integration.unwrap_or_default(),
+                include_disabled,
+                min_revision: None,
+            };
+            let answer = api.client.list_tools(api.request(req)).await?.into_inner();
+            match client.output {
+                Output::Json => print_json(&answer),
+                Output::Table => print_tools(&answer.tools),
+            }
+        }
+        ClientCommand::Policy { command, client } => {
+            let PolicyCommand::Set {
+                integration,
+                tool,
+                policy,
+                manager_approval,
+                expected_revision,
+            } = command;
+            let mut api = Api::connect(&client).await?;
+            let policy = match policy {
+                PolicyArg::Auto => pb::Policy::Auto,
+                PolicyArg::ApprovalNeeded => pb::Policy::ApprovalNeeded,
+                PolicyArg::Disabled => pb::Policy::Disabled,
+            };
+            let req = pb::SetPolicyRequest {
+                changes: vec![pb::PolicyChange {
+                    integration_id: integration,
+                    tool_name: tool,
+                    policy: policy as i32,
+                    manager_approval,
+                }],
+                expected_revision,
+            };
+            let answer = api.client.set_policy(api.request(req)).await?.into_inner();
+            match client.output {
+                Output::Json => print_json(&answer),
+                Output::Table => {
+                    println!("revision {}", answer.revision);
+                    print_tools(&answer.tools);
+                }
+            }
+        }
+        ClientCommand::Approvals { command, client } => approvals(command, &client).await?,
+        ClientCommand::Integrations { command, client } => {
+            let IntegrationsCommand::Connect { file } = command;
+            let req: pb::ConnectIntegrationRequest = read_json(&file)?;
+            let mut api = Api::connect(&client).await?;
+            let answer = api.client.connect_integration(api.request(req)).await?;
+            let answer = answer.into_inner();
+            match client.output {
+                Output::Json => print_json(&answer),
+                Output::Table => {
+                    println!("revision {}", answer.revision);
+                    print_tools(&answer.tools);
+                }
+            }
+        }
+        ClientCommand::People { command, client } => {
+            let PeopleCommand::Upsert { file } = command;
+            let req: pb::UpsertPeopleRequest = read_json(&file)?;
+            let mut api = Api::connect(&client).await?;
+            let answer = api.client.upsert_people(api.request(req)).await?;
+            match client.output {
+                Output::Json => print_json(&answer.into_inner()),
+                Output::Table => println!("upserted {}", answer.into_inner().upserted),
+            }
+        }
+        ClientCommand::Watch { command, client } => watch(command, &client).await?,
+    }
+    Ok(())
+}
+
+async fn approvals(command: ApprovalsCommand, client: &ClientArgs) -> Result<(), Failure> {
+    let mut api = Api::connect(client).await?;
+    match command {
+        ApprovalsCommand::List { state } => {
+            let state = state.map_or(pb::ApprovalState::Unspecified, |s| match s {
+                StateArg::Pending => pb::ApprovalState::Pending,
+                StateArg::Approved => pb::ApprovalState::Approved,
+                StateArg::Denied => pb::ApprovalState::Denied,
+                StateArg::Expired => pb::ApprovalState::Expired,
+                StateArg::Consumed => pb::ApprovalState::Consumed,
+                StateArg::Cancelled => pb::ApprovalState::Cancelled,
+            });
+            // Every page, to the end.
+            let mut all = Vec::new();
+            let mut token = String::new();
+            loop {
+                let req = pb::ListApprovalsRequest {
+                    state: state as i32,
+                    page_size: 500,
+                    page_token: token,
+                };
+                let page = api.client.list_approvals(api.request(req)).await?;
+                let page = page.into_inner();
+                all.extend(page.approvals);
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                token = page.next_page_token;
+            }
+            match client.output {
+                Output::Json => all.iter().for_each(print_json),
+                Output::Table => print_approvals(&all),
+            }
+        }
+        ApprovalsCommand::Show { id } => {
+            let req = pb::GetApprovalRequest { approval_id: id };
+            let answer = api
+                .client
+                .get_approval(api.request(req))
+                .await?
+                .into_inner();
+            let approval = answer.approval.unwrap_or_default();
+            match client.output {
+                Output::Json => print_json(&approval),
+                Output::Table => {
+                    print_approvals(std::slice::from_ref(&approval));
+                    println!("arguments: {}", approval.arguments_json);
+                    for step in &approval.steps {
+                        let verdict = if step.approved { "approved" } else { "denied" };
+                        let role = role_name(step.role);
+                        println!("  {role} {} {verdict} {}", step.approver_id, step.comment);
+                    }
+                }
+            }
+        }
+        ApprovalsCommand::Approve(step) => submit(&mut api, client, step, true).await?,
+        ApprovalsCommand::Deny(step) => submit(&mut api, client, step, false).await?,
+    }
+    Ok(())
+}
+
+async fn submit(
+    api: &mut Api,
+    client: &ClientArgs,
+    step: StepArgs,
+    approve: bool,
+) -> Result<(), Failure> {
+    let role = match step.role {
+        RoleArg::Technician => pb::ApproverRole::Technician,
+        RoleArg::Manager => pb::ApproverRole::Manager,
+    };
+    let req = pb::SubmitApprovalRequest {
+        approval_id: step.id,
+        role: role as i32,
+        approver_id: step.person,
+        approve,
+        comment: step.comment,
+    };
+    let answer = api.client.submit_approval(api.request(req)).await?;
+    let approval = answer.into_inner().approval.unwrap_or_default();
+    match client.output {
+        Output::Json => print_json(&approval),
+        Output::Table => print_approvals(std::slice::from_ref(&approval)),
+    }
+    Ok(())
+}
+
+/// Follows a watch stream, printing one JSON line per message; after a stream breaks
+/// (the server drained, the connection dropped) it reconnects with backoff and resumes:
+/// WatchConfig from the last revision seen, WatchApprovals afresh (it sends each change as
+/// it happens; what changed meanwhile is in `approvals list`).
+async fn watch(command: WatchCommand, client: &ClientArgs) -> Result<(), Failure> {
+    let mut last_revision: Option<u64> = None;
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let broken = match &command {
+            WatchCommand::Config { integration } => {
+                let mut api = Api::connect(client).await?;
+                let req = pb::WatchConfigRequest {
+                    since_revision: last_revision,
+                    integration_id: integration.clone().unwrap_or_default(),
+                };
+                match api.client.watch_config(api.request(req)).await {
+                    Ok(stream) => {
+                        let mut stream = stream.into_inner();
+                        loop {
+                            match stream.message().await {
+                                Ok(Some(event)) => {
+                                    backoff = Duration::from_millis(200);
+                                    last_revision = Some(event.revision);
+                                    print_json(&event);
+                                }
+                                Ok(None) => break Status::unavailable("stream ended"),
+                                Err(status) => break status,
+                            }
+                        }
+                    }
+                    Err(status) => status,
+                }
+            }
+            WatchCommand::Approvals { approval_id } => {
+                let mut api = Api::connect(client).await?;
+                let req = pb::WatchApprovalsRequest {
+                    approval_id: approval_id.clone().unwrap_or_default(),
+                };
+                match api.client.watch_approvals(api.request(req)).await {
+                    Ok(stream) => {
+                        let mut stream = stream.into_inner();
+                        loop {
+                            match stream.message().await {
+                                Ok(Some(event)) => {
+                                    backoff = Duration::from_millis(200);
+                                    print_json(&event);
+                                }
+                                Ok(None) => break Status::unavailable("stream ended"),
+                                Err(status) => break status,
+                            }
+                        }
+                    }
+                    Err(status) => status,
+                }
+            }
+        };
+        // Only a server that is going or overloaded is worth trying again.
+        if !matches!(
+            broken.code(),
+            Code::Unavailable | Code::ResourceExhausted | Code::Unknown | Code::Internal
+        ) {
+            return Err(Failure::Server(broken));
+        }
+        eprintln!(
+            "watch: {}: {}; reconnecting in {backoff:?}",
+            code_name(broken.code()),
+            broken.message()
+        );
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// A connected client and the key it sends.
+struct Api {
+    client: PolicyServiceClient<Channel>,
+    key: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+}
+
+impl Api {
+    async fn connect(args: &ClientArgs) -> Result<Api, Failure> {
+        let mut endpoint = Endpoint::from_shared(args.server.clone())
+            .map_err(|e| Failure::Usage(format!("--server {:?}: {e}", args.server)))?
+            .connect_timeout(Duration::from_secs(10));
+        let tls_files = args.ca_cert.is_some() || args.client_cert.is_some();
+        if args.server.starts_with("https://") || tls_files {
+            let mut tls = ClientTlsConfig::new().with_enabled_roots();
+            if let Some(ca) = &args.ca_cert {
+                tls = tls.ca_certificate(Certificate::from_pem(read_file(ca)?));
+            }
+            if let (Some(cert), Some(key)) = (&args.client_cert, &args.client_key) {
+                tls = tls.identity(Identity::from_pem(read_file(cert)?, read_file(key)?));
+            }
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| Failure::Usage(format!("tls: {e}")))?;
+        }
+        let channel = endpoint.connect().await.map_err(|e| {
+            Failure::Server(Status::unavailable(format!(
+                "cannot reach {}: {e}",
+                args.server
+            )))
+        })?;
+        let key = match &args.api_key {
+            Some(key) => Some(
+                format!("Bearer {key}")
+                    .parse()
+                    .map_err(|_| Failure::Usage("--api-key: not a valid header value".into()))?,
+            ),
+            None => None,
+        };
+        Ok(Api {
+            client: PolicyServiceClient::new(channel),
+            key,
+        })
+    }
+
+    fn request<T>(&self, message: T) -> Request<T> {
+        let mut req = Request::new(message);
+        if let Some(key) = &self.key {
+            req.metadata_mut().insert("authorization", key.clone());
+        }
+        req
+    }
+}
+
+fn read_file(path: &PathBuf) -> Result<Vec<u8>, Failure> {
+    std::fs::read(path).map_err(|e| Failure::Usage(format!("{}: {e}", path.display())))
+}
+
+/// A message of the service, by its full protobuf name.
+trait Named: Message + Default {
+    const NAME: &'static str;
+}
+
+macro_rules! named {
+    ($($message:ident),*) => {$(
+        impl Named for pb::$message {
+            const NAME: &'static str = concat!("toolgate.v1.", stringify!($message));
+        }
+    )*};
+}
+
+named!(
+    Approval,
+    ConnectIntegrationRequest,
+    ConnectIntegrationResponse,
+    ListToolsResponse,
+    SetPolicyResponse,
+    UpsertPeopleRequest,
+    UpsertPeopleResponse,
+    WatchApprovalsResponse,
+    WatchConfigResponse
+);
+
+/// The service's descriptors, for the protobuf JSON mapping.
+fn pool() -> &'static DescriptorPool {
+    static POOL: std::sync::OnceLock<DescriptorPool> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        DescriptorPool::decode(crate::proto::FILE_DESCRIPTOR_SET).expect("the embedded descriptors")
+    })
+}
+
+/// A request message from a file in the protobuf JSON mapping.
+fn read_json<M: Named>(path: &PathBuf) -> Result<M, Failure> {
+    let text = read_file(path)?;
+    let descriptor = pool()
+        .get_message_by_name(M::NAME)
+        .ok_or_else(|| Failure::Usage(format!("no descriptor for {}", M::NAME)))?;
+    let mut de = serde_json::Deserializer::from_slice(&text);
+    let dynamic = DynamicMessage::deserialize(descriptor, &mut de)
+        .and_then(|m| de.end().map(|()| m))
+        .map_err(|e| Failure::Usage(format!("{}: {e}", path.display())))?;
+    M::decode(dynamic.encode_to_vec().as_slice())
+        .map_err(|e| Failure::Usage(format!("{}: {e}", path.display())))
+}
+
+/// Prints `message` on one line in the protobuf JSON mapping.
+fn print_json<M: Named>(message: &M) {
+    let Some(descriptor) = pool().get_message_by_name(M::NAME) else {
+        return;
+    };
+    let Ok(dynamic) = DynamicMessage::decode(descriptor, message.encode_to_vec().as_slice()) else {
+        return;
+    };
+    match serde_json::to_string(&dynamic) {
+        Ok(line) => println!("{line}"),
+        Err(e) => eprintln!("error: cannot print {}: {e}", M::NAME),
+    }
+}
+
+fn print_tools(tools: &[pb::Tool]) {
+    println!(
+        "{:<20} {:<32} {:<16} {:<8} {:<11} revision",
+        "integration", "tool", "policy", "manager", "source"
+    );
+    for t in tools {
+        let policy = pb::Policy::try_from(t.policy)
+            .map(|p| p.as_str_name().trim_start_matches("POLICY_").to_lowercase())
+            .unwrap_or_default();
+        let source = pb::PolicySource::try_from(t.source)
+            .map(|s| {
+                s.as_str_name()
+                    .trim_start_matches("POLICY_SOURCE_")
+                    .to_lowercase()
+            })
+            .unwrap_or_default();
+        println!(
+            "{:<20} {:<32} {:<16} {:<8} {:<11} {}",
+            t.integration_id,
+            t.name,
+            policy,
+            if t.manager_approval { "yes" } else { "no" },
+            source,
+            t.revision
+        );
+    }
+}
+
+fn print_approvals(approvals: &[pb::Approval]) {
+    println!(
+        "{:<24} {:<10} {:<32} {:<16} {:<24} expires",
+        "id", "state", "tool", "requester", "created"
+    );
+    for a in approvals {
+        let state = pb::ApprovalState::try_from(a.state)
+            .map(|s| {
+                s.as_str_name()
+                    .trim_start_matches("APPROVAL_STATE_")
+                    .to_lowercase()
+            })
+            .unwrap_or_default();
+        println!(
+            "{:<24} {:<10} {:<32} {:<16} {:<24} {}",
+            a.id,
+            state,
+            format!("{}/{}", a.integration_id, a.tool_name),
+            a.requester_id,
+            timestamp(a.created_at.as_ref()),
+            timestamp(a.expires_at.as_ref())
+        );
+    }
+}
+
+fn role_name(role: i32) -> String {
+    pb::ApproverRole::try_from(role)
+        .map(|r| {
+            r.as_str_name()
+                .trim_start_matches("APPROVER_ROLE_")
+                .to_lowercase()
+        })
+        .unwrap_or_default()
+}
+
+fn timestamp(t: Option<&prost_types::Timestamp>) -> String {
+    t.map(ToString::to_string).unwrap_or_default()
+}
+
+/// `NotFound` → `NOT_FOUND`: the gRPC code's name as the protocol spells it.
+fn code_name(code: Code) -> String {
+    let camel = format!("{code:?}");
+    let mut out = String::new();
+    for (i, c) in camel.chars().enumerate() {
+        if c.is_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_uppercase());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn code_names_are_the_protocol_names() {
+        assert_eq!(code_name(Code::NotFound), "NOT_FOUND");
+        assert_eq!(code_name(Code::Ok), "OK");
+        assert_eq!(code_name(Code::FailedPrecondition), "FAILED_PRECONDITION");
+        assert_eq!(code_name(Code::Unauthenticated), "UNAUTHENTICATED");
+    }
+
+    #[test]
+    fn messages_print_in_the_protobuf_json_mapping() {
+        let tool = pb::Tool {
+            integration_id: "entra".into(),
+            name: "get_user".into(),
+            policy: pb::Policy::Auto as i32,
+            ..Default::default()
+        };
+        let descriptor = pool().get_message_by_name("toolgate.v1.Tool").unwrap();
+        let dynamic = DynamicMessage::decode(descriptor, tool.encode_to_vec().as_slice()).unwrap();
+        let json = serde_json::to_value(&dynamic).unwrap();
+        assert_eq!(json["integrationId"], "entra");
+        assert_eq!(json["policy"], "POLICY_AUTO");
+    }
+}

@@ -1,0 +1,221 @@
+//! The operator CLI: the real binary against the real server, as an operator runs it.
+
+use crate::helpers::*;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+use toolgate::proto::v1::Policy;
+
+/// Runs `toolgate ARGS` against `app` with `key`; its exit code, stdout and stderr.
+async fn toolgate(app: &TestApp, key: &str, args: &[&str]) -> (i32, String, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_toolgate"));
+    command
+        .args(args)
+        .env("TOOLGATE_SERVER", format!("http://{}", app.addr))
+        .env("TOOLGATE_API_KEY", key)
+        .env_remove("RUST_LOG");
+    let output: Output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .expect("join")
+        .expect("run toolgate");
+    let text = |b: Vec<u8>| String::from_utf8(b).expect("utf-8");
+    let (stdout, stderr) = (text(output.stdout), text(output.stderr));
+    // The key is never printed, whatever happened.
+    assert!(
+        !stdout.contains(key) && !stderr.contains(key),
+        "{stdout}{stderr}"
+    );
+    (output.status.code().unwrap_or(-1), stdout, stderr)
+}
+
+#[tokio::test]
+async fn tools_list_as_a_table_and_as_protobuf_json() {
+    let app = spawn_app().await;
+    app.connect_sample().await;
+    let (code, table, _) = toolgate(&app, &app.admin, &["tools", "list"]).await;
+    assert_eq!(code, 0);
+    assert!(
+        table.lines().next().unwrap().starts_with("integration"),
+        "{table}"
+    );
+    assert!(
+        table.contains("get_user") && table.contains("auto"),
+        "{table}"
+    );
+
+    let (code, json, _) = toolgate(&app, &app.admin, &["tools", "list", "--output", "json"]).await;
+    assert_eq!(code, 0);
+    let value: serde_json::Value = serde_json::from_str(json.trim()).expect("one JSON document");
+    let tools = value["tools"].as_array().expect("tools");
+    let get_user = tools
+        .iter()
+        .find(|t| t["name"] == "get_user")
+        .expect("get_user");
+    assert_eq!(get_user["policy"], "POLICY_AUTO");
+    assert_eq!(get_user["integrationId"], "entra");
+}
+
+#[tokio::test]
+async fn policy_set_changes_the_tool_and_a_stale_expected_revision_exits_1() {
+    let app = spawn_app().await;
+    let connected = app.connect_sample().await;
+    let args = [
+        "policy", "set", "entra", "get_user", "disabled", "--output", "json",
+    ];
+    let (code, out, _) = toolgate(&app, &app.admin, &args).await;
+    assert_eq!(code, 0, "{out}");
+    let (_, table, _) = toolgate(&app, &app.admin, &["tools", "list", "--include-disabled"]).await;
+    let line = table
+        .lines()
+        .find(|l| l.contains("get_user"))
+        .expect("listed");
+    assert!(line.contains("disabled"), "{line}");
+
+    let stale = connected.revision.to_string();
+    let args = [
+        "policy",
+        "set",
+        "entra",
+        "get_user",
+        "auto",
+        "--expected-revision",
+        &stale,
+    ];
+    let (code, _, err) = toolgate(&app, &app.admin, &args).await;
+    assert_eq!(code, 1);
+    assert!(err.starts_with("error: FAILED_PRECONDITION: "), "{err}");
+}
+
+#[tokio::test]
+async fn approvals_list_show_and_approve() {
+    let app = spawn_app().await;
+    app.connect_sample().await;
+    app.sample_people().await;
+    app.set_one("add_user_to_group", Policy::ApprovalNeeded, None)
+        .await;
+    let asked = app
+        .decide_ok(ask("add_user_to_group", r#"{"user":"bob"}"#, "r1"))
+        .await;
+    let id = asked.approval.expect("approval").id;
+
+    let (code, list, _) = toolgate(
+        &app,
+        &app.approver,
+        &["approvals", "list", "--state", "pending"],
+    )
+    .await;
+    assert_eq!(code, 0);
+    assert!(list.contains(&id) && list.contains("pending"), "{list}");
+    let (code, shown, _) = toolgate(&app, &app.approver, &["approvals", "show", &id]).await;
+    assert_eq!(code, 0);
+    assert!(shown.contains(r#"{"user":"bob"}"#), "{shown}");
+
+    let args = [
+        "approvals",
+        "approve",
+        &id,
+        "--as",
+        "tech",
+        "--output",
+        "json",
+    ];
+    let (code, out, err) = toolgate(&app, &app.approver, &args).await;
+    assert_eq!(code, 0, "{err}");
+    let approval: serde_json::Value = serde_json::from_str(out.trim()).expect("JSON");
+    assert_eq!(approval["state"], "APPROVAL_STATE_APPROVED");
+    // Approving one's own request is refused by the same rules as SubmitApproval.
+    let args = ["approvals", "approve", &id, "--as", "alice"];
+    let (code, _, err) = toolgate(&app, &app.approver, &args).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.starts_with("error: "), "{err}");
+}
+
+#[tokio::test]
+async fn bad_usage_exits_2_and_a_bad_key_exits_1_unauthenticated() {
+    let app = spawn_app().await;
+    let (code, _, _) = toolgate(&app, &app.admin, &["policy", "set", "entra"]).await;
+    assert_eq!(code, 2);
+    let (code, _, _) = toolgate(&app, &app.admin, &["tools", "list", "--output", "yaml"]).await;
+    assert_eq!(code, 2);
+    let bad = "tg_k0000000000000000_".to_owned() + &"0".repeat(64);
+    let (code, _, err) = toolgate(&app, &bad, &["tools", "list"]).await;
+    assert_eq!(code, 1);
+    assert!(err.starts_with("error: UNAUTHENTICATED: "), "{err}");
+}
+
+#[tokio::test]
+async fn integrations_connect_and_people_upsert_from_protobuf_json_files() {
+    let app = spawn_app().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let connect = dir.path().join("connect.json");
+    std::fs::write(
+        &connect,
+        r#"{"integrationId":"jira","kind":"jira","displayName":"Jira",
+            "tools":[{"name":"get_issue"},{"name":"delete_issue",
+            "annotations":{"destructiveHint":true}}]}"#,
+    )
+    .unwrap();
+    let path = connect.to_str().unwrap();
+    let (code, out, err) = toolgate(&app, &app.admin, &["integrations", "connect", path]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("revision 1"), "{out}");
+    let delete = out
+        .lines()
+        .find(|l| l.contains("delete_issue"))
+        .expect("listed");
+    assert!(delete.contains("approval_needed"), "{delete}");
+
+    let people = dir.path().join("people.json");
+    std::fs::write(
+        &people,
+        r#"{"people":[{"id":"ann","displayName":"Ann","technician":true}]}"#,
+    )
+    .unwrap();
+    let path = people.to_str().unwrap();
+    let (code, out, _) = toolgate(&app, &app.admin, &["people", "upsert", path]).await;
+    assert_eq!((code, out.trim()), (0, "upserted 1"));
+
+    std::fs::write(&people, r#"{"people":[{"idd":"x"}]}"#).unwrap();
+    let (code, _, err) = toolgate(&app, &app.admin, &["people", "upsert", path]).await;
+    assert_eq!(code, 2, "{err}");
+}
+
+#[tokio::test]
+async fn watch_config_prints_a_json_line_per_event() {
+    let app = spawn_app().await;
+    app.connect_sample().await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_toolgate"))
+        .args(["watch", "config"])
+        .env("TOOLGATE_SERVER", format!("http://{}", app.addr))
+        .env("TOOLGATE_API_KEY", &app.admin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run toolgate watch");
+    let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
+    let stdout = child.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let next = async |lines: &mut tokio::sync::mpsc::UnboundedReceiver<String>| {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.recv())
+            .await
+            .expect("a line in time")
+            .expect("the watch runs");
+        serde_json::from_str::<serde_json::Value>(&line).expect("a JSON line")
+    };
+    let first = next(&mut lines).await;
+    assert!(first.get("snapshot").is_some(), "{first}");
+    app.set_one("get_user", Policy::Disabled, None).await;
+    let change = next(&mut lines).await;
+    let upserted = &change["change"]["upserted"][0];
+    assert_eq!(upserted["name"], "get_user", "{change}");
+    assert_eq!(upserted["policy"], "POLICY_DISABLED");
+    child.kill().expect("stop the watch");
+    let _ = child.wait();
+}
