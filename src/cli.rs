@@ -234,55 +234,8 @@ pub async fn run(command: ClientCommand) -> ExitCode {
 
 async fn dispatch(command: ClientCommand) -> Result<(), Failure> {
     match command {
-        ClientCommand::Tools { command, client } => {
-            let ToolsCommand::List {
-                integration,
-                include_disabled,
-            } = command;
-            let mut api = Api::connect(&client).await?;
-            let req = pb::ListToolsRequest {
-                integration_id: integration.unwrap_or_default(),
-                include_disabled,
-                min_revision: None,
-            };
-            let answer = api.client.list_tools(api.request(req)).await?.into_inner();
-            match client.output {
-                Output::Json => print_json(&answer),
-                Output::Table => print_tools(&answer.tools),
-            }
-        }
-        ClientCommand::Policy { command, client } => {
-            let PolicyCommand::Set {
-                integration,
-                tool,
-                policy,
-                manager_approval,
-                expected_revision,
-            } = command;
-            let mut api = Api::connect(&client).await?;
-            let policy = match policy {
-                PolicyArg::Auto => pb::Policy::Auto,
-                PolicyArg::ApprovalNeeded => pb::Policy::ApprovalNeeded,
-                PolicyArg::Disabled => pb::Policy::Disabled,
-            };
-            let req = pb::SetPolicyRequest {
-                changes: vec![pb::PolicyChange {
-                    integration_id: integration,
-                    tool_name: tool,
-                    policy: policy as i32,
-                    manager_approval,
-                }],
-                expected_revision,
-            };
-            let answer = api.client.set_policy(api.request(req)).await?.into_inner();
-            match client.output {
-                Output::Json => print_json(&answer),
-                Output::Table => {
-                    println!("revision {}", answer.revision);
-                    print_tools(&answer.tools);
-                }
-            }
-        }
+        ClientCommand::Tools { command, client } => tools(command, &client).await?,
+        ClientCommand::Policy { command, client } => policy(command, &client).await?,
         ClientCommand::Approvals { command, client } => approvals(command, &client).await?,
         ClientCommand::Integrations { command, client } => {
             let IntegrationsCommand::Connect { file } = command;
@@ -309,6 +262,59 @@ async fn dispatch(command: ClientCommand) -> Result<(), Failure> {
             }
         }
         ClientCommand::Watch { command, client } => watch(command, &client).await?,
+    }
+    Ok(())
+}
+
+async fn tools(command: ToolsCommand, client: &ClientArgs) -> Result<(), Failure> {
+    let ToolsCommand::List {
+        integration,
+        include_disabled,
+    } = command;
+    let mut api = Api::connect(client).await?;
+    let req = pb::ListToolsRequest {
+        integration_id: integration.unwrap_or_default(),
+        include_disabled,
+        min_revision: None,
+    };
+    let answer = api.client.list_tools(api.request(req)).await?.into_inner();
+    match client.output {
+        Output::Json => print_json(&answer),
+        Output::Table => print_tools(&answer.tools),
+    }
+    Ok(())
+}
+
+async fn policy(command: PolicyCommand, client: &ClientArgs) -> Result<(), Failure> {
+    let PolicyCommand::Set {
+        integration,
+        tool,
+        policy,
+        manager_approval,
+        expected_revision,
+    } = command;
+    let mut api = Api::connect(client).await?;
+    let policy = match policy {
+        PolicyArg::Auto => pb::Policy::Auto,
+        PolicyArg::ApprovalNeeded => pb::Policy::ApprovalNeeded,
+        PolicyArg::Disabled => pb::Policy::Disabled,
+    };
+    let req = pb::SetPolicyRequest {
+        changes: vec![pb::PolicyChange {
+            integration_id: integration,
+            tool_name: tool,
+            policy: policy as i32,
+            manager_approval,
+        }],
+        expected_revision,
+    };
+    let answer = api.client.set_policy(api.request(req)).await?.into_inner();
+    match client.output {
+        Output::Json => print_json(&answer),
+        Output::Table => {
+            println!("revision {}", answer.revision);
+            print_tools(&answer.tools);
+        }
     }
     Ok(())
 }
@@ -405,58 +411,40 @@ async fn submit(
 /// WatchConfig from the last revision seen, WatchApprovals afresh (it sends each change as
 /// it happens; what changed meanwhile is in `approvals list`).
 async fn watch(command: WatchCommand, client: &ClientArgs) -> Result<(), Failure> {
+    const FIRST_BACKOFF: Duration = Duration::from_millis(200);
     let mut last_revision: Option<u64> = None;
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = FIRST_BACKOFF;
     loop {
-        let broken = match &command {
-            WatchCommand::Config { integration } => {
-                let mut api = Api::connect(client).await?;
-                let req = pb::WatchConfigRequest {
-                    since_revision: last_revision,
-                    integration_id: integration.clone().unwrap_or_default(),
-                };
-                match api.client.watch_config(api.request(req)).await {
-                    Ok(stream) => {
-                        let mut stream = stream.into_inner();
-                        loop {
-                            match stream.message().await {
-                                Ok(Some(event)) => {
-                                    backoff = Duration::from_millis(200);
-                                    last_revision = Some(event.revision);
-                                    print_json(&event);
-                                }
-                                Ok(None) => break Status::unavailable("stream ended"),
-                                Err(status) => break status,
-                            }
-                        }
-                    }
-                    Err(status) => status,
+        let mut got_any = false;
+        let broken = match Api::connect(client).await {
+            Err(Failure::Server(status)) => status,
+            Err(usage) => return Err(usage),
+            Ok(mut api) => match &command {
+                WatchCommand::Config { integration } => {
+                    let req = pb::WatchConfigRequest {
+                        since_revision: last_revision,
+                        integration_id: integration.clone().unwrap_or_default(),
+                    };
+                    let answer = api.client.watch_config(api.request(req)).await;
+                    print_stream(answer, |event: &pb::WatchConfigResponse| {
+                        got_any = true;
+                        last_revision = Some(event.revision);
+                    })
+                    .await
                 }
-            }
-            WatchCommand::Approvals { approval_id } => {
-                let mut api = Api::connect(client).await?;
-                let req = pb::WatchApprovalsRequest {
-                    approval_id: approval_id.clone().unwrap_or_default(),
-                };
-                match api.client.watch_approvals(api.request(req)).await {
-                    Ok(stream) => {
-                        let mut stream = stream.into_inner();
-                        loop {
-                            match stream.message().await {
-                                Ok(Some(event)) => {
-                                    backoff = Duration::from_millis(200);
-                                    print_json(&event);
-                                }
-                                Ok(None) => break Status::unavailable("stream ended"),
-                                Err(status) => break status,
-                            }
-                        }
-                    }
-                    Err(status) => status,
+                WatchCommand::Approvals { approval_id } => {
+                    let req = pb::WatchApprovalsRequest {
+                        approval_id: approval_id.clone().unwrap_or_default(),
+                    };
+                    let answer = api.client.watch_approvals(api.request(req)).await;
+                    print_stream(answer, |_| got_any = true).await
                 }
-            }
+            },
         };
-        // Only a server that is going or overloaded is worth trying again.
+        if got_any {
+            backoff = FIRST_BACKOFF;
+        }
+        // Only a server that is gone, going or overloaded is worth trying again.
         if !matches!(
             broken.code(),
             Code::Unavailable | Code::ResourceExhausted | Code::Unknown | Code::Internal
@@ -470,6 +458,28 @@ async fn watch(command: WatchCommand, client: &ClientArgs) -> Result<(), Failure
         );
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// Prints each message of a stream as a JSON line, telling `seen` of it first; how the
+/// stream ended.
+async fn print_stream<T: Named>(
+    answer: Result<tonic::Response<tonic::Streaming<T>>, Status>,
+    mut seen: impl FnMut(&T),
+) -> Status {
+    let mut stream = match answer {
+        Ok(answer) => answer.into_inner(),
+        Err(status) => return status,
+    };
+    loop {
+        match stream.message().await {
+            Ok(Some(event)) => {
+                seen(&event);
+                print_json(&event);
+            }
+            Ok(None) => return Status::unavailable("the stream ended"),
+            Err(status) => return status,
+        }
     }
 }
 
