@@ -122,11 +122,123 @@ fn main() {
                 ));
             }
         }
+        verdicts.extend(by_h2load(&echo, &toolgate, &request, rounds, seconds));
         println!();
         for v in verdicts {
             println!("{v}");
         }
     });
+}
+
+/// Levels for h2load: (connections, streams in flight per connection).
+const H2LOAD_LEVELS: [(usize, usize); 3] = [(1, 1), (4, 16), (50, 20)];
+
+/// The same comparison driven by h2load, nghttp2's HTTP/2 load generator (written by
+/// neither side): the same request bytes, as one gRPC frame, to each server in turn.
+/// Skipped, loudly, when h2load is not installed (Debian: `apt-get install nghttp2-client`).
+fn by_h2load(
+    echo: &Target,
+    toolgate: &Target,
+    request: &pb::DecideRequest,
+    rounds: usize,
+    seconds: u64,
+) -> Vec<String> {
+    let found = std::process::Command::new("h2load")
+        .arg("--version")
+        .output();
+    if !found.is_ok_and(|o| o.status.success()) {
+        println!();
+        println!(
+            "h2load NOT FOUND: the h2load figures are skipped (install nghttp2-client, e.g. \
+             `apt-get install nghttp2-client`)"
+        );
+        return Vec::new();
+    }
+    let body = tempfile::NamedTempFile::new().expect("temp file");
+    let encoded = prost::Message::encode_to_vec(request);
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&encoded);
+    std::fs::write(body.path(), frame).expect("write the request");
+    println!();
+    println!("by h2load ({rounds} alternating rounds of {seconds} s, after 300 ms of warm-up):");
+    println!(
+        "{:<9} {:>12} {:>12} {:>7}",
+        "level", "echo/s", "toolgate/s", "ratio"
+    );
+    let mut verdicts = Vec::new();
+    for (connections, streams) in H2LOAD_LEVELS {
+        let (mut e, mut t, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            let run =
+                |target: &Target| h2load_run(target, body.path(), connections, streams, seconds);
+            let (echo_rate, toolgate_rate) = (run(echo), run(toolgate));
+            ratios.push(toolgate_rate / echo_rate);
+            e.push(echo_rate);
+            t.push(toolgate_rate);
+        }
+        let (lo, hi) = ratios
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), r| {
+                (lo.min(*r), hi.max(*r))
+            });
+        let ratio = median(ratios.into_iter());
+        let level = format!("{connections}x{streams}");
+        println!(
+            "{level:<9} {:>12.0} {:>12.0} {ratio:>6.2}x   (rounds {lo:.2}-{hi:.2})",
+            median(e.into_iter()),
+            median(t.into_iter())
+        );
+        if connections > 1 {
+            verdicts.push(format!(
+                "{level} (h2load): throughput {ratio:.2}x echo (target >= 0.85x: {})",
+                met(ratio >= 0.85)
+            ));
+        }
+    }
+    verdicts
+}
+
+/// One h2load run of `seconds` against `target`: completed Decides per second. Every
+/// request must succeed (an error answer is still HTTP 200, so the check is on h2load's
+/// own count of failed and errored requests and on the server having answered).
+fn h2load_run(
+    target: &Target,
+    body: &std::path::Path,
+    connections: usize,
+    streams: usize,
+    seconds: u64,
+) -> f64 {
+    let out = std::process::Command::new("h2load")
+        .args(["-c", &connections.to_string(), "-m", &streams.to_string()])
+        .args(["-D", &seconds.to_string(), "--warm-up-time", "300ms"])
+        .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
+        .args(["-H", &format!("authorization: Bearer {}", target.agent)])
+        .arg("-d")
+        .arg(body)
+        .arg(format!(
+            "http://{}/toolgate.v1.PolicyService/Decide",
+            target.server.addr
+        ))
+        .output()
+        .expect("run h2load");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rate = text
+        .lines()
+        .find_map(|l| l.strip_prefix("finished in "))
+        .and_then(|l| l.split(", ").nth(1))
+        .and_then(|r| r.strip_suffix(" req/s"))
+        .and_then(|r| r.trim().parse::<f64>().ok())
+        .unwrap_or_else(|| {
+            let err = String::from_utf8_lossy(&out.stderr);
+            panic!("h2load printed no rate:\n{text}{err}")
+        });
+    let failed = text
+        .lines()
+        .find(|l| l.starts_with("requests: "))
+        .is_some_and(|l| l.contains(" 0 failed, 0 errored"));
+    assert!(failed, "h2load saw failures:\n{text}");
+    rate
 }
 
 fn median(values: impl Iterator<Item = f64>) -> f64 {

@@ -148,7 +148,9 @@ pub fn sqlite_temp() -> (tempfile::TempDir, String) {
 
 impl ServerProcess {
     /// `toolgate serve` on `url` with `extra` flags, its metrics on a free port (unless
-    /// `extra` says where), warnings only. `dir` (the SQLite file's directory) lives as long as the server.
+    /// `extra` says where), with the log level `toolgate serve` has by default (`info`),
+    /// as people run it; `TOOLGATE_BENCH_RUST_LOG=warn` (say) sets another. `dir` (the
+    /// SQLite file's directory) lives as long as the server.
     pub fn toolgate(url: &str, dir: Option<tempfile::TempDir>, extra: &[&str]) -> Self {
         let addr = free_port();
         let child = wrapped(env!("CARGO_BIN_EXE_toolgate"))
@@ -165,7 +167,8 @@ impl ServerProcess {
                 &["--metrics-listen", "127.0.0.1:0"][..]
             })
             .args(extra)
-            .env("RUST_LOG", "warn")
+            .env_remove("RUST_LOG")
+            .envs(std::env::var("TOOLGATE_BENCH_RUST_LOG").map(|level| ("RUST_LOG", level)))
             .stdin(std::process::Stdio::null())
             .spawn()
             .expect("spawn toolgate");
