@@ -219,3 +219,59 @@ async fn watch_config_prints_a_json_line_per_event() {
     child.kill().expect("stop the watch");
     let _ = child.wait();
 }
+
+#[tokio::test]
+async fn over_mutual_tls_with_the_ca_and_a_client_certificate() {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let issue = |name: &str| {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec![name.to_owned()])
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let (server_cert, server_key) = issue("127.0.0.1");
+    let (client_cert, client_key) = issue("operator");
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_owned()
+    };
+    let files = toolgate::config::TlsFiles {
+        cert: path("tls.crt", &server_cert).into(),
+        key: path("tls.key", &server_key).into(),
+        client_ca: Some(path("ca.crt", &ca.pem()).into()),
+    };
+    let (ca_file, cert_file, key_file) = (
+        path("ca.crt", &ca.pem()),
+        path("client.crt", &client_cert),
+        path("client.key", &client_key),
+    );
+    let app = spawn_app_with(|c| c.tls = Some(files)).await;
+    let server = format!("https://{}", app.addr);
+    let args = [
+        "tools",
+        "list",
+        "--server",
+        &server,
+        "--ca-cert",
+        &ca_file,
+        "--client-cert",
+        &cert_file,
+        "--client-key",
+        &key_file,
+    ];
+    let (code, out, err) = toolgate(&app, &app.agent, &args).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("integration"), "{out}");
+    // Without a client certificate the server does not serve it.
+    let args = ["tools", "list", "--server", &server, "--ca-cert", &ca_file];
+    let (code, _, err) = toolgate(&app, &app.agent, &args).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.starts_with("error: "), "{err}");
+}
