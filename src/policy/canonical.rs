@@ -5,11 +5,15 @@
 //! share one hash: duplicate object keys are rejected (parsers disagree on which one wins),
 //! and a number is accepted only if canonicalisation loses nothing: the exact decimal value
 //! of its text must equal the exact value of its RFC 8785 spelling (the nearest double,
-//! printed shortest). So `0.1`, `1e16` and 2^60 are accepted, while
-//! `18446744073709551617` or `0.10000000000000001` (which RFC 8785 would round, while an
-//! agent backend in Python or Go would run them exactly) are refused: two texts with the
-//! same hash mean the same numbers to every parser, exact or not. Only JSON's four
-//! whitespace characters are whitespace.
+//! printed shortest, as ECMAScript does). So `0.1`, `1.0`, `1e16` and
+//! `10000000000000000` are accepted, while `18446744073709551617`, `9007199254740993`,
+//! `0.10000000000000001` (which RFC 8785 would round, while an agent backend in Python or Go
+//! would run them exactly) are refused: two texts with the same hash mean the same numbers to
+//! every parser, exact or not. This holds for integers that are doubles too: 2^60 written out
+//! (`1152921504606846976`) is refused, because RFC 8785 spells it `1152921504606847000`,
+//! a different integer that is accepted and would share its hash. `-0` (and `-0.0`) is
+//! accepted and spelled `0`: its exact value is zero (RFC 8785 drops the sign too). Only
+//! JSON's four whitespace characters (space, tab, LF, CR) are whitespace.
 
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use sha2::{Digest, Sha256};
@@ -73,10 +77,38 @@ pub fn parse(text: &str) -> Result<Json, ArgumentsError> {
         .map_err(|e| ArgumentsError(format!("is not valid JSON: {e}")))?;
     de.end()
         .map_err(|e| ArgumentsError(format!("is not valid JSON: {e}")))?;
-    for number in number_tokens(text) {
-        check_exact(number)?;
+    // Each number token is checked against the double that was stored for it (and will be
+    // hashed), not against a second parse of its own: the tree keeps document order, so the
+    // n-th number in the tree is the n-th token in the text.
+    let mut doubles = Vec::new();
+    numbers_in_order(&value, &mut doubles);
+    let mut tokens = number_tokens(text);
+    for double in doubles {
+        let token = tokens.next().ok_or_else(miscounted)?;
+        check_exact(token, double)?;
+    }
+    if tokens.next().is_some() {
+        return Err(miscounted());
     }
     Ok(value)
+}
+
+/// The numbers of a parsed value in document order (object members in the order they came).
+fn numbers_in_order(value: &Json, out: &mut Vec<f64>) {
+    match value {
+        Json::Number(n) => out.push(*n),
+        Json::Array(items) => items.iter().for_each(|item| numbers_in_order(item, out)),
+        Json::Object(members) => members
+            .iter()
+            .for_each(|(_, item)| numbers_in_order(item, out)),
+        Json::Null | Json::Bool(_) | Json::String(_) => {}
+    }
+}
+
+/// The text's number tokens and the parsed numbers did not pair up (a bug, never the
+/// sender's fault); refusing is the safe answer.
+fn miscounted() -> ArgumentsError {
+    ArgumentsError("numbers could not be checked (internal error)".into())
 }
 
 /// Space, tab, line feed and carriage return: JSON's whitespace (RFC 8259 §2).
@@ -116,13 +148,15 @@ fn number_tokens(text: &str) -> impl Iterator<Item = &str> {
     })
 }
 
-/// Refuses a number token whose exact value its RFC 8785 spelling does not keep.
-fn check_exact(token: &str) -> Result<(), ArgumentsError> {
-    let double: f64 = token
-        .parse()
-        .ok()
-        .filter(|d: &f64| d.is_finite())
-        .ok_or_else(|| ArgumentsError(format!("number {} is out of range", shown(token))))?;
+/// Refuses a number token whose exact value is not that of `double` (the value it was
+/// parsed to) as RFC 8785 spells it. Linear in the token's length.
+fn check_exact(token: &str, double: f64) -> Result<(), ArgumentsError> {
+    if !double.is_finite() {
+        return Err(ArgumentsError(format!(
+            "number {} is out of range",
+            shown(token)
+        )));
+    }
     let mut spelled = String::new();
     write_number(&mut spelled, double);
     if Decimal::of(token) == Decimal::of(&spelled) {
@@ -473,7 +507,25 @@ mod tests {
             let once = canonicalize(&value);
             assert_eq!(canon(&once), once, "{accepted}");
         }
-        assert_eq!(canon("1e16"), "10000000000000000");
+        for (accepted, canonical) in [
+            ("0.1", "0.1"),
+            ("1e16", "10000000000000000"),
+            ("10000000000000000", "10000000000000000"),
+            ("1152921504606847000", "1152921504606847000"),
+            ("1.0", "1"),
+            ("-0", "0"),
+            ("-0.0", "0"),
+            ("4.50", "4.5"),
+            ("1E30", "1e+30"),
+            ("1e21", "1e+21"),
+            ("0.000001", "0.000001"),
+            ("1e-7", "1e-7"),
+            ("-1.5e-7", "-1.5e-7"),
+            ("5e-324", "5e-324"),
+            ("1.7976931348623157e308", "1.7976931348623157e+308"),
+        ] {
+            assert_eq!(canon(accepted), canonical, "{accepted}");
+        }
         for refused in [
             "18446744073709551616",
             "18446744073709551617",
@@ -487,8 +539,45 @@ mod tests {
             "1152921504606846976",
         ] {
             let err = parse(&format!(r#"{{"amount":{refused}}}"#)).expect_err(refused);
-            assert!(err.0.contains(refused), "{refused}: {err}");
+            assert!(
+                err.0.contains(&format!("number {refused} ")),
+                "{refused}: {err}"
+            );
+            let err =
+                parse_arguments(&format!(r#"{{"amount":[{refused}]}}"#), 1000).expect_err(refused);
+            assert!(
+                err.0.contains(&format!("number {refused} ")),
+                "{refused}: {err}"
+            );
         }
+        // The message says what RFC 8785 would have made of it.
+        let err = parse(r#"{"amount":18446744073709551617}"#).unwrap_err();
+        assert_eq!(
+            err.0,
+            "number 18446744073709551617 is not exactly representable: RFC 8785 would make \
+             it 18446744073709552000, which a parser that reads numbers exactly would run \
+             differently; send it as a string"
+        );
+        let err = parse(r#"{"a":1152921504606846976}"#).unwrap_err();
+        assert!(err.0.contains("would make it 1152921504606847000"), "{err}");
+        // A long one is cut in the message, which stays short.
+        let long = format!("0.1{}1", "0".repeat(5000));
+        let err = parse(&long).unwrap_err();
+        assert!(
+            err.0.len() < 300 && err.0.contains("number 0.100000"),
+            "{err}"
+        );
+        // Beyond the double range: refused (by the JSON parser), not rounded to infinity.
+        assert!(parse("1e400").is_err());
+        assert!(parse("-1e400").is_err());
+        // Far below the smallest double: refused, not rounded to zero; zero itself is fine.
+        assert!(parse("1e-400").is_err());
+        assert_eq!(canon("0e-400"), "0");
+        assert_eq!(
+            canon("0.000e99999999999999999999999999999999999999999"),
+            "0"
+        );
+        assert!(parse("1e-99999999999999999999999999999999999999999").is_err());
         // Two texts that RFC 8785 would give one hash cannot both be accepted.
         assert!(parse("18446744073709551616").is_err());
         assert!(parse("18446744073709552000").is_ok());
@@ -589,7 +678,20 @@ mod tests {
                 let parts: Vec<String> = items.iter().map(|v| render(v, reverse, spaced)).collect();
                 format!("[{sep}{}{sep}]", parts.join(&format!(",{sep}")))
             }
-            Json::Number(n) => format!("{n:e}"),
+            // Not `{n:e}`: Rust breaks an exact tie between two shortest spellings away
+            // from zero (631732743515159.25 as 6.317327435151593e14), ECMAScript to the
+            // even one (…159.2), and the odd one is (rightly) refused as not its spelling.
+            // The spaced form writes the same value another way.
+            Json::Number(_) => {
+                let s = canonicalize(value);
+                match (spaced, s.contains('.'), s.find('e')) {
+                    (false, _, _) => s,
+                    (true, true, None) => format!("{s}0"),
+                    (true, true, Some(at)) => format!("{}0E{}", &s[..at], &s[at + 1..]),
+                    (true, false, Some(at)) => format!("{}.0E{}", &s[..at], &s[at + 1..]),
+                    (true, false, None) => format!("{s}.0e0"),
+                }
+            }
             other => canonicalize(other),
         }
     }
