@@ -186,7 +186,7 @@ pub fn definition_from_proto(
             ),
         ));
     }
-    if !d.input_schema_json.trim().is_empty() {
+    if !d.input_schema_json.is_empty() {
         crate::policy::canonical::parse_arguments(&d.input_schema_json, MAX_SCHEMA_BYTES)
             .map_err(|e| FieldError::new(field("input_schema_json"), e.to_string()))?;
     }
