@@ -278,3 +278,63 @@ impl UnixMillis {
         UnixMillis(self.0.saturating_add(d.as_millis() as i64))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The names are stored in the database and sent as labels: derived by strum, they must
+    /// stay exactly the strings they were, and parse only from those.
+    #[test]
+    fn enum_names_are_the_stored_strings_and_parse_back_only_from_them() {
+        fn check<T: Copy + PartialEq + std::fmt::Debug>(
+            pairs: &[(T, &str)],
+            as_str: fn(T) -> &'static str,
+            parse: fn(&str) -> Option<T>,
+        ) {
+            for &(value, name) in pairs {
+                assert_eq!(as_str(value), name);
+                assert_eq!(parse(name), Some(value), "{name}");
+                assert_eq!(parse(&name.to_uppercase()), None, "{name}");
+            }
+        }
+        use {ApprovalState as S, Policy as P, PolicySource as Src};
+        let policies = [
+            (P::Auto, "auto"),
+            (P::ApprovalNeeded, "approval_needed"),
+            (P::Disabled, "disabled"),
+        ];
+        check(&policies, Policy::as_str, Policy::parse);
+        assert_eq!(Policy::parse("approval-needed"), None);
+        assert_eq!(Policy::ApprovalNeeded.to_string(), "approval_needed");
+        let sources = [
+            (Src::Annotation, "annotation"),
+            (Src::Verb, "verb"),
+            (Src::Fallback, "fallback"),
+            (Src::Admin, "admin"),
+        ];
+        check(&sources, PolicySource::as_str, PolicySource::parse);
+        let roles = [
+            (Role::Agent, "agent"),
+            (Role::Approver, "approver"),
+            (Role::Admin, "admin"),
+        ];
+        check(&roles, Role::as_str, Role::parse);
+        assert_eq!(Role::Approver.to_string(), "approver");
+        let approver_roles = [
+            (ApproverRole::Technician, "technician"),
+            (ApproverRole::Manager, "manager"),
+        ];
+        check(&approver_roles, ApproverRole::as_str, ApproverRole::parse);
+        let states = [
+            (S::Pending, "pending"),
+            (S::Approved, "approved"),
+            (S::Denied, "denied"),
+            (S::Expired, "expired"),
+            (S::Consumed, "consumed"),
+            (S::Cancelled, "cancelled"),
+        ];
+        check(&states, ApprovalState::as_str, ApprovalState::parse);
+        assert_eq!(ApprovalState::parse(""), None);
+    }
+}

@@ -150,7 +150,8 @@ pub enum ReadScope {
 }
 
 /// What kind of write produced a revision; kept in the history.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum SaveKind {
     Connect,
     SetPolicy,
@@ -158,10 +159,7 @@ pub enum SaveKind {
 
 impl SaveKind {
     pub fn as_str(self) -> &'static str {
-        match self {
-            SaveKind::Connect => "connect",
-            SaveKind::SetPolicy => "set_policy",
-        }
+        self.into()
     }
 }
 
@@ -374,5 +372,16 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), StoreOp::ALL.len());
+    }
+
+    /// `SaveKind` is stored in `revisions.kind`, `StoreOp` is the metrics' `op` label: the
+    /// strings must not change.
+    #[test]
+    fn stored_names_are_unchanged() {
+        assert_eq!(SaveKind::Connect.as_str(), "connect");
+        assert_eq!(SaveKind::SetPolicy.as_str(), "set_policy");
+        assert_eq!(StoreOp::CallerBySecret.as_str(), "caller_by_secret");
+        assert_eq!(StoreOp::ApprovalForUpdate.as_str(), "approval_for_update");
+        assert_eq!(StoreOp::ALL.len(), 21);
     }
 }
