@@ -139,6 +139,9 @@ pub enum PolicyCommand {
         /// Apply only if the tenant is still at this revision.
         #[arg(long)]
         expected_revision: Option<u64>,
+        /// Accepted for the contract, but not sent: SetPolicyRequest has no comment yet.
+        #[arg(long)]
+        comment: Option<String>,
     },
 }
 
@@ -292,7 +295,11 @@ async fn policy(command: PolicyCommand, client: &ClientArgs) -> Result<(), Failu
         policy,
         manager_approval,
         expected_revision,
+        comment,
     } = command;
+    if comment.is_some() {
+        eprintln!("warning: --comment is not sent: the API has no comment on SetPolicy yet");
+    }
     let mut api = Api::connect(client).await?;
     let policy = match policy {
         PolicyArg::Auto => pb::Policy::Auto,
@@ -491,11 +498,24 @@ struct Api {
 
 impl Api {
     async fn connect(args: &ClientArgs) -> Result<Api, Failure> {
+        let https = args.server.starts_with("https://");
+        if !https && !args.server.starts_with("http://") {
+            let message = format!(
+                "--server {:?}: not http://HOST:PORT or https://HOST:PORT",
+                args.server
+            );
+            return Err(Failure::Usage(message));
+        }
+        // tonic uses TLS for an https:// URI only; certificates with http:// would send the
+        // key in the clear.
+        if !https && (args.ca_cert.is_some() || args.client_cert.is_some()) {
+            let message = "--ca-cert and --client-cert need an https:// --server";
+            return Err(Failure::Usage(message.into()));
+        }
         let mut endpoint = Endpoint::from_shared(args.server.clone())
             .map_err(|e| Failure::Usage(format!("--server {:?}: {e}", args.server)))?
             .connect_timeout(Duration::from_secs(10));
-        let tls_files = args.ca_cert.is_some() || args.client_cert.is_some();
-        if args.server.starts_with("https://") || tls_files {
+        if https {
             let mut tls = ClientTlsConfig::new().with_enabled_roots();
             if let Some(ca) = &args.ca_cert {
                 tls = tls.ca_certificate(Certificate::from_pem(read_file(ca)?));
@@ -509,8 +529,9 @@ impl Api {
         }
         let channel = endpoint.connect().await.map_err(|e| {
             Failure::Server(Status::unavailable(format!(
-                "cannot reach {}: {e}",
-                args.server
+                "cannot reach {}: {}",
+                args.server,
+                error_chain(&e)
             )))
         })?;
         let key = match &args.api_key {
@@ -534,6 +555,21 @@ impl Api {
         }
         req
     }
+}
+
+/// `e: its source: its source's source`, as transport errors say little on their own
+/// (a cause that repeats the one before, as hyper's layers do, is said once).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if parts.last() != Some(&cause_text) {
+            parts.push(cause_text);
+        }
+        source = cause.source();
+    }
+    parts.join(": ")
 }
 
 fn read_file(path: &PathBuf) -> Result<Vec<u8>, Failure> {
@@ -589,13 +625,15 @@ fn read_json<M: Named>(path: &PathBuf) -> Result<M, Failure> {
 
 /// Prints `message` on one line in the protobuf JSON mapping.
 fn print_json<M: Named>(message: &M) {
-    let Some(descriptor) = pool().get_message_by_name(M::NAME) else {
-        return;
-    };
-    let Ok(dynamic) = DynamicMessage::decode(descriptor, message.encode_to_vec().as_slice()) else {
-        return;
-    };
-    match serde_json::to_string(&dynamic) {
+    let line = pool()
+        .get_message_by_name(M::NAME)
+        .ok_or_else(|| "no descriptor".to_owned())
+        .and_then(|descriptor| {
+            DynamicMessage::decode(descriptor, message.encode_to_vec().as_slice())
+                .map_err(|e| e.to_string())
+        })
+        .and_then(|dynamic| serde_json::to_string(&dynamic).map_err(|e| e.to_string()));
+    match line {
         Ok(line) => println!("{line}"),
         Err(e) => eprintln!("error: cannot print {}: {e}", M::NAME),
     }

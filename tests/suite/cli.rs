@@ -60,10 +60,25 @@ async fn policy_set_changes_the_tool_and_a_stale_expected_revision_exits_1() {
     let app = spawn_app().await;
     let connected = app.connect_sample().await;
     let args = [
-        "policy", "set", "entra", "get_user", "disabled", "--output", "json",
+        "policy",
+        "set",
+        "entra",
+        "get_user",
+        "disabled",
+        "--comment",
+        "ticket 4711",
+        "--output",
+        "json",
     ];
-    let (code, out, _) = toolgate(&app, &app.admin, &args).await;
+    let (code, out, err) = toolgate(&app, &app.admin, &args).await;
     assert_eq!(code, 0, "{out}");
+    let saved: serde_json::Value = serde_json::from_str(out.trim()).expect("JSON");
+    assert!(
+        saved["revision"].is_string(),
+        "uint64 is a string in JSON: {saved}"
+    );
+    // SetPolicyRequest has no comment yet: accepted, and the operator is told it is not sent.
+    assert!(err.contains("--comment is not sent"), "{err}");
     let (_, table, _) = toolgate(&app, &app.admin, &["tools", "list", "--include-disabled"]).await;
     let line = table
         .lines()
@@ -137,6 +152,14 @@ async fn bad_usage_exits_2_and_a_bad_key_exits_1_unauthenticated() {
     assert_eq!(code, 2);
     let (code, _, _) = toolgate(&app, &app.admin, &["tools", "list", "--output", "yaml"]).await;
     assert_eq!(code, 2);
+    let (code, _, err) = toolgate(&app, &app.admin, &["tools", "list", "--server", "nohost"]).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.starts_with("error: --server"), "{err}");
+    // Certificates with an http:// server would send the key in the clear: refused.
+    let args = ["tools", "list", "--ca-cert", "ca.crt"];
+    let (code, _, err) = toolgate(&app, &app.admin, &args).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("https://"), "{err}");
     let bad = "tg_k0000000000000000_".to_owned() + &"0".repeat(64);
     let (code, _, err) = toolgate(&app, &bad, &["tools", "list"]).await;
     assert_eq!(code, 1);
@@ -211,8 +234,15 @@ async fn watch_config_prints_a_json_line_per_event() {
     };
     let first = next(&mut lines).await;
     assert!(first.get("snapshot").is_some(), "{first}");
-    app.set_one("get_user", Policy::Disabled, None).await;
-    let change = next(&mut lines).await;
+    let saved = app.set_one("get_user", Policy::Disabled, None).await;
+    let revision = saved.revision.to_string();
+    // Lines (heartbeats may come first) until this Save's change; uint64 is a JSON string.
+    let change = loop {
+        let event = next(&mut lines).await;
+        if event.get("change").is_some() && event["revision"] == revision.as_str() {
+            break event;
+        }
+    };
     let upserted = &change["change"]["upserted"][0];
     assert_eq!(upserted["name"], "get_user", "{change}");
     assert_eq!(upserted["policy"], "POLICY_DISABLED");
