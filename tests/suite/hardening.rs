@@ -417,29 +417,19 @@ async fn closed_by_server(mut conn: TcpStream) {
         .expect("the server closes the connection");
 }
 
-/// Polls the metrics until `series` reads `value` (the server accepts connections in its
-/// own time); fails the test if that does not happen within a bound it must happen in.
-async fn metric_reaches(app: &TestApp, series: &str, value: f64) {
-    let last = std::sync::Mutex::new(None);
-    let reached = async {
-        loop {
-            let now = app.scrape().await.get(series);
-            *last.lock().unwrap() = Some(now);
-            if now == value {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    };
-    if tokio::time::timeout(Duration::from_secs(30), reached)
-        .await
-        .is_err()
-    {
-        panic!(
-            "{series} never reached {value}: last {:?}",
-            last.lock().unwrap()
-        );
-    }
+/// Connects and waits for the server's first bytes (HTTP/2 servers send their SETTINGS as
+/// soon as they serve a connection): from then on the connection holds its place.
+async fn served_connection(addr: std::net::SocketAddr) -> TcpStream {
+    use tokio::io::AsyncReadExt;
+    let mut conn = TcpStream::connect(addr).await.expect("connect");
+    let mut first = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(30), conn.read(&mut first));
+    let n = read.await.expect("the server speaks first").expect("read");
+    assert_eq!(
+        n, 1,
+        "the server closed the connection instead of serving it"
+    );
+    conn
 }
 
 /// Issue item 6: connections that never finish the HTTP/2 handshake (nothing sent, or half
@@ -485,9 +475,8 @@ async fn connections_over_the_limit_are_closed_and_places_come_back() {
     let own = before.get("toolgate_connections_open") as usize;
     let mut held = Vec::new();
     for _ in own..LIMIT {
-        held.push(TcpStream::connect(app.addr).await.expect("connect"));
+        held.push(served_connection(app.addr).await);
     }
-    metric_reaches(&app, "toolgate_connections_open", LIMIT as f64).await;
     // One more finds no place.
     let extra = TcpStream::connect(app.addr).await.expect("connect");
     closed_by_server(extra).await;
@@ -527,12 +516,15 @@ async fn drain_does_not_wait_on_connections_that_never_finish_the_handshake() {
     // The test's own client holds a connection once it has made a call.
     let _ = app.decide(&app.agent, ask("get_user", "{}", "r0")).await;
     let own = app.scrape().await.get("toolgate_connections_open");
+    // Every one is served (and holds its place) before the shutdown begins.
     let mut idle = Vec::new();
     for _ in 0..20 {
-        idle.push(TcpStream::connect(app.addr).await.expect("connect"));
+        idle.push(served_connection(app.addr).await);
     }
-    // Every one is accepted before the shutdown begins.
-    metric_reaches(&app, "toolgate_connections_open", own + 20.0).await;
+    assert_eq!(
+        app.scrape().await.get("toolgate_connections_open"),
+        own + 20.0
+    );
     tokio::time::timeout(Duration::from_secs(30), app.stop())
         .await
         .expect("the server stops without waiting on them");
