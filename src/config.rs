@@ -118,6 +118,9 @@ pub struct ServeArgs {
     /// Revisions buffered per tenant for watchers that fall behind [default: 64].
     #[arg(long, env = "TOOLGATE_WATCH_BUFFER")]
     pub watch_buffer: Option<usize>,
+    /// Bytes of replayed changes one WatchConfig stream may queue; more is a snapshot [default: 1048576].
+    #[arg(long, env = "TOOLGATE_WATCH_STREAM_BUFFER")]
+    pub watch_stream_buffer: Option<usize>,
     /// How often expired approvals are marked and pushed to watchers [default: 5s].
     #[arg(long, env = "TOOLGATE_EXPIRY_SWEEP")]
     pub expiry_sweep: Option<String>,
@@ -279,6 +282,7 @@ pub struct Config {
     pub heartbeat_interval: Duration,
     pub watch_history: u64,
     pub watch_buffer: usize,
+    pub watch_stream_buffer: usize,
     #[serde(with = "duration")]
     pub expiry_sweep: Duration,
     #[serde(with = "duration")]
@@ -338,6 +342,7 @@ impl Default for Config {
             heartbeat_interval: Duration::from_secs(15),
             watch_history: 1000,
             watch_buffer: 64,
+            watch_stream_buffer: 1024 * 1024,
             expiry_sweep: Duration::from_secs(5),
             db_timeout: Duration::from_secs(5),
             catch_up_interval: Duration::from_secs(1),
@@ -424,6 +429,7 @@ impl Config {
             ("max_connections", self.max_connections == 0),
             ("db_pool_size", self.db_pool_size == 0),
             ("watch_buffer", self.watch_buffer == 0),
+            ("watch_stream_buffer", self.watch_stream_buffer == 0),
             ("max_message_bytes", self.max_message_bytes == 0),
             ("max_concurrent_streams", self.max_concurrent_streams == 0),
             ("max_concurrent_requests", self.max_concurrent_requests == 0),
@@ -811,6 +817,7 @@ mod tests {
             heartbeat_interval = "16s"
             watch_history = 7
             watch_buffer = 8
+            watch_stream_buffer = 4096
             expiry_sweep = "6s"
             db_timeout = "4s"
             catch_up_interval = "2s"

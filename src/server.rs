@@ -7,6 +7,7 @@ use crate::app::{App, Limits};
 use crate::config::{Config, TlsFiles};
 use crate::grpc::PolicyApi;
 use crate::grpc::connections::{self, ConnectionLimits};
+use crate::grpc::frames::WatchConfigRoute;
 use crate::grpc::gate::{Gate, GateLimits};
 use crate::grpc::rpc_metrics::RpcMetricsLayer;
 use crate::hub::ApprovalHub;
@@ -144,6 +145,7 @@ pub async fn serve(
         min_revision_wait: config.min_revision_wait,
         heartbeat_interval: config.heartbeat_interval,
         watch_history: config.watch_history,
+        watch_stream_buffer: config.watch_stream_buffer,
         max_watch_streams: config.max_watch_streams,
     };
     let app = Arc::new(App::new(
@@ -194,6 +196,8 @@ pub async fn serve(
         max_concurrent_requests_per_connection: config.max_concurrent_requests_per_connection,
         request_body_timeout: config.request_body_timeout,
     };
+    // WatchConfig is served from shared frames in front of the generated service.
+    let api = WatchConfigRoute::new(api, app.clone(), config.request_body_timeout);
     let api = Gate::new(api, app.clone(), limits);
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)

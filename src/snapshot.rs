@@ -15,7 +15,7 @@
 
 use crate::policy::{RevisionChanges, Tool, ToolChange};
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::{broadcast, watch};
 
@@ -66,13 +66,55 @@ pub struct TenantSnapshot {
     pub revision: u64,
     /// integration id → tool name → tool. Nested so a lookup borrows `&str` keys.
     integrations: HashMap<String, HashMap<String, Arc<Tool>>>,
+    /// What a transport encoded of this revision, made once and shared by its streams.
+    pub encodings: Encodings,
+}
+
+/// Bytes a transport made of one revision (a WatchConfig snapshot or change, framed), by a
+/// key of its choosing. They live exactly as long as the revision's snapshot: when the
+/// next revision replaces it, they are freed once no stream holds them. A clone of the
+/// snapshot (the start of the next revision) starts empty.
+#[derive(Default)]
+pub struct Encodings(Mutex<HashMap<String, Arc<Vec<u8>>>>);
+
+impl Encodings {
+    /// The encoding under `key`, made by `make` if this revision has none yet. `make` runs
+    /// outside the lock; two streams racing may both make it, and the first one is kept.
+    pub fn get_or_make(&self, key: &str, make: impl FnOnce() -> Vec<u8>) -> Arc<Vec<u8>> {
+        if let Some(found) = self.lock().get(key) {
+            return found.clone();
+        }
+        let made = Arc::new(make());
+        self.lock().entry(key.to_owned()).or_insert(made).clone()
+    }
+
+    /// Bytes held, for tests and diagnostics.
+    pub fn bytes(&self) -> usize {
+        self.lock().values().map(|e| e.len()).sum()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Vec<u8>>>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Clone for Encodings {
+    fn clone(&self) -> Self {
+        Encodings::default()
+    }
+}
+
+impl std::fmt::Debug for Encodings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Encodings({} bytes)", self.bytes())
+    }
 }
 
 impl TenantSnapshot {
     pub fn new(revision: u64, tools: Vec<Tool>) -> Self {
         let mut snapshot = TenantSnapshot {
             revision,
-            integrations: HashMap::new(),
+            ..TenantSnapshot::default()
         };
         for tool in tools {
             snapshot.insert(tool);

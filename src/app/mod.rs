@@ -43,6 +43,9 @@ pub struct Limits {
     pub heartbeat_interval: Duration,
     /// Revisions a WatchConfig resume may replay before it gets a snapshot instead.
     pub watch_history: u64,
+    /// Bytes of changes one WatchConfig stream may queue for its client (a replay, a gap
+    /// fill); a larger catch-up is a fresh snapshot, which is shared.
+    pub watch_stream_buffer: usize,
     /// Open Watch streams (both kinds) beyond which new ones get RESOURCE_EXHAUSTED.
     pub max_watch_streams: usize,
 }

@@ -31,6 +31,7 @@ async fn fixture() -> Fixture {
         min_revision_wait: Duration::from_millis(50),
         heartbeat_interval: Duration::from_secs(60),
         watch_history: 100,
+        watch_stream_buffer: 64 * 1024,
         max_watch_streams: 8,
     };
     let app = App::new(

@@ -4,6 +4,7 @@
 pub mod connections;
 pub mod convert;
 pub mod error;
+pub mod frames;
 pub mod gate;
 pub mod rpc_metrics;
 mod watch;
@@ -297,13 +298,15 @@ impl PolicyService for PolicyApi {
 
     type WatchConfigStream = Stream<pb::WatchConfigResponse>;
 
+    /// Never reached in a server: [`frames::WatchConfigRoute`] serves this method in front
+    /// of the generated service, from frames shared between streams.
     async fn watch_config(
         &self,
-        request: Request<pb::WatchConfigRequest>,
+        _request: Request<pb::WatchConfigRequest>,
     ) -> Result<Response<Self::WatchConfigStream>, Status> {
-        let caller = self.caller(&request, Operation::WatchConfig).await?;
-        let stream = watch::watch_config(self.app.clone(), caller, request.into_inner()).await?;
-        Ok(Response::new(stream))
+        Err(Status::unimplemented(
+            "WatchConfig is served by grpc::frames::WatchConfigRoute in front of this service",
+        ))
     }
 
     type WatchApprovalsStream = Stream<pb::WatchApprovalsResponse>;

@@ -23,6 +23,56 @@ use tokio::time::Interval;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
+/// One gRPC message of a WatchConfig stream, framed (the 5-byte prefix and the encoded
+/// message) and ready to send. `shared` frames belong to their revision's
+/// [`crate::snapshot::Encodings`] and are sent by every stream that needs them; the others
+/// were made for this stream alone.
+#[derive(Debug, Clone)]
+pub(super) struct OutFrame {
+    pub bytes: Arc<Vec<u8>>,
+    pub shared: bool,
+}
+
+/// A frame in a stream's queue. A shared one is held weakly, so a stream whose client
+/// never reads does not keep an old revision's encodings alive; if they are gone by the
+/// time it is taken, the stream is sent a fresh snapshot instead.
+#[derive(Debug)]
+enum Queued {
+    Own(Arc<Vec<u8>>),
+    Shared(std::sync::Weak<Vec<u8>>),
+}
+
+impl From<OutFrame> for Queued {
+    fn from(frame: OutFrame) -> Self {
+        if frame.shared {
+            Queued::Shared(Arc::downgrade(&frame.bytes))
+        } else {
+            Queued::Own(frame.bytes)
+        }
+    }
+}
+
+impl OutFrame {
+    fn own(message: &pb::WatchConfigResponse) -> Self {
+        OutFrame {
+            bytes: Arc::new(grpc_frame(message)),
+            shared: false,
+        }
+    }
+}
+
+/// `message` as one uncompressed gRPC length-prefixed message.
+pub(super) fn grpc_frame(message: &impl prost::Message) -> Vec<u8> {
+    let len = message.encoded_len();
+    let mut out = Vec::with_capacity(5 + len);
+    out.push(0);
+    out.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes());
+    message
+        .encode(&mut out)
+        .expect("a Vec grows to fit the message");
+    out
+}
+
 /// What one watcher may see.
 #[derive(Debug, Clone)]
 struct View {
@@ -37,7 +87,28 @@ impl View {
             .is_none_or(|i| i == integration_id)
     }
 
-    fn snapshot(&self, snapshot: &TenantSnapshot, reset: bool) -> pb::WatchConfigResponse {
+    /// The key of this view's encoding of one kind of message in a revision's encodings.
+    fn key(&self, kind: &str) -> String {
+        let who = if self.agent { "agent" } else { "admin" };
+        match &self.integration {
+            Some(i) => format!("{kind}/{who}/{i}"),
+            None => format!("{kind}/{who}/*"),
+        }
+    }
+
+    /// The snapshot as this watcher sees it: encoded once per revision and view, shared.
+    fn snapshot(&self, snapshot: &TenantSnapshot, reset: bool) -> OutFrame {
+        let kind = if reset { "reset" } else { "snapshot" };
+        let bytes = snapshot.encodings.get_or_make(&self.key(kind), || {
+            grpc_frame(&self.snapshot_message(snapshot, reset))
+        });
+        OutFrame {
+            bytes,
+            shared: true,
+        }
+    }
+
+    fn snapshot_message(&self, snapshot: &TenantSnapshot, reset: bool) -> pb::WatchConfigResponse {
         let tools = snapshot
             .tools(self.integration.as_deref())
             .into_iter()
@@ -53,8 +124,27 @@ impl View {
         }
     }
 
-    /// The revision as this watcher sees it; `None` when none of it is visible.
-    fn change(&self, rc: &RevisionChanges) -> Option<pb::WatchConfigResponse> {
+    /// The revision `rc` as this watcher sees it; `None` when none of it is visible. When
+    /// `rc` is the tenant's current revision (`current`), the frame is shared.
+    fn change(&self, rc: &RevisionChanges, current: Option<&TenantSnapshot>) -> Option<OutFrame> {
+        match current.filter(|s| s.revision == rc.revision) {
+            Some(snapshot) => {
+                // An empty encoding stands for "nothing visible", so it is made once too.
+                let bytes = snapshot.encodings.get_or_make(&self.key("change"), || {
+                    self.change_message(rc)
+                        .map(|m| grpc_frame(&m))
+                        .unwrap_or_default()
+                });
+                (!bytes.is_empty()).then_some(OutFrame {
+                    bytes,
+                    shared: true,
+                })
+            }
+            None => self.change_message(rc).map(|m| OutFrame::own(&m)),
+        }
+    }
+
+    fn change_message(&self, rc: &RevisionChanges) -> Option<pb::WatchConfigResponse> {
         let mut change = pb::Change::default();
         for c in &rc.changes {
             let (integration_id, name) = c.key();
@@ -79,35 +169,66 @@ impl View {
             },
         )
     }
+
+    /// A replay's frames, made for this stream alone; `None` when they would take more
+    /// than `budget` bytes (the stream is sent a snapshot instead).
+    fn replay(&self, replay: &[RevisionChanges], budget: usize) -> Option<Vec<OutFrame>> {
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for rc in replay {
+            if let Some(frame) = self.change(rc, None) {
+                bytes += frame.bytes.len();
+                if bytes > budget {
+                    return None;
+                }
+                out.push(frame);
+            }
+        }
+        Some(out)
+    }
 }
 
-fn heartbeat(revision: u64) -> pb::WatchConfigResponse {
-    pb::WatchConfigResponse {
+fn heartbeat(revision: u64) -> OutFrame {
+    OutFrame::own(&pb::WatchConfigResponse {
         revision,
         event: Some(pb::watch_config_response::Event::Heartbeat(
             pb::Heartbeat {},
         )),
-    }
+    })
 }
 
 fn draining() -> Status {
     Status::unavailable("server is shutting down; reconnect and resume with since_revision")
 }
 
+/// A WatchConfig stream's frames; see [`super::frames`] for how they are sent.
+pub(super) type ConfigFrames =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<OutFrame, Status>> + Send>>;
+
 pub(super) async fn watch_config(
     app: Arc<App>,
     caller: Arc<Caller>,
     req: pb::WatchConfigRequest,
-) -> Result<Stream<pb::WatchConfigResponse>, AppError> {
+) -> Result<ConfigFrames, AppError> {
     check_optional_id("integration_id", &req.integration_id)?;
     let view = View {
         agent: caller.role == Role::Agent,
         integration: (!req.integration_id.is_empty()).then_some(req.integration_id.clone()),
     };
     let sub = app.watch_config(&caller, req.since_revision).await?;
-    let initial: VecDeque<_> = match &sub.start {
-        ConfigStart::Snapshot { reset } => [view.snapshot(&sub.snapshot, *reset)].into(),
-        ConfigStart::Replay(replay) => replay.iter().filter_map(|rc| view.change(rc)).collect(),
+    let budget = app.limits.watch_stream_buffer;
+    let mut position = sub.position;
+    let initial: Vec<OutFrame> = match &sub.start {
+        ConfigStart::Snapshot { reset } => vec![view.snapshot(&sub.snapshot, *reset)],
+        ConfigStart::Replay(replay) => match view.replay(replay, budget) {
+            Some(frames) => frames,
+            None => {
+                // Too much to replay for one stream's buffer: start over from the
+                // snapshot taken with the subscription.
+                position = sub.snapshot.revision;
+                vec![view.snapshot(&sub.snapshot, true)]
+            }
+        },
     };
     let every = app.limits.heartbeat_interval;
     let reloads = app.keys.reloads();
@@ -118,10 +239,10 @@ pub(super) async fn watch_config(
         app,
         tenant: caller.tenant.clone(),
         view,
-        position: sub.position,
+        position,
         events: sub.events,
         beat: tokio::time::interval_at(tokio::time::Instant::now() + every, every),
-        queue: initial,
+        queue: initial.into_iter().map(Queued::from).collect(),
         done: false,
         key_id: caller.key_id.clone(),
     };
@@ -161,17 +282,18 @@ struct ConfigWatcher {
     events: broadcast::Receiver<TenantEvent>,
     drain: CancellationToken,
     beat: Interval,
-    /// Events decided but not yet taken by the client.
-    queue: VecDeque<pb::WatchConfigResponse>,
+    /// Frames decided but not yet taken by the transport. It holds more than one only
+    /// after a replay or a gap fill, and those are bounded by `watch_stream_buffer`.
+    queue: VecDeque<Queued>,
     done: bool,
     reloads: watch::Receiver<u64>,
     key_id: String,
 }
 
 impl ConfigWatcher {
-    /// The next item of the stream; `None` ends it. Drain is checked before anything
+    /// The next frame of the stream; `None` ends it. Drain is checked before anything
     /// queued, so a draining server stops promptly.
-    async fn next(mut self) -> Option<(Result<pb::WatchConfigResponse, Status>, Self)> {
+    async fn next(mut self) -> Option<(Result<OutFrame, Status>, Self)> {
         loop {
             if self.done {
                 return None;
@@ -181,7 +303,21 @@ impl ConfigWatcher {
                 return Some((Err(draining()), self));
             }
             if let Some(item) = self.queue.pop_front() {
-                return Some((Ok(item), self));
+                let frame = match item {
+                    Queued::Own(bytes) => OutFrame {
+                        bytes,
+                        shared: false,
+                    },
+                    Queued::Shared(weak) => match weak.upgrade() {
+                        Some(bytes) => OutFrame {
+                            bytes,
+                            shared: true,
+                        },
+                        // Its revision is gone and nothing of it was sent: start over.
+                        None => self.resync(),
+                    },
+                };
+                return Some((Ok(frame), self));
             }
             let wake = tokio::select! {
                 () = self.drain.cancelled() => Wake::Drain,
@@ -195,14 +331,14 @@ impl ConfigWatcher {
                     self.done = true;
                     return Some((Err(draining()), self));
                 }
-                Wake::Beat => self.queue.push_back(heartbeat(self.position)),
+                Wake::Beat => self.queue.push_back(heartbeat(self.position).into()),
                 Wake::Keys if !self.app.keys.is_live(&self.key_id) => {
                     self.done = true;
                     return Some((Err(revoked()), self));
                 }
                 Wake::Keys => {}
                 Wake::Event(event) => match Box::pin(self.on_event(event)).await {
-                    Ok(items) => self.queue.extend(items),
+                    Ok(items) => self.queue.extend(items.into_iter().map(Queued::from)),
                     Err(status) => {
                         self.done = true;
                         return Some((Err(status), self));
@@ -215,12 +351,13 @@ impl ConfigWatcher {
     async fn on_event(
         &mut self,
         event: Result<TenantEvent, broadcast::error::RecvError>,
-    ) -> Result<Vec<pb::WatchConfigResponse>, Status> {
+    ) -> Result<Vec<OutFrame>, Status> {
         match event {
             Ok(TenantEvent::Changes(rc)) if rc.revision <= self.position => Ok(Vec::new()),
             Ok(TenantEvent::Changes(rc)) if rc.revision == self.position + 1 => {
                 self.position = rc.revision;
-                Ok(self.view.change(&rc).into_iter().collect())
+                let current = self.app.snapshots.get(&self.tenant);
+                Ok(self.view.change(&rc, Some(&current)).into_iter().collect())
             }
             // Rare: boxed so the store query's future does not sit inside every idle stream.
             Ok(TenantEvent::Changes(_)) => Box::pin(self.fill_gap()).await,
@@ -239,8 +376,9 @@ impl ConfigWatcher {
     }
 
     /// Revisions this watcher has not seen came before the one received: read them from
-    /// the change log (the one received is among them).
-    async fn fill_gap(&mut self) -> Result<Vec<pb::WatchConfigResponse>, Status> {
+    /// the change log (the one received is among them). A gap too large for the stream's
+    /// buffer is a fresh snapshot instead.
+    async fn fill_gap(&mut self) -> Result<Vec<OutFrame>, Status> {
         let Some(replay) = self
             .app
             .revisions_after(&self.tenant, self.position)
@@ -248,15 +386,19 @@ impl ConfigWatcher {
         else {
             return Ok(vec![self.resync()]);
         };
-        let mut out = Vec::new();
-        for rc in replay {
-            self.position = rc.revision;
-            out.extend(self.view.change(&rc));
+        let Some(frames) = self
+            .view
+            .replay(&replay, self.app.limits.watch_stream_buffer)
+        else {
+            return Ok(vec![self.resync()]);
+        };
+        if let Some(last) = replay.last() {
+            self.position = self.position.max(last.revision);
         }
-        Ok(out)
+        Ok(frames)
     }
 
-    fn resync(&mut self) -> pb::WatchConfigResponse {
+    fn resync(&mut self) -> OutFrame {
         let snapshot = self.app.snapshots.get(&self.tenant);
         self.position = snapshot.revision;
         self.view.snapshot(&snapshot, true)

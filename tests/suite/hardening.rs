@@ -530,3 +530,305 @@ async fn drain_does_not_wait_on_connections_that_never_finish_the_handshake() {
         .expect("the server stops without waiting on them");
     drop(idle);
 }
+
+/// A WatchConfig request on a raw HTTP/2 connection: headers, then its one message (an
+/// empty `WatchConfigRequest`). Nothing of the answer is read, so nothing of the client's
+/// flow-control window is given back.
+async fn raw_watch_config(
+    client: h2::client::SendRequest<bytes::Bytes>,
+    addr: std::net::SocketAddr,
+    key: &str,
+) -> (
+    h2::client::SendRequest<bytes::Bytes>,
+    h2::client::ResponseFuture,
+) {
+    let mut client = client.ready().await.expect("stream capacity");
+    let request = http::Request::post(format!(
+        "http://{addr}/toolgate.v1.PolicyService/WatchConfig"
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .header("authorization", format!("Bearer {key}"))
+    .body(())
+    .expect("request");
+    let (response, mut body) = client.send_request(request, false).expect("send headers");
+    body.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), true)
+        .expect("send message");
+    (client, response)
+}
+
+async fn raw_connection(addr: std::net::SocketAddr) -> h2::client::SendRequest<bytes::Bytes> {
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let (client, connection) = h2::client::handshake(tcp).await.expect("HTTP/2 handshake");
+    tokio::spawn(connection);
+    client
+}
+
+/// `n` tools with descriptions long enough that a snapshot is many flow-control windows.
+fn many_tools(n: usize) -> Vec<toolgate::proto::v1::ToolDefinition> {
+    (0..n)
+        .map(|i| toolgate::proto::v1::ToolDefinition {
+            name: format!("get_record_{i}"),
+            description: format!("Reads record {i} of the customer relationship manager."),
+            input_schema_json: String::new(),
+            annotations: None,
+        })
+        .collect()
+}
+
+async fn connect_tools(
+    client: &mut toolgate::proto::v1::policy_service_client::PolicyServiceClient<
+        tonic::transport::Channel,
+    >,
+    admin: &str,
+    n: usize,
+) {
+    client
+        .connect_integration(with_key(
+            admin,
+            toolgate::proto::v1::ConnectIntegrationRequest {
+                integration_id: "crm".into(),
+                kind: "crm".into(),
+                display_name: String::new(),
+                tools: many_tools(n),
+            },
+        ))
+        .await
+        .expect("connect");
+}
+
+/// Resident memory of process `pid`, in bytes.
+fn resident_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    kib * 1024
+}
+
+/// Issue item 7, as the attacker ran it against the binary: with ten thousand tools in a
+/// tenant, hundreds of WatchConfig streams whose clients never open their flow-control
+/// windows. Each used to hold its own copy of the snapshot (about 1.1 MiB); now the
+/// snapshot is encoded once and a stream holds at most a piece of it.
+#[tokio::test]
+async fn watch_streams_that_never_read_share_one_snapshot() {
+    let db = fresh_database().await;
+    let config = toolgate::config::Config {
+        database_url: toolgate::config::DatabaseUrl::new(db.url.clone()),
+        ..Default::default()
+    };
+    let store = toolgate::server::open_store(&config).await.expect("store");
+    let admin = mint(&store, "acme", toolgate::policy::Role::Admin).await;
+    let agent = mint(&store, "acme", toolgate::policy::Role::Agent).await;
+    drop(store);
+    let server = Binary::serve(&db.url).await;
+    let addr = server.addr;
+    let mut client = toolgate::proto::v1::policy_service_client::PolicyServiceClient::connect(
+        format!("http://{addr}"),
+    )
+    .await
+    .expect("connect")
+    .max_decoding_message_size(64 * 1024 * 1024);
+    connect_tools(&mut client, &admin, 10_000).await;
+    // One reader takes the whole snapshot first, so the shared encoding (and the memory
+    // that making it took) is already in the baseline.
+    let mut reader = client
+        .watch_config(with_key(
+            &agent,
+            toolgate::proto::v1::WatchConfigRequest::default(),
+        ))
+        .await
+        .expect("watch")
+        .into_inner();
+    let first = reader.message().await.expect("snapshot").expect("open");
+    let snapshot_bytes = prost::Message::encoded_len(&first) as u64;
+    assert!(
+        snapshot_bytes > 500_000,
+        "snapshot is {snapshot_bytes} bytes"
+    );
+    let before = resident_bytes(server.child.id());
+    let (connections, per_connection) = (20, 10);
+    let mut held = Vec::new();
+    let mut conns = Vec::new();
+    for _ in 0..connections {
+        let mut conn = raw_connection(addr).await;
+        for _ in 0..per_connection {
+            let (next, response) = raw_watch_config(conn, addr, &agent).await;
+            conn = next;
+            let response = response.await.expect("answered");
+            assert_eq!(response.status(), 200);
+            assert!(
+                response.headers().get("grpc-status").is_none(),
+                "the stream is open: {:?}",
+                response.headers()
+            );
+            held.push(response);
+        }
+        conns.push(conn);
+    }
+    let after = resident_bytes(server.child.id());
+    let streams = (connections * per_connection) as u64;
+    let grown = after.saturating_sub(before);
+    eprintln!(
+        "{streams} unread streams: resident {} → {} MiB ({} KiB per stream; the snapshot is {} KiB)",
+        before >> 20,
+        after >> 20,
+        grown / streams / 1024,
+        snapshot_bytes / 1024
+    );
+    // A copy per stream would be streams × snapshot (about 200 MiB here).
+    assert!(
+        grown < streams * snapshot_bytes / 5,
+        "{streams} streams grew the server by {grown} bytes"
+    );
+    drop((held, conns));
+}
+
+/// `toolgate serve` as users run it, on `database_url`; killed when dropped.
+struct Binary {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+}
+
+impl Binary {
+    async fn serve(database_url: &str) -> Binary {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_toolgate"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+            .args([
+                "--metrics-listen",
+                "127.0.0.1:0",
+                "--database-url",
+                database_url,
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start toolgate");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+                if let Some(addr) = v["fields"]["addr"].as_str()
+                    && line.contains("toolgate serving")
+                {
+                    let _ = tx.send(addr.to_owned());
+                }
+            }
+        });
+        let addr = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(60)))
+            .await
+            .expect("join")
+            .expect("toolgate serving")
+            .parse()
+            .expect("address");
+        Binary { child, addr }
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads a raw stream's data frames until `enough` bytes arrived, giving no window back.
+async fn receive_without_reading(body: &mut h2::RecvStream, enough: usize) -> Vec<u8> {
+    let mut got = Vec::new();
+    while got.len() < enough {
+        let chunk = tokio::time::timeout(Duration::from_secs(20), body.data())
+            .await
+            .expect("data within the bound")
+            .expect("data")
+            .expect("data frame");
+        got.extend_from_slice(&chunk);
+    }
+    got
+}
+
+/// Reads the rest of a raw stream, giving the window back as it goes: every byte, and
+/// the trailers' grpc-status when it ends before `stop_after` bytes.
+async fn read_rest(
+    body: &mut h2::RecvStream,
+    mut got: Vec<u8>,
+    stop_after: usize,
+) -> (Vec<u8>, Option<String>) {
+    while got.len() < stop_after {
+        let next = tokio::time::timeout(Duration::from_secs(20), body.data())
+            .await
+            .expect("data within the bound");
+        match next {
+            Some(chunk) => {
+                let chunk = chunk.expect("data frame");
+                let _ = body.flow_control().release_capacity(chunk.len());
+                got.extend_from_slice(&chunk);
+            }
+            None => {
+                let trailers = body.trailers().await.expect("trailers").expect("some");
+                let status = trailers["grpc-status"].to_str().unwrap().to_owned();
+                return (got, Some(status));
+            }
+        }
+    }
+    (got, None)
+}
+
+/// Issue item 7: a stream over its bound ends. A client that stalls part-way through a
+/// snapshot, until the tenant has moved on and the snapshot's encoding is freed, has its
+/// stream ended with RESOURCE_EXHAUSTED when it reads again; it reconnects and is brought
+/// to the new revision.
+#[tokio::test]
+async fn a_stream_stalled_mid_message_past_its_revision_ends_resource_exhausted() {
+    let app = spawn_app().await;
+    let mut client = app.client.clone();
+    connect_tools(&mut client, &app.admin, 3_000).await;
+    let conn = raw_connection(app.addr).await;
+    let (_conn, stalled) = raw_watch_config(conn, app.addr, &app.agent).await;
+    let stalled = stalled.await.expect("answered");
+    assert_eq!(stalled.status(), 200);
+    let mut stalled = stalled.into_body();
+    // The connection's whole window (65 535 bytes) is taken, and no more is given.
+    let received = receive_without_reading(&mut stalled, 65_535).await;
+    // The tenant moves on: revision 2.
+    let saved = client
+        .set_policy(with_key(
+            &app.admin,
+            toolgate::proto::v1::SetPolicyRequest {
+                changes: vec![change("crm", "get_record_7", Policy::Disabled, None)],
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("save")
+        .into_inner();
+    assert_eq!(saved.revision, 2);
+    let _ = stalled.flow_control().release_capacity(received.len());
+    let length = u32::from_be_bytes(received[1..5].try_into().unwrap()) as usize;
+    let (partial, status) = read_rest(&mut stalled, received, 5 + length).await;
+    assert!(partial.len() < 5 + length, "the message was cut short");
+    assert_eq!(status.as_deref(), Some("8"), "RESOURCE_EXHAUSTED");
+    // Reconnected, the client is brought to revision 2.
+    let mut again = client
+        .watch_config(with_key(
+            &app.agent,
+            toolgate::proto::v1::WatchConfigRequest::default(),
+        ))
+        .await
+        .expect("watch")
+        .into_inner();
+    let message = again.message().await.expect("snapshot").expect("open");
+    assert_eq!(message.revision, 2);
+    let Some(toolgate::proto::v1::watch_config_response::Event::Snapshot(snapshot)) = message.event
+    else {
+        panic!("a snapshot: {:?}", message.event);
+    };
+    // For an agent a disabled tool is gone.
+    assert_eq!(snapshot.tools.len(), 2_999);
+}
