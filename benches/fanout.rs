@@ -195,6 +195,7 @@ async fn measure(name: &'static str, target: Target, opts: &Options) -> Result_ 
                         manager_approval: None,
                     }],
                     expected_revision: None,
+                    comment: String::new(),
                 },
             ))
             .await

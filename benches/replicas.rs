@@ -120,6 +120,7 @@ async fn propagation(opts: &Options, a: &Client, b: &[Channel], admin: &str) {
                         manager_approval: None,
                     }],
                     expected_revision: None,
+                    comment: String::new(),
                 },
             ))
             .await

@@ -99,6 +99,25 @@ pub enum ClientCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// The tenant's history of saved revisions, newest first.
+    Revisions {
+        #[command(subcommand)]
+        command: RevisionsCommand,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Restore every tool's policy of an earlier revision, as one new revision.
+    Rollback {
+        revision: u64,
+        /// Apply only if the tenant is still at this revision.
+        #[arg(long)]
+        expected_revision: Option<u64>,
+        /// Why; shown in the history.
+        #[arg(long, default_value = "")]
+        comment: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Follow changes: one JSON line per event, resuming after a broken stream.
     Watch {
         #[command(subcommand)]
@@ -139,9 +158,21 @@ pub enum PolicyCommand {
         /// Apply only if the tenant is still at this revision.
         #[arg(long)]
         expected_revision: Option<u64>,
-        /// Accepted for the contract, but not sent: SetPolicyRequest has no comment yet.
+        /// Why; shown in the history.
+        #[arg(long, default_value = "")]
+        comment: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RevisionsCommand {
+    List {
+        /// Only revisions that changed a tool of this integration.
         #[arg(long)]
-        comment: Option<String>,
+        integration: Option<String>,
+        /// Revisions per request (every page is printed).
+        #[arg(long, default_value_t = 100)]
+        page_size: u32,
     },
 }
 
@@ -265,8 +296,109 @@ async fn dispatch(command: ClientCommand) -> Result<(), Failure> {
             }
         }
         ClientCommand::Watch { command, client } => watch(command, &client).await?,
+        ClientCommand::Revisions { command, client } => revisions(command, &client).await?,
+        ClientCommand::Rollback {
+            revision,
+            expected_revision,
+            comment,
+            client,
+        } => {
+            let req = pb::RollbackPoliciesRequest {
+                to_revision: revision,
+                expected_revision,
+                comment,
+            };
+            let mut api = Api::connect(&client).await?;
+            let answer = api.client.rollback_policies(api.request(req)).await?;
+            let answer = answer.into_inner();
+            match client.output {
+                Output::Json => print_json(&answer),
+                Output::Table => {
+                    println!("revision {}", answer.revision);
+                    print_tools(&answer.tools);
+                }
+            }
+        }
     }
     Ok(())
+}
+
+/// Every page of the history: one JSON line per page with `--output json`, else a table
+/// with a line per revision and one per tool it changed.
+async fn revisions(command: RevisionsCommand, client: &ClientArgs) -> Result<(), Failure> {
+    let RevisionsCommand::List {
+        integration,
+        page_size,
+    } = command;
+    let mut api = Api::connect(client).await?;
+    let mut page_token = String::new();
+    if client.output == Output::Table {
+        println!(
+            "{:<9} {:<24} {:<10} {:<20} {:<8} comment",
+            "revision", "saved", "kind", "actor", "role"
+        );
+    }
+    loop {
+        let req = pb::ListRevisionsRequest {
+            integration_id: integration.clone().unwrap_or_default(),
+            page_size,
+            page_token,
+        };
+        let answer = api.client.list_revisions(api.request(req)).await?;
+        let answer = answer.into_inner();
+        match client.output {
+            Output::Json => print_json(&answer),
+            Output::Table => answer.revisions.iter().for_each(print_revision),
+        }
+        if answer.next_page_token.is_empty() {
+            return Ok(());
+        }
+        page_token = answer.next_page_token;
+    }
+}
+
+fn print_revision(r: &pb::Revision) {
+    let kind = pb::RevisionKind::try_from(r.kind)
+        .map(|k| {
+            k.as_str_name()
+                .trim_start_matches("REVISION_KIND_")
+                .to_lowercase()
+        })
+        .unwrap_or_default();
+    let actor = if r.actor_name.is_empty() {
+        &r.actor_key_id
+    } else {
+        &r.actor_name
+    };
+    println!(
+        "{:<9} {:<24} {:<10} {:<20} {:<8} {}",
+        r.revision,
+        timestamp(r.saved_at.as_ref()),
+        kind,
+        actor,
+        r.actor_role,
+        r.comment
+    );
+    let policy = |p: i32| {
+        pb::Policy::try_from(p)
+            .ok()
+            .filter(|p| *p != pb::Policy::Unspecified)
+            .map_or("-".to_owned(), |p| {
+                p.as_str_name().trim_start_matches("POLICY_").to_lowercase()
+            })
+    };
+    let manager = |m: bool| if m { " +manager" } else { "" };
+    for d in &r.diffs {
+        println!(
+            "          {}/{}: {}{} -> {}{}",
+            d.integration_id,
+            d.tool_name,
+            policy(d.policy_before),
+            manager(d.manager_approval_before),
+            policy(d.policy_after),
+            manager(d.manager_approval_after)
+        );
+    }
 }
 
 async fn tools(command: ToolsCommand, client: &ClientArgs) -> Result<(), Failure> {
@@ -297,9 +429,6 @@ async fn policy(command: PolicyCommand, client: &ClientArgs) -> Result<(), Failu
         expected_revision,
         comment,
     } = command;
-    if comment.is_some() {
-        eprintln!("warning: --comment is not sent: the API has no comment on SetPolicy yet");
-    }
     let mut api = Api::connect(client).await?;
     let policy = match policy {
         PolicyArg::Auto => pb::Policy::Auto,
@@ -314,6 +443,7 @@ async fn policy(command: PolicyCommand, client: &ClientArgs) -> Result<(), Failu
             manager_approval,
         }],
         expected_revision,
+        comment,
     };
     let answer = api.client.set_policy(api.request(req)).await?.into_inner();
     match client.output {
@@ -593,7 +723,9 @@ named!(
     Approval,
     ConnectIntegrationRequest,
     ConnectIntegrationResponse,
+    ListRevisionsResponse,
     ListToolsResponse,
+    RollbackPoliciesResponse,
     SetPolicyResponse,
     UpsertPeopleRequest,
     UpsertPeopleResponse,

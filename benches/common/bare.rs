@@ -149,4 +149,16 @@ impl PolicyService for Bare {
     ) -> Result<Response<Self::WatchApprovalsStream>, Status> {
         unimplemented_rpc()
     }
+    async fn list_revisions(
+        &self,
+        _: Request<pb::ListRevisionsRequest>,
+    ) -> Result<Response<pb::ListRevisionsResponse>, Status> {
+        unimplemented_rpc()
+    }
+    async fn rollback_policies(
+        &self,
+        _: Request<pb::RollbackPoliciesRequest>,
+    ) -> Result<Response<pb::RollbackPoliciesResponse>, Status> {
+        unimplemented_rpc()
+    }
 }

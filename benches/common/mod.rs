@@ -83,6 +83,7 @@ pub async fn connect_entra(
                 kind: "entra_id".into(),
                 display_name: "Entra ID".into(),
                 tools,
+                comment: String::new(),
             },
         ))
         .await

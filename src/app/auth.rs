@@ -28,6 +28,8 @@ pub enum Operation {
     ListApprovals,
     WatchConfig,
     WatchApprovals,
+    ListRevisions,
+    RollbackPolicies,
 }
 
 impl Operation {
@@ -43,9 +45,11 @@ impl Operation {
     pub fn roles(self) -> &'static [Role] {
         use Role::{Admin, Agent, Approver};
         match self {
-            Operation::ConnectIntegration | Operation::SetPolicy | Operation::UpsertPeople => {
-                &[Admin]
-            }
+            Operation::ConnectIntegration
+            | Operation::SetPolicy
+            | Operation::UpsertPeople
+            | Operation::ListRevisions
+            | Operation::RollbackPolicies => &[Admin],
             Operation::ListTools | Operation::Decide | Operation::WatchConfig => &[Agent, Admin],
             Operation::SubmitApproval | Operation::ListApprovals => &[Approver, Admin],
             Operation::GetApproval | Operation::WatchApprovals => &[Agent, Approver, Admin],

@@ -15,6 +15,7 @@ pub mod auth;
 pub mod decide;
 mod error;
 pub mod follow;
+pub mod history;
 pub mod save;
 pub mod sweep;
 pub mod watch;

@@ -4,9 +4,11 @@
 
 use super::{App, AppError};
 use crate::policy::ToolChange;
+use crate::policy::names::FieldError;
 use crate::policy::save::{PolicyEdit, plan_connect, plan_set_policy};
 use crate::policy::{Caller, Person, Tool, ToolDefinition};
 use crate::store::{IntegrationMeta, MAX_ATTEMPTS, ReadScope, RevisionCommit, SaveKind};
+use std::collections::HashMap;
 
 /// What an admin saves. Batches arrive validated (no duplicate entries).
 #[derive(Debug, Clone)]
@@ -16,25 +18,44 @@ pub enum SaveRequest {
     Connect {
         integration: IntegrationMeta,
         tools: Vec<ToolDefinition>,
+        comment: String,
     },
     /// Set policies; every edit applies or none does.
     SetPolicy {
         edits: Vec<PolicyEdit>,
         expected_revision: Option<u64>,
+        comment: String,
+    },
+    /// Give tools the policies they had at `to_revision` (`edits`, read from the history);
+    /// tools that no longer exist are left out, tools that already match are unchanged.
+    Rollback {
+        to_revision: u64,
+        edits: Vec<PolicyEdit>,
+        expected_revision: Option<u64>,
+        comment: String,
     },
 }
 
 impl SaveRequest {
     /// What kind of revision it makes, the revision it expects, the integration it
     /// describes.
-    fn shape(&self) -> (SaveKind, Option<u64>, Option<&IntegrationMeta>) {
+    fn shape(&self) -> (SaveKind, Option<u64>, Option<&IntegrationMeta>, &str) {
         match self {
-            SaveRequest::Connect { integration, .. } => {
-                (SaveKind::Connect, None, Some(integration))
-            }
+            SaveRequest::Connect {
+                integration,
+                comment,
+                ..
+            } => (SaveKind::Connect, None, Some(integration), comment),
             SaveRequest::SetPolicy {
-                expected_revision, ..
-            } => (SaveKind::SetPolicy, *expected_revision, None),
+                expected_revision,
+                comment,
+                ..
+            } => (SaveKind::SetPolicy, *expected_revision, None, comment),
+            SaveRequest::Rollback {
+                expected_revision,
+                comment,
+                ..
+            } => (SaveKind::Rollback, *expected_revision, None, comment),
         }
     }
 
@@ -45,6 +66,7 @@ impl SaveRequest {
                 ReadScope::Integration(integration.id.clone())
             }
             SaveRequest::SetPolicy { edits, .. } => ReadScope::Tools(edit_keys(edits)),
+            SaveRequest::Rollback { .. } => ReadScope::Tenant,
         }
     }
 }
@@ -70,7 +92,7 @@ impl App {
         caller: &Caller,
         request: SaveRequest,
     ) -> Result<SaveOutcome, AppError> {
-        let (kind, expected, integration) = request.shape();
+        let (kind, expected, integration, comment) = request.shape();
         let scope = request.scope();
         let tenant = &caller.tenant;
         let _guard = self.tenant_write_lock(tenant).await;
@@ -81,11 +103,24 @@ impl App {
             {
                 return Err(stale(read.revision, expected));
             }
+            if let SaveRequest::Rollback { to_revision, .. } = &request
+                && *to_revision > read.revision
+            {
+                return Err(FieldError::new(
+                    "to_revision",
+                    format!(
+                        "the tenant is at revision {}; {to_revision} does not exist yet",
+                        read.revision
+                    ),
+                )
+                .into());
+            }
             let changes = plan(&request, &read.tools, &caller.key_id)?;
             let commit = RevisionCommit {
                 tenant,
                 actor_key_id: &caller.key_id,
                 kind,
+                comment,
                 base: read.revision,
                 integration,
                 changes,
@@ -100,7 +135,18 @@ impl App {
                 changed = saved.changes.len(),
                 "saved"
             );
-            let tools = self.tools_in(tenant, &scope);
+            let tools = match scope {
+                // A rollback answers with the tools it changed.
+                ReadScope::Tenant => saved
+                    .changes
+                    .iter()
+                    .filter_map(|c| match c {
+                        ToolChange::Upsert(t) => Some(t.clone()),
+                        ToolChange::Remove { .. } => None,
+                    })
+                    .collect(),
+                _ => self.tools_in(tenant, &scope),
+            };
             return Ok(SaveOutcome {
                 revision: saved.revision,
                 tools,
@@ -120,7 +166,40 @@ impl App {
                 .iter()
                 .filter_map(|(i, n)| snapshot.tool(i, n).cloned())
                 .collect(),
+            ReadScope::Tenant => snapshot.tools(None).into_iter().cloned().collect(),
         }
+    }
+
+    /// Restores the policies of `to_revision` as one new revision (kind `rollback`).
+    pub async fn rollback(
+        &self,
+        caller: &Caller,
+        to_revision: u64,
+        expected_revision: Option<u64>,
+        comment: String,
+    ) -> Result<SaveOutcome, AppError> {
+        if to_revision == 0 {
+            return Err(
+                FieldError::new("to_revision", "must be a saved revision (1 or more)").into(),
+            );
+        }
+        let then = self.store.policies_at(&caller.tenant, to_revision).await?;
+        let edits = then
+            .into_iter()
+            .map(|p| PolicyEdit {
+                integration_id: p.integration_id,
+                tool_name: p.tool_name,
+                policy: p.policy,
+                manager_approval: Some(p.manager_approval),
+            })
+            .collect();
+        let request = SaveRequest::Rollback {
+            to_revision,
+            edits,
+            expected_revision,
+            comment,
+        };
+        self.save(caller, request).await
     }
 
     /// Creates or replaces people of the tenant's directory; returns how many.
@@ -143,8 +222,27 @@ fn plan(
     actor: &str,
 ) -> Result<Vec<ToolChange>, AppError> {
     match request {
-        SaveRequest::Connect { integration, tools } => {
-            Ok(plan_connect(&integration.id, tools, existing))
+        SaveRequest::Connect {
+            integration, tools, ..
+        } => Ok(plan_connect(&integration.id, tools, existing)),
+        SaveRequest::Rollback { edits, .. } => {
+            // Only tools that exist now and differ from then.
+            let now: HashMap<(&str, &str), &Tool> = existing
+                .iter()
+                .map(|t| ((t.integration_id.as_str(), t.name.as_str()), t))
+                .collect();
+            let differing: Vec<PolicyEdit> = edits
+                .iter()
+                .filter(|e| {
+                    now.get(&(e.integration_id.as_str(), e.tool_name.as_str()))
+                        .is_some_and(|t| {
+                            t.policy != e.policy || Some(t.manager_approval) != e.manager_approval
+                        })
+                })
+                .cloned()
+                .collect();
+            Ok(plan_set_policy(&differing, existing, actor)
+                .expect("every edit names a tool that exists"))
         }
         SaveRequest::SetPolicy { edits, .. } => {
             plan_set_policy(edits, existing, actor).map_err(|u| {

@@ -85,6 +85,7 @@ fn connect_entra() -> SaveRequest {
             display_name: "Entra".into(),
         },
         tools: vec![tool("get_user", false), tool("reset_password", true)],
+        comment: String::new(),
     }
 }
 
@@ -172,6 +173,7 @@ async fn a_connect_seeds_and_a_set_policy_is_guarded_by_the_expected_revision() 
             manager_approval: None,
         }],
         expected_revision: Some(expected),
+        comment: String::new(),
     };
     let stale = f.app.save(&admin(), disable(0)).await;
     assert!(
@@ -211,6 +213,7 @@ async fn a_save_planned_on_a_revision_another_process_moved_is_planned_again() {
         tenant: "acme",
         actor_key_id: "k_other",
         kind: SaveKind::Connect,
+        comment: "",
         base,
         integration: None,
         changes: crate::policy::save::plan_connect("entra", &[tool("get_group", false)], &[]),
@@ -531,6 +534,7 @@ fn any_resume_revision_replays_exactly_or_starts_over() {
                     manager_approval: None,
                 }],
                 expected_revision: None,
+                comment: String::new(),
             };
             f.app.save(&admin(), edit).await.expect("save");
         }

@@ -283,3 +283,36 @@ pub fn decide_input(req: pb::DecideRequest) -> Result<DecideInput, FieldError> {
         min_revision: req.min_revision,
     })
 }
+
+pub fn revision_to_proto(r: &crate::store::RevisionRecord) -> pb::Revision {
+    let kind = match r.kind.as_str() {
+        "connect" => pb::RevisionKind::Connect,
+        "set_policy" => pb::RevisionKind::SetPolicy,
+        "rollback" => pb::RevisionKind::Rollback,
+        _ => pb::RevisionKind::Unspecified,
+    };
+    let policy = |p: Option<Policy>| p.map_or(pb::Policy::Unspecified, policy_to_proto) as i32;
+    pb::Revision {
+        revision: r.revision,
+        saved_at: Some(timestamp(r.saved_at)),
+        actor_key_id: r.actor_key_id.clone(),
+        actor_name: r.actor_name.clone(),
+        actor_role: r.actor_role.clone(),
+        kind: kind as i32,
+        comment: r.comment.clone(),
+        diffs: r
+            .diffs
+            .iter()
+            .map(|d| pb::PolicyDiff {
+                integration_id: d.integration_id.clone(),
+                tool_name: d.tool_name.clone(),
+                policy_before: policy(d.policy_before),
+                policy_after: policy(d.policy_after),
+                manager_approval_before: d.manager_before,
+                manager_approval_after: d.manager_after,
+            })
+            .collect(),
+        hash: String::new(),
+        previous_hash: String::new(),
+    }
+}

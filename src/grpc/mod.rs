@@ -100,6 +100,7 @@ fn connect_from_proto(req: pb::ConnectIntegrationRequest) -> Result<SaveRequest,
     check_id("integration_id", &req.integration_id)?;
     check_id("kind", &req.kind)?;
     check_text("display_name", &req.display_name)?;
+    check_text("comment", &req.comment)?;
     let tools = unique_batch("tools", "name", req.tools, definition_from_proto, |d| {
         d.name.clone()
     })?;
@@ -108,7 +109,11 @@ fn connect_from_proto(req: pb::ConnectIntegrationRequest) -> Result<SaveRequest,
         kind: req.kind,
         display_name: req.display_name,
     };
-    Ok(SaveRequest::Connect { integration, tools })
+    Ok(SaveRequest::Connect {
+        integration,
+        tools,
+        comment: req.comment,
+    })
 }
 
 fn set_policy_from_proto(req: pb::SetPolicyRequest) -> Result<SaveRequest, FieldError> {
@@ -118,6 +123,7 @@ fn set_policy_from_proto(req: pb::SetPolicyRequest) -> Result<SaveRequest, Field
             "at least one change is required",
         ));
     }
+    check_text("comment", &req.comment)?;
     let edits = unique_batch(
         "changes",
         "tool_name",
@@ -128,6 +134,7 @@ fn set_policy_from_proto(req: pb::SetPolicyRequest) -> Result<SaveRequest, Field
     Ok(SaveRequest::SetPolicy {
         edits,
         expected_revision: req.expected_revision,
+        comment: req.comment,
     })
 }
 
@@ -307,6 +314,41 @@ impl PolicyService for PolicyApi {
         Err(Status::unimplemented(
             "WatchConfig is served by grpc::frames::WatchConfigRoute in front of this service",
         ))
+    }
+
+    async fn list_revisions(
+        &self,
+        request: Request<pb::ListRevisionsRequest>,
+    ) -> Result<Response<pb::ListRevisionsResponse>, Status> {
+        let caller = self.caller(&request, Operation::ListRevisions).await?;
+        let req = request.into_inner();
+        check_optional_id("integration_id", &req.integration_id).map_err(invalid)?;
+        let integration = (!req.integration_id.is_empty()).then_some(req.integration_id);
+        let page = self
+            .app
+            .list_revisions(&caller, integration, req.page_size, &req.page_token)
+            .await?;
+        Ok(Response::new(pb::ListRevisionsResponse {
+            revisions: page.revisions.iter().map(revision_to_proto).collect(),
+            next_page_token: page.next_page_token,
+        }))
+    }
+
+    async fn rollback_policies(
+        &self,
+        request: Request<pb::RollbackPoliciesRequest>,
+    ) -> Result<Response<pb::RollbackPoliciesResponse>, Status> {
+        let caller = self.caller(&request, Operation::RollbackPolicies).await?;
+        let req = request.into_inner();
+        check_text("comment", &req.comment).map_err(invalid)?;
+        let saved = self
+            .app
+            .rollback(&caller, req.to_revision, req.expected_revision, req.comment)
+            .await?;
+        Ok(Response::new(pb::RollbackPoliciesResponse {
+            revision: saved.revision,
+            tools: saved.tools.iter().map(|t| tool_to_proto(t, true)).collect(),
+        }))
     }
 
     type WatchApprovalsStream = Stream<pb::WatchApprovalsResponse>;

@@ -25,7 +25,8 @@ pub use pg::PgSettings;
 pub use sql::{MAX_ATTEMPTS, SqlStore, open};
 
 use crate::policy::{
-    Approval, ApprovalState, Caller, Person, RevisionChanges, Role, Tool, ToolChange,
+    Approval, ApprovalState, Caller, Person, Policy, RevisionChanges, Role, Tool, ToolChange,
+    UnixMillis,
 };
 use std::collections::HashMap;
 
@@ -147,6 +148,8 @@ pub enum ReadScope {
     Integration(String),
     /// These tools, by (integration, name) (a SetPolicy).
     Tools(Vec<(String, String)>),
+    /// Every tool of the tenant (a rollback).
+    Tenant,
 }
 
 /// What kind of write produced a revision; kept in the history.
@@ -155,6 +158,7 @@ pub enum ReadScope {
 pub enum SaveKind {
     Connect,
     SetPolicy,
+    Rollback,
 }
 
 impl SaveKind {
@@ -213,12 +217,63 @@ pub struct RevisionCommit<'a> {
     pub tenant: &'a str,
     pub actor_key_id: &'a str,
     pub kind: SaveKind,
+    /// The admin's reason, kept in the history.
+    pub comment: &'a str,
     /// The revision the plan was made on; the commit goes in only if it still is current.
     pub base: u64,
     /// Integration metadata written with a connect (written even when no tool changed).
     pub integration: Option<&'a IntegrationMeta>,
     /// The planned changes, not yet stamped with a revision.
     pub changes: Vec<ToolChange>,
+}
+
+/// One saved revision as the history shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevisionRecord {
+    pub revision: u64,
+    pub saved_at: UnixMillis,
+    pub actor_key_id: String,
+    /// The key's name; empty for a key made without one.
+    pub actor_name: String,
+    /// The key's role; empty when the key is not in this database (a test's or a
+    /// deleted one).
+    pub actor_role: String,
+    /// `connect`, `set_policy` or `rollback` ([`SaveKind`]'s names).
+    pub kind: String,
+    pub comment: String,
+    pub diffs: Vec<PolicyDiff>,
+}
+
+/// One tool's change in a revision: its policy and manager switch before and after.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyDiff {
+    pub integration_id: String,
+    pub tool_name: String,
+    /// `None` when the revision added the tool.
+    pub policy_before: Option<Policy>,
+    /// `None` when the revision removed it.
+    pub policy_after: Option<Policy>,
+    pub manager_before: bool,
+    pub manager_after: bool,
+}
+
+/// Which revisions a history page holds.
+#[derive(Debug, Clone)]
+pub struct RevisionQuery {
+    /// Only revisions that changed a tool of this integration (and only those diffs).
+    pub integration: Option<String>,
+    /// Only revisions before this one (the previous page's last).
+    pub before: Option<u64>,
+    pub limit: u32,
+}
+
+/// A tool's policy and manager switch at some revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyAt {
+    pub integration_id: String,
+    pub tool_name: String,
+    pub policy: Policy,
+    pub manager_approval: bool,
 }
 
 /// An approval as read to decide on it: its version and the people its rules read.
@@ -246,6 +301,8 @@ pub enum StoreOp {
     TenantRevisions,
     ReadForSave,
     CommitRevision,
+    ListRevisions,
+    PoliciesAt,
     UpsertPeople,
     GetPerson,
     InsertApproval,
@@ -309,6 +366,17 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         &self,
         commit: RevisionCommit<'_>,
     ) -> Result<Option<Saved>, StoreError>;
+
+    /// A page of the tenant's history, newest first, with each revision's diffs.
+    async fn list_revisions(
+        &self,
+        tenant: &str,
+        query: &RevisionQuery,
+    ) -> Result<Vec<RevisionRecord>, StoreError>;
+
+    /// Every tool that existed at `revision` (and was not removed by then), with its
+    /// policy and manager switch of then.
+    async fn policies_at(&self, tenant: &str, revision: u64) -> Result<Vec<PolicyAt>, StoreError>;
 
     async fn upsert_people(&self, tenant: &str, people: &[Person]) -> Result<u32, StoreError>;
     async fn get_person(&self, tenant: &str, id: &str) -> Result<Option<Person>, StoreError>;
@@ -380,8 +448,10 @@ mod tests {
     fn stored_names_are_unchanged() {
         assert_eq!(SaveKind::Connect.as_str(), "connect");
         assert_eq!(SaveKind::SetPolicy.as_str(), "set_policy");
+        assert_eq!(SaveKind::Rollback.as_str(), "rollback");
         assert_eq!(StoreOp::CallerBySecret.as_str(), "caller_by_secret");
         assert_eq!(StoreOp::ApprovalForUpdate.as_str(), "approval_for_update");
-        assert_eq!(StoreOp::ALL.len(), 21);
+        assert_eq!(StoreOp::ListRevisions.as_str(), "list_revisions");
+        assert_eq!(StoreOp::ALL.len(), 23);
     }
 }

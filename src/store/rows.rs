@@ -267,3 +267,33 @@ pub(crate) fn steps_to_json(steps: &[ApprovalStep]) -> String {
     // Strings, booleans and integers only: serialising cannot fail.
     serde_json::to_string(&steps).unwrap_or_else(|_| "[]".into())
 }
+
+pub(crate) fn policy_of(text: String) -> Result<Policy, StoreError> {
+    Policy::parse(&text).ok_or_else(|| corrupt("policy", &text))
+}
+
+/// A `revisions` row joined with its key's name and role; diffs are added by the caller.
+pub(crate) fn revision_from_row<R: Cols>(row: &R) -> Result<super::RevisionRecord, StoreError> {
+    Ok(super::RevisionRecord {
+        revision: u64_of(row.int("revision")?),
+        saved_at: UnixMillis(row.int("created_at")?),
+        actor_key_id: row.text("actor_key_id")?,
+        actor_name: row.text("actor_name")?,
+        actor_role: row.text("actor_role")?,
+        kind: row.text("kind")?,
+        comment: row.text("comment")?,
+        diffs: Vec::new(),
+    })
+}
+
+/// A `tool_changes` row with its previous row's policy and manager switch.
+pub(crate) fn diff_from_row<R: Cols>(row: &R) -> Result<super::PolicyDiff, StoreError> {
+    Ok(super::PolicyDiff {
+        integration_id: row.text("integration_id")?,
+        tool_name: row.text("name")?,
+        policy_before: row.opt_text("policy_before")?.map(policy_of).transpose()?,
+        policy_after: row.opt_text("policy")?.map(policy_of).transpose()?,
+        manager_before: row.opt_flag("manager_before")?.unwrap_or(false),
+        manager_after: row.opt_flag("manager_approval")?.unwrap_or(false),
+    })
+}

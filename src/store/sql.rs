@@ -12,11 +12,13 @@ use super::approval_sql::EVENT_INSERT;
 use super::group_commit::{ApprovalWrite, GroupCommit, Target};
 use super::rows::{
     APPROVAL_COLUMNS, Cols, TOOL_COLUMNS, approval_from_row, approval_page, caller_from_row,
-    corrupt, current_tool_from_row, group_changes, person_from_row, stamp, u64_of,
+    corrupt, current_tool_from_row, diff_from_row, group_changes, person_from_row, policy_of,
+    revision_from_row, stamp, u64_of,
 };
 use super::{
-    ApprovalCursor, ApprovalQuery, ForUpdate, Inserted, KeyInfo, People, PgSettings, ReadScope,
-    RevisionCommit, SaveRead, Saved, Store, StoreError, StoreOp, TenantTools, Wakeup, pg, sqlite,
+    ApprovalCursor, ApprovalQuery, ForUpdate, Inserted, KeyInfo, People, PgSettings, PolicyAt,
+    PolicyDiff, ReadScope, RevisionCommit, RevisionQuery, RevisionRecord, SaveRead, Saved, Store,
+    StoreError, StoreOp, TenantTools, Wakeup, pg, sqlite,
 };
 use crate::metrics::Metrics;
 use crate::policy::{
@@ -210,7 +212,56 @@ const INTEGRATION_UPSERT: &str = "INSERT INTO integrations (tenant, id, kind, di
 const REVISION_MOVE: &str = "UPDATE tenants SET revision = $1 WHERE id = $2 AND revision = $3";
 
 const REVISION_INSERT: &str = "INSERT INTO revisions (tenant, revision, kind, actor_key_id, \
-     created_at) VALUES ($1, $2, $3, $4, $5)";
+     created_at, comment) VALUES ($1, $2, $3, $4, $5, $6)";
+
+/// A page of history: `$1` tenant, before revision `$2`, at most `$3`; `$4` the integration
+/// when there is one.
+fn revisions_sql(integration: bool) -> String {
+    let filter = if integration {
+        " AND EXISTS (SELECT 1 FROM tool_changes c WHERE c.tenant = r.tenant \
+         AND c.revision = r.revision AND c.integration_id = $4)"
+    } else {
+        ""
+    };
+    format!(
+        "SELECT r.revision, r.created_at, r.actor_key_id, r.kind, r.comment, \
+         coalesce(k.name, '') AS actor_name, coalesce(k.role, '') AS actor_role \
+         FROM revisions r LEFT JOIN api_keys k ON k.id = r.actor_key_id \
+         WHERE r.tenant = $1 AND r.revision < $2{filter} ORDER BY r.revision DESC LIMIT $3"
+    )
+}
+
+/// The diffs of revisions `$2` to `$3`: each changed tool's state after (its row) and
+/// before (its previous row, if any); `$4` the integration when there is one.
+fn diffs_sql(integration: bool) -> String {
+    let previous = |column: &str| {
+        format!(
+            "(SELECT p.{column} FROM tool_changes p WHERE p.tenant = c.tenant \
+             AND p.integration_id = c.integration_id AND p.name = c.name \
+             AND p.revision < c.revision ORDER BY p.revision DESC LIMIT 1)"
+        )
+    };
+    let filter = if integration {
+        " AND c.integration_id = $4"
+    } else {
+        ""
+    };
+    format!(
+        "SELECT c.revision, c.integration_id, c.name, c.policy, c.manager_approval, \
+         {} AS policy_before, {} AS manager_before FROM tool_changes c \
+         WHERE c.tenant = $1 AND c.revision >= $2 AND c.revision <= $3{filter} \
+         ORDER BY c.revision, c.integration_id, c.name",
+        previous("policy"),
+        previous("manager_approval")
+    )
+}
+
+/// Every tool's last change at or before revision `$2`, unless it was a removal.
+const POLICIES_AT: &str = "SELECT c.integration_id, c.name, c.policy, c.manager_approval \
+     FROM tool_changes c WHERE c.tenant = $1 AND c.removed = FALSE AND c.revision = \
+     (SELECT max(p.revision) FROM tool_changes p WHERE p.tenant = c.tenant \
+     AND p.integration_id = c.integration_id AND p.name = c.name AND p.revision <= $2) \
+     ORDER BY c.integration_id, c.name";
 
 const TOOL_DELETE: &str =
     "DELETE FROM tools WHERE tenant = $1 AND integration_id = $2 AND name = $3";
@@ -288,6 +339,7 @@ fn scope_sql(scope: &ReadScope) -> String {
     match scope {
         ReadScope::Integration(_) => format!("{select} AND integration_id = $2 ORDER BY name"),
         ReadScope::Tools(_) => format!("{select} AND integration_id = $2 AND name = $3"),
+        ReadScope::Tenant => format!("{select} ORDER BY integration_id, name"),
     }
 }
 
@@ -548,6 +600,12 @@ impl Store for SqlStore {
                             tools.push(current_tool_from_row(&row)?);
                         }
                     }
+                    ReadScope::Tenant => {
+                        let query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(tenant);
+                        for row in query.fetch_all(pool).await? {
+                            tools.push(current_tool_from_row(&row)?);
+                        }
+                    }
                     ReadScope::Tools(keys) => {
                         for (integration, name) in keys {
                             let query = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
@@ -607,7 +665,7 @@ impl Store for SqlStore {
                     .bind(tenant)
                     .bind(revision as i64);
                 let query = query.bind(c.kind.as_str()).bind(c.actor_key_id).bind(now);
-                query.execute(&mut *tx).await?;
+                query.bind(c.comment).execute(&mut *tx).await?;
                 let changes = stamp(c.changes, revision);
                 for change in &changes {
                     write_tool_change!(&mut *tx, tenant, revision as i64, change);
@@ -625,6 +683,82 @@ impl Store for SqlStore {
             })
         };
         self.call(StoreOp::CommitRevision, work).await
+    }
+
+    async fn list_revisions(
+        &self,
+        tenant: &str,
+        q: &RevisionQuery,
+    ) -> Result<Vec<RevisionRecord>, StoreError> {
+        let integration = q.integration.as_deref();
+        let revisions_sql = revisions_sql(integration.is_some());
+        let diffs_sql = diffs_sql(integration.is_some());
+        let before = q.before.map_or(i64::MAX, |b| b.min(i64::MAX as u64) as i64);
+        let work = async {
+            on_pool!(self, read, |pool| async {
+                let query = sqlx::query(sqlx::AssertSqlSafe(revisions_sql))
+                    .bind(tenant)
+                    .bind(before)
+                    .bind(i64::from(q.limit));
+                let query = match integration {
+                    Some(i) => query.bind(i),
+                    None => query,
+                };
+                let rows = query.fetch_all(pool).await?;
+                let mut records = rows
+                    .iter()
+                    .map(revision_from_row)
+                    .collect::<Result<Vec<_>, _>>()?;
+                let (Some(newest), Some(oldest)) = (records.first(), records.last()) else {
+                    return Ok(records);
+                };
+                let query = sqlx::query(sqlx::AssertSqlSafe(diffs_sql))
+                    .bind(tenant)
+                    .bind(oldest.revision as i64)
+                    .bind(newest.revision as i64);
+                let query = match integration {
+                    Some(i) => query.bind(i),
+                    None => query,
+                };
+                let rows = query.fetch_all(pool).await?;
+                let mut by_revision: HashMap<u64, Vec<PolicyDiff>> = HashMap::new();
+                for row in &rows {
+                    let revision = u64_of(row.int("revision")?);
+                    by_revision
+                        .entry(revision)
+                        .or_default()
+                        .push(diff_from_row(row)?);
+                }
+                for record in &mut records {
+                    record.diffs = by_revision.remove(&record.revision).unwrap_or_default();
+                }
+                Ok(records)
+            })
+        };
+        self.call(StoreOp::ListRevisions, work).await
+    }
+
+    async fn policies_at(&self, tenant: &str, revision: u64) -> Result<Vec<PolicyAt>, StoreError> {
+        let work = async {
+            on_pool!(self, read, |pool| async {
+                let rows = sqlx::query(POLICIES_AT)
+                    .bind(tenant)
+                    .bind(revision as i64)
+                    .fetch_all(pool)
+                    .await?;
+                rows.iter()
+                    .map(|row| {
+                        Ok(PolicyAt {
+                            integration_id: row.text("integration_id")?,
+                            tool_name: row.text("name")?,
+                            policy: policy_of(row.text("policy")?)?,
+                            manager_approval: row.flag("manager_approval")?,
+                        })
+                    })
+                    .collect()
+            })
+        };
+        self.call(StoreOp::PoliciesAt, work).await
     }
 
     async fn upsert_people(&self, tenant: &str, people: &[Person]) -> Result<u32, StoreError> {

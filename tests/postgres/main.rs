@@ -18,6 +18,8 @@ mod feed;
 mod hardening;
 #[path = "../suite/helpers.rs"]
 mod helpers;
+#[path = "../suite/history.rs"]
+mod history;
 #[path = "../suite/limits.rs"]
 mod limits;
 #[path = "../suite/metrics.rs"]

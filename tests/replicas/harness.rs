@@ -233,6 +233,7 @@ impl Cluster {
                     kind: "entra_id".into(),
                     display_name: "Entra ID".into(),
                     tools,
+                    comment: String::new(),
                 },
             ))
             .await

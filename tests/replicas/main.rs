@@ -218,6 +218,7 @@ async fn set_policy(mut client: Client, admin: &str, tool: &str, policy: pb::Pol
             pb::SetPolicyRequest {
                 changes: vec![change("entra", tool, policy, None)],
                 expected_revision: None,
+                comment: String::new(),
             },
         ))
         .await
@@ -587,6 +588,7 @@ async fn cut_connections_and_an_outage_lose_nothing_and_never_allow_without_the_
                                 pb::SetPolicyRequest {
                                     changes: vec![change("entra", tool, policy, None)],
                                     expected_revision: None,
+                                    comment: String::new(),
                                 },
                             ))
                             .await
@@ -795,4 +797,73 @@ async fn three_replicas_starting_together_on_a_new_database_migrate_once() {
     for r in [&a, &b, &c] {
         assert!(r.serving().await, "{}", r.logs());
     }
+}
+
+/// A rollback saved on one replica while another saves: one revision, seen by watchers on
+/// every replica, and every replica's tools end where the history says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_on_one_replica_reaches_every_replica_as_one_revision() {
+    let c = Cluster::start(3).await;
+    let first = c.connect(0, TOOLS).await;
+    let mut revisions = Vec::new();
+    for (i, tool) in TOOLS.iter().enumerate() {
+        revisions.push(set_policy(c.r(i % 3), &c.admin, tool, pb::Policy::Disabled).await);
+    }
+    let before = *revisions.iter().max().unwrap();
+    let (target_tx, target) = watch::channel(u64::MAX);
+    let watchers = start_watchers(&c, 0..3, &target).await;
+    let rolled = c
+        .r(1)
+        .rollback_policies(with_key(
+            &c.admin,
+            pb::RollbackPoliciesRequest {
+                to_revision: first,
+                expected_revision: Some(before),
+                comment: "back to the seed".into(),
+            },
+        ))
+        .await
+        .expect("rollback")
+        .into_inner();
+    assert_eq!(rolled.revision, before + 1);
+    assert_eq!(rolled.tools.len(), TOOLS.len());
+    // The stale guard holds across replicas too.
+    let stale = c
+        .r(2)
+        .rollback_policies(with_key(
+            &c.admin,
+            pb::RollbackPoliciesRequest {
+                to_revision: first,
+                expected_revision: Some(before),
+                comment: String::new(),
+            },
+        ))
+        .await
+        .expect_err("stale");
+    assert_eq!(stale.code(), Code::FailedPrecondition);
+    let last = rolled.revision;
+    target_tx.send(last).unwrap();
+    let (_, truth) = list_state(c.r(0), &c.admin, last).await;
+    assert!(
+        truth.values().all(|p| *p != pb::Policy::Disabled as i32),
+        "every tool has its seeded policy again: {truth:?}"
+    );
+    check_watchers(&c, watchers, before, last, &truth).await;
+    for i in 0..3 {
+        assert_eq!(
+            list_state(c.r(i), &c.admin, last).await,
+            (last, truth.clone())
+        );
+    }
+    let history = c
+        .r(2)
+        .list_revisions(with_key(&c.admin, pb::ListRevisionsRequest::default()))
+        .await
+        .expect("history")
+        .into_inner();
+    let newest = &history.revisions[0];
+    assert_eq!(newest.revision, last);
+    assert_eq!(newest.kind, pb::RevisionKind::Rollback as i32);
+    assert_eq!(newest.comment, "back to the seed");
+    assert_eq!(newest.diffs.len(), TOOLS.len());
 }

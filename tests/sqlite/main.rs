@@ -19,6 +19,8 @@ mod decide;
 mod hardening;
 #[path = "../suite/helpers.rs"]
 mod helpers;
+#[path = "../suite/history.rs"]
+mod history;
 #[path = "../suite/limits.rs"]
 mod limits;
 #[path = "../suite/metrics.rs"]

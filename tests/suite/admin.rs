@@ -152,6 +152,7 @@ async fn connect_rejects_bad_tool_definitions_and_changes_nothing() {
                     kind: "entra_id".into(),
                     display_name: String::new(),
                     tools,
+                    comment: String::new(),
                 },
             ))
             .await;

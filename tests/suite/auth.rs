@@ -205,6 +205,7 @@ async fn another_tenants_ids_are_not_found_and_its_data_never_shows() {
             pb::SetPolicyRequest {
                 changes: vec![change("entra", "get_user", Policy::Disabled, None)],
                 expected_revision: None,
+                comment: String::new(),
             },
         ))
         .await;

@@ -77,8 +77,7 @@ async fn policy_set_changes_the_tool_and_a_stale_expected_revision_exits_1() {
         saved["revision"].is_string(),
         "uint64 is a string in JSON: {saved}"
     );
-    // SetPolicyRequest has no comment yet: accepted, and the operator is told it is not sent.
-    assert!(err.contains("--comment is not sent"), "{err}");
+    assert!(err.is_empty(), "{err}");
     let (_, table, _) = toolgate(&app, &app.admin, &["tools", "list", "--include-disabled"]).await;
     let line = table
         .lines()
@@ -304,4 +303,58 @@ async fn over_mutual_tls_with_the_ca_and_a_client_certificate() {
     let (code, _, err) = toolgate(&app, &app.agent, &args).await;
     assert_eq!(code, 1, "{err}");
     assert!(err.starts_with("error: "), "{err}");
+}
+
+#[tokio::test]
+async fn revisions_list_shows_the_comment_and_rollback_restores() {
+    let app = spawn_app().await;
+    app.connect_sample().await;
+    let args = [
+        "policy",
+        "set",
+        "entra",
+        "reset_password",
+        "disabled",
+        "--comment",
+        "ticket 4711",
+    ];
+    let (code, _, err) = toolgate(&app, &app.admin, &args).await;
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) =
+        toolgate(&app, &app.admin, &["rollback", "1", "--comment", "undo"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("revision 3"), "{out}");
+    assert!(out.contains("reset_password"), "{out}");
+    let (code, table, _) = toolgate(&app, &app.admin, &["revisions", "list"]).await;
+    assert_eq!(code, 0);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("revision"), "{table}");
+    assert!(
+        lines[1].starts_with("3 ") && lines[1].contains("rollback") && lines[1].ends_with("undo"),
+        "{table}"
+    );
+    assert!(
+        lines[2].contains("entra/reset_password: disabled -> approval_needed"),
+        "{table}"
+    );
+    assert!(table.contains("ticket 4711"), "{table}");
+    let (code, json, _) = toolgate(
+        &app,
+        &app.admin,
+        &["revisions", "list", "--output", "json", "--page-size", "2"],
+    )
+    .await;
+    assert_eq!(code, 0);
+    let pages: Vec<serde_json::Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON"))
+        .collect();
+    assert_eq!(pages.len(), 2, "every page is printed: {json}");
+    assert_eq!(pages[0]["revisions"][0]["kind"], "REVISION_KIND_ROLLBACK");
+    let (code, _, err) = toolgate(&app, &app.admin, &["rollback", "9"]).await;
+    assert_eq!(code, 1);
+    assert!(
+        err.starts_with("error: INVALID_ARGUMENT: to_revision"),
+        "{err}"
+    );
 }

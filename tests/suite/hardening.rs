@@ -591,6 +591,7 @@ async fn connect_tools(
                 kind: "crm".into(),
                 display_name: String::new(),
                 tools: many_tools(n),
+                comment: String::new(),
             },
         ))
         .await

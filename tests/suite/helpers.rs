@@ -197,6 +197,7 @@ impl TestApp {
                     kind: "entra_id".into(),
                     display_name: "Entra ID".into(),
                     tools,
+                    comment: String::new(),
                 },
             ))
             .await
@@ -232,6 +233,7 @@ impl TestApp {
                 pb::SetPolicyRequest {
                     changes,
                     expected_revision: expected,
+                    comment: String::new(),
                 },
             ))
             .await

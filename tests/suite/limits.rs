@@ -154,6 +154,7 @@ async fn a_message_over_max_message_bytes_is_refused_and_changes_nothing() {
                 kind: "entra_id".into(),
                 display_name: "Entra ID".into(),
                 tools: vec![big],
+                comment: String::new(),
             },
         ))
         .await

@@ -291,6 +291,7 @@ async fn sigterm_turns_health_not_serving_then_finishes_calls_ends_streams_and_e
             input_schema_json: "{}".into(),
             annotations: None,
         }],
+        comment: String::new(),
     };
     let revision = client
         .connect_integration(with_key(&admin, connect))
@@ -334,6 +335,7 @@ async fn sigterm_turns_health_not_serving_then_finishes_calls_ends_streams_and_e
             pb::SetPolicyRequest {
                 changes: vec![change("entra", "get_user", Policy::Disabled, None)],
                 expected_revision: Some(revision),
+                comment: String::new(),
             },
         ))
         .await

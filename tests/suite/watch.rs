@@ -351,6 +351,7 @@ async fn hundred_watchers_see_the_same_gapless_sequence_while_four_admins_save()
                         pb::SetPolicyRequest {
                             changes: vec![change("entra", &tool, policy, None)],
                             expected_revision: None,
+                            comment: String::new(),
                         },
                     ))
                     .await
@@ -420,6 +421,7 @@ async fn a_watcher_that_never_reads_does_not_stall_saves_or_other_watchers() {
                     kind: "crm".into(),
                     display_name: String::new(),
                     tools: catalogue(round),
+                    comment: String::new(),
                 },
             ))
             .await

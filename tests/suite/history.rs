@@ -1,0 +1,336 @@
+//! History and rollback (issue "Audit and history"): ListRevisions shows who saved what,
+//! when and why; RollbackPolicies restores an earlier revision's policies as one revision.
+
+use crate::helpers::*;
+use tonic::Code;
+use toolgate::policy::Role;
+use toolgate::proto::v1 as pb;
+
+async fn history(
+    app: &TestApp,
+    key: &str,
+    integration: &str,
+    page_size: u32,
+    token: &str,
+) -> Result<pb::ListRevisionsResponse, tonic::Status> {
+    app.client
+        .clone()
+        .list_revisions(with_key(
+            key,
+            pb::ListRevisionsRequest {
+                integration_id: integration.into(),
+                page_size,
+                page_token: token.into(),
+            },
+        ))
+        .await
+        .map(|r| r.into_inner())
+}
+
+async fn rollback(
+    app: &TestApp,
+    to: u64,
+    expected: Option<u64>,
+    comment: &str,
+) -> Result<pb::RollbackPoliciesResponse, tonic::Status> {
+    app.client
+        .clone()
+        .rollback_policies(with_key(
+            &app.admin,
+            pb::RollbackPoliciesRequest {
+                to_revision: to,
+                expected_revision: expected,
+                comment: comment.into(),
+            },
+        ))
+        .await
+        .map(|r| r.into_inner())
+}
+
+async fn save(app: &TestApp, key: &str, changes: Vec<pb::PolicyChange>, comment: &str) -> u64 {
+    app.client
+        .clone()
+        .set_policy(with_key(
+            key,
+            pb::SetPolicyRequest {
+                changes,
+                expected_revision: None,
+                comment: comment.into(),
+            },
+        ))
+        .await
+        .expect("save")
+        .into_inner()
+        .revision
+}
+
+fn diff(
+    integration: &str,
+    tool: &str,
+    before: (Policy, bool),
+    after: (Policy, bool),
+) -> pb::PolicyDiff {
+    pb::PolicyDiff {
+        integration_id: integration.into(),
+        tool_name: tool.into(),
+        policy_before: before.0 as i32,
+        policy_after: after.0 as i32,
+        manager_approval_before: before.1,
+        manager_approval_after: after.1,
+    }
+}
+
+const NEW: (Policy, bool) = (Policy::Unspecified, false);
+const AUTO: (Policy, bool) = (Policy::Auto, false);
+const ASK: (Policy, bool) = (Policy::ApprovalNeeded, false);
+const ASK_MANAGER: (Policy, bool) = (Policy::ApprovalNeeded, true);
+const OFF: (Policy, bool) = (Policy::Disabled, false);
+
+#[tokio::test]
+async fn history_after_connect_two_saves_and_a_rollback() {
+    let app = spawn_app().await;
+    let alice = app.mint_named("acme", Role::Admin, Some("alice")).await;
+    let alice_id = alice.split('_').nth(1).expect("key id").to_owned();
+    let connected = app
+        .client
+        .clone()
+        .connect_integration(with_key(
+            &alice,
+            pb::ConnectIntegrationRequest {
+                integration_id: "entra".into(),
+                kind: "entra_id".into(),
+                display_name: "Entra ID".into(),
+                tools: ["get_user", "reset_password"]
+                    .iter()
+                    .map(|n| pb::ToolDefinition {
+                        name: n.to_string(),
+                        description: String::new(),
+                        input_schema_json: String::new(),
+                        annotations: None,
+                    })
+                    .collect(),
+                comment: "onboarding".into(),
+            },
+        ))
+        .await
+        .expect("connect")
+        .into_inner();
+    assert_eq!(connected.revision, 1);
+    let freeze = change("entra", "reset_password", Policy::Disabled, None);
+    assert_eq!(save(&app, &alice, vec![freeze], "incident 42").await, 2);
+    let tighten = change("entra", "get_user", Policy::ApprovalNeeded, Some(true));
+    assert_eq!(
+        save(&app, &app.admin, vec![tighten], "audit finding").await,
+        3
+    );
+    // An agent following from revision 3 sees the rollback as one ordinary change.
+    let mut watcher = app
+        .client
+        .clone()
+        .watch_config(with_key(
+            &app.agent,
+            pb::WatchConfigRequest {
+                since_revision: Some(3),
+                integration_id: String::new(),
+            },
+        ))
+        .await
+        .expect("watch")
+        .into_inner();
+
+    let rolled = rollback(&app, 1, Some(3), "undo both")
+        .await
+        .expect("rollback");
+    assert_eq!(rolled.revision, 4);
+    let mut restored: Vec<(String, i32, bool)> = rolled
+        .tools
+        .iter()
+        .map(|t| (t.name.clone(), t.policy, t.manager_approval))
+        .collect();
+    restored.sort();
+    assert_eq!(
+        restored,
+        vec![
+            ("get_user".into(), Policy::Auto as i32, false),
+            (
+                "reset_password".into(),
+                Policy::ApprovalNeeded as i32,
+                false
+            ),
+        ]
+    );
+    let event = loop {
+        let event = watcher.message().await.expect("event").expect("open");
+        if !matches!(
+            event.event,
+            Some(pb::watch_config_response::Event::Heartbeat(_))
+        ) {
+            break event;
+        }
+    };
+    assert_eq!(event.revision, 4);
+    let Some(pb::watch_config_response::Event::Change(change)) = event.event else {
+        panic!("one change: {event:?}");
+    };
+    let mut names: Vec<&str> = change.upserted.iter().map(|t| t.name.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["get_user", "reset_password"]);
+
+    let page = history(&app, &app.admin, "", 0, "").await.expect("history");
+    assert!(page.next_page_token.is_empty());
+    let seen: Vec<(u64, i32, &str, &str, &str)> = page
+        .revisions
+        .iter()
+        .map(|r| {
+            (
+                r.revision,
+                r.kind,
+                r.comment.as_str(),
+                r.actor_name.as_str(),
+                r.actor_role.as_str(),
+            )
+        })
+        .collect();
+    use pb::RevisionKind as K;
+    assert_eq!(
+        seen,
+        vec![
+            (4, K::Rollback as i32, "undo both", "", "admin"),
+            (3, K::SetPolicy as i32, "audit finding", "", "admin"),
+            (2, K::SetPolicy as i32, "incident 42", "alice", "admin"),
+            (1, K::Connect as i32, "onboarding", "alice", "admin"),
+        ]
+    );
+    assert_eq!(page.revisions[3].actor_key_id, alice_id);
+    assert!(page.revisions.iter().all(|r| r.saved_at.is_some()));
+    let diffs: Vec<Vec<pb::PolicyDiff>> = page.revisions.iter().map(|r| r.diffs.clone()).collect();
+    assert_eq!(
+        diffs,
+        vec![
+            vec![
+                diff("entra", "get_user", ASK_MANAGER, AUTO),
+                diff("entra", "reset_password", OFF, ASK),
+            ],
+            vec![diff("entra", "get_user", AUTO, ASK_MANAGER)],
+            vec![diff("entra", "reset_password", ASK, OFF)],
+            vec![
+                diff("entra", "get_user", NEW, AUTO),
+                diff("entra", "reset_password", NEW, ASK),
+            ],
+        ]
+    );
+}
+
+#[tokio::test]
+async fn rollback_leaves_later_tools_alone_and_a_stale_expected_revision_changes_nothing() {
+    let app = spawn_app().await;
+    app.connect_sample().await; // 1
+    app.set_one("reset_password", Policy::Disabled, None).await; // 2
+    app.connect(&app.admin, "mail", &[("send_email", None)])
+        .await; // 3
+    let later = vec![change("mail", "send_email", Policy::Disabled, None)];
+    app.set_policy(later, None).await.expect("save"); // 4
+
+    let stale = rollback(&app, 1, Some(3), "").await;
+    assert_status(stale, Code::FailedPrecondition, "expected_revision");
+    let tools = app.list_tools(&app.admin, true).await.expect("list");
+    assert_eq!(tools.revision, 4, "nothing changed");
+
+    let rolled = rollback(&app, 1, Some(4), "").await.expect("rollback");
+    assert_eq!(rolled.revision, 5);
+    let names: Vec<&str> = rolled.tools.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["reset_password"], "only what differed");
+    let tools = app.list_tools(&app.admin, true).await.expect("list");
+    let policy_of = |name: &str| {
+        tools
+            .tools
+            .iter()
+            .find(|t| t.name == name)
+            .map(|t| t.policy)
+            .expect("tool")
+    };
+    assert_eq!(policy_of("reset_password"), Policy::ApprovalNeeded as i32);
+    assert_eq!(
+        policy_of("send_email"),
+        Policy::Disabled as i32,
+        "a tool that came later keeps its policy"
+    );
+    // Nothing differs any more: no new revision.
+    let again = rollback(&app, 1, None, "").await.expect("rollback");
+    assert_eq!(again.revision, 5);
+    assert!(again.tools.is_empty());
+}
+
+#[tokio::test]
+async fn history_pages_stay_stable_while_saves_continue() {
+    let app = spawn_app().await;
+    app.connect_sample().await;
+    for policy in [Policy::Disabled, Policy::Auto, Policy::Disabled] {
+        app.set_one("get_user", policy, None).await;
+    }
+    let first = history(&app, &app.admin, "", 2, "").await.expect("page 1");
+    let revisions: Vec<u64> = first.revisions.iter().map(|r| r.revision).collect();
+    assert_eq!(revisions, [4, 3]);
+    // A Save lands between pages: later pages neither repeat nor skip.
+    app.set_one("get_user", Policy::Auto, None).await;
+    let second = history(&app, &app.admin, "", 2, &first.next_page_token)
+        .await
+        .expect("page 2");
+    let revisions: Vec<u64> = second.revisions.iter().map(|r| r.revision).collect();
+    assert_eq!(revisions, [2, 1]);
+    assert!(second.next_page_token.is_empty());
+    // One integration's history holds only revisions that changed its tools.
+    app.connect(&app.admin, "mail", &[("send_email", None)])
+        .await;
+    let mail = history(&app, &app.admin, "mail", 0, "")
+        .await
+        .expect("mail");
+    let revisions: Vec<u64> = mail.revisions.iter().map(|r| r.revision).collect();
+    assert_eq!(revisions, [6]);
+    assert_eq!(mail.revisions[0].diffs.len(), 1);
+}
+
+#[tokio::test]
+async fn bad_history_and_rollback_input_is_refused_and_changes_nothing() {
+    let app = spawn_app().await;
+    app.connect_sample().await;
+    app.set_one("get_user", Policy::Disabled, None).await;
+    assert_status(
+        rollback(&app, 0, None, "").await,
+        Code::InvalidArgument,
+        "to_revision",
+    );
+    assert_status(
+        rollback(&app, 9, None, "").await,
+        Code::InvalidArgument,
+        "to_revision",
+    );
+    let long = "x".repeat(100_000);
+    assert_status(
+        rollback(&app, 1, None, &long).await,
+        Code::InvalidArgument,
+        "comment",
+    );
+    for forged in ["42", "r1.", "r1.-1", "r1.0", "v2.apr_1"] {
+        let refused = history(&app, &app.admin, "", 0, forged).await;
+        assert_status(refused, Code::InvalidArgument, "page_token");
+    }
+    let refused = history(&app, &app.admin, "not an id!", 0, "").await;
+    assert_status(refused, Code::InvalidArgument, "integration_id");
+    assert_status(
+        history(&app, &app.agent, "", 0, "").await,
+        Code::PermissionDenied,
+        "",
+    );
+    assert_status(
+        history(&app, &app.approver, "", 0, "").await,
+        Code::PermissionDenied,
+        "",
+    );
+    // Another tenant's admin sees none of acme's history and cannot roll it back.
+    let other = app.mint("other", Role::Admin).await;
+    let theirs = history(&app, &other, "", 0, "").await.expect("history");
+    assert!(theirs.revisions.is_empty());
+    let tools = app.list_tools(&app.admin, true).await.expect("list");
+    assert_eq!(tools.revision, 2, "nothing changed");
+}
