@@ -124,6 +124,11 @@ fn main() {
         }
         verdicts.extend(by_h2load(&echo, &toolgate, &request, rounds, seconds));
         println!();
+        println!(
+            "log: {} lines from toolgate (a decision log line per Decide), read from its \
+             stderr pipe",
+            common::LOG_LINES.load(std::sync::atomic::Ordering::Relaxed)
+        );
         for v in verdicts {
             println!("{v}");
         }

@@ -36,7 +36,8 @@ fn fail(message: String) -> ExitCode {
 
 async fn serve(args: toolgate::config::ServeArgs) -> Result<(), String> {
     let config = Config::resolve(&args).map_err(|e| e.to_string())?;
-    init_tracing(config.log_format);
+    // Held until `serve` returns: dropping it writes out what is still queued.
+    let _log = init_tracing(config.log_format);
     tracing::info!(?config, "starting");
     let listeners = toolgate::server::Listeners::bind(&config).await?;
     toolgate::run(config, listeners, shutdown_signal())
@@ -45,19 +46,30 @@ async fn serve(args: toolgate::config::ServeArgs) -> Result<(), String> {
 }
 
 /// Logs go to standard error, so standard output stays clean for `keys create`.
-fn init_tracing(format: LogFormat) {
+///
+/// A line is formatted by the thread that logs it and written by a writer thread
+/// (`tracing-appender`), which writes whatever has queued up in one system call: with the
+/// decision log (a line per Decide) a write per line cost more than the rest of the log
+/// together (BENCHMARKS.md). Nothing is dropped: when the queue is full, loggers wait.
+fn init_tracing(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // Colours only for a person at a terminal, never into a file or a log collector.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let stderr = std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr());
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("toolgate-log")
+        .finish(stderr);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
+    guard
 }
 
 /// Completes on SIGTERM or SIGINT.

@@ -37,7 +37,14 @@ struct Cell {
     events: broadcast::Sender<TenantEvent>,
     /// The current snapshot's revision, for `min_revision` waiters of this tenant only.
     revision: watch::Sender<u64>,
+    /// The encodings of the last [`RETAINED_ENCODINGS`] snapshots this one replaced, so a
+    /// stream part-way through one of them can finish it (see [`Encodings`]).
+    retired: std::sync::Mutex<std::collections::VecDeque<EncodingMap>>,
 }
+
+/// How many replaced revisions' encodings a tenant keeps: a WatchConfig stream must take a
+/// message before this many newer revisions replace the one it belongs to.
+pub const RETAINED_ENCODINGS: usize = 8;
 
 impl Cell {
     fn snapshot(&self) -> Arc<TenantSnapshot> {
@@ -52,7 +59,12 @@ impl Cell {
         let revision = next.revision;
         {
             let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
-            *current = Arc::new(next);
+            let replaced = std::mem::replace(&mut *current, Arc::new(next));
+            let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+            retired.push_back(replaced.encodings.0.clone());
+            if retired.len() > RETAINED_ENCODINGS {
+                retired.pop_front();
+            }
             // No receivers is not an error: nobody is watching.
             let _ = self.events.send(event);
         }
@@ -71,11 +83,14 @@ pub struct TenantSnapshot {
 }
 
 /// Bytes a transport made of one revision (a WatchConfig snapshot or change, framed), by a
-/// key of its choosing. They live exactly as long as the revision's snapshot: when the
-/// next revision replaces it, they are freed once no stream holds them. A clone of the
-/// snapshot (the start of the next revision) starts empty.
+/// key of its choosing. They live as long as the revision's snapshot, and after it is
+/// replaced for [`RETAINED_ENCODINGS`] more revisions of the tenant; then they are freed
+/// (streams hold them only weakly between pieces). A clone of the snapshot (the start of
+/// the next revision) starts empty.
 #[derive(Default)]
-pub struct Encodings(Mutex<HashMap<String, Arc<Vec<u8>>>>);
+pub struct Encodings(EncodingMap);
+
+type EncodingMap = Arc<Mutex<HashMap<String, Arc<Vec<u8>>>>>;
 
 impl Encodings {
     /// The encoding under `key`, made by `make` if this revision has none yet. `make` runs
@@ -236,6 +251,7 @@ impl Snapshots {
                     current: RwLock::default(),
                     events: broadcast::channel(self.buffer).0,
                     revision: watch::channel(0).0,
+                    retired: std::sync::Mutex::default(),
                 })
             })
             .clone()

@@ -97,6 +97,8 @@ impl PolicyService for Bare {
             reason: "policy is auto".into(),
             revision: 1,
             approval: None,
+            // As long as toolgate's, so the answers are the same size.
+            decision_id: "dec_0123456789ab_0000000001".into(),
         }))
     }
     async fn submit_approval(

@@ -147,6 +147,37 @@ pub fn sqlite_temp() -> (tempfile::TempDir, String) {
     (dir, url)
 }
 
+/// Reads the server's log from a pipe as a log collector would (a container runtime reads
+/// its stderr the same way), so writing it costs what it costs in production. The first
+/// lines (start-up, and any error that stops it) are passed on to standard error; after
+/// that lines are only counted, a block at a time, so the reader costs the machine little.
+fn drain_log(child: &mut std::process::Child) {
+    use std::io::{BufRead, Read};
+    let stderr = child.stderr.take().expect("piped stderr");
+    std::thread::spawn(move || {
+        let mut reader = std::io::BufReader::with_capacity(256 * 1024, stderr);
+        let mut line = String::new();
+        for _ in 0..8 {
+            line.clear();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            eprint!("{line}");
+        }
+        let mut block = vec![0u8; 256 * 1024];
+        while let Ok(n) = reader.read(&mut block) {
+            if n == 0 {
+                return;
+            }
+            let lines = block[..n].iter().filter(|b| **b == b'\n').count();
+            LOG_LINES.fetch_add(lines as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+}
+
+/// Log lines the servers wrote after their first few (see [`drain_log`]).
+pub static LOG_LINES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 impl ServerProcess {
     /// `toolgate serve` on `url` with `extra` flags, its metrics on a free port (unless
     /// `extra` says where), with the log level `toolgate serve` has by default (`info`),
@@ -154,7 +185,7 @@ impl ServerProcess {
     /// SQLite file's directory) lives as long as the server.
     pub fn toolgate(url: &str, dir: Option<tempfile::TempDir>, extra: &[&str]) -> Self {
         let addr = free_port();
-        let child = wrapped(env!("CARGO_BIN_EXE_toolgate"))
+        let mut child = wrapped(env!("CARGO_BIN_EXE_toolgate"))
             .args([
                 "serve",
                 "--listen",
@@ -171,8 +202,10 @@ impl ServerProcess {
             .env_remove("RUST_LOG")
             .envs(std::env::var("TOOLGATE_BENCH_RUST_LOG").map(|level| ("RUST_LOG", level)))
             .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("spawn toolgate");
+        drain_log(&mut child);
         ServerProcess {
             child,
             addr,

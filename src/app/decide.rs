@@ -16,6 +16,7 @@ use crate::policy::decide::{
 use crate::policy::names::{ApprovalId, FieldError, IntegrationId, PersonId, RequestId, ToolName};
 use crate::policy::{Approval, ApprovalState, Caller, Tool, UnixMillis};
 use crate::store::{Inserted, People};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// One Decide, as the agent backend asked it.
 #[derive(Debug, Clone)]
@@ -51,14 +52,87 @@ pub struct DecideOutcome {
     /// The approval involved, if any.
     pub approval: Option<Approval>,
     pub now: UnixMillis,
+    /// Names this decision in the decision log and in the answer.
+    pub decision_id: String,
+}
+
+/// Decision ids: a random prefix per process and a counter, so they are unique across
+/// replicas and cost no system call.
+#[derive(Debug)]
+pub struct DecisionIds {
+    prefix: String,
+    next: AtomicU64,
+}
+
+impl DecisionIds {
+    pub fn new() -> Self {
+        // 48 random bits name the process; the counter names the decision within it.
+        let prefix = keys::random_id("dec_").map_or_else(
+            |_| format!("dec_{:x}", std::process::id()),
+            |id| id[..16].to_owned(),
+        );
+        DecisionIds {
+            prefix,
+            next: AtomicU64::new(1),
+        }
+    }
+
+    fn next(&self) -> String {
+        format!(
+            "{}_{:010x}",
+            self.prefix,
+            self.next.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+}
+
+impl Default for DecisionIds {
+    fn default() -> Self {
+        DecisionIds::new()
+    }
 }
 
 impl App {
+    /// Decides one call, and records it in the decision log: one event (tracing target
+    /// `toolgate::decision`) per answer, with what was asked and answered and the
+    /// arguments' hash, never the arguments.
     pub async fn decide(
         &self,
         caller: &Caller,
         input: DecideInput,
     ) -> Result<DecideOutcome, AppError> {
+        let (mut outcome, arguments_sha256) = self.decide_call(caller, &input).await?;
+        outcome.decision_id = self.decision_ids.next();
+        let decision = &outcome.decision;
+        // Display (`%`), not Debug: every value is an id checked to hold no white space or
+        // control character, or a name of ours, and Debug's escaping was most of the
+        // event's cost (BENCHMARKS.md).
+        let none = "";
+        tracing::info!(
+            target: "toolgate::decision",
+            decision_id = %outcome.decision_id,
+            tenant = %caller.tenant,
+            key_id = %caller.key_id,
+            integration = %input.integration_id.as_str(),
+            tool = %input.tool_name.as_str(),
+            verdict = %<&str>::from(decision.verdict),
+            code = %<&str>::from(decision.code),
+            revision = outcome.revision,
+            approval_id = %outcome.approval.as_ref().map_or(none, |a| a.id.as_str()),
+            requester = %input.requester_id.as_ref().map_or(none, |p| p.as_str()),
+            arguments_sha256 = %arguments_sha256.as_deref().unwrap_or(none),
+            "decision"
+        );
+        Ok(outcome)
+    }
+
+    /// The decision, and the canonical arguments' hash when it was computed (for a tool
+    /// that needs approval).
+    async fn decide_call(
+        &self,
+        caller: &Caller,
+        input: &DecideInput,
+    ) -> Result<(DecideOutcome, Option<String>), AppError> {
         let args =
             canonical::parse_arguments(&input.arguments_json, self.limits.max_arguments_bytes)
                 .map_err(|e| FieldError::new("arguments_json", e.0))?;
@@ -70,7 +144,7 @@ impl App {
             snapshot.tool(input.integration_id.as_str(), input.tool_name.as_str()),
         ) {
             PolicyOutcome::Final(decision) => {
-                return Ok(self.decided(decision, snapshot.revision, None, now));
+                return Ok((self.decided(decision, snapshot.revision, None, now), None));
             }
             PolicyOutcome::NeedsApproval(tool) => tool.clone(),
         };
@@ -92,6 +166,7 @@ impl App {
                 .as_str(),
         };
         let canon = canonical::canonical_arguments(&args);
+        let arguments_sha256 = canon.sha256.clone();
         // Boxed: the approval path's store futures would otherwise sit inline in every
         // Decide's future, fast path included (see `auth`).
         let (decision, approval) = match &input.approval_id {
@@ -102,7 +177,8 @@ impl App {
                 Box::pin(self.ask_with_approval(caller, &tool, id, &asked, sha256, now)).await?
             }
         };
-        Ok(self.decided(decision, snapshot.revision, approval, now))
+        let outcome = self.decided(decision, snapshot.revision, approval, now);
+        Ok((outcome, Some(arguments_sha256)))
     }
 
     /// A Decide's answer, counted by verdict and code.
@@ -119,6 +195,7 @@ impl App {
             revision,
             approval,
             now,
+            decision_id: String::new(),
         }
     }
 

@@ -64,6 +64,8 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// Live API keys, so authentication needs no database round trip.
     pub keys: KeyCache,
+    /// Names each Decide's answer (see [`decide`]).
+    decision_ids: decide::DecisionIds,
     /// One lock per tenant around "commit a revision, then apply it to the snapshot", so
     /// revisions reach the snapshot in the order they were committed.
     write_locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -86,6 +88,7 @@ impl App {
             drain,
             metrics,
             keys: KeyCache::default(),
+            decision_ids: decide::DecisionIds::new(),
             write_locks: std::sync::Mutex::new(HashMap::new()),
         }
     }

@@ -17,10 +17,14 @@
 //!   its own, plus its queue of frames made for it alone (a replay or a gap fill), which is
 //!   bounded by `watch_stream_buffer`.
 //! - **Over its bound, ended.** Between pieces a stream keeps only a weak reference to a
-//!   shared frame. If its client has not taken the frame by the time the tenant has moved
-//!   on and the revision's encodings are freed, the stream can neither finish the frame
-//!   nor start again in the middle of one: it ends with RESOURCE_EXHAUSTED, and the client
-//!   reconnects and resumes with `since_revision` (or takes a fresh snapshot).
+//!   shared frame. A tenant keeps the encodings of its current revision and of the last
+//!   [`crate::snapshot::RETAINED_ENCODINGS`] it replaced, so memory for frames is bounded
+//!   per tenant, not per stream. A client that stalls part-way through a message while
+//!   more revisions than that are saved is over its bound: its stream can neither finish
+//!   the message nor start again in the middle of one, so it ends with RESOURCE_EXHAUSTED
+//!   at its next read, and the client reconnects and resumes with `since_revision` (or
+//!   takes a fresh snapshot). A queued frame it had not begun is replaced by a fresh
+//!   snapshot instead.
 
 use super::watch::{ConfigFrames, OutFrame, watch_config};
 use crate::app::{App, Operation};
@@ -248,8 +252,8 @@ impl FrameBody {
 
 fn fell_behind() -> Status {
     Status::resource_exhausted(
-        "this stream fell behind: its client did not take the message before the tenant's \
-         policies moved on (watch_stream_buffer); reconnect and resume with since_revision",
+        "this stream fell behind: its client did not take a message before the tenant's \
+         policies moved on past it; reconnect and resume with since_revision",
     )
 }
 

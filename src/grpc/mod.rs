@@ -235,6 +235,7 @@ impl PolicyService for PolicyApi {
                 reason: out.decision.reason.into_owned(),
                 revision: out.revision,
                 approval: out.approval.map(|a| approval_to_proto(&a, out.now)),
+                decision_id: out.decision_id,
             })),
             Err(status) => {
                 metrics.decide_error(status.code());

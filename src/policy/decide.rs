@@ -4,15 +4,18 @@
 use super::{Approval, ApprovalState, ApproverRole, Person, Policy, Tool, UnixMillis};
 use std::borrow::Cow;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Named as in the proto without its prefix (`ALLOW`), for logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr)]
+#[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
 pub enum Verdict {
     Allow,
     PendingApproval,
     Deny,
 }
 
-/// Why a verdict was reached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why a verdict was reached. Named as in the proto without its prefix (`POLICY_AUTO`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr)]
+#[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
 pub enum DecisionCode {
     PolicyAuto,
     ToolDisabled,

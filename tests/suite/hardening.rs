@@ -687,59 +687,6 @@ async fn watch_streams_that_never_read_share_one_snapshot() {
     drop((held, conns));
 }
 
-/// `toolgate serve` as users run it, on `database_url`; killed when dropped.
-struct Binary {
-    child: std::process::Child,
-    addr: std::net::SocketAddr,
-}
-
-impl Binary {
-    async fn serve(database_url: &str) -> Binary {
-        use std::io::BufRead;
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_toolgate"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
-            .args([
-                "--metrics-listen",
-                "127.0.0.1:0",
-                "--database-url",
-                database_url,
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("start toolgate");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-                if let Some(addr) = v["fields"]["addr"].as_str()
-                    && line.contains("toolgate serving")
-                {
-                    let _ = tx.send(addr.to_owned());
-                }
-            }
-        });
-        let addr = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(60)))
-            .await
-            .expect("join")
-            .expect("toolgate serving")
-            .parse()
-            .expect("address");
-        Binary { child, addr }
-    }
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Reads a raw stream's data frames until `enough` bytes arrived, giving no window back.
 async fn receive_without_reading(body: &mut h2::RecvStream, enough: usize) -> Vec<u8> {
     let mut got = Vec::new();
@@ -782,40 +729,73 @@ async fn read_rest(
 }
 
 /// Issue item 7: a stream over its bound ends. A client that stalls part-way through a
-/// snapshot, until the tenant has moved on and the snapshot's encoding is freed, has its
-/// stream ended with RESOURCE_EXHAUSTED when it reads again; it reconnects and is brought
-/// to the new revision.
+/// snapshot until the tenant has moved on so far that the snapshot's encoding is freed
+/// (more than `RETAINED_ENCODINGS` revisions) has its stream ended with RESOURCE_EXHAUSTED
+/// when it reads again; it reconnects and is brought to the current revision. A stall of
+/// fewer revisions finishes the message (the replicas tests save dozens of revisions a
+/// second under readers that never reset).
 #[tokio::test]
 async fn a_stream_stalled_mid_message_past_its_revision_ends_resource_exhausted() {
     let app = spawn_app().await;
     let mut client = app.client.clone();
     connect_tools(&mut client, &app.admin, 3_000).await;
-    let conn = raw_connection(app.addr).await;
-    let (_conn, stalled) = raw_watch_config(conn, app.addr, &app.agent).await;
-    let stalled = stalled.await.expect("answered");
-    assert_eq!(stalled.status(), 200);
-    let mut stalled = stalled.into_body();
-    // The connection's whole window (65 535 bytes) is taken, and no more is given.
-    let received = receive_without_reading(&mut stalled, 65_535).await;
-    // The tenant moves on: revision 2.
-    let saved = client
-        .set_policy(with_key(
-            &app.admin,
-            toolgate::proto::v1::SetPolicyRequest {
-                changes: vec![change("crm", "get_record_7", Policy::Disabled, None)],
-                ..Default::default()
-            },
-        ))
-        .await
-        .expect("save")
-        .into_inner();
-    assert_eq!(saved.revision, 2);
+    // Two clients, each on its own connection, take their connection's whole window
+    // (65 535 bytes) of the snapshot and give none back.
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let conn = raw_connection(app.addr).await;
+        let (conn, response) = raw_watch_config(conn, app.addr, &app.agent).await;
+        let response = response.await.expect("answered");
+        assert_eq!(response.status(), 200);
+        let mut body = response.into_body();
+        let received = receive_without_reading(&mut body, 65_535).await;
+        stalled.push((conn, body, received));
+    }
+    let save = |i: usize| {
+        let mut client = client.clone();
+        let admin = app.admin.clone();
+        async move {
+            let policy = if i.is_multiple_of(2) {
+                Policy::Disabled
+            } else {
+                Policy::Auto
+            };
+            let saved = client
+                .set_policy(with_key(
+                    &admin,
+                    toolgate::proto::v1::SetPolicyRequest {
+                        changes: vec![change("crm", "get_record_7", policy, None)],
+                        ..Default::default()
+                    },
+                ))
+                .await
+                .expect("save")
+                .into_inner();
+            assert_eq!(saved.revision, 2 + i as u64);
+        }
+    };
+    // One revision later the first client reads on: its message is still there, whole.
+    save(0).await;
+    let (_conn, mut body, received) = stalled.remove(0);
+    let _ = body.flow_control().release_capacity(received.len());
+    let length = u32::from_be_bytes(received[1..5].try_into().unwrap()) as usize;
+    let (whole, status) = read_rest(&mut body, received, 5 + length).await;
+    assert_eq!(status, None, "a stall of one revision is within the bound");
+    let message: toolgate::proto::v1::WatchConfigResponse =
+        prost::Message::decode(&whole[5..5 + length]).expect("a WatchConfigResponse");
+    assert_eq!(message.revision, 1);
+    // The tenant moves on further than replaced revisions' encodings are kept.
+    let saves = toolgate::snapshot::RETAINED_ENCODINGS + 1;
+    for i in 1..saves {
+        save(i).await;
+    }
+    let (_conn, mut stalled, received) = stalled.remove(0);
     let _ = stalled.flow_control().release_capacity(received.len());
     let length = u32::from_be_bytes(received[1..5].try_into().unwrap()) as usize;
     let (partial, status) = read_rest(&mut stalled, received, 5 + length).await;
     assert!(partial.len() < 5 + length, "the message was cut short");
     assert_eq!(status.as_deref(), Some("8"), "RESOURCE_EXHAUSTED");
-    // Reconnected, the client is brought to revision 2.
+    // Reconnected, the client is brought to the tenant's revision.
     let mut again = client
         .watch_config(with_key(
             &app.agent,
@@ -825,7 +805,7 @@ async fn a_stream_stalled_mid_message_past_its_revision_ends_resource_exhausted(
         .expect("watch")
         .into_inner();
     let message = again.message().await.expect("snapshot").expect("open");
-    assert_eq!(message.revision, 2);
+    assert_eq!(message.revision, 1 + saves as u64);
     let Some(toolgate::proto::v1::watch_config_response::Event::Snapshot(snapshot)) = message.event
     else {
         panic!("a snapshot: {:?}", message.event);

@@ -656,3 +656,100 @@ impl TestApp {
         scrape(self.metrics_addr).await
     }
 }
+
+/// `toolgate serve` as users run it (JSON logs), on `database_url`; killed when dropped.
+/// Its log lines are kept, parsed, in `log`.
+pub struct Binary {
+    pub child: std::process::Child,
+    pub addr: std::net::SocketAddr,
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+}
+
+impl Binary {
+    pub async fn serve(database_url: &str) -> Binary {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_toolgate"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+            .args([
+                "--metrics-listen",
+                "127.0.0.1:0",
+                "--database-url",
+                database_url,
+            ])
+            .env_remove("RUST_LOG")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start toolgate");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let lines = log.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let v: serde_json::Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("a log line that is not JSON ({e}): {line}"));
+                if let Some(addr) = log_field(&v, "addr").and_then(|a| a.as_str())
+                    && line.contains("toolgate serving")
+                {
+                    let _ = tx.send(addr.to_owned());
+                }
+                lines.lock().unwrap().push(v);
+            }
+        });
+        let addr = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(60)))
+            .await
+            .expect("join")
+            .expect("toolgate serving")
+            .parse()
+            .expect("address");
+        Binary { child, addr, log }
+    }
+
+    /// The log lines so far that satisfy `keep`, once there are at least `n` of them
+    /// (bounded wait: the server writes its log on its own schedule).
+    pub async fn log_lines(
+        &self,
+        n: usize,
+        keep: impl Fn(&serde_json::Value) -> bool,
+    ) -> Vec<serde_json::Value> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let found: Vec<_> = self
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|v| keep(v))
+                .cloned()
+                .collect();
+            if found.len() >= n {
+                return found;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} of {n} log lines after 20 s: {:?}",
+                found.len(),
+                self.log.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// A field of a JSON log line: at the top level, or under `fields` or `span`.
+pub fn log_field<'a>(line: &'a serde_json::Value, name: &str) -> Option<&'a serde_json::Value> {
+    line.get(name)
+        .or_else(|| line.get("fields").and_then(|f| f.get(name)))
+        .or_else(|| line.get("span").and_then(|f| f.get(name)))
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

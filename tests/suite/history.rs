@@ -1,5 +1,6 @@
-//! History and rollback (issue "Audit and history"): ListRevisions shows who saved what,
-//! when and why; RollbackPolicies restores an earlier revision's policies as one revision.
+//! Audit and history: ListRevisions shows who saved what, when and why; RollbackPolicies
+//! restores an earlier revision's policies as one revision; every Decide is one event of
+//! the decision log.
 
 use crate::helpers::*;
 use tonic::Code;
@@ -333,4 +334,105 @@ async fn bad_history_and_rollback_input_is_refused_and_changes_nothing() {
     assert!(theirs.revisions.is_empty());
     let tools = app.list_tools(&app.admin, true).await.expect("list");
     assert_eq!(tools.revision, 2, "nothing changed");
+}
+
+/// One decision-log event per Decide, with what was asked and answered, parsed from the
+/// JSON log of the binary; no argument value ever reaches the log.
+#[tokio::test]
+async fn every_decide_is_one_decision_log_event_without_the_arguments() {
+    let db = fresh_database().await;
+    let config = toolgate::config::Config {
+        database_url: toolgate::config::DatabaseUrl::new(db.url.clone()),
+        ..Default::default()
+    };
+    let store = toolgate::server::open_store(&config).await.expect("store");
+    let admin = mint(&store, "acme", Role::Admin).await;
+    let agent = mint(&store, "acme", Role::Agent).await;
+    drop(store);
+    let server = Binary::serve(&db.url).await;
+    let mut client =
+        pb::policy_service_client::PolicyServiceClient::connect(format!("http://{}", server.addr))
+            .await
+            .expect("connect");
+    let tools = ["get_user", "reset_password"]
+        .iter()
+        .map(|n| pb::ToolDefinition {
+            name: n.to_string(),
+            description: String::new(),
+            input_schema_json: String::new(),
+            annotations: None,
+        })
+        .collect();
+    let connect = pb::ConnectIntegrationRequest {
+        integration_id: "entra".into(),
+        kind: "entra_id".into(),
+        display_name: String::new(),
+        tools,
+        comment: String::new(),
+    };
+    client
+        .connect_integration(with_key(&admin, connect))
+        .await
+        .expect("connect");
+    const SECRET: &str = "hunter2-Secret-Value-7f3a";
+    let args = format!(r#"{{"user":"bob","password":"{SECRET}"}}"#);
+    let mut answers = Vec::new();
+    for (tool, request_id) in [
+        ("get_user", "r1"),
+        ("reset_password", "r2"),
+        ("drop_db", "r3"),
+    ] {
+        let answer = client
+            .decide(with_key(&agent, ask(tool, &args, request_id)))
+            .await
+            .expect("decide")
+            .into_inner();
+        answers.push(answer);
+    }
+    let ids: std::collections::HashSet<&str> =
+        answers.iter().map(|a| a.decision_id.as_str()).collect();
+    assert_eq!(ids.len(), 3, "each answer has its own decision id");
+    assert!(ids.iter().all(|id| id.starts_with("dec_")), "{ids:?}");
+    let is_decision = |v: &serde_json::Value| v["target"] == "toolgate::decision";
+    let events = server.log_lines(3, is_decision).await;
+    assert_eq!(events.len(), 3, "one event per Decide: {events:?}");
+    let text = |v: &serde_json::Value, name: &str| {
+        log_field(v, name)
+            .map(|f| f.as_str().map_or_else(|| f.to_string(), str::to_owned))
+            .unwrap_or_else(|| panic!("{name} in {v}"))
+    };
+    for (event, answer) in events.iter().zip(&answers) {
+        assert_eq!(text(event, "decision_id"), answer.decision_id);
+        assert_eq!(text(event, "tenant"), "acme");
+        assert_eq!(text(event, "integration"), "entra");
+        assert_eq!(text(event, "revision"), answer.revision.to_string());
+        assert_eq!(text(event, "requester"), "alice");
+        assert!(!text(event, "key_id").is_empty());
+    }
+    let fields = |e: &serde_json::Value| (text(e, "tool"), text(e, "verdict"), text(e, "code"));
+    assert_eq!(
+        events.iter().map(fields).collect::<Vec<_>>(),
+        vec![
+            ("get_user".into(), "ALLOW".into(), "POLICY_AUTO".into()),
+            (
+                "reset_password".into(),
+                "PENDING_APPROVAL".into(),
+                "APPROVAL_REQUIRED".into()
+            ),
+            ("drop_db".into(), "DENY".into(), "UNKNOWN_TOOL".into()),
+        ]
+    );
+    let approval = answers[1].approval.as_ref().expect("approval");
+    assert_eq!(text(&events[1], "approval_id"), approval.id);
+    assert_eq!(
+        text(&events[1], "arguments_sha256"),
+        approval.arguments_sha256
+    );
+    let log = server.log.lock().unwrap();
+    for line in log.iter() {
+        assert!(
+            !line.to_string().contains(SECRET),
+            "an argument value in the log: {line}"
+        );
+    }
 }
