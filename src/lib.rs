@@ -25,6 +25,7 @@ pub mod config;
 pub mod grpc;
 pub mod hub;
 pub mod keys;
+pub mod logging;
 pub mod metrics;
 pub mod policy;
 pub mod proto;

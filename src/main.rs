@@ -66,7 +66,10 @@ fn init_tracing(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
         .with_ansi(ansi)
         .with_writer(writer);
     match format {
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Json => builder
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .event_format(toolgate::logging::FlatJson)
+            .init(),
         LogFormat::Text => builder.init(),
     }
     guard

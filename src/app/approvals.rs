@@ -73,7 +73,13 @@ impl App {
                 decide_step,
             )
             .await?;
-        tracing::info!(approval = %approval.id, state = approval.state.as_str(), "approval decision recorded");
+        tracing::info!(
+            tenant = %caller.tenant,
+            key_id = %caller.key_id,
+            approval = %approval.id,
+            state = approval.state.as_str(),
+            "approval decision recorded"
+        );
         Ok(approval)
     }
 

@@ -10,6 +10,7 @@ use super::{App, AppError};
 use crate::keys::{self, TokenHash};
 use crate::policy::{Caller, Role};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 const MISSING: &str = "missing credentials: send `authorization: Bearer <api key>`";
 const UNKNOWN: &str = "unknown or revoked API key";
@@ -73,6 +74,18 @@ pub fn bearer_token(header: Option<&[u8]>) -> Result<&str, AppError> {
 impl App {
     /// The caller behind an `authorization` header value, if it may run `op`.
     pub async fn authenticate(
+        &self,
+        authorization: Option<&[u8]>,
+        op: Operation,
+    ) -> Result<Arc<Caller>, AppError> {
+        let result = self.check_credentials(authorization, op).await;
+        if let Err(e @ (AppError::Unauthenticated(_) | AppError::PermissionDenied(_))) = &result {
+            self.refusals.log(op, e);
+        }
+        result
+    }
+
+    async fn check_credentials(
         &self,
         authorization: Option<&[u8]>,
         op: Operation,
@@ -154,5 +167,45 @@ mod tests {
         assert!(!SetPolicy.roles().contains(&Role::Agent));
         assert!(!Decide.roles().contains(&Role::Approver));
         assert!(!SubmitApproval.roles().contains(&Role::Agent));
+    }
+}
+
+/// Logs refused credentials, at most one line a second (with how many were refused
+/// without a line since), so traffic with bad keys cannot flood the log. Never the token.
+#[derive(Debug, Default)]
+pub struct Refusals {
+    /// The Unix second of the last line.
+    logged_at: AtomicU64,
+    /// Refusals since that line.
+    unlogged: AtomicU64,
+}
+
+impl Refusals {
+    fn log(&self, op: Operation, e: &AppError) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let last = self.logged_at.load(Ordering::Relaxed);
+        let mine = last != now
+            && self
+                .logged_at
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok();
+        if !mine {
+            self.unlogged.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let also = self.unlogged.swap(0, Ordering::Relaxed);
+        let reason = match e {
+            AppError::Unauthenticated(why) => (*why).to_owned(),
+            AppError::PermissionDenied(why) => why.clone(),
+            _ => String::new(),
+        };
+        tracing::warn!(
+            method = op.name(),
+            %reason,
+            refused_since_last_line = also,
+            "credentials refused"
+        );
     }
 }

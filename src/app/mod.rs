@@ -66,6 +66,8 @@ pub struct App {
     pub keys: KeyCache,
     /// Names each Decide's answer (see [`decide`]).
     decision_ids: decide::DecisionIds,
+    /// Rate-limits the log of refused credentials.
+    refusals: auth::Refusals,
     /// One lock per tenant around "commit a revision, then apply it to the snapshot", so
     /// revisions reach the snapshot in the order they were committed.
     write_locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -89,6 +91,7 @@ impl App {
             metrics,
             keys: KeyCache::default(),
             decision_ids: decide::DecisionIds::new(),
+            refusals: auth::Refusals::default(),
             write_locks: std::sync::Mutex::new(HashMap::new()),
         }
     }

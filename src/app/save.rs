@@ -130,6 +130,8 @@ impl App {
             };
             self.apply_saved(tenant, &saved).await;
             tracing::info!(
+                tenant = %caller.tenant,
+                key_id = %caller.key_id,
                 kind = kind.as_str(),
                 revision = saved.revision,
                 changed = saved.changes.len(),
@@ -204,7 +206,14 @@ impl App {
 
     /// Creates or replaces people of the tenant's directory; returns how many.
     pub async fn upsert_people(&self, caller: &Caller, people: &[Person]) -> Result<u32, AppError> {
-        Ok(self.store.upsert_people(&caller.tenant, people).await?)
+        let upserted = self.store.upsert_people(&caller.tenant, people).await?;
+        tracing::info!(
+            tenant = %caller.tenant,
+            key_id = %caller.key_id,
+            upserted,
+            "directory updated"
+        );
+        Ok(upserted)
     }
 }
 

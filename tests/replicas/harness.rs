@@ -168,7 +168,7 @@ impl Drop for Replica {
 
 fn json_field(line: &str, name: &str) -> Option<String> {
     let v: serde_json::Value = serde_json::from_str(line).ok()?;
-    Some(v.get("fields")?.get(name)?.as_str()?.to_owned())
+    Some(v.get(name)?.as_str()?.to_owned())
 }
 
 /// A database, its keys, and the replicas on it.

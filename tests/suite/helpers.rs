@@ -740,11 +740,9 @@ impl Binary {
     }
 }
 
-/// A field of a JSON log line: at the top level, or under `fields` or `span`.
+/// A field of a JSON log line (every field is at the top level).
 pub fn log_field<'a>(line: &'a serde_json::Value, name: &str) -> Option<&'a serde_json::Value> {
     line.get(name)
-        .or_else(|| line.get("fields").and_then(|f| f.get(name)))
-        .or_else(|| line.get("span").and_then(|f| f.get(name)))
 }
 
 impl Drop for Binary {

@@ -337,7 +337,9 @@ async fn bad_history_and_rollback_input_is_refused_and_changes_nothing() {
 }
 
 /// One decision-log event per Decide, with what was asked and answered, parsed from the
-/// JSON log of the binary; no argument value ever reaches the log.
+/// JSON log of the binary; no argument value ever reaches the log. Every line is one flat
+/// object (the call's request id at the top), admin changes name their tenant and key, and
+/// refused credentials are logged without the token.
 #[tokio::test]
 async fn every_decide_is_one_decision_log_event_without_the_arguments() {
     let db = fresh_database().await;

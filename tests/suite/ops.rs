@@ -216,8 +216,8 @@ impl Process {
             for line in std::io::BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
-                    && v["fields"]["message"] == "toolgate serving"
-                    && let Some(addr) = v["fields"]["addr"].as_str()
+                    && v["message"] == "toolgate serving"
+                    && let Some(addr) = v["addr"].as_str()
                 {
                     let _ = addr_tx.send(addr.to_owned());
                 }
