@@ -35,8 +35,33 @@ pub enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Check or export the tenants' hash-chained history, straight from the database.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     #[command(flatten)]
     Client(crate::cli::ClientCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Recompute every tenant's hash chain; exit 1 naming the first record that does not
+    /// match.
+    Verify {
+        #[command(flatten)]
+        db: DatabaseArgs,
+    },
+    /// One JSON line per revision of a tenant: its record, its hash and the hash before.
+    Export {
+        #[arg(long)]
+        tenant: String,
+        /// Only revisions after this one.
+        #[arg(long, default_value_t = 0)]
+        since_revision: u64,
+        #[command(flatten)]
+        db: DatabaseArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]

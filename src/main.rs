@@ -4,7 +4,9 @@
 
 use clap::Parser;
 use std::process::ExitCode;
-use toolgate::config::{Cli, Command, Config, KeysCommand, LogFormat, resolve_database_url};
+use toolgate::config::{
+    AuditCommand, Cli, Command, Config, KeysCommand, LogFormat, resolve_database_url,
+};
 use toolgate::policy::Role;
 use toolgate::policy::names::{TenantId, check_id};
 use toolgate::store::Store;
@@ -21,6 +23,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => runtime.block_on(serve(*args)),
         Command::Keys { command } => runtime.block_on(keys(command)),
+        Command::Audit { command } => return runtime.block_on(audit(command)),
         Command::Client(command) => return runtime.block_on(toolgate::cli::run(command)),
     };
     match result {
@@ -164,6 +167,82 @@ async fn keys(command: KeysCommand) -> Result<(), String> {
                 Err(format!("no live key with id {id:?}"))
             }
         }
+    }
+}
+
+/// `audit verify` exits 0 with what it checked, 1 naming the first record that does not
+/// hold, 2 when it cannot read the database; `audit export` prints JSON lines.
+async fn audit(command: AuditCommand) -> ExitCode {
+    use toolgate::policy::audit::{self, RevisionHead, Stored};
+    let result: Result<bool, String> = async {
+        match command {
+            AuditCommand::Verify { db } => {
+                let store = open(&db).await?;
+                let tenants = store.tenant_revisions().await.map_err(|e| e.to_string())?;
+                let mut holds = true;
+                for (tenant, last) in tenants {
+                    let chain = store.revision_chain(&tenant).await.map_err(|e| e.to_string())?;
+                    let stored = chain.iter().map(|r| Stored {
+                        head: head(&tenant, r),
+                        changes: &r.changes,
+                        hash: &r.hash,
+                    });
+                    match audit::verify(stored, last) {
+                        Ok(v) => println!(
+                            "tenant {tenant:?}: {} revisions verified ({} saved before the chain began)",
+                            v.chained, v.before_chain
+                        ),
+                        Err(b) => {
+                            eprintln!("tenant {tenant:?}: revision {} {}", b.revision, b.problem);
+                            holds = false;
+                            break;
+                        }
+                    }
+                }
+                Ok(holds)
+            }
+            AuditCommand::Export {
+                tenant,
+                since_revision,
+                db,
+            } => {
+                let store = open(&db).await?;
+                let chain = store.revision_chain(&tenant).await.map_err(|e| e.to_string())?;
+                let mut previous = audit::GENESIS.to_owned();
+                for r in &chain {
+                    if r.revision > since_revision {
+                        let record = audit::record(&head(&tenant, r), &r.changes);
+                        println!(
+                            "{{\"tenant\":{},\"revision\":{},\"previous_hash\":\"{previous}\",\"hash\":\"{}\",\"record\":{}}}",
+                            serde_json::Value::from(tenant.as_str()),
+                            r.revision,
+                            r.hash,
+                            toolgate::policy::canonical::canonicalize(&record)
+                        );
+                    }
+                    if !r.hash.is_empty() {
+                        previous = r.hash.clone();
+                    }
+                }
+                Ok(true)
+            }
+        }
+    }
+    .await;
+    fn head<'a>(tenant: &'a str, r: &'a toolgate::store::ChainedRevision) -> RevisionHead<'a> {
+        RevisionHead {
+            tenant,
+            revision: r.revision,
+            kind: &r.kind,
+            actor_key_id: &r.actor_key_id,
+            saved_at_ms: r.saved_at_ms,
+            comment: &r.comment,
+        }
+    }
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(message) => fail(message),
     }
 }
 

@@ -312,7 +312,12 @@ pub fn revision_to_proto(r: &crate::store::RevisionRecord) -> pb::Revision {
                 manager_approval_after: d.manager_after,
             })
             .collect(),
-        hash: String::new(),
-        previous_hash: String::new(),
+        hash: r.hash.clone(),
+        // The first revision of a chain follows the genesis hash.
+        previous_hash: if r.previous_hash.is_empty() && !r.hash.is_empty() {
+            crate::policy::audit::GENESIS.to_owned()
+        } else {
+            r.previous_hash.clone()
+        },
     }
 }

@@ -4,6 +4,7 @@
 //! rules and canonical hashing are plain functions over these types.
 
 pub mod approval;
+pub mod audit;
 pub mod canonical;
 pub mod decide;
 pub mod names;

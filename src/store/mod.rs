@@ -241,7 +241,25 @@ pub struct RevisionRecord {
     /// `connect`, `set_policy` or `rollback` ([`SaveKind`]'s names).
     pub kind: String,
     pub comment: String,
+    /// Its place in the tenant's hash chain ([`crate::policy::audit`]); empty for a
+    /// revision saved before chains were recorded.
+    pub hash: String,
+    /// The hash of the revision before; empty for the first.
+    pub previous_hash: String,
     pub diffs: Vec<PolicyDiff>,
+}
+
+/// A revision as the hash chain covers it: its row and every tool change it made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainedRevision {
+    pub revision: u64,
+    pub kind: String,
+    pub actor_key_id: String,
+    pub saved_at_ms: i64,
+    pub comment: String,
+    /// As stored; empty for a revision saved before chains were recorded.
+    pub hash: String,
+    pub changes: Vec<ToolChange>,
 }
 
 /// One tool's change in a revision: its policy and manager switch before and after.
@@ -303,6 +321,7 @@ pub enum StoreOp {
     CommitRevision,
     ListRevisions,
     PoliciesAt,
+    RevisionChain,
     UpsertPeople,
     GetPerson,
     InsertApproval,
@@ -373,6 +392,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         tenant: &str,
         query: &RevisionQuery,
     ) -> Result<Vec<RevisionRecord>, StoreError>;
+
+    /// Every revision of the tenant, oldest first, with the tool changes each made: what
+    /// its hash chain covers.
+    async fn revision_chain(&self, tenant: &str) -> Result<Vec<ChainedRevision>, StoreError>;
 
     /// Every tool that existed at `revision` (and was not removed by then), with its
     /// policy and manager switch of then.
@@ -452,6 +475,6 @@ mod tests {
         assert_eq!(StoreOp::CallerBySecret.as_str(), "caller_by_secret");
         assert_eq!(StoreOp::ApprovalForUpdate.as_str(), "approval_for_update");
         assert_eq!(StoreOp::ListRevisions.as_str(), "list_revisions");
-        assert_eq!(StoreOp::ALL.len(), 23);
+        assert_eq!(StoreOp::ALL.len(), 24);
     }
 }

@@ -282,6 +282,8 @@ pub(crate) fn revision_from_row<R: Cols>(row: &R) -> Result<super::RevisionRecor
         actor_role: row.text("actor_role")?,
         kind: row.text("kind")?,
         comment: row.text("comment")?,
+        hash: row.text("hash")?,
+        previous_hash: row.text("previous_hash")?,
         diffs: Vec::new(),
     })
 }

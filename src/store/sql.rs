@@ -16,13 +16,13 @@ use super::rows::{
     revision_from_row, stamp, u64_of,
 };
 use super::{
-    ApprovalCursor, ApprovalQuery, ForUpdate, Inserted, KeyInfo, People, PgSettings, PolicyAt,
-    PolicyDiff, ReadScope, RevisionCommit, RevisionQuery, RevisionRecord, SaveRead, Saved, Store,
-    StoreError, StoreOp, TenantTools, Wakeup, pg, sqlite,
+    ApprovalCursor, ApprovalQuery, ChainedRevision, ForUpdate, Inserted, KeyInfo, People,
+    PgSettings, PolicyAt, PolicyDiff, ReadScope, RevisionCommit, RevisionQuery, RevisionRecord,
+    SaveRead, Saved, Store, StoreError, StoreOp, TenantTools, Wakeup, pg, sqlite,
 };
 use crate::metrics::Metrics;
 use crate::policy::{
-    Approval, ApprovalState, Caller, Person, RevisionChanges, Role, ToolChange, UnixMillis,
+    Approval, ApprovalState, Caller, Person, RevisionChanges, Role, ToolChange, UnixMillis, audit,
 };
 use sqlx::Connection;
 use std::collections::HashMap;
@@ -212,7 +212,7 @@ const INTEGRATION_UPSERT: &str = "INSERT INTO integrations (tenant, id, kind, di
 const REVISION_MOVE: &str = "UPDATE tenants SET revision = $1 WHERE id = $2 AND revision = $3";
 
 const REVISION_INSERT: &str = "INSERT INTO revisions (tenant, revision, kind, actor_key_id, \
-     created_at, comment) VALUES ($1, $2, $3, $4, $5, $6)";
+     created_at, comment, hash) VALUES ($1, $2, $3, $4, $5, $6, $7)";
 
 /// A page of history: `$1` tenant, before revision `$2`, at most `$3`; `$4` the integration
 /// when there is one.
@@ -224,7 +224,9 @@ fn revisions_sql(integration: bool) -> String {
         ""
     };
     format!(
-        "SELECT r.revision, r.created_at, r.actor_key_id, r.kind, r.comment, \
+        "SELECT r.revision, r.created_at, r.actor_key_id, r.kind, r.comment, r.hash, \
+         coalesce((SELECT p.hash FROM revisions p WHERE p.tenant = r.tenant \
+         AND p.revision = r.revision - 1), '') AS previous_hash, \
          coalesce(k.name, '') AS actor_name, coalesce(k.role, '') AS actor_role \
          FROM revisions r LEFT JOIN api_keys k ON k.id = r.actor_key_id \
          WHERE r.tenant = $1 AND r.revision < $2{filter} ORDER BY r.revision DESC LIMIT $3"
@@ -661,12 +663,32 @@ impl Store for SqlStore {
                     tx.rollback().await?;
                     return Ok(None);
                 }
+                let changes = stamp(c.changes, revision);
+                // The chain: this revision's hash covers the previous one's (read after the
+                // move above, which waited for the commit that wrote it).
+                let previous: Option<String> = sqlx::query_scalar(
+                    "SELECT hash FROM revisions WHERE tenant = $1 AND revision = $2",
+                )
+                .bind(tenant)
+                .bind(c.base as i64)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let previous = previous.filter(|h| !h.is_empty());
+                let head = audit::RevisionHead {
+                    tenant,
+                    revision,
+                    kind: c.kind.as_str(),
+                    actor_key_id: c.actor_key_id,
+                    saved_at_ms: now,
+                    comment: c.comment,
+                };
+                let previous = previous.as_deref().unwrap_or(audit::GENESIS);
+                let hash = audit::chain_hash(previous, &audit::record(&head, &changes));
                 let query = sqlx::query(REVISION_INSERT)
                     .bind(tenant)
                     .bind(revision as i64);
                 let query = query.bind(c.kind.as_str()).bind(c.actor_key_id).bind(now);
-                query.bind(c.comment).execute(&mut *tx).await?;
-                let changes = stamp(c.changes, revision);
+                query.bind(c.comment).bind(hash).execute(&mut *tx).await?;
                 for change in &changes {
                     write_tool_change!(&mut *tx, tenant, revision as i64, change);
                 }
@@ -736,6 +758,47 @@ impl Store for SqlStore {
             })
         };
         self.call(StoreOp::ListRevisions, work).await
+    }
+
+    async fn revision_chain(&self, tenant: &str) -> Result<Vec<ChainedRevision>, StoreError> {
+        let changes_sql = format!(
+            "SELECT revision, removed, {TOOL_COLUMNS} FROM tool_changes \
+             WHERE tenant = $1 ORDER BY revision, integration_id, name"
+        );
+        let work = async {
+            on_pool!(self, read, |pool| async {
+                let rows = sqlx::query(
+                    "SELECT revision, kind, actor_key_id, created_at, comment, hash \
+                     FROM revisions WHERE tenant = $1 ORDER BY revision",
+                )
+                .bind(tenant)
+                .fetch_all(pool)
+                .await?;
+                let change_rows = sqlx::query(sqlx::AssertSqlSafe(changes_sql))
+                    .bind(tenant)
+                    .fetch_all(pool)
+                    .await?;
+                let mut changes: HashMap<u64, Vec<ToolChange>> = group_changes(&change_rows)?
+                    .into_iter()
+                    .map(|rc| (rc.revision, rc.changes))
+                    .collect();
+                rows.iter()
+                    .map(|row| {
+                        let revision = u64_of(row.int("revision")?);
+                        Ok(ChainedRevision {
+                            revision,
+                            kind: row.text("kind")?,
+                            actor_key_id: row.text("actor_key_id")?,
+                            saved_at_ms: row.int("created_at")?,
+                            comment: row.text("comment")?,
+                            hash: row.text("hash")?,
+                            changes: changes.remove(&revision).unwrap_or_default(),
+                        })
+                    })
+                    .collect()
+            })
+        };
+        self.call(StoreOp::RevisionChain, work).await
     }
 
     async fn policies_at(&self, tenant: &str, revision: u64) -> Result<Vec<PolicyAt>, StoreError> {

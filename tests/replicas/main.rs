@@ -281,6 +281,21 @@ async fn concurrent_saves_on_three_replicas_reach_every_watcher_gapless_and_in_o
             (last, truth.clone())
         );
     }
+    // Sixty Saves racing on three replicas left one linear hash chain.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_toolgate"))
+        .args(["audit", "verify", "--database-url", &c.db.url])
+        .output()
+        .expect("toolgate audit verify");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("{last} revisions verified")),
+        "{stdout}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

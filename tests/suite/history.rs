@@ -203,6 +203,12 @@ async fn history_after_connect_two_saves_and_a_rollback() {
         ]
     );
     assert_eq!(page.revisions[3].actor_key_id, alice_id);
+    // Each revision names the hash of the one before: one chain, newest first.
+    assert_eq!(page.revisions[3].previous_hash, "0".repeat(64));
+    for pair in page.revisions.windows(2) {
+        assert_eq!(pair[0].previous_hash, pair[1].hash);
+        assert_eq!(pair[0].hash.len(), 64);
+    }
     assert!(page.revisions.iter().all(|r| r.saved_at.is_some()));
     let diffs: Vec<Vec<pb::PolicyDiff>> = page.revisions.iter().map(|r| r.diffs.clone()).collect();
     assert_eq!(
@@ -437,4 +443,132 @@ async fn every_decide_is_one_decision_log_event_without_the_arguments() {
             "an argument value in the log: {line}"
         );
     }
+}
+
+/// Runs `toolgate audit ARGS --database-url URL`: exit code, stdout, stderr.
+async fn audit(url: &str, args: &[&str]) -> (i32, String, String) {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_toolgate"));
+    command
+        .arg("audit")
+        .args(args)
+        .args(["--database-url", url]);
+    let out = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .expect("join")
+        .expect("run toolgate audit");
+    let text = |b: Vec<u8>| String::from_utf8(b).expect("utf-8");
+    (
+        out.status.code().unwrap_or(-1),
+        text(out.stdout),
+        text(out.stderr),
+    )
+}
+
+/// One statement straight on the test's database, as someone with database access would
+/// tamper with it.
+async fn tamper(url: &str, sql: &str) {
+    use sqlx::Connection;
+    if url.starts_with("sqlite") {
+        let mut c = sqlx::SqliteConnection::connect(url).await.expect("sqlite");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+            .execute(&mut c)
+            .await
+            .expect("tamper");
+    } else {
+        let mut c = sqlx::PgConnection::connect(url).await.expect("postgres");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+            .execute(&mut c)
+            .await
+            .expect("tamper");
+    }
+}
+
+/// Three Saves in tenant acme: revision 2 changes reset_password, 3 get_user.
+async fn three_saves() -> (TestApp, String) {
+    let app = spawn_app().await;
+    app.connect_sample().await;
+    app.set_one("reset_password", Policy::Disabled, None).await;
+    app.set_one("get_user", Policy::Disabled, None).await;
+    let url = app.config.database_url.expose().to_owned();
+    (app, url)
+}
+
+#[tokio::test]
+async fn audit_verify_holds_on_an_untouched_database_and_names_a_tampered_record() {
+    let (_app, url) = three_saves().await;
+    let (code, out, err) = audit(&url, &["verify"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("\"acme\": 3 revisions verified"), "{out}");
+
+    // A diff changed after the fact.
+    tamper(
+        &url,
+        "UPDATE tool_changes SET policy = 'auto' WHERE tenant = 'acme' AND revision = 2",
+    )
+    .await;
+    let (code, _, err) = audit(&url, &["verify"]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("revision 2 does not match"), "{err}");
+}
+
+#[tokio::test]
+async fn audit_verify_finds_a_removed_change_and_two_records_swapped() {
+    let (_app, url) = three_saves().await;
+    tamper(
+        &url,
+        "DELETE FROM tool_changes WHERE tenant = 'acme' AND revision = 3",
+    )
+    .await;
+    let (code, _, err) = audit(&url, &["verify"]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("revision 3 does not match"), "{err}");
+
+    let (_app, url) = three_saves().await;
+    // Two revisions' times swapped: each record is intact, the order is not.
+    tamper(
+        &url,
+        "UPDATE revisions SET created_at = CASE revision WHEN 2 THEN \
+         (SELECT created_at FROM revisions WHERE tenant = 'acme' AND revision = 3) ELSE \
+         (SELECT created_at FROM revisions WHERE tenant = 'acme' AND revision = 2) END \
+         WHERE tenant = 'acme' AND revision IN (2, 3)",
+    )
+    .await;
+    let (code, _, err) = audit(&url, &["verify"]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("revision 2 does not match"), "{err}");
+}
+
+/// The export is enough to re-check the chain without toolgate's database: each line's
+/// hash is SHA-256 of the previous hash, a newline, and the record's canonical text.
+#[tokio::test]
+async fn audit_export_can_be_rechecked_from_its_lines_alone() {
+    use sha2::{Digest, Sha256};
+    let (_app, url) = three_saves().await;
+    let (code, out, err) = audit(&url, &["export", "--tenant", "acme"]).await;
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 3);
+    let mut previous = "0".repeat(64);
+    for (line, raw) in lines.iter().zip(out.lines()) {
+        assert_eq!(line["previous_hash"], previous.as_str());
+        // The record as exported is already canonical: its text is hashed as it stands.
+        let record = &raw[raw.find("\"record\":").unwrap() + 9..raw.len() - 1];
+        let mut h = Sha256::new();
+        h.update(previous.as_bytes());
+        h.update(b"\n");
+        h.update(record.as_bytes());
+        let hash: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(line["hash"], hash.as_str());
+        previous = hash;
+    }
+    assert_eq!(lines[1]["record"]["changes"][0]["name"], "reset_password");
+    let (_, since, _) = audit(
+        &url,
+        &["export", "--tenant", "acme", "--since-revision", "2"],
+    )
+    .await;
+    assert_eq!(since.lines().count(), 1);
 }
