@@ -1,4 +1,5 @@
-//! The JSON log line a pipeline can read: one flat object per event.
+//! The log's formats: the JSON line a pipeline can read (one flat object per event), and
+//! a faster field formatter for the text format.
 //!
 //! tracing-subscriber's JSON format nests the event's fields under `fields` and the call's
 //! request id under `span`/`spans`, so a collector has to know our span layout to find
@@ -8,12 +9,121 @@
 //! a name clash.
 
 use serde_json::{Map, Value};
-use std::fmt;
+use std::fmt::{self, Write as _};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
+use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::fmt::format::{JsonFields, Writer};
-use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormattedFields};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::registry::LookupSpan;
+
+/// The text format's fields: the same `name=value` text as tracing-subscriber's
+/// `DefaultFields`, written without `core::fmt` for strings, integers and booleans. Every
+/// call's span and every decision-log event pass through here, and `DefaultFields` spent
+/// about a thousand instructions per field on `write!` (BENCHMARKS.md).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TextFields;
+
+impl<'w> FormatFields<'w> for TextFields {
+    fn format_fields<R: RecordFields>(&self, mut writer: Writer<'w>, fields: R) -> fmt::Result {
+        // Built in one buffer and handed to the writer once: each write to it is a
+        // dynamic call that also checks for escape sequences.
+        let mut visitor = TextVisitor {
+            out: String::with_capacity(256),
+            result: Ok(()),
+        };
+        fields.record(&mut visitor);
+        visitor.result?;
+        writer.write_str(&visitor.out)
+    }
+}
+
+struct TextVisitor {
+    out: String,
+    result: fmt::Result,
+}
+
+impl TextVisitor {
+    /// Starts a field: ` name=` (no space before the first).
+    fn name(&mut self, name: &str) {
+        if !self.out.is_empty() {
+            self.out.push(' ');
+        }
+        self.out.push_str(name);
+        self.out.push('=');
+    }
+}
+
+/// A string Debug would print as it is, between quotes.
+fn plain(s: &str) -> bool {
+    s.bytes()
+        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+}
+
+fn decimal(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend(digits[at..].iter().map(|d| char::from(*d)));
+}
+
+impl Visit for TextVisitor {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            return self.record_debug(field, &format_args!("{value}"));
+        }
+        self.name(field.name());
+        if plain(value) {
+            self.out.push('"');
+            self.out.push_str(value);
+            self.out.push('"');
+        } else if self.result.is_ok() {
+            self.result = write!(self.out, "{value:?}");
+        }
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.name(field.name());
+        decimal(&mut self.out, value);
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.name(field.name());
+        if value < 0 {
+            self.out.push('-');
+        }
+        decimal(&mut self.out, value.unsigned_abs());
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.name(field.name());
+        self.out.push_str(if value { "true" } else { "false" });
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        if self.result.is_err() {
+            return;
+        }
+        if field.name() == "message" {
+            // As tracing-subscriber does: no terminal escape sequence from a message.
+            let text = format!("{value:?}").replace('\u{1b}', "\\x1b");
+            if !self.out.is_empty() {
+                self.out.push(' ');
+            }
+            self.out.push_str(&text);
+            return;
+        }
+        self.name(field.name());
+        self.result = write!(self.out, "{value:?}");
+    }
+}
 
 /// The event format of `--log-format json`; use with [`JsonFields`] as the field format.
 #[derive(Debug, Clone, Copy, Default)]
@@ -105,6 +215,47 @@ mod tests {
         fn make_writer(&'a self) -> Captured {
             self.clone()
         }
+    }
+
+    /// Exactly what tracing-subscriber's default field formatter writes.
+    #[test]
+    fn text_fields_write_what_the_default_formatter_writes() {
+        let emit = || {
+            let span = tracing::info_span!("rpc", method = "Decide", request_id = "r-1");
+            let _in = span.enter();
+            tracing::info!(
+                tenant = "acme",
+                quoted = "say \"hi\"\tnow",
+                revision = 7u64,
+                delta = -3i64,
+                ok = false,
+                shown = %"a b",
+                debugged = ?Some(1),
+                "saved {} tools",
+                2
+            );
+            tracing::warn!("no fields");
+        };
+        let run = |fast: bool| {
+            let out = Captured::default();
+            let builder = tracing_subscriber::fmt()
+                .without_time()
+                .with_ansi(false)
+                .with_writer(out.clone());
+            if fast {
+                tracing::subscriber::with_default(builder.fmt_fields(TextFields).finish(), emit);
+            } else {
+                tracing::subscriber::with_default(builder.finish(), emit);
+            }
+            String::from_utf8(out.0.lock().unwrap().clone()).unwrap()
+        };
+        let (fast, default) = (run(true), run(false));
+        assert_eq!(fast, default);
+        assert!(
+            fast.contains(r#"rpc{method="Decide" request_id="r-1"}"#),
+            "{fast}"
+        );
+        assert!(fast.contains("revision=7 delta=-3 ok=false"), "{fast}");
     }
 
     #[test]

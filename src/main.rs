@@ -73,7 +73,7 @@ fn init_tracing(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
             .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
             .event_format(toolgate::logging::FlatJson)
             .init(),
-        LogFormat::Text => builder.init(),
+        LogFormat::Text => builder.fmt_fields(toolgate::logging::TextFields).init(),
     }
     guard
 }

@@ -104,23 +104,20 @@ impl App {
         let (mut outcome, arguments_sha256) = self.decide_call(caller, &input).await?;
         outcome.decision_id = self.decision_ids.next();
         let decision = &outcome.decision;
-        // Display (`%`), not Debug: every value is an id checked to hold no white space or
-        // control character, or a name of ours, and Debug's escaping was most of the
-        // event's cost (BENCHMARKS.md).
         let none = "";
         tracing::info!(
             target: "toolgate::decision",
-            decision_id = %outcome.decision_id,
-            tenant = %caller.tenant,
-            key_id = %caller.key_id,
-            integration = %input.integration_id.as_str(),
-            tool = %input.tool_name.as_str(),
-            verdict = %<&str>::from(decision.verdict),
-            code = %<&str>::from(decision.code),
+            decision_id = outcome.decision_id.as_str(),
+            tenant = caller.tenant.as_str(),
+            key_id = caller.key_id.as_str(),
+            integration = input.integration_id.as_str(),
+            tool = input.tool_name.as_str(),
+            verdict = <&str>::from(decision.verdict),
+            code = <&str>::from(decision.code),
             revision = outcome.revision,
-            approval_id = %outcome.approval.as_ref().map_or(none, |a| a.id.as_str()),
-            requester = %input.requester_id.as_ref().map_or(none, |p| p.as_str()),
-            arguments_sha256 = %arguments_sha256.as_deref().unwrap_or(none),
+            approval_id = outcome.approval.as_ref().map_or(none, |a| a.id.as_str()),
+            requester = input.requester_id.as_ref().map_or(none, |p| p.as_str()),
+            arguments_sha256 = arguments_sha256.as_deref().unwrap_or(none),
             "decision"
         );
         Ok(outcome)
