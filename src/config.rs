@@ -235,8 +235,8 @@ pub struct TlsFiles {
     pub client_ca: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", rename_all = "lowercase")]
 pub enum LogFormat {
     Text,
     Json,
@@ -269,11 +269,11 @@ impl DatabaseUrl {
     }
 }
 
-impl fmt::Debug for DatabaseUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // scheme://user:secret@host → scheme://user:***@host
+impl DatabaseUrl {
+    /// The URL with its password, if any, as `***`: `scheme://user:***@host`.
+    pub fn redacted(&self) -> String {
         let url = &self.0;
-        let redacted = match (url.find("://"), url.rfind('@')) {
+        match (url.find("://"), url.rfind('@')) {
             (Some(s), Some(at)) if at > s => {
                 let userinfo = &url[s + 3..at];
                 match userinfo.find(':') {
@@ -282,15 +282,27 @@ impl fmt::Debug for DatabaseUrl {
                 }
             }
             _ => url.clone(),
-        };
-        write!(f, "{redacted:?}")
+        }
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.redacted())
+    }
+}
+
+/// Serialized (for the start-up log) without its password.
+impl Serialize for DatabaseUrl {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.redacted())
     }
 }
 
 /// Everything `serve` needs, resolved.
 /// Its fields are the TOML keys (but `tls`, from `tls_cert`, `tls_key` and `tls_client_ca`);
 /// a key left unset keeps its value from `Config::default()`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct Config {
     pub listen: SocketAddr,
@@ -571,11 +583,16 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 
 /// `#[serde(with)]` for durations written as text.
 mod duration {
-    use serde::{Deserialize, Deserializer, de::Error};
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
     use std::time::Duration;
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         super::parse_duration(&String::deserialize(d)?).map_err(D::Error::custom)
+    }
+
+    /// As the settings are written: `30s`, `1h 30m`.
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
     }
 
     /// A duration where `0` switches the feature off (`None`).
@@ -584,6 +601,10 @@ mod duration {
 
         pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
             super::deserialize(d).map(|d| (!d.is_zero()).then_some(d))
+        }
+
+        pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+            super::serialize(&d.unwrap_or_default(), s)
         }
     }
 }
@@ -828,6 +849,29 @@ mod tests {
     }
 
     /// Every flag, variable and key sets a field of `Config`, and every field is set by one.
+    /// The start-up log shows every setting as written, and no password.
+    #[test]
+    fn settings_serialize_as_written_without_the_password() {
+        let config = Config {
+            database_url: DatabaseUrl::new("postgres://toolgate:s3cret@db:5432/toolgate"),
+            request_timeout: None,
+            ..Config::default()
+        };
+        let v = serde_json::to_value(&config).unwrap();
+        assert_eq!(
+            v["database_url"],
+            "postgres://toolgate:***@db:5432/toolgate"
+        );
+        assert!(!v.to_string().contains("s3cret"));
+        assert_eq!(v["approval_ttl"], "1day");
+        assert_eq!(v["request_timeout"], "0s");
+        assert_eq!(v["log_format"], "text");
+        assert_eq!(v["listen"], "127.0.0.1:50051");
+        // Serialized settings read back as the same settings.
+        let back: Config = serde_json::from_value(v).unwrap();
+        assert_eq!(format!("{back:?}"), format!("{config:?}"));
+    }
+
     #[test]
     fn every_setting_reaches_config() {
         let dir = tempfile::tempdir().unwrap();

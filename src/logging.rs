@@ -6,7 +6,7 @@
 //! them. Here every line is one object with `timestamp`, `level`, `target`, the fields of
 //! every span the event is in (root first: the `rpc` span gives `method` and
 //! `request_id`), then the event's own fields (`message` among them), a later one winning
-//! a name clash.
+//! a name clash. The start-up settings (`config`) are a nested object.
 
 use serde_json::{Map, Value};
 use std::fmt::{self, Write as _};
@@ -186,8 +186,15 @@ impl Visit for Fields<'_> {
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.0
-            .insert(field.name().into(), format!("{value:?}").into());
+        let text = format!("{value:?}");
+        // The start-up settings arrive as one JSON object: kept an object, not a string.
+        if field.name() == "config"
+            && let Ok(object @ Value::Object(_)) = serde_json::from_str(&text)
+        {
+            self.0.insert("config".into(), object);
+            return;
+        }
+        self.0.insert(field.name().into(), text.into());
     }
 }
 

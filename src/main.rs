@@ -41,7 +41,9 @@ async fn serve(args: toolgate::config::ServeArgs) -> Result<(), String> {
     let config = Config::resolve(&args).map_err(|e| e.to_string())?;
     // Held until `serve` returns: dropping it writes out what is still queued.
     let _log = init_tracing(config.log_format);
-    tracing::info!(?config, "starting");
+    // Every setting as written (the database password redacted), as one JSON object.
+    let settings = serde_json::to_string(&config).unwrap_or_default();
+    tracing::info!(config = %settings, tls = config.tls.is_some(), "starting");
     let listeners = toolgate::server::Listeners::bind(&config).await?;
     toolgate::run(config, listeners, shutdown_signal())
         .await
