@@ -176,7 +176,7 @@ impl RpcType {
 /// Every RPC this server answers: (type, service, method). These are the only values of
 /// `grpc_service` and `grpc_method` besides `unknown`, which counts every other path, so a
 /// caller cannot make new series by calling made-up methods.
-pub const RPC_METHODS: [(RpcType, &str, &str); 16] = {
+pub const RPC_METHODS: [(RpcType, &str, &str); 17] = {
     use RpcType::{BidiStream, ServerStream, Unary};
     const POLICY: &str = "toolgate.v1.PolicyService";
     [
@@ -192,6 +192,7 @@ pub const RPC_METHODS: [(RpcType, &str, &str); 16] = {
         (ServerStream, POLICY, "WatchApprovals"),
         (Unary, POLICY, "ListRevisions"),
         (Unary, POLICY, "RollbackPolicies"),
+        (Unary, POLICY, "CancelApproval"),
         (Unary, "grpc.health.v1.Health", "Check"),
         (ServerStream, "grpc.health.v1.Health", "Watch"),
         (

@@ -157,6 +157,12 @@ impl PolicyService for Bare {
     ) -> Result<Response<pb::ListRevisionsResponse>, Status> {
         unimplemented_rpc()
     }
+    async fn cancel_approval(
+        &self,
+        _: Request<pb::CancelApprovalRequest>,
+    ) -> Result<Response<pb::CancelApprovalResponse>, Status> {
+        unimplemented_rpc()
+    }
     async fn rollback_policies(
         &self,
         _: Request<pb::RollbackPoliciesRequest>,

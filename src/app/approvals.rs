@@ -83,6 +83,40 @@ impl App {
         Ok(approval)
     }
 
+    /// Withdraws a pending approval: the agent principal that asked for it, or an admin.
+    /// Another agent's approval does not exist for the caller (NOT_FOUND).
+    pub async fn cancel_approval(
+        &self,
+        caller: &Caller,
+        id: &ApprovalId,
+        reason: &str,
+    ) -> Result<Approval, AppError> {
+        check_text("reason", reason)?;
+        let now = UnixMillis::now();
+        let withdraw = |a: &Approval, _: &People| {
+            if !may_see(caller, a) {
+                return Err(not_found(&a.id));
+            }
+            match crate::policy::approval::cancel(a, now) {
+                Ok(next) => Ok((Some(next), ())),
+                Err(e) => Err(AppError::FailedPrecondition(format!(
+                    "{e}; only a pending approval can be cancelled"
+                ))),
+            }
+        };
+        let (approval, _, ()) = self
+            .change_approval(&caller.tenant, id.as_str(), &[], withdraw)
+            .await?;
+        tracing::info!(
+            tenant = %caller.tenant,
+            key_id = %caller.key_id,
+            approval = %approval.id,
+            reason,
+            "approval cancelled"
+        );
+        Ok(approval)
+    }
+
     /// The approval state machine's one write path. Reads the approval and the people
     /// its rules need (`person_ids` and the requester), lets `decide` (pure rules) say
     /// what it becomes, and appends that as its next version, which goes in only if

@@ -31,6 +31,7 @@ pub enum Operation {
     WatchApprovals,
     ListRevisions,
     RollbackPolicies,
+    CancelApproval,
 }
 
 impl Operation {
@@ -51,7 +52,10 @@ impl Operation {
             | Operation::UpsertPeople
             | Operation::ListRevisions
             | Operation::RollbackPolicies => &[Admin],
-            Operation::ListTools | Operation::Decide | Operation::WatchConfig => &[Agent, Admin],
+            Operation::ListTools
+            | Operation::Decide
+            | Operation::WatchConfig
+            | Operation::CancelApproval => &[Agent, Admin],
             Operation::SubmitApproval | Operation::ListApprovals => &[Approver, Admin],
             Operation::GetApproval | Operation::WatchApprovals => &[Agent, Approver, Admin],
         }

@@ -267,6 +267,22 @@ impl PolicyService for PolicyApi {
         }))
     }
 
+    async fn cancel_approval(
+        &self,
+        request: Request<pb::CancelApprovalRequest>,
+    ) -> Result<Response<pb::CancelApprovalResponse>, Status> {
+        let caller = self.caller(&request, Operation::CancelApproval).await?;
+        let req = request.into_inner();
+        let id = ApprovalId::parse("approval_id", req.approval_id).map_err(invalid)?;
+        let approval = self.app.cancel_approval(&caller, &id, &req.reason).await?;
+        Ok(Response::new(pb::CancelApprovalResponse {
+            approval: Some(approval_to_proto(
+                &approval,
+                crate::policy::UnixMillis::now(),
+            )),
+        }))
+    }
+
     async fn get_approval(
         &self,
         request: Request<pb::GetApprovalRequest>,

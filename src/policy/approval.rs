@@ -86,6 +86,20 @@ impl std::error::Error for StepError {}
 ///
 /// `tool` is the tool as it is now (if it still needs approval its required roles rule);
 /// `requester` and `approver` come from the tenant's directory, never from the caller.
+/// The approval withdrawn by whoever asked for it (or an admin): only while it is still
+/// pending, and not past its expiry.
+pub fn cancel(approval: &Approval, now: UnixMillis) -> Result<Approval, StepError> {
+    if approval.state != ApprovalState::Pending {
+        return Err(StepError::NotOpen(approval.state));
+    }
+    if now >= approval.expires_at {
+        return Err(StepError::Expired);
+    }
+    let mut next = approval.clone();
+    next.state = ApprovalState::Cancelled;
+    Ok(next)
+}
+
 pub fn submit_step(
     approval: &Approval,
     tool: Option<&Tool>,

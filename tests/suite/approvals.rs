@@ -441,3 +441,69 @@ async fn approvals_asked_at_once_are_each_created_approved_and_consumed_once() {
         .unwrap();
     assert_eq!(consumed.approvals.len(), N);
 }
+
+async fn cancel(
+    app: &TestApp,
+    key: &str,
+    id: &str,
+    reason: &str,
+) -> Result<pb::Approval, tonic::Status> {
+    app.client
+        .clone()
+        .cancel_approval(with_key(
+            key,
+            pb::CancelApprovalRequest {
+                approval_id: id.into(),
+                reason: reason.into(),
+            },
+        ))
+        .await
+        .map(|r| r.into_inner().approval.expect("approval"))
+}
+
+/// The agent that asked (or an admin) withdraws a pending approval; nobody else can, and
+/// a cancelled approval allows nothing.
+#[tokio::test]
+async fn the_agent_that_asked_or_an_admin_cancels_a_pending_approval() {
+    let app = ready_app().await;
+    let a = pending(&app, "add_user_to_group", "r1").await;
+    let other_agent = app.mint("acme", toolgate::policy::Role::Agent).await;
+    let theirs = cancel(&app, &other_agent, &a.id, "").await;
+    assert_status(theirs, Code::NotFound, "approval_id");
+    let approver = cancel(&app, &app.approver, &a.id, "").await;
+    assert_status(approver, Code::PermissionDenied, "");
+    assert_status(
+        cancel(&app, &app.agent, "", "").await,
+        Code::InvalidArgument,
+        "approval_id",
+    );
+    let long = "x".repeat(100_000);
+    assert_status(
+        cancel(&app, &app.agent, &a.id, &long).await,
+        Code::InvalidArgument,
+        "reason",
+    );
+
+    let cancelled = cancel(&app, &app.agent, &a.id, "the user withdrew the request")
+        .await
+        .expect("cancel");
+    assert_eq!(cancelled.state, pb::ApprovalState::Cancelled as i32);
+    // An approver can no longer approve it, and it allows nothing.
+    let late = app.submit(&a.id, Technician, "tech", true).await;
+    assert_status(late, Code::FailedPrecondition, "cancelled");
+    let go = app
+        .decide_ok(with_approval(ask("add_user_to_group", ARGS, "r1"), &a.id))
+        .await;
+    assert_eq!(verdict(&go), (Verdict::Deny, DecisionCode::ApprovalDenied));
+    let again = cancel(&app, &app.agent, &a.id, "").await;
+    assert_status(again, Code::FailedPrecondition, "only a pending approval");
+
+    // An admin cancels any pending approval of the tenant; an approved one stays.
+    let b = pending(&app, "add_user_to_group", "r2").await;
+    let by_admin = cancel(&app, &app.admin, &b.id, "").await.expect("cancel");
+    assert_eq!(by_admin.state, pb::ApprovalState::Cancelled as i32);
+    let c = pending(&app, "add_user_to_group", "r3").await;
+    app.submit(&c.id, Technician, "tech", true).await.unwrap();
+    let approved = cancel(&app, &app.admin, &c.id, "").await;
+    assert_status(approved, Code::FailedPrecondition, "approved");
+}
