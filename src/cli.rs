@@ -11,7 +11,7 @@ use crate::proto::v1::policy_service_client::PolicyServiceClient;
 use clap::{Args, Subcommand, ValueEnum};
 use prost::Message;
 use prost_reflect::{DescriptorPool, DynamicMessage};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
@@ -162,6 +162,43 @@ pub enum PolicyCommand {
         #[arg(long, default_value = "")]
         comment: String,
     },
+    /// Print every tool's policy as a policy file (JSON), to keep in git.
+    Export {
+        #[arg(long)]
+        integration: Option<String>,
+    },
+    /// Show how a policy file differs from the server, and apply it as one Save.
+    Apply {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// Show the differences only.
+        #[arg(long)]
+        dry_run: bool,
+        /// Why; shown in the history.
+        #[arg(long, default_value = "")]
+        comment: String,
+    },
+}
+
+/// A policy file: what `policy export` prints and `policy apply` reads.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    /// The revision it was exported at (informational).
+    #[serde(default)]
+    revision: u64,
+    policies: Vec<PolicyEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyEntry {
+    integration_id: String,
+    tool_name: String,
+    /// `auto`, `approval_needed` or `disabled`.
+    policy: String,
+    #[serde(default)]
+    manager_approval: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -421,14 +458,29 @@ async fn tools(command: ToolsCommand, client: &ClientArgs) -> Result<(), Failure
 }
 
 async fn policy(command: PolicyCommand, client: &ClientArgs) -> Result<(), Failure> {
-    let PolicyCommand::Set {
-        integration,
-        tool,
-        policy,
-        manager_approval,
-        expected_revision,
-        comment,
-    } = command;
+    let (integration, tool, policy, manager_approval, expected_revision, comment) = match command {
+        PolicyCommand::Set {
+            integration,
+            tool,
+            policy,
+            manager_approval,
+            expected_revision,
+            comment,
+        } => (
+            integration,
+            tool,
+            policy,
+            manager_approval,
+            expected_revision,
+            comment,
+        ),
+        PolicyCommand::Export { integration } => return export_policies(integration, client).await,
+        PolicyCommand::Apply {
+            file,
+            dry_run,
+            comment,
+        } => return apply_policies(&file, dry_run, comment, client).await,
+    };
     let mut api = Api::connect(client).await?;
     let policy = match policy {
         PolicyArg::Auto => pb::Policy::Auto,
@@ -453,6 +505,127 @@ async fn policy(command: PolicyCommand, client: &ClientArgs) -> Result<(), Failu
             print_tools(&answer.tools);
         }
     }
+    Ok(())
+}
+
+/// Every tool's policy (disabled ones included), sorted, as a policy file.
+async fn current_policies(
+    api: &mut Api,
+    integration: Option<String>,
+) -> Result<PolicyFile, Failure> {
+    let req = pb::ListToolsRequest {
+        integration_id: integration.unwrap_or_default(),
+        include_disabled: true,
+        min_revision: None,
+    };
+    let answer = api.client.list_tools(api.request(req)).await?.into_inner();
+    let mut policies: Vec<PolicyEntry> = answer
+        .tools
+        .iter()
+        .map(|t| PolicyEntry {
+            integration_id: t.integration_id.clone(),
+            tool_name: t.name.clone(),
+            policy: policy_name(t.policy),
+            manager_approval: t.manager_approval,
+        })
+        .collect();
+    policies
+        .sort_by(|a, b| (&a.integration_id, &a.tool_name).cmp(&(&b.integration_id, &b.tool_name)));
+    Ok(PolicyFile {
+        revision: answer.revision,
+        policies,
+    })
+}
+
+fn policy_name(p: i32) -> String {
+    pb::Policy::try_from(p)
+        .map(|p| p.as_str_name().trim_start_matches("POLICY_").to_lowercase())
+        .unwrap_or_default()
+}
+
+async fn export_policies(integration: Option<String>, client: &ClientArgs) -> Result<(), Failure> {
+    let mut api = Api::connect(client).await?;
+    let file = current_policies(&mut api, integration).await?;
+    let text = serde_json::to_string_pretty(&file)
+        .map_err(|e| Failure::Usage(format!("cannot print the policy file: {e}")))?;
+    println!("{text}");
+    Ok(())
+}
+
+/// Applies a policy file: the entries that differ from the server, as one SetPolicy at the
+/// revision the differences were computed on (a Save in between is a conflict, exit 1).
+async fn apply_policies(
+    path: &Path,
+    dry_run: bool,
+    comment: String,
+    client: &ClientArgs,
+) -> Result<(), Failure> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Failure::Usage(format!("{}: {e}", path.display())))?;
+    let wanted: PolicyFile = serde_json::from_str(&text)
+        .map_err(|e| Failure::Usage(format!("{}: not a policy file: {e}", path.display())))?;
+    let mut api = Api::connect(client).await?;
+    let now = current_policies(&mut api, None).await?;
+    let mut changes = Vec::new();
+    for (i, want) in wanted.policies.iter().enumerate() {
+        let policy = match want.policy.as_str() {
+            "auto" => pb::Policy::Auto,
+            "approval_needed" => pb::Policy::ApprovalNeeded,
+            "disabled" => pb::Policy::Disabled,
+            other => {
+                return Err(Failure::Usage(format!(
+                    "{}: policies[{i}].policy: {other:?} is not auto, approval_needed or disabled",
+                    path.display()
+                )));
+            }
+        };
+        let have = now
+            .policies
+            .iter()
+            .find(|p| p.integration_id == want.integration_id && p.tool_name == want.tool_name);
+        let Some(have) = have else {
+            return Err(Failure::Usage(format!(
+                "{}: policies[{i}]: no tool {:?} in integration {:?} on the server",
+                path.display(),
+                want.tool_name,
+                want.integration_id
+            )));
+        };
+        if have == want {
+            continue;
+        }
+        let manager = |m: bool| if m { " +manager" } else { "" };
+        println!(
+            "{}/{}: {}{} -> {}{}",
+            want.integration_id,
+            want.tool_name,
+            have.policy,
+            manager(have.manager_approval),
+            want.policy,
+            manager(want.manager_approval)
+        );
+        changes.push(pb::PolicyChange {
+            integration_id: want.integration_id.clone(),
+            tool_name: want.tool_name.clone(),
+            policy: policy as i32,
+            manager_approval: Some(want.manager_approval),
+        });
+    }
+    if changes.is_empty() {
+        println!("no changes (revision {})", now.revision);
+        return Ok(());
+    }
+    if dry_run {
+        println!("{} changes; not applied (--dry-run)", changes.len());
+        return Ok(());
+    }
+    let req = pb::SetPolicyRequest {
+        changes,
+        expected_revision: Some(now.revision),
+        comment,
+    };
+    let answer = api.client.set_policy(api.request(req)).await?.into_inner();
+    println!("applied as revision {}", answer.revision);
     Ok(())
 }
 

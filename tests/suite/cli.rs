@@ -358,3 +358,65 @@ async fn revisions_list_shows_the_comment_and_rollback_restores() {
         "{err}"
     );
 }
+
+/// Policies kept in a file: export, edit, see the difference, apply it as one Save; a Save
+/// in between is a conflict.
+#[tokio::test]
+async fn policy_export_then_apply_a_file_as_one_save() {
+    let app = spawn_app().await;
+    app.connect_sample().await;
+    let (code, exported, err) = toolgate(&app, &app.admin, &["policy", "export"]).await;
+    assert_eq!(code, 0, "{err}");
+    let mut file: serde_json::Value = serde_json::from_str(&exported).expect("a policy file");
+    assert_eq!(file["revision"], 1);
+    let policies = file["policies"].as_array_mut().expect("policies");
+    assert_eq!(policies.len(), 5);
+    for p in policies.iter_mut() {
+        match p["tool_name"].as_str().unwrap() {
+            "get_user" => p["policy"] = "disabled".into(),
+            "reset_password" => p["manager_approval"] = true.into(),
+            _ => {}
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("policies.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&file).unwrap()).unwrap();
+    let path = path.to_str().unwrap();
+
+    let (code, plan, _) = toolgate(
+        &app,
+        &app.admin,
+        &["policy", "apply", "-f", path, "--dry-run"],
+    )
+    .await;
+    assert_eq!(code, 0);
+    assert!(plan.contains("entra/get_user: auto -> disabled"), "{plan}");
+    assert!(
+        plan.contains("entra/reset_password: approval_needed -> approval_needed +manager"),
+        "{plan}"
+    );
+    assert!(plan.contains("2 changes; not applied"), "{plan}");
+    let tools = app.list_tools(&app.admin, true).await.expect("list");
+    assert_eq!(tools.revision, 1, "a dry run changes nothing");
+
+    let args = ["policy", "apply", "-f", path, "--comment", "from git"];
+    let (code, out, err) = toolgate(&app, &app.admin, &args).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("applied as revision 2"), "{out}");
+    let (_, again, _) = toolgate(&app, &app.admin, &["policy", "apply", "-f", path]).await;
+    assert!(again.contains("no changes (revision 2)"), "{again}");
+
+    // A tool the server does not have: bad usage, nothing applied.
+    file["policies"][0]["tool_name"] = "no_such_tool".into();
+    std::fs::write(path, file.to_string()).unwrap();
+    let (code, _, err) = toolgate(&app, &app.admin, &["policy", "apply", "-f", path]).await;
+    assert_eq!(code, 2);
+    assert!(err.contains("no tool \"no_such_tool\""), "{err}");
+    // The wrong role is the server's refusal: exit 1.
+    let (code, _, err) = toolgate(&app, &app.agent, &["policy", "export"]).await;
+    assert_eq!(
+        (code, err.starts_with("error: PERMISSION_DENIED")),
+        (1, true),
+        "{err}"
+    );
+}
