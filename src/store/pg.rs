@@ -65,6 +65,21 @@ pub(super) async fn connect(
             ("jit", "off"),
             ("plan_cache_mode", "force_custom_plan"),
         ]);
+    // One connection first, alone: the pool retries a failing connect until its timeout
+    // and then says only "pool timed out", while the driver's own error says why (refused,
+    // no such host, authentication).
+    match tokio::time::timeout(
+        settings.query_timeout,
+        <sqlx::PgConnection as sqlx::Connection>::connect_with(&options),
+    )
+    .await
+    {
+        Ok(Ok(first)) => {
+            let _ = sqlx::Connection::close(first).await;
+        }
+        Ok(Err(e)) => return Err(StoreError::Database(e)),
+        Err(_) => return Err(StoreError::Timeout(settings.query_timeout)),
+    }
     let pool = PgPoolOptions::new()
         .max_connections(settings.max_connections.max(2))
         // sqlx pings every connection as it is handed back; a second ping as it is handed

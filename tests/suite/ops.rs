@@ -182,11 +182,32 @@ fn bad_configuration_exits_non_zero_with_one_clear_message() {
     assert!(err.contains("approval_ttl"), "{err}");
 }
 
+/// A PostgreSQL that is not there is named, with the driver's reason, not "pool timed out".
+#[test]
+fn an_unreachable_postgres_says_why() {
+    // Port 1 on the loopback address: nothing listens, the connection is refused.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_toolgate"))
+        .args([
+            "serve",
+            "--database-url",
+            "postgres://postgres@127.0.0.1:1/toolgate",
+        ])
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
+    assert!(err.contains("refused"), "{err}");
+    assert!(!err.contains("pool timed out"), "{err}");
+}
+
 /// The real binary, serving on ports it chose, with its JSON log read as it runs.
 struct Process {
     child: std::process::Child,
     addr: std::net::SocketAddr,
     log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// The log reader; it ends when the process's standard error closes.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Process {
@@ -212,7 +233,7 @@ impl Process {
         let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let lines = log.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in std::io::BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
@@ -232,7 +253,23 @@ impl Process {
         .expect("`toolgate serving` with its address in the log")
         .parse()
         .unwrap();
-        Process { child, addr, log }
+        Process {
+            child,
+            addr,
+            log,
+            reader: Some(reader),
+        }
+    }
+
+    /// Waits until every line the process wrote has been read (after it exited: its last
+    /// lines are written as it stops).
+    async fn read_to_end(&mut self) {
+        if let Some(reader) = self.reader.take() {
+            tokio::task::spawn_blocking(move || reader.join())
+                .await
+                .unwrap()
+                .unwrap();
+        }
     }
 
     fn signal(&self, signal: &str) {
@@ -370,6 +407,7 @@ async fn sigterm_turns_health_not_serving_then_finishes_calls_ends_streams_and_e
         panic!("still running 30 s after SIGTERM (grace 10 s)");
     };
     let status = status.unwrap().unwrap();
+    server.read_to_end().await;
     assert_eq!(status.code(), Some(0), "{:?}", server.log.lock().unwrap());
     let log = server.log.lock().unwrap().join("\n");
     assert!(log.contains("toolgate stopped"), "{log}");
