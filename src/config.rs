@@ -83,6 +83,9 @@ pub enum KeysCommand {
     },
     /// List keys (never their secrets).
     List {
+        /// table (default) or json (one object per key, a line each).
+        #[arg(long, default_value = "table")]
+        output: String,
         #[command(flatten)]
         db: DatabaseArgs,
     },

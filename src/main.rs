@@ -135,25 +135,46 @@ async fn keys(command: KeysCommand) -> Result<(), String> {
             println!("{}", key.token);
             Ok(())
         }
-        KeysCommand::List { db } => {
+        KeysCommand::List { output, db } => {
+            let json = match output.as_str() {
+                "table" => false,
+                "json" => true,
+                other => return Err(format!("--output: {other:?} is not table or json")),
+            };
             let store = open(&db).await?;
             let keys = store.list_keys().await.map_err(|e| e.to_string())?;
+            // Times as dates (UTC), to the second.
+            let date = |ms: i64| {
+                let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+                humantime::format_rfc3339_seconds(at).to_string()
+            };
+            if json {
+                for k in keys {
+                    let line = serde_json::json!({
+                        "id": k.id,
+                        "tenant": k.tenant,
+                        "role": k.role.as_str(),
+                        "name": k.name,
+                        "created_at": date(k.created_at),
+                        "revoked_at": k.revoked_at.map(date),
+                    });
+                    println!("{line}");
+                }
+                return Ok(());
+            }
             println!(
-                "{:<18} {:<24} {:<9} {:<24} {:<14} revoked_at",
+                "{:<18} {:<24} {:<9} {:<24} {:<21} revoked_at",
                 "id", "tenant", "role", "name", "created_at"
             );
             for k in keys {
-                let revoked = k
-                    .revoked_at
-                    .map(|t| t.to_string())
-                    .unwrap_or_else(|| "-".into());
+                let revoked = k.revoked_at.map(date).unwrap_or_else(|| "-".into());
                 println!(
-                    "{:<18} {:<24} {:<9} {:<24} {:<14} {revoked}",
+                    "{:<18} {:<24} {:<9} {:<24} {:<21} {revoked}",
                     k.id,
                     k.tenant,
                     k.role.as_str(),
                     k.name.as_deref().unwrap_or("-"),
-                    k.created_at
+                    date(k.created_at)
                 );
             }
             Ok(())
@@ -250,6 +271,8 @@ async fn audit(command: AuditCommand) -> ExitCode {
 
 async fn open(db: &toolgate::config::DatabaseArgs) -> Result<toolgate::store::SqlStore, String> {
     let url = resolve_database_url(db).map_err(|e| e.to_string())?;
+    // Which database, so a key minted into the wrong one is noticed at once.
+    eprintln!("database: {}", url.redacted());
     toolgate::store::open(url.expose(), &Default::default())
         .await
         .map_err(|e| format!("database {:?}: {e}", url))

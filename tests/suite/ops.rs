@@ -154,6 +154,35 @@ async fn keys_create_prints_the_key_alone_on_stdout_and_list_never_shows_it() {
         "{listed}"
     );
     assert!(!listed.contains(lines[0]));
+    // Times are dates; the database used is named on standard error.
+    let row = listed
+        .lines()
+        .find(|l| l.contains("acme"))
+        .expect("the key's row");
+    assert!(
+        row.split_whitespace()
+            .any(|w| humantime::parse_rfc3339(w).is_ok()),
+        "{row}"
+    );
+    assert!(
+        String::from_utf8_lossy(&list.stderr).contains("database: "),
+        "{:?}",
+        list.stderr
+    );
+    let json = std::process::Command::new(bin)
+        .args(["keys", "list", "--output", "json", "--database-url", &url])
+        .output()
+        .unwrap();
+    let keys: Vec<serde_json::Value> = String::from_utf8(json.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0]["tenant"], "acme");
+    assert_eq!(keys[0]["role"], "admin");
+    assert!(keys[0]["revoked_at"].is_null());
+    assert!(humantime::parse_rfc3339(keys[0]["created_at"].as_str().unwrap()).is_ok());
     let bad = std::process::Command::new(bin)
         .args([
             "keys",
