@@ -416,13 +416,10 @@ fn print_revision(r: &pb::Revision) {
         r.actor_role,
         r.comment
     );
-    let policy = |p: i32| {
-        pb::Policy::try_from(p)
-            .ok()
-            .filter(|p| *p != pb::Policy::Unspecified)
-            .map_or("-".to_owned(), |p| {
-                p.as_str_name().trim_start_matches("POLICY_").to_lowercase()
-            })
+    // A tool the revision added has no policy before it, one it removed none after.
+    let policy = |p: i32| match policy_name(p).as_str() {
+        "" | "unspecified" => "-".to_owned(),
+        name => name.to_owned(),
     };
     let manager = |m: bool| if m { " +manager" } else { "" };
     for d in &r.diffs {
@@ -552,20 +549,12 @@ async fn export_policies(integration: Option<String>, client: &ClientArgs) -> Re
     Ok(())
 }
 
-/// Applies a policy file: the entries that differ from the server, as one SetPolicy at the
-/// revision the differences were computed on (a Save in between is a conflict, exit 1).
-async fn apply_policies(
+/// The entries of `wanted` that differ from `now`, each printed, as SetPolicy changes.
+fn differences(
     path: &Path,
-    dry_run: bool,
-    comment: String,
-    client: &ClientArgs,
-) -> Result<(), Failure> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Failure::Usage(format!("{}: {e}", path.display())))?;
-    let wanted: PolicyFile = serde_json::from_str(&text)
-        .map_err(|e| Failure::Usage(format!("{}: not a policy file: {e}", path.display())))?;
-    let mut api = Api::connect(client).await?;
-    let now = current_policies(&mut api, None).await?;
+    wanted: &PolicyFile,
+    now: &PolicyFile,
+) -> Result<Vec<pb::PolicyChange>, Failure> {
     let mut changes = Vec::new();
     for (i, want) in wanted.policies.iter().enumerate() {
         let policy = match want.policy.as_str() {
@@ -611,6 +600,24 @@ async fn apply_policies(
             manager_approval: Some(want.manager_approval),
         });
     }
+    Ok(changes)
+}
+
+/// Applies a policy file: the entries that differ from the server, as one SetPolicy at the
+/// revision the differences were computed on (a Save in between is a conflict, exit 1).
+async fn apply_policies(
+    path: &Path,
+    dry_run: bool,
+    comment: String,
+    client: &ClientArgs,
+) -> Result<(), Failure> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Failure::Usage(format!("{}: {e}", path.display())))?;
+    let wanted: PolicyFile = serde_json::from_str(&text)
+        .map_err(|e| Failure::Usage(format!("{}: not a policy file: {e}", path.display())))?;
+    let mut api = Api::connect(client).await?;
+    let now = current_policies(&mut api, None).await?;
+    let changes = differences(path, &wanted, &now)?;
     if changes.is_empty() {
         println!("no changes (revision {})", now.revision);
         return Ok(());
@@ -950,9 +957,7 @@ fn print_tools(tools: &[pb::Tool]) {
         "integration", "tool", "policy", "manager", "source"
     );
     for t in tools {
-        let policy = pb::Policy::try_from(t.policy)
-            .map(|p| p.as_str_name().trim_start_matches("POLICY_").to_lowercase())
-            .unwrap_or_default();
+        let policy = policy_name(t.policy);
         let source = pb::PolicySource::try_from(t.source)
             .map(|s| {
                 s.as_str_name()

@@ -135,50 +135,7 @@ async fn keys(command: KeysCommand) -> Result<(), String> {
             println!("{}", key.token);
             Ok(())
         }
-        KeysCommand::List { output, db } => {
-            let json = match output.as_str() {
-                "table" => false,
-                "json" => true,
-                other => return Err(format!("--output: {other:?} is not table or json")),
-            };
-            let store = open(&db).await?;
-            let keys = store.list_keys().await.map_err(|e| e.to_string())?;
-            // Times as dates (UTC), to the second.
-            let date = |ms: i64| {
-                let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
-                humantime::format_rfc3339_seconds(at).to_string()
-            };
-            if json {
-                for k in keys {
-                    let line = serde_json::json!({
-                        "id": k.id,
-                        "tenant": k.tenant,
-                        "role": k.role.as_str(),
-                        "name": k.name,
-                        "created_at": date(k.created_at),
-                        "revoked_at": k.revoked_at.map(date),
-                    });
-                    println!("{line}");
-                }
-                return Ok(());
-            }
-            println!(
-                "{:<18} {:<24} {:<9} {:<24} {:<21} revoked_at",
-                "id", "tenant", "role", "name", "created_at"
-            );
-            for k in keys {
-                let revoked = k.revoked_at.map(date).unwrap_or_else(|| "-".into());
-                println!(
-                    "{:<18} {:<24} {:<9} {:<24} {:<21} {revoked}",
-                    k.id,
-                    k.tenant,
-                    k.role.as_str(),
-                    k.name.as_deref().unwrap_or("-"),
-                    date(k.created_at)
-                );
-            }
-            Ok(())
-        }
+        KeysCommand::List { output, db } => list_keys(&output, &db).await,
         KeysCommand::Revoke { id, db } => {
             let store = open(&db).await?;
             if store.revoke_key(&id).await.map_err(|e| e.to_string())? {
@@ -193,79 +150,143 @@ async fn keys(command: KeysCommand) -> Result<(), String> {
     }
 }
 
+/// `keys list`: a table, or a JSON line per key; times as UTC dates.
+async fn list_keys(output: &str, db: &toolgate::config::DatabaseArgs) -> Result<(), String> {
+    let json = match output {
+        "table" => false,
+        "json" => true,
+        other => return Err(format!("--output: {other:?} is not table or json")),
+    };
+    let store = open(db).await?;
+    let keys = store.list_keys().await.map_err(|e| e.to_string())?;
+    // Times as dates (UTC), to the second.
+    let date = |ms: i64| {
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+        humantime::format_rfc3339_seconds(at).to_string()
+    };
+    if json {
+        for k in keys {
+            let line = serde_json::json!({
+                "id": k.id,
+                "tenant": k.tenant,
+                "role": k.role.as_str(),
+                "name": k.name,
+                "created_at": date(k.created_at),
+                "revoked_at": k.revoked_at.map(date),
+            });
+            println!("{line}");
+        }
+        return Ok(());
+    }
+    println!(
+        "{:<18} {:<24} {:<9} {:<24} {:<21} revoked_at",
+        "id", "tenant", "role", "name", "created_at"
+    );
+    for k in keys {
+        let revoked = k.revoked_at.map(date).unwrap_or_else(|| "-".into());
+        println!(
+            "{:<18} {:<24} {:<9} {:<24} {:<21} {revoked}",
+            k.id,
+            k.tenant,
+            k.role.as_str(),
+            k.name.as_deref().unwrap_or("-"),
+            date(k.created_at)
+        );
+    }
+    Ok(())
+}
+
 /// `audit verify` exits 0 with what it checked, 1 naming the first record that does not
 /// hold, 2 when it cannot read the database; `audit export` prints JSON lines.
 async fn audit(command: AuditCommand) -> ExitCode {
-    use toolgate::policy::audit::{self, RevisionHead, Stored};
-    let result: Result<bool, String> = async {
-        match command {
-            AuditCommand::Verify { db } => {
-                let store = open(&db).await?;
-                let tenants = store.tenant_revisions().await.map_err(|e| e.to_string())?;
-                let mut holds = true;
-                for (tenant, last) in tenants {
-                    let chain = store.revision_chain(&tenant).await.map_err(|e| e.to_string())?;
-                    let stored = chain.iter().map(|r| Stored {
-                        head: head(&tenant, r),
-                        changes: &r.changes,
-                        hash: &r.hash,
-                    });
-                    match audit::verify(stored, last) {
-                        Ok(v) => println!(
-                            "tenant {tenant:?}: {} revisions verified ({} saved before the chain began)",
-                            v.chained, v.before_chain
-                        ),
-                        Err(b) => {
-                            eprintln!("tenant {tenant:?}: revision {} {}", b.revision, b.problem);
-                            holds = false;
-                            break;
-                        }
-                    }
-                }
-                Ok(holds)
-            }
-            AuditCommand::Export {
-                tenant,
-                since_revision,
-                db,
-            } => {
-                let store = open(&db).await?;
-                let chain = store.revision_chain(&tenant).await.map_err(|e| e.to_string())?;
-                let mut previous = audit::GENESIS.to_owned();
-                for r in &chain {
-                    if r.revision > since_revision {
-                        let record = audit::record(&head(&tenant, r), &r.changes);
-                        println!(
-                            "{{\"tenant\":{},\"revision\":{},\"previous_hash\":\"{previous}\",\"hash\":\"{}\",\"record\":{}}}",
-                            serde_json::Value::from(tenant.as_str()),
-                            r.revision,
-                            r.hash,
-                            toolgate::policy::canonical::canonicalize(&record)
-                        );
-                    }
-                    if !r.hash.is_empty() {
-                        previous = r.hash.clone();
-                    }
-                }
-                Ok(true)
-            }
-        }
-    }
-    .await;
-    fn head<'a>(tenant: &'a str, r: &'a toolgate::store::ChainedRevision) -> RevisionHead<'a> {
-        RevisionHead {
+    let result = match command {
+        AuditCommand::Verify { db } => audit_verify(&db).await,
+        AuditCommand::Export {
             tenant,
-            revision: r.revision,
-            kind: &r.kind,
-            actor_key_id: &r.actor_key_id,
-            saved_at_ms: r.saved_at_ms,
-            comment: &r.comment,
-        }
-    }
+            since_revision,
+            db,
+        } => audit_export(&tenant, since_revision, &db)
+            .await
+            .map(|()| true),
+    };
     match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(message) => fail(message),
+    }
+}
+
+/// Whether every tenant's chain holds; the first break is printed.
+async fn audit_verify(db: &toolgate::config::DatabaseArgs) -> Result<bool, String> {
+    use toolgate::policy::audit::{self, Stored};
+    let store = open(db).await?;
+    let tenants = store.tenant_revisions().await.map_err(|e| e.to_string())?;
+    for (tenant, last) in tenants {
+        let chain = store
+            .revision_chain(&tenant)
+            .await
+            .map_err(|e| e.to_string())?;
+        let stored = chain.iter().map(|r| Stored {
+            head: chain_head(&tenant, r),
+            changes: &r.changes,
+            hash: &r.hash,
+        });
+        match audit::verify(stored, last) {
+            Ok(v) => println!(
+                "tenant {tenant:?}: {} revisions verified ({} saved before the chain began)",
+                v.chained, v.before_chain
+            ),
+            Err(b) => {
+                eprintln!("tenant {tenant:?}: revision {} {}", b.revision, b.problem);
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// One line per revision after `since`: its record (canonical), its hash, the one before.
+async fn audit_export(
+    tenant: &str,
+    since: u64,
+    db: &toolgate::config::DatabaseArgs,
+) -> Result<(), String> {
+    use toolgate::policy::audit;
+    let store = open(db).await?;
+    let chain = store
+        .revision_chain(tenant)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut previous = audit::GENESIS.to_owned();
+    for r in &chain {
+        if r.revision > since {
+            let record = audit::record(&chain_head(tenant, r), &r.changes);
+            println!(
+                "{{\"tenant\":{},\"revision\":{},\"previous_hash\":\"{previous}\",\"hash\":\"{}\",\"record\":{}}}",
+                serde_json::Value::from(tenant),
+                r.revision,
+                r.hash,
+                toolgate::policy::canonical::canonicalize(&record)
+            );
+        }
+        if !r.hash.is_empty() {
+            previous = r.hash.clone();
+        }
+    }
+    Ok(())
+}
+
+fn chain_head<'a>(
+    tenant: &'a str,
+    r: &'a toolgate::store::ChainedRevision,
+) -> toolgate::policy::audit::RevisionHead<'a> {
+    toolgate::policy::audit::RevisionHead {
+        tenant,
+        revision: r.revision,
+        kind: &r.kind,
+        actor_key_id: &r.actor_key_id,
+        saved_at_ms: r.saved_at_ms,
+        comment: &r.comment,
     }
 }
 

@@ -7,7 +7,7 @@ use crate::policy::ToolChange;
 use crate::policy::names::FieldError;
 use crate::policy::save::{PolicyEdit, plan_connect, plan_set_policy};
 use crate::policy::{Caller, Person, Tool, ToolDefinition};
-use crate::store::{IntegrationMeta, MAX_ATTEMPTS, ReadScope, RevisionCommit, SaveKind};
+use crate::store::{IntegrationMeta, MAX_ATTEMPTS, ReadScope, RevisionCommit, SaveKind, Saved};
 use std::collections::HashMap;
 
 /// What an admin saves. Batches arrive validated (no duplicate entries).
@@ -137,18 +137,7 @@ impl App {
                 changed = saved.changes.len(),
                 "saved"
             );
-            let tools = match scope {
-                // A rollback answers with the tools it changed.
-                ReadScope::Tenant => saved
-                    .changes
-                    .iter()
-                    .filter_map(|c| match c {
-                        ToolChange::Upsert(t) => Some(t.clone()),
-                        ToolChange::Remove { .. } => None,
-                    })
-                    .collect(),
-                _ => self.tools_in(tenant, &scope),
-            };
+            let tools = self.answer_tools(tenant, &scope, &saved);
             return Ok(SaveOutcome {
                 revision: saved.revision,
                 tools,
@@ -159,8 +148,9 @@ impl App {
         )))
     }
 
-    /// The tools of `scope` as the tenant's snapshot has them now.
-    fn tools_in(&self, tenant: &str, scope: &ReadScope) -> Vec<Tool> {
+    /// The tools a Save answers with: those of `scope` as the tenant's snapshot has them
+    /// now; for a rollback (the whole tenant), the tools it changed.
+    fn answer_tools(&self, tenant: &str, scope: &ReadScope, saved: &Saved) -> Vec<Tool> {
         let snapshot = self.snapshots.get(tenant);
         match scope {
             ReadScope::Integration(id) => snapshot.tools(Some(id)).into_iter().cloned().collect(),
@@ -168,7 +158,14 @@ impl App {
                 .iter()
                 .filter_map(|(i, n)| snapshot.tool(i, n).cloned())
                 .collect(),
-            ReadScope::Tenant => snapshot.tools(None).into_iter().cloned().collect(),
+            ReadScope::Tenant => saved
+                .changes
+                .iter()
+                .filter_map(|c| match c {
+                    ToolChange::Upsert(t) => Some(t.clone()),
+                    ToolChange::Remove { .. } => None,
+                })
+                .collect(),
         }
     }
 

@@ -271,6 +271,17 @@ const TOOL_DELETE: &str =
 const TOOL_CHANGE_REMOVAL: &str = "INSERT INTO tool_changes (tenant, integration_id, name, \
      revision, removed) VALUES ($1, $2, $3, $4, TRUE)";
 
+/// A new revision's place in the chain, after `previous` (the revision before's stored
+/// hash; none, or empty for one saved before chains, starts the chain).
+fn revision_hash(
+    previous: Option<&str>,
+    head: &audit::RevisionHead<'_>,
+    changes: &[ToolChange],
+) -> String {
+    let previous = previous.filter(|h| !h.is_empty()).unwrap_or(audit::GENESIS);
+    audit::chain_hash(previous, &audit::record(head, changes))
+}
+
 /// Writes one tool change of a revision: the current tool (or its removal) and the change
 /// log's row.
 macro_rules! write_tool_change {
@@ -663,6 +674,14 @@ impl Store for SqlStore {
                     tx.rollback().await?;
                     return Ok(None);
                 }
+                let head = audit::RevisionHead {
+                    tenant,
+                    revision,
+                    kind: c.kind.as_str(),
+                    actor_key_id: c.actor_key_id,
+                    saved_at_ms: now,
+                    comment: c.comment,
+                };
                 let changes = stamp(c.changes, revision);
                 // The chain: this revision's hash covers the previous one's (read after the
                 // move above, which waited for the commit that wrote it).
@@ -673,17 +692,7 @@ impl Store for SqlStore {
                 .bind(c.base as i64)
                 .fetch_optional(&mut *tx)
                 .await?;
-                let previous = previous.filter(|h| !h.is_empty());
-                let head = audit::RevisionHead {
-                    tenant,
-                    revision,
-                    kind: c.kind.as_str(),
-                    actor_key_id: c.actor_key_id,
-                    saved_at_ms: now,
-                    comment: c.comment,
-                };
-                let previous = previous.as_deref().unwrap_or(audit::GENESIS);
-                let hash = audit::chain_hash(previous, &audit::record(&head, &changes));
+                let hash = revision_hash(previous.as_deref(), &head, &changes);
                 let query = sqlx::query(REVISION_INSERT)
                     .bind(tenant)
                     .bind(revision as i64);

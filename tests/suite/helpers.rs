@@ -663,6 +663,8 @@ pub struct Binary {
     pub child: std::process::Child,
     pub addr: std::net::SocketAddr,
     pub log: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+    /// The number of lines read so far, for waiting on the next one.
+    read: tokio::sync::watch::Receiver<usize>,
 }
 
 impl Binary {
@@ -685,6 +687,7 @@ impl Binary {
         let (tx, rx) = std::sync::mpsc::channel();
         let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let lines = log.clone();
+        let (read_tx, read) = tokio::sync::watch::channel(0);
         std::thread::spawn(move || {
             for line in std::io::BufReader::new(stderr)
                 .lines()
@@ -697,7 +700,12 @@ impl Binary {
                 {
                     let _ = tx.send(addr.to_owned());
                 }
-                lines.lock().unwrap().push(v);
+                let count = {
+                    let mut lines = lines.lock().unwrap();
+                    lines.push(v);
+                    lines.len()
+                };
+                read_tx.send_replace(count);
             }
         });
         let addr = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(60)))
@@ -706,36 +714,44 @@ impl Binary {
             .expect("toolgate serving")
             .parse()
             .expect("address");
-        Binary { child, addr, log }
+        Binary {
+            child,
+            addr,
+            log,
+            read,
+        }
     }
 
-    /// The log lines so far that satisfy `keep`, once there are at least `n` of them
-    /// (bounded wait: the server writes its log on its own schedule).
+    /// The log lines so far that satisfy `keep`, once there are at least `n` of them:
+    /// checked again as each new line is read, for at most 20 s.
     pub async fn log_lines(
         &self,
         n: usize,
         keep: impl Fn(&serde_json::Value) -> bool,
     ) -> Vec<serde_json::Value> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            let found: Vec<_> = self
-                .log
-                .lock()
-                .unwrap()
-                .iter()
-                .filter(|v| keep(v))
-                .cloned()
-                .collect();
-            if found.len() >= n {
-                return found;
+        let mut read = self.read.clone();
+        let found = |log: &Vec<serde_json::Value>| -> Vec<serde_json::Value> {
+            log.iter().filter(|v| keep(v)).cloned().collect()
+        };
+        let waited = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                let now = found(&self.log.lock().unwrap());
+                if now.len() >= n {
+                    return now;
+                }
+                if read.changed().await.is_err() {
+                    // The server is gone: what it wrote is all there will be.
+                    return found(&self.log.lock().unwrap());
+                }
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{} of {n} log lines after 20 s: {:?}",
-                found.len(),
+        })
+        .await;
+        match waited {
+            Ok(lines) if lines.len() >= n => lines,
+            _ => panic!(
+                "fewer than {n} such log lines after 20 s: {:?}",
                 self.log.lock().unwrap()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            ),
         }
     }
 }
