@@ -228,6 +228,7 @@ async fn setup(client: &Client, admin: &str) {
         email: format!("{id}@example.com"),
         manager_id: manager.into(),
         technician,
+        slack_user_id: String::new(),
     };
     client
         .clone()

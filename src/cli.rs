@@ -915,10 +915,7 @@ named!(
 
 /// The service's descriptors, for the protobuf JSON mapping.
 fn pool() -> &'static DescriptorPool {
-    static POOL: std::sync::OnceLock<DescriptorPool> = std::sync::OnceLock::new();
-    POOL.get_or_init(|| {
-        DescriptorPool::decode(crate::proto::FILE_DESCRIPTOR_SET).expect("the embedded descriptors")
-    })
+    crate::proto::descriptors()
 }
 
 /// A request message from a file in the protobuf JSON mapping.

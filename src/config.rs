@@ -218,6 +218,24 @@ pub struct ServeArgs {
     /// After SIGTERM, keep serving this long with health NOT_SERVING before draining [default: 0s].
     #[arg(long, env = "TOOLGATE_SHUTDOWN_DELAY")]
     pub shutdown_delay: Option<String>,
+    /// First wait before a failed delivery is tried again; each retry waits about twice as long, with jitter [default: 1s].
+    #[arg(long, env = "TOOLGATE_DELIVERY_RETRY_INITIAL")]
+    pub delivery_retry_initial: Option<String>,
+    /// Longest wait between two attempts of a delivery (a receiver's Retry-After may ask for more) [default: 10m].
+    #[arg(long, env = "TOOLGATE_DELIVERY_RETRY_MAX")]
+    pub delivery_retry_max: Option<String>,
+    /// A delivery not accepted this long after it was queued is FAILED (RetryDelivery queues it again) [default: 24h].
+    #[arg(long, env = "TOOLGATE_DELIVERY_MAX_AGE")]
+    pub delivery_max_age: Option<String>,
+    /// Longest one delivery attempt may take, connection included, before it counts as failed [default: 10s].
+    #[arg(long, env = "TOOLGATE_DELIVERY_TIMEOUT")]
+    pub delivery_timeout: Option<String>,
+    /// Deliveries one replica sends to one channel at once [default: 4].
+    #[arg(long, env = "TOOLGATE_DELIVERY_CONCURRENCY")]
+    pub delivery_concurrency: Option<usize>,
+    /// Channels may point only at public addresses (no loopback, private or unique-local ones); link-local and metadata addresses are always refused [default: false].
+    #[arg(long, env = "TOOLGATE_DELIVERY_PUBLIC_ONLY")]
+    pub delivery_public_only: Option<bool>,
     /// PEM certificate chain; with tls_key, serves gRPC over TLS [default: plaintext].
     #[arg(long, env = "TOOLGATE_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
@@ -365,6 +383,16 @@ pub struct Config {
     pub max_connection_age_grace: Duration,
     #[serde(with = "duration")]
     pub shutdown_delay: Duration,
+    #[serde(with = "duration")]
+    pub delivery_retry_initial: Duration,
+    #[serde(with = "duration")]
+    pub delivery_retry_max: Duration,
+    #[serde(with = "duration")]
+    pub delivery_max_age: Duration,
+    #[serde(with = "duration")]
+    pub delivery_timeout: Duration,
+    pub delivery_concurrency: usize,
+    pub delivery_public_only: bool,
     #[serde(skip)]
     pub tls: Option<TlsFiles>,
 }
@@ -410,6 +438,12 @@ impl Default for Config {
             max_connection_age: Some(Duration::from_secs(30 * 60)),
             max_connection_age_grace: Duration::from_secs(30),
             shutdown_delay: Duration::ZERO,
+            delivery_retry_initial: Duration::from_secs(1),
+            delivery_retry_max: Duration::from_secs(600),
+            delivery_max_age: Duration::from_secs(24 * 3600),
+            delivery_timeout: Duration::from_secs(10),
+            delivery_concurrency: 4,
+            delivery_public_only: false,
             tls: None,
         }
     }
@@ -483,9 +517,23 @@ impl Config {
             ),
             ("max_watch_streams", self.max_watch_streams == 0),
             ("max_arguments_bytes", self.max_arguments_bytes == 0),
+            (
+                "delivery_retry_initial",
+                self.delivery_retry_initial.is_zero(),
+            ),
+            ("delivery_max_age", self.delivery_max_age.is_zero()),
+            ("delivery_timeout", self.delivery_timeout.is_zero()),
+            ("delivery_concurrency", self.delivery_concurrency == 0),
         ];
         if let Some((name, _)) = zero.iter().find(|(_, is_zero)| *is_zero) {
             return Err(ConfigError(format!("{name}: must be more than zero")));
+        }
+        if self.delivery_retry_max < self.delivery_retry_initial {
+            return Err(ConfigError(format!(
+                "delivery_retry_max: {} is shorter than delivery_retry_initial ({})",
+                humantime::format_duration(self.delivery_retry_max),
+                humantime::format_duration(self.delivery_retry_initial)
+            )));
         }
         if self.max_arguments_bytes >= self.max_message_bytes {
             return Err(ConfigError(format!(
@@ -913,6 +961,12 @@ mod tests {
             max_connection_age = "1h"
             max_connection_age_grace = "10s"
             shutdown_delay = "1s"
+            delivery_retry_initial = "2s"
+            delivery_retry_max = "3m"
+            delivery_max_age = "2h"
+            delivery_timeout = "4s"
+            delivery_concurrency = 2
+            delivery_public_only = true
             tls_cert = "cert.pem"
             tls_key = "key.pem"
             tls_client_ca = "ca.pem"

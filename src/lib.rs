@@ -22,6 +22,7 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod delivery;
 pub mod grpc;
 pub mod hub;
 pub mod keys;

@@ -157,6 +157,19 @@ pub enum ConnectionRefusal {
 
 const REFUSALS: [&str; 3] = ["limit", "handshake_timeout", "draining"];
 
+/// How one delivery attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    /// The receiver answered 2xx.
+    Delivered = 0,
+    /// It failed and will be tried again.
+    Retry = 1,
+    /// It failed for good (maximum age, channel deleted).
+    Failed = 2,
+}
+
+const ATTEMPT_OUTCOMES: [&str; 3] = ["delivered", "retry", "failed"];
+
 /// The kind of an RPC: the `grpc_type` label, with go-grpc-prometheus' values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr)]
 #[strum(serialize_all = "snake_case")]
@@ -176,7 +189,7 @@ impl RpcType {
 /// Every RPC this server answers: (type, service, method). These are the only values of
 /// `grpc_service` and `grpc_method` besides `unknown`, which counts every other path, so a
 /// caller cannot make new series by calling made-up methods.
-pub const RPC_METHODS: [(RpcType, &str, &str); 17] = {
+pub const RPC_METHODS: [(RpcType, &str, &str); 22] = {
     use RpcType::{BidiStream, ServerStream, Unary};
     const POLICY: &str = "toolgate.v1.PolicyService";
     [
@@ -193,6 +206,11 @@ pub const RPC_METHODS: [(RpcType, &str, &str); 17] = {
         (Unary, POLICY, "ListRevisions"),
         (Unary, POLICY, "RollbackPolicies"),
         (Unary, POLICY, "CancelApproval"),
+        (Unary, POLICY, "SetNotificationChannel"),
+        (Unary, POLICY, "ListNotificationChannels"),
+        (Unary, POLICY, "DeleteNotificationChannel"),
+        (Unary, POLICY, "ListDeliveries"),
+        (Unary, POLICY, "RetryDelivery"),
         (Unary, "grpc.health.v1.Health", "Check"),
         (ServerStream, "grpc.health.v1.Health", "Watch"),
         (
@@ -302,6 +320,10 @@ pub struct Metrics {
     staleness_seconds: Gauge<f64, AtomicU64>,
     /// Unix milliseconds of the follower's last successful read of the database.
     last_db_ok_ms: AtomicU64,
+    delivery_attempts: [Counter; ATTEMPT_OUTCOMES.len()],
+    deliveries: [Counter; 2],
+    pub delivery_seconds: Histogram,
+    oldest_pending_delivery: Gauge<f64, AtomicU64>,
 }
 
 /// Values read from the server's state at scrape time.
@@ -480,6 +502,33 @@ impl Metrics {
             store_seconds.clone(),
         );
 
+        let (family, delivery_attempts) = one_label("outcome", ATTEMPT_OUTCOMES);
+        r.register(
+            "toolgate_delivery_attempts",
+            "Delivery attempts (webhooks) by outcome: delivered, retry (failed, tried again), \
+             failed (failed for good)",
+            family,
+        );
+        let (family, deliveries) = one_label("outcome", ["delivered", "failed"]);
+        r.register(
+            "toolgate_deliveries",
+            "Deliveries that ended, by outcome",
+            family,
+        );
+        let delivery_seconds = Histogram::new(PROPAGATION_BOUNDS.iter().copied());
+        r.register(
+            "toolgate_delivery_attempt_duration_seconds",
+            "Time of one delivery attempt, from its claim to the receiver's answer",
+            delivery_seconds.clone(),
+        );
+        let oldest_pending_delivery = Gauge::default();
+        r.register(
+            "toolgate_delivery_oldest_pending_seconds",
+            "Age of the oldest delivery not yet delivered or failed (0 when none), as the \
+             delivery worker last read it",
+            oldest_pending_delivery.clone(),
+        );
+
         let rpcs = register_rpcs(&mut r);
         #[cfg(target_os = "linux")]
         r.register_collector(Box::new(process::ProcessCollector));
@@ -508,7 +557,26 @@ impl Metrics {
             revision_sum,
             staleness_seconds,
             last_db_ok_ms: AtomicU64::new(unix_ms()),
+            delivery_attempts,
+            deliveries,
+            delivery_seconds,
+            oldest_pending_delivery,
         }
+    }
+
+    /// Counts one delivery attempt, and the delivery's end when it ended.
+    pub fn delivery_attempt(&self, outcome: AttemptOutcome) {
+        self.delivery_attempts[outcome as usize].inc();
+        match outcome {
+            AttemptOutcome::Delivered => self.deliveries[0].inc(),
+            AttemptOutcome::Failed => self.deliveries[1].inc(),
+            AttemptOutcome::Retry => 0,
+        };
+    }
+
+    /// The age of the oldest pending delivery, in seconds (0: none).
+    pub fn set_oldest_pending_delivery(&self, seconds: f64) {
+        self.oldest_pending_delivery.set(seconds);
     }
 
     pub fn decision(&self, verdict: Verdict, code: DecisionCode) {

@@ -14,6 +14,16 @@ pub mod v1 {
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/toolgate_descriptor.bin"));
 
+/// The service's descriptors, decoded once: for the protobuf JSON mapping (the CLI's
+/// `--output json`, webhook bodies).
+pub fn descriptors() -> &'static prost_reflect::DescriptorPool {
+    static POOL: std::sync::OnceLock<prost_reflect::DescriptorPool> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        prost_reflect::DescriptorPool::decode(FILE_DESCRIPTOR_SET)
+            .expect("the embedded descriptors")
+    })
+}
+
 /// Initial buffer of each call's encoder and decoder; it grows for larger messages.
 ///
 /// tonic's default is 8 KiB per call, which an open WatchConfig stream keeps for its whole

@@ -147,6 +147,7 @@ pub async fn serve(
         watch_history: config.watch_history,
         watch_stream_buffer: config.watch_stream_buffer,
         max_watch_streams: config.max_watch_streams,
+        delivery_public_only: config.delivery_public_only,
     };
     let app = Arc::new(App::new(
         store,
@@ -167,6 +168,18 @@ pub async fn serve(
     let sweeper = AbortOnDropHandle::new(tokio::spawn(sweep_expired(
         app.clone(),
         config.expiry_sweep,
+    )));
+    let deliveries = AbortOnDropHandle::new(tokio::spawn(crate::delivery::worker::run(
+        app.clone(),
+        crate::delivery::worker::WorkerSettings {
+            retry_initial: config.delivery_retry_initial,
+            retry_max: config.delivery_retry_max,
+            max_age: config.delivery_max_age,
+            timeout: config.delivery_timeout,
+            concurrency: config.delivery_concurrency,
+            public_only: config.delivery_public_only,
+            poll: config.catch_up_interval,
+        },
     )));
     let (reporter, health_service) = tonic_health::server::health_reporter();
     reporter
@@ -266,6 +279,7 @@ pub async fn serve(
     }
     tracing::info!("draining: streams end UNAVAILABLE, in-flight calls finish");
     drop(follower);
+    drop(deliveries);
     drop(sweeper);
     // Streams end with UNAVAILABLE so their clients resume on another replica, and health
     // watches end (they have seen NOT_SERVING), so no open stream holds up the shutdown.

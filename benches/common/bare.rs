@@ -163,6 +163,36 @@ impl PolicyService for Bare {
     ) -> Result<Response<pb::CancelApprovalResponse>, Status> {
         unimplemented_rpc()
     }
+    async fn set_notification_channel(
+        &self,
+        _: Request<pb::SetNotificationChannelRequest>,
+    ) -> Result<Response<pb::SetNotificationChannelResponse>, Status> {
+        unimplemented_rpc()
+    }
+    async fn list_notification_channels(
+        &self,
+        _: Request<pb::ListNotificationChannelsRequest>,
+    ) -> Result<Response<pb::ListNotificationChannelsResponse>, Status> {
+        unimplemented_rpc()
+    }
+    async fn delete_notification_channel(
+        &self,
+        _: Request<pb::DeleteNotificationChannelRequest>,
+    ) -> Result<Response<pb::DeleteNotificationChannelResponse>, Status> {
+        unimplemented_rpc()
+    }
+    async fn list_deliveries(
+        &self,
+        _: Request<pb::ListDeliveriesRequest>,
+    ) -> Result<Response<pb::ListDeliveriesResponse>, Status> {
+        unimplemented_rpc()
+    }
+    async fn retry_delivery(
+        &self,
+        _: Request<pb::RetryDeliveryRequest>,
+    ) -> Result<Response<pb::RetryDeliveryResponse>, Status> {
+        unimplemented_rpc()
+    }
     async fn rollback_policies(
         &self,
         _: Request<pb::RollbackPoliciesRequest>,

@@ -32,6 +32,11 @@ pub enum Operation {
     ListRevisions,
     RollbackPolicies,
     CancelApproval,
+    SetNotificationChannel,
+    ListNotificationChannels,
+    DeleteNotificationChannel,
+    ListDeliveries,
+    RetryDelivery,
 }
 
 impl Operation {
@@ -51,7 +56,12 @@ impl Operation {
             | Operation::SetPolicy
             | Operation::UpsertPeople
             | Operation::ListRevisions
-            | Operation::RollbackPolicies => &[Admin],
+            | Operation::RollbackPolicies
+            | Operation::SetNotificationChannel
+            | Operation::ListNotificationChannels
+            | Operation::DeleteNotificationChannel
+            | Operation::ListDeliveries
+            | Operation::RetryDelivery => &[Admin],
             Operation::ListTools
             | Operation::Decide
             | Operation::WatchConfig

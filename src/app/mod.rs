@@ -12,6 +12,7 @@
 
 pub mod approvals;
 pub mod auth;
+pub mod channels;
 pub mod decide;
 mod error;
 pub mod follow;
@@ -49,6 +50,8 @@ pub struct Limits {
     pub watch_stream_buffer: usize,
     /// Open Watch streams (both kinds) beyond which new ones get RESOURCE_EXHAUSTED.
     pub max_watch_streams: usize,
+    /// Channels may point only at public addresses.
+    pub delivery_public_only: bool,
 }
 
 /// One server's state and its use cases; shared by every transport through an `Arc`.
@@ -71,6 +74,10 @@ pub struct App {
     /// One lock per tenant around "commit a revision, then apply it to the snapshot", so
     /// revisions reach the snapshot in the order they were committed.
     write_locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Woken when this replica wrote an approval change (whose deliveries the database
+    /// queued in the same transaction) or re-queued a delivery: the delivery worker looks
+    /// for due deliveries at once instead of at its next poll.
+    pub deliveries_due: tokio::sync::Notify,
 }
 
 impl App {
@@ -93,6 +100,7 @@ impl App {
             decision_ids: decide::DecisionIds::new(),
             refusals: auth::Refusals::default(),
             write_locks: std::sync::Mutex::new(HashMap::new()),
+            deliveries_due: tokio::sync::Notify::new(),
         }
     }
 
@@ -164,6 +172,7 @@ impl App {
     pub fn approval_changed(&self, tenant: &str, approval: &Approval) {
         self.metrics.approval(approval);
         self.approvals.publish(tenant, approval);
+        self.deliveries_due.notify_one();
     }
 
     /// The tenant's snapshot, at `min` revision or later: waits up to

@@ -33,6 +33,7 @@ async fn fixture() -> Fixture {
         watch_history: 100,
         watch_stream_buffer: 64 * 1024,
         max_watch_streams: 8,
+        delivery_public_only: false,
     };
     let app = App::new(
         Arc::new(store),
@@ -96,6 +97,7 @@ fn person(id: &str, manager: &str, technician: bool) -> Person {
         email: format!("{id}@example.com"),
         manager_id: manager.into(),
         technician,
+        slack_user_id: String::new(),
     }
 }
 

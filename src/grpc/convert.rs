@@ -1,6 +1,7 @@
 //! Proto ↔ domain conversions. Inbound conversions validate and name the offending field.
 
 use crate::app::decide::DecideInput;
+use crate::delivery::{Channel, ChannelKind, Delivery, DeliveryState, Secret};
 use crate::policy::names::{
     ApprovalId, FieldError, IntegrationId, PersonId, RequestId, ToolName, check_id,
     check_optional_id, check_text,
@@ -223,6 +224,7 @@ pub fn person_from_proto(index: usize, p: pb::Person) -> Result<Person, FieldErr
     check_optional_id(&field("manager_id"), &p.manager_id)?;
     check_text(&field("display_name"), &p.display_name)?;
     check_text(&field("email"), &p.email)?;
+    check_optional_id(&field("slack_user_id"), &p.slack_user_id)?;
     if p.manager_id == p.id {
         return Err(FieldError::new(
             field("manager_id"),
@@ -235,6 +237,7 @@ pub fn person_from_proto(index: usize, p: pb::Person) -> Result<Person, FieldErr
         email: p.email,
         manager_id: p.manager_id,
         technician: p.technician,
+        slack_user_id: p.slack_user_id,
     })
 }
 
@@ -319,5 +322,91 @@ pub fn revision_to_proto(r: &crate::store::RevisionRecord) -> pb::Revision {
         } else {
             r.previous_hash.clone()
         },
+    }
+}
+
+/// A channel from a request: its kind named, every other check in the use case.
+pub fn channel_from_proto(c: pb::NotificationChannel) -> Result<Channel, FieldError> {
+    let kind = match pb::ChannelKind::try_from(c.kind) {
+        Ok(pb::ChannelKind::Webhook) => ChannelKind::Webhook,
+        Ok(pb::ChannelKind::Slack) => ChannelKind::Slack,
+        Ok(pb::ChannelKind::Unspecified) => {
+            return Err(FieldError::new(
+                "channel.kind",
+                "is required: CHANNEL_KIND_WEBHOOK or CHANNEL_KIND_SLACK",
+            ));
+        }
+        Err(_) => {
+            return Err(FieldError::new(
+                "channel.kind",
+                format!("{} is not a channel kind", c.kind),
+            ));
+        }
+    };
+    Ok(Channel {
+        id: c.id,
+        kind,
+        url: c.url,
+        secret: Secret::new(c.secret),
+        enabled: c.enabled,
+        slack_channel: c.slack_channel,
+        slack_signing_secret: Secret::new(c.slack_signing_secret),
+    })
+}
+
+/// A channel as clients see it: secrets blank, always.
+pub fn channel_to_proto(c: &Channel) -> pb::NotificationChannel {
+    let kind = match c.kind {
+        ChannelKind::Webhook => pb::ChannelKind::Webhook,
+        ChannelKind::Slack => pb::ChannelKind::Slack,
+    };
+    pb::NotificationChannel {
+        id: c.id.clone(),
+        kind: kind as i32,
+        url: c.url.clone(),
+        secret: String::new(),
+        enabled: c.enabled,
+        slack_channel: c.slack_channel.clone(),
+        slack_signing_secret: String::new(),
+    }
+}
+
+pub fn delivery_state_to_proto(s: DeliveryState) -> pb::DeliveryState {
+    match s {
+        DeliveryState::Pending => pb::DeliveryState::Pending,
+        DeliveryState::Delivered => pb::DeliveryState::Delivered,
+        DeliveryState::Failed => pb::DeliveryState::Failed,
+    }
+}
+
+/// A filter on a delivery state; unspecified is none.
+pub fn delivery_state_from_proto(
+    field: &str,
+    value: i32,
+) -> Result<Option<DeliveryState>, FieldError> {
+    match pb::DeliveryState::try_from(value) {
+        Ok(pb::DeliveryState::Unspecified) => Ok(None),
+        Ok(pb::DeliveryState::Pending) => Ok(Some(DeliveryState::Pending)),
+        Ok(pb::DeliveryState::Delivered) => Ok(Some(DeliveryState::Delivered)),
+        Ok(pb::DeliveryState::Failed) => Ok(Some(DeliveryState::Failed)),
+        Err(_) => Err(FieldError::new(
+            field,
+            format!("{value} is not a delivery state"),
+        )),
+    }
+}
+
+pub fn delivery_to_proto(d: &Delivery) -> pb::Delivery {
+    pb::Delivery {
+        id: d.id.clone(),
+        channel_id: d.channel_id.clone(),
+        approval_id: d.approval_id.clone(),
+        event_type: d.event_type.clone(),
+        state: delivery_state_to_proto(d.state) as i32,
+        attempts: d.attempts,
+        last_error: d.last_error.clone(),
+        created_at: Some(timestamp(d.created_at)),
+        next_attempt_at: (d.state == DeliveryState::Pending).then(|| timestamp(d.next_attempt_at)),
+        delivered_at: d.delivered_at.map(timestamp),
     }
 }

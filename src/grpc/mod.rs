@@ -283,6 +283,80 @@ impl PolicyService for PolicyApi {
         }))
     }
 
+    async fn set_notification_channel(
+        &self,
+        request: Request<pb::SetNotificationChannelRequest>,
+    ) -> Result<Response<pb::SetNotificationChannelResponse>, Status> {
+        let caller = self
+            .caller(&request, Operation::SetNotificationChannel)
+            .await?;
+        let channel = request
+            .into_inner()
+            .channel
+            .ok_or_else(|| invalid(FieldError::new("channel", "is required")))?;
+        let channel = channel_from_proto(channel).map_err(invalid)?;
+        let stored = self.app.set_channel(&caller, channel).await?;
+        Ok(Response::new(pb::SetNotificationChannelResponse {
+            channel: Some(channel_to_proto(&stored)),
+        }))
+    }
+
+    async fn list_notification_channels(
+        &self,
+        request: Request<pb::ListNotificationChannelsRequest>,
+    ) -> Result<Response<pb::ListNotificationChannelsResponse>, Status> {
+        let caller = self
+            .caller(&request, Operation::ListNotificationChannels)
+            .await?;
+        let channels = self.app.list_channels(&caller).await?;
+        Ok(Response::new(pb::ListNotificationChannelsResponse {
+            channels: channels.iter().map(channel_to_proto).collect(),
+        }))
+    }
+
+    async fn delete_notification_channel(
+        &self,
+        request: Request<pb::DeleteNotificationChannelRequest>,
+    ) -> Result<Response<pb::DeleteNotificationChannelResponse>, Status> {
+        let caller = self
+            .caller(&request, Operation::DeleteNotificationChannel)
+            .await?;
+        let id = request.into_inner().channel_id;
+        self.app.delete_channel(&caller, &id).await?;
+        Ok(Response::new(pb::DeleteNotificationChannelResponse {}))
+    }
+
+    async fn list_deliveries(
+        &self,
+        request: Request<pb::ListDeliveriesRequest>,
+    ) -> Result<Response<pb::ListDeliveriesResponse>, Status> {
+        let caller = self.caller(&request, Operation::ListDeliveries).await?;
+        let req = request.into_inner();
+        let approval_id =
+            ApprovalId::parse_optional("approval_id", req.approval_id).map_err(invalid)?;
+        let state = delivery_state_from_proto("state", req.state).map_err(invalid)?;
+        let page = self
+            .app
+            .list_deliveries(&caller, approval_id, state, req.page_size, &req.page_token)
+            .await?;
+        Ok(Response::new(pb::ListDeliveriesResponse {
+            deliveries: page.deliveries.iter().map(delivery_to_proto).collect(),
+            next_page_token: page.next_page_token,
+        }))
+    }
+
+    async fn retry_delivery(
+        &self,
+        request: Request<pb::RetryDeliveryRequest>,
+    ) -> Result<Response<pb::RetryDeliveryResponse>, Status> {
+        let caller = self.caller(&request, Operation::RetryDelivery).await?;
+        let id = request.into_inner().delivery_id;
+        let delivery = self.app.retry_delivery(&caller, &id).await?;
+        Ok(Response::new(pb::RetryDeliveryResponse {
+            delivery: Some(delivery_to_proto(&delivery)),
+        }))
+    }
+
     async fn get_approval(
         &self,
         request: Request<pb::GetApprovalRequest>,

@@ -178,6 +178,7 @@ mod tests {
             email: String::new(),
             manager_id: manager.into(),
             technician,
+            slack_user_id: String::new(),
         }
     }
 

@@ -296,6 +296,7 @@ mod tests {
             email: String::new(),
             manager_id: "mgr".into(),
             technician: false,
+            slack_user_id: String::new(),
         }
     }
 

@@ -141,6 +141,9 @@ pub struct Person {
     /// Empty when the person has no manager of record.
     pub manager_id: String,
     pub technician: bool,
+    /// Slack's id of the person (a manager's request goes to it as a direct message); empty
+    /// if none.
+    pub slack_user_id: String,
 }
 
 /// The role of an API key.

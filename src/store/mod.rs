@@ -24,6 +24,7 @@ mod sqlite;
 pub use pg::PgSettings;
 pub use sql::{MAX_ATTEMPTS, SqlStore, open};
 
+use crate::delivery::{Channel, Claimed, Delivery, DeliveryState, Outcome};
 use crate::policy::{
     Approval, ApprovalState, Caller, Person, Policy, RevisionChanges, Role, Tool, ToolChange,
     UnixMillis,
@@ -304,6 +305,35 @@ pub struct ForUpdate {
     pub people: People,
 }
 
+/// Which deliveries a ListDeliveries page holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryQuery {
+    pub approval_id: Option<String>,
+    pub state: Option<DeliveryState>,
+    /// Only deliveries queued before this one (from a page token).
+    pub before_seq: Option<i64>,
+    pub limit: u32,
+}
+
+/// A claim on delivery attempts: who holds it, from when, until when.
+#[derive(Debug, Clone, Copy)]
+pub struct Lease<'a> {
+    /// Unique per claim; the outcome is written only by the holder.
+    pub owner: &'a str,
+    pub now: UnixMillis,
+    pub until: UnixMillis,
+}
+
+/// What RetryDelivery found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Retried {
+    /// It was FAILED and is PENDING again.
+    Queued(Delivery),
+    /// It is not FAILED (as it is now).
+    NotFailed(Delivery),
+    NotFound,
+}
+
 /// Every store call, for the metrics' `op` label. A name per call, checked by the compiler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
 #[strum(serialize_all = "snake_case")]
@@ -332,6 +362,16 @@ pub enum StoreOp {
     ExpireDue,
     Wakeups,
     ApprovalChanges,
+    SetChannel,
+    ListChannels,
+    DeleteChannel,
+    ListDeliveries,
+    RetryDelivery,
+    DueChannels,
+    ClaimDeliveries,
+    DeliveryContext,
+    FinishDelivery,
+    OldestPendingDelivery,
 }
 
 impl StoreOp {
@@ -437,6 +477,53 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn expire_due(&self, now: i64, limit: u32)
     -> Result<Vec<(String, Approval)>, StoreError>;
 
+    /// Creates or replaces a notification channel (an empty secret keeps the stored one);
+    /// the channel as stored.
+    async fn set_channel(&self, tenant: &str, channel: &Channel) -> Result<Channel, StoreError>;
+    async fn list_channels(&self, tenant: &str) -> Result<Vec<Channel>, StoreError>;
+    /// False when there was no such channel. Its pending deliveries become failed.
+    async fn delete_channel(&self, tenant: &str, id: &str) -> Result<bool, StoreError>;
+    /// A page of deliveries, newest first, and where the next page starts.
+    async fn list_deliveries(
+        &self,
+        tenant: &str,
+        query: &DeliveryQuery,
+    ) -> Result<(Vec<Delivery>, Option<i64>), StoreError>;
+    /// A failed delivery queued again, from `now`.
+    async fn retry_delivery(
+        &self,
+        tenant: &str,
+        id: &str,
+        now: UnixMillis,
+    ) -> Result<Retried, StoreError>;
+    /// The (tenant, channel) pairs with deliveries due and not leased.
+    async fn due_channels(&self, now: UnixMillis) -> Result<Vec<(String, String)>, StoreError>;
+    /// Leases up to `limit` of one channel's due deliveries, oldest first, skipping any
+    /// behind an earlier pending event of its approval; counts the attempt.
+    async fn claim_deliveries(
+        &self,
+        lease: &Lease<'_>,
+        tenant: &str,
+        channel_id: &str,
+        limit: u32,
+    ) -> Result<Vec<Claimed>, StoreError>;
+    /// The delivery's channel, the approval as its event left it, and the event's time;
+    /// `None` when the channel is gone.
+    async fn delivery_context(
+        &self,
+        tenant: &str,
+        delivery: &Delivery,
+    ) -> Result<Option<(Channel, Approval, UnixMillis)>, StoreError>;
+    /// Records how a claimed attempt ended; false when the claim was no longer this one
+    /// (its lease ran out and another replica took it, or its channel was deleted).
+    async fn finish_delivery(
+        &self,
+        claimed: &Claimed,
+        outcome: &Outcome,
+    ) -> Result<bool, StoreError>;
+    /// When the oldest pending delivery was queued.
+    async fn oldest_pending_delivery(&self) -> Result<Option<UnixMillis>, StoreError>;
+
     /// Hints that another process wrote (PostgreSQL `LISTEN`). Only hints: the change log
     /// is the truth, and a lost hint only delays until the next poll. SQLite, written by
     /// one server process, sends none.
@@ -475,6 +562,7 @@ mod tests {
         assert_eq!(StoreOp::CallerBySecret.as_str(), "caller_by_secret");
         assert_eq!(StoreOp::ApprovalForUpdate.as_str(), "approval_for_update");
         assert_eq!(StoreOp::ListRevisions.as_str(), "list_revisions");
-        assert_eq!(StoreOp::ALL.len(), 24);
+        assert_eq!(StoreOp::ClaimDeliveries.as_str(), "claim_deliveries");
+        assert_eq!(StoreOp::ALL.len(), 34);
     }
 }

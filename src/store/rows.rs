@@ -193,6 +193,7 @@ pub(crate) fn person_from_row<R: Cols>(row: &R) -> Result<Person, StoreError> {
         email: row.text("email")?,
         manager_id: row.text("manager_id")?,
         technician: row.flag("technician")?,
+        slack_user_id: row.text("slack_user_id")?,
     })
 }
 

@@ -20,6 +20,8 @@ use super::{
     PgSettings, PolicyAt, PolicyDiff, ReadScope, RevisionCommit, RevisionQuery, RevisionRecord,
     SaveRead, Saved, Store, StoreError, StoreOp, TenantTools, Wakeup, pg, sqlite,
 };
+use super::{DeliveryQuery, Lease, Retried};
+use crate::delivery::{Channel, Claimed, Delivery, Outcome};
 use crate::metrics::Metrics;
 use crate::policy::{
     Approval, ApprovalState, Caller, Person, RevisionChanges, Role, ToolChange, UnixMillis, audit,
@@ -64,6 +66,8 @@ macro_rules! on_pool {
         }
     };
 }
+
+mod outbox;
 
 /// The SQLite or PostgreSQL store.
 #[derive(Debug, Clone)]
@@ -845,11 +849,12 @@ impl Store for SqlStore {
                 for p in people {
                     sqlx::query(
                         "INSERT INTO people (tenant, id, display_name, email, manager_id, \
-                     technician, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                     technician, updated_at, slack_user_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
                      ON CONFLICT (tenant, id) DO UPDATE SET \
                      display_name = excluded.display_name, email = excluded.email, \
                      manager_id = excluded.manager_id, technician = excluded.technician, \
-                     updated_at = excluded.updated_at, version = people.version + 1",
+                     updated_at = excluded.updated_at, slack_user_id = excluded.slack_user_id, \
+                     version = people.version + 1",
                     )
                     .bind(tenant)
                     .bind(&p.id)
@@ -858,6 +863,7 @@ impl Store for SqlStore {
                     .bind(&p.manager_id)
                     .bind(p.technician)
                     .bind(now)
+                    .bind(&p.slack_user_id)
                     .execute(&mut *tx)
                     .await?;
                 }
@@ -869,7 +875,7 @@ impl Store for SqlStore {
     }
 
     async fn get_person(&self, tenant: &str, id: &str) -> Result<Option<Person>, StoreError> {
-        let sql = "SELECT id, display_name, email, manager_id, technician FROM people \
+        let sql = "SELECT id, display_name, email, manager_id, technician, slack_user_id FROM people \
                    WHERE tenant = $1 AND id = $2";
         let work = async {
             on_pool!(self, read, |pool| async {
@@ -967,7 +973,7 @@ impl Store for SqlStore {
             .collect();
         let sql = format!(
             "SELECT {}, p.id AS person_id, p.display_name, p.email, p.manager_id, \
-             p.technician FROM approval_current a LEFT JOIN people p \
+             p.technician, p.slack_user_id FROM approval_current a LEFT JOIN people p \
              ON p.tenant = a.tenant AND (p.id = a.requester_id OR p.id IN ({})) \
              WHERE a.tenant = $1 AND a.id = $2",
             columns.join(", "),
@@ -995,6 +1001,7 @@ impl Store for SqlStore {
                             email: row.text("email")?,
                             manager_id: row.text("manager_id")?,
                             technician: row.flag("technician")?,
+                            slack_user_id: row.text("slack_user_id")?,
                         };
                         people.insert(id, person);
                     }
@@ -1089,6 +1096,85 @@ impl Store for SqlStore {
             })
         };
         self.call(StoreOp::ExpireDue, work).await
+    }
+
+    async fn set_channel(&self, tenant: &str, channel: &Channel) -> Result<Channel, StoreError> {
+        self.call(
+            StoreOp::SetChannel,
+            self.outbox_set_channel(tenant, channel),
+        )
+        .await
+    }
+
+    async fn list_channels(&self, tenant: &str) -> Result<Vec<Channel>, StoreError> {
+        self.call(StoreOp::ListChannels, self.outbox_list_channels(tenant))
+            .await
+    }
+
+    async fn delete_channel(&self, tenant: &str, id: &str) -> Result<bool, StoreError> {
+        self.call(
+            StoreOp::DeleteChannel,
+            self.outbox_delete_channel(tenant, id),
+        )
+        .await
+    }
+
+    async fn list_deliveries(
+        &self,
+        tenant: &str,
+        query: &DeliveryQuery,
+    ) -> Result<(Vec<Delivery>, Option<i64>), StoreError> {
+        let work = self.outbox_list_deliveries(tenant, query);
+        self.call(StoreOp::ListDeliveries, work).await
+    }
+
+    async fn retry_delivery(
+        &self,
+        tenant: &str,
+        id: &str,
+        now: UnixMillis,
+    ) -> Result<Retried, StoreError> {
+        self.call(StoreOp::RetryDelivery, self.outbox_retry(tenant, id, now))
+            .await
+    }
+
+    async fn due_channels(&self, now: UnixMillis) -> Result<Vec<(String, String)>, StoreError> {
+        self.call(StoreOp::DueChannels, self.outbox_due_channels(now))
+            .await
+    }
+
+    async fn claim_deliveries(
+        &self,
+        lease: &Lease<'_>,
+        tenant: &str,
+        channel_id: &str,
+        limit: u32,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        let work = self.outbox_claim(lease, tenant, channel_id, limit);
+        self.call(StoreOp::ClaimDeliveries, work).await
+    }
+
+    async fn delivery_context(
+        &self,
+        tenant: &str,
+        delivery: &Delivery,
+    ) -> Result<Option<(Channel, Approval, UnixMillis)>, StoreError> {
+        let work = self.outbox_context(tenant, delivery);
+        self.call(StoreOp::DeliveryContext, work).await
+    }
+
+    async fn finish_delivery(
+        &self,
+        claimed: &Claimed,
+        outcome: &Outcome,
+    ) -> Result<bool, StoreError> {
+        let work = self.outbox_finish(claimed, outcome);
+        self.call(StoreOp::FinishDelivery, work).await
+    }
+
+    async fn oldest_pending_delivery(&self) -> Result<Option<UnixMillis>, StoreError> {
+        let work = self.outbox_oldest_pending();
+        self.call(StoreOp::OldestPendingDelivery, work).await
     }
 
     async fn wakeups(&self) -> Result<tokio::sync::mpsc::Receiver<Wakeup>, StoreError> {

@@ -13,6 +13,8 @@ mod approvals;
 mod auth;
 #[path = "../suite/decide.rs"]
 mod decide;
+#[path = "../suite/deliveries.rs"]
+mod deliveries;
 mod feed;
 #[path = "../suite/hardening.rs"]
 mod hardening;
@@ -26,6 +28,8 @@ mod limits;
 mod metrics;
 #[path = "../suite/ops.rs"]
 mod ops;
+#[path = "../suite/receiver.rs"]
+mod receiver;
 #[path = "../suite/upgrade.rs"]
 mod upgrade;
 #[path = "../suite/watch.rs"]

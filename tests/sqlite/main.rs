@@ -15,6 +15,8 @@ mod auth;
 mod cli;
 #[path = "../suite/decide.rs"]
 mod decide;
+#[path = "../suite/deliveries.rs"]
+mod deliveries;
 #[path = "../suite/hardening.rs"]
 mod hardening;
 #[path = "../suite/helpers.rs"]
@@ -27,6 +29,8 @@ mod limits;
 mod metrics;
 #[path = "../suite/ops.rs"]
 mod ops;
+#[path = "../suite/receiver.rs"]
+mod receiver;
 #[path = "../suite/upgrade.rs"]
 mod upgrade;
 #[path = "../suite/watch.rs"]

@@ -381,6 +381,7 @@ pub fn person(id: &str, manager: &str, technician: bool) -> pb::Person {
         email: format!("{id}@example.com"),
         manager_id: manager.into(),
         technician,
+        slack_user_id: String::new(),
     }
 }
 
@@ -669,6 +670,11 @@ pub struct Binary {
 
 impl Binary {
     pub async fn serve(database_url: &str) -> Binary {
+        Binary::serve_with(database_url, &[]).await
+    }
+
+    /// [`Binary::serve`] with more flags.
+    pub async fn serve_with(database_url: &str, flags: &[&str]) -> Binary {
         use std::io::BufRead;
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_toolgate"))
             .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
@@ -678,6 +684,7 @@ impl Binary {
                 "--database-url",
                 database_url,
             ])
+            .args(flags)
             .env_remove("RUST_LOG")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())

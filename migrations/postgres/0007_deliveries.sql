@@ -1,0 +1,104 @@
+-- Approval delivery: notification channels per tenant, and the outbox of deliveries.
+--
+-- The outbox is written by a trigger on approval_events, so every approval change that a
+-- person must hear about gets its delivery rows in the transaction that wrote the change,
+-- whichever path wrote it (Decide, SubmitApproval, CancelApproval, the expiry sweep, any
+-- replica): if the change commits, its deliveries do; if it rolls back, nothing is sent.
+-- The rules for which change is which event are in ARCHITECTURE.md ("Approval delivery");
+-- the same rules are in migrations/sqlite/0007_deliveries.sql.
+
+-- Slack's id of a person (for the manager's direct message).
+ALTER TABLE people ADD COLUMN slack_user_id TEXT NOT NULL DEFAULT '';
+
+CREATE TABLE notification_channels (
+    tenant               TEXT NOT NULL,
+    id                   TEXT NOT NULL,
+    kind                 TEXT NOT NULL CHECK (kind IN ('webhook', 'slack')),
+    url                  TEXT NOT NULL,
+    -- The signing secret (whsec_…) or bot token: needed to sign, so kept as written.
+    secret               TEXT NOT NULL,
+    enabled              BOOLEAN NOT NULL,
+    slack_channel        TEXT NOT NULL DEFAULT '',
+    slack_signing_secret TEXT NOT NULL DEFAULT '',
+    created_at           BIGINT NOT NULL,
+    updated_at           BIGINT NOT NULL,
+    PRIMARY KEY (tenant, id)
+);
+
+CREATE TABLE deliveries (
+    seq                    BIGSERIAL PRIMARY KEY,
+    -- The webhook-id: the same on every attempt.
+    id                     TEXT NOT NULL UNIQUE,
+    tenant                 TEXT NOT NULL,
+    channel_id             TEXT NOT NULL,
+    approval_id            TEXT NOT NULL,
+    -- The approval_events version this event reports (data.sequence is version + 1).
+    version                BIGINT NOT NULL,
+    event_type             TEXT NOT NULL,
+    -- For approval.requested: the role asked, and for the manager, who (and their Slack id).
+    audience_role          TEXT NOT NULL DEFAULT '',
+    audience_person_id     TEXT NOT NULL DEFAULT '',
+    audience_slack_user_id TEXT NOT NULL DEFAULT '',
+    state                  TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'failed')),
+    attempts               BIGINT NOT NULL DEFAULT 0,
+    last_error             TEXT NOT NULL DEFAULT '',
+    created_at             BIGINT NOT NULL,
+    -- When it was (re)queued: the maximum age counts from here.
+    queued_at              BIGINT NOT NULL,
+    next_attempt_at        BIGINT NOT NULL,
+    delivered_at           BIGINT,
+    -- A replica's claim on an attempt in flight: nobody else takes it before lease_until.
+    lease_owner            TEXT NOT NULL DEFAULT '',
+    lease_until            BIGINT NOT NULL DEFAULT 0
+);
+
+CREATE INDEX deliveries_due ON deliveries (next_attempt_at) WHERE state = 'pending';
+CREATE INDEX deliveries_by_approval ON deliveries (tenant, approval_id, channel_id, version);
+CREATE INDEX deliveries_by_tenant ON deliveries (tenant, seq);
+
+CREATE FUNCTION approval_events_outbox() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    -- Created: approval.requested, one per required role, to every enabled channel. The
+    -- manager's is addressed to the requester's manager of record.
+    IF NEW.version = 0 THEN
+        INSERT INTO deliveries (id, tenant, channel_id, approval_id, version, event_type,
+            audience_role, audience_person_id, audience_slack_user_id, state, created_at,
+            queued_at, next_attempt_at)
+        SELECT 'dlv_' || replace(gen_random_uuid()::text, '-', ''), NEW.tenant, c.id,
+            NEW.approval_id, NEW.version, 'approval.requested', r.role,
+            CASE WHEN r.role = 'manager' THEN coalesce(m.id, '') ELSE '' END,
+            CASE WHEN r.role = 'manager' THEN coalesce(m.slack_user_id, '') ELSE '' END,
+            'pending', NEW.created_at, NEW.created_at, NEW.created_at
+        FROM notification_channels c
+        JOIN (VALUES ('technician'), ('manager')) AS r (role)
+            ON strpos(',' || NEW.required_roles || ',', ',' || r.role || ',') > 0
+        LEFT JOIN approvals h ON h.tenant = NEW.tenant AND h.id = NEW.approval_id
+        LEFT JOIN people rq ON rq.tenant = NEW.tenant AND rq.id = h.requester_id
+        LEFT JOIN people m ON m.tenant = NEW.tenant AND m.id = rq.manager_id
+        WHERE c.tenant = NEW.tenant AND c.enabled
+        ORDER BY c.id, r.role DESC;
+        RETURN NULL;
+    END IF;
+    -- Changed: approval.step when a decision was recorded and more are needed; otherwise
+    -- approval.<state> when the state changed (approved, denied, expired, consumed,
+    -- cancelled). A change of nothing a person must hear about sends nothing.
+    INSERT INTO deliveries (id, tenant, channel_id, approval_id, version, event_type,
+        state, created_at, queued_at, next_attempt_at)
+    SELECT 'dlv_' || replace(gen_random_uuid()::text, '-', ''), NEW.tenant, c.id,
+        NEW.approval_id, NEW.version,
+        CASE WHEN NEW.state = 'pending' THEN 'approval.step' ELSE 'approval.' || NEW.state END,
+        'pending', NEW.created_at, NEW.created_at, NEW.created_at
+    FROM notification_channels c
+    LEFT JOIN approval_events p ON p.tenant = NEW.tenant AND p.approval_id = NEW.approval_id
+        AND p.version = NEW.version - 1
+    WHERE c.tenant = NEW.tenant AND c.enabled
+        AND CASE WHEN NEW.state = 'pending'
+            THEN NEW.steps <> coalesce(p.steps, '[]')
+            ELSE NEW.state <> coalesce(p.state, 'pending') END
+    ORDER BY c.id;
+    RETURN NULL;
+END;
+$$;
+
+CREATE TRIGGER approval_events_outbox AFTER INSERT ON approval_events
+    FOR EACH ROW EXECUTE FUNCTION approval_events_outbox();
