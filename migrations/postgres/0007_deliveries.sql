@@ -7,6 +7,11 @@
 -- The rules for which change is which event are in ARCHITECTURE.md ("Approval delivery");
 -- the same rules are in migrations/sqlite/0007_deliveries.sql.
 
+-- No approval spam: Decide finds the pending approval of the same call (principal,
+-- requester, integration, tool, arguments) before it asks people again.
+CREATE INDEX approvals_by_call ON approvals (tenant, principal, requester_id, integration_id,
+    tool_name, arguments_sha256);
+
 -- Slack's id of a person (for the manager's direct message).
 ALTER TABLE people ADD COLUMN slack_user_id TEXT NOT NULL DEFAULT '';
 

@@ -232,6 +232,27 @@ impl App {
             consumed_by_request: None,
             consumed_at: None,
         };
+        // No approval spam: while the same call (another request id of the same principal,
+        // requester, tool and arguments) waits for people, asking again returns that
+        // approval and asks nobody anew.
+        if let Some(open) = self
+            .store
+            .find_pending(&caller.tenant, &approval, now.0)
+            .await?
+            && open.request_id != approval.request_id
+        {
+            let waiting = Decision {
+                verdict: Verdict::PendingApproval,
+                code: DecisionCode::ApprovalPending,
+                reason: format!(
+                    "this exact call already waits for approval {} (asked by request_id {:?}); \
+                     nobody was asked again",
+                    open.id, open.request_id
+                )
+                .into(),
+            };
+            return Ok((waiting, Some(open)));
+        }
         match self
             .store
             .insert_approval(&caller.tenant, &approval)

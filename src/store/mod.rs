@@ -356,6 +356,7 @@ pub enum StoreOp {
     GetPerson,
     InsertApproval,
     GetApproval,
+    FindPending,
     ListApprovals,
     ApprovalForUpdate,
     AppendApproval,
@@ -451,6 +452,14 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         approval: &Approval,
     ) -> Result<Inserted, StoreError>;
     async fn get_approval(&self, tenant: &str, id: &str) -> Result<Option<Approval>, StoreError>;
+    /// The newest approval of the same call as `like` (principal, requester, integration,
+    /// tool, arguments' hash) that is pending and not expired at `now`.
+    async fn find_pending(
+        &self,
+        tenant: &str,
+        like: &Approval,
+        now: i64,
+    ) -> Result<Option<Approval>, StoreError>;
     /// A page of approvals, newest first, and the id of the last when more follow.
     async fn list_approvals(
         &self,
@@ -563,6 +572,6 @@ mod tests {
         assert_eq!(StoreOp::ApprovalForUpdate.as_str(), "approval_for_update");
         assert_eq!(StoreOp::ListRevisions.as_str(), "list_revisions");
         assert_eq!(StoreOp::ClaimDeliveries.as_str(), "claim_deliveries");
-        assert_eq!(StoreOp::ALL.len(), 34);
+        assert_eq!(StoreOp::ALL.len(), 35);
     }
 }

@@ -932,6 +932,36 @@ impl Store for SqlStore {
         self.call(StoreOp::GetApproval, work).await
     }
 
+    async fn find_pending(
+        &self,
+        tenant: &str,
+        like: &Approval,
+        now: i64,
+    ) -> Result<Option<Approval>, StoreError> {
+        let sql = format!(
+            "SELECT {APPROVAL_COLUMNS} FROM approval_current WHERE tenant = $1 \
+             AND principal = $2 AND requester_id = $3 AND integration_id = $4 \
+             AND tool_name = $5 AND arguments_sha256 = $6 AND state = 'pending' \
+             AND expires_at > $7 ORDER BY seq DESC LIMIT 1"
+        );
+        let work = async {
+            on_pool!(self, read, |pool| async {
+                let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(tenant)
+                    .bind(&like.principal)
+                    .bind(&like.requester_id)
+                    .bind(&like.integration_id)
+                    .bind(&like.tool_name)
+                    .bind(&like.arguments_sha256)
+                    .bind(now)
+                    .fetch_optional(pool)
+                    .await?;
+                row.as_ref().map(approval_from_row).transpose()
+            })
+        };
+        self.call(StoreOp::FindPending, work).await
+    }
+
     async fn list_approvals(
         &self,
         tenant: &str,

@@ -7,6 +7,9 @@ mod harness;
 #[path = "../suite/helpers.rs"]
 #[allow(dead_code)] // the suite's helpers; these tests use some of them
 mod helpers;
+#[path = "../suite/receiver.rs"]
+#[allow(dead_code)] // the suite's webhook receiver; these tests use some of it
+mod receiver;
 
 use harness::{Cluster, Proxy};
 use helpers::{ask, change, person, verdict, with_approval, with_key};
@@ -881,4 +884,110 @@ async fn a_rollback_on_one_replica_reaches_every_replica_as_one_revision() {
     assert_eq!(newest.kind, pb::RevisionKind::Rollback as i32);
     assert_eq!(newest.comment, "back to the seed");
     assert_eq!(newest.diffs.len(), TOOLS.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_approvals_on_three_replicas_are_all_delivered_none_twice_at_once() {
+    use receiver::{Answer, Receiver, SECRET};
+    // Each answer takes a little while, so attempts overlap in time across replicas: a
+    // delivery claimed by two replicas at once would show as an overlap.
+    let hook = Receiver::start(|_, _| Answer::After(Duration::from_millis(20))).await;
+    let mut c = Cluster::start(3).await;
+    c.connect(0, TOOLS).await;
+    people(&c).await;
+    c.r(0)
+        .set_notification_channel(with_key(
+            &c.admin,
+            pb::SetNotificationChannelRequest {
+                channel: Some(pb::NotificationChannel {
+                    id: "ops".into(),
+                    kind: pb::ChannelKind::Webhook as i32,
+                    url: hook.url.clone(),
+                    secret: SECRET.into(),
+                    enabled: true,
+                    ..Default::default()
+                }),
+            },
+        ))
+        .await
+        .expect("channel");
+    let ask_on = |c: &Cluster, i: usize| {
+        let mut client = c.r(i);
+        let agent = c.agent.clone();
+        async move {
+            let args = format!(r#"{{"user":"u{i}"}}"#);
+            let answer = client
+                .decide(with_key(
+                    &agent,
+                    ask("reset_password", &args, &format!("r{i}")),
+                ))
+                .await
+                .expect("decide")
+                .into_inner();
+            assert_eq!(verdict(&answer).0, pb::Verdict::PendingApproval);
+        }
+    };
+    // 100 approvals over three replicas, 10 at a time.
+    for chunk in (0..100).collect::<Vec<_>>().chunks(10) {
+        futures_util::future::join_all(chunk.iter().map(|&i| ask_on(&c, i))).await;
+    }
+    // One replica dies mid-way, perhaps with attempts in flight: its leases run out and
+    // the others take its deliveries up.
+    hook.wait_for(20).await;
+    drop(c.replicas.remove(2));
+    for chunk in (100..200).collect::<Vec<_>>().chunks(10) {
+        futures_util::future::join_all(chunk.iter().map(|&i| ask_on(&c, i))).await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    let mut page_token = String::new();
+    let mut delivered = 0;
+    loop {
+        let page = c
+            .r(0)
+            .list_deliveries(with_key(
+                &c.admin,
+                pb::ListDeliveriesRequest {
+                    state: pb::DeliveryState::Delivered as i32,
+                    page_size: 500,
+                    page_token: std::mem::take(&mut page_token),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect("list deliveries")
+            .into_inner();
+        delivered += page.deliveries.len();
+        page_token = page.next_page_token;
+        if !page_token.is_empty() {
+            continue;
+        }
+        if delivered == 200 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{delivered} of 200 delivered\n{}",
+            c.logs()
+        );
+        delivered = 0;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let seen = hook.seen();
+    let ids: std::collections::HashSet<_> = seen.iter().map(|r| r.id.clone()).collect();
+    assert_eq!(ids.len(), 200, "every event arrived");
+    let approvals: std::collections::HashSet<_> = seen
+        .iter()
+        .map(|r| {
+            r.json()["data"]["approval"]["id"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(approvals.len(), 200);
+    assert_eq!(
+        hook.overlaps(),
+        0,
+        "no delivery was in flight twice at once"
+    );
 }

@@ -343,7 +343,15 @@ async fn list_approvals_pages_newest_first_and_filters_by_state() {
     let app = ready_app().await;
     let mut ids = Vec::new();
     for i in 0..5 {
-        ids.push(pending(&app, "reset_password", &format!("r{i}")).await.id);
+        // Five different calls (the same call again would return its pending approval).
+        let r = app
+            .decide_ok(ask(
+                "reset_password",
+                &format!(r#"{{"n":{i}}}"#),
+                &format!("r{i}"),
+            ))
+            .await;
+        ids.push(r.approval.expect("approval").id);
     }
     app.submit(&ids[0], Technician, "tech", false)
         .await

@@ -736,3 +736,47 @@ async fn a_delivery_cut_off_by_sigkill_arrives_after_restart() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn asking_again_for_the_same_call_returns_the_pending_approval_and_sends_nothing_new() {
+    let receiver = Receiver::accepting().await;
+    let app = spawn_app().await;
+    app.connect_sample().await;
+    app.set_one("reset_password", Policy::ApprovalNeeded, Some(false))
+        .await;
+    app.sample_people().await;
+    app.set_channel(&app.admin, webhook("ops", &receiver.url, SECRET))
+        .await
+        .expect("set channel");
+    let args = r#"{"user":"bob@example.com"}"#;
+    let first = app.decide_ok(ask("reset_password", args, "r1")).await;
+    let first = first.approval.expect("approval");
+    // A new request id for the same call: the same approval, no new request to anyone.
+    let again = app.decide_ok(ask("reset_password", args, "r2")).await;
+    assert_eq!(
+        verdict(&again),
+        (Verdict::PendingApproval, DecisionCode::ApprovalPending)
+    );
+    assert_eq!(again.approval.expect("approval").id, first.id);
+    assert!(again.reason.contains("r1"), "{}", again.reason);
+    // Other arguments are another call.
+    let other = app
+        .decide_ok(ask("reset_password", r#"{"user":"eve@example.com"}"#, "r3"))
+        .await;
+    let other = other.approval.expect("approval");
+    assert_ne!(other.id, first.id);
+    let got = receiver.wait_for(2).await;
+    assert_eq!(
+        got.iter()
+            .filter(|r| r.json()["data"]["approval"]["id"] == first.id.as_str())
+            .count(),
+        1
+    );
+    // Once decided, the same call asks again.
+    app.submit(&first.id, pb::ApproverRole::Technician, "tech", false)
+        .await
+        .expect("deny");
+    let fresh = app.decide_ok(ask("reset_password", args, "r4")).await;
+    assert_eq!(verdict(&fresh).1, DecisionCode::ApprovalRequired);
+    assert_ne!(fresh.approval.expect("approval").id, first.id);
+}

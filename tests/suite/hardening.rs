@@ -190,13 +190,21 @@ async fn page_tokens_say_nothing_of_other_tenants_and_continue_nothing_for_them(
     app.connect(&globex_admin, "entra", &[("add_user_to_group", None)])
         .await;
     for i in 0..3 {
-        let ask = ask("add_user_to_group", r#"{"user":"eve"}"#, &format!("g{i}"));
+        let ask = ask(
+            "add_user_to_group",
+            &format!(r#"{{"user":"eve{i}"}}"#),
+            &format!("g{i}"),
+        );
         app.decide(&globex_agent, ask).await.expect("globex asks");
     }
     app.connect_sample().await;
     app.sample_people().await;
     for i in 0..3 {
-        let ask = ask("add_user_to_group", r#"{"user":"bob"}"#, &format!("p{i}"));
+        let ask = ask(
+            "add_user_to_group",
+            &format!(r#"{{"user":"bob{i}"}}"#),
+            &format!("p{i}"),
+        );
         app.decide_ok(ask).await;
     }
     let page = |key: String, token: String| {

@@ -48,6 +48,8 @@ pub enum Answer {
     RetryAfterZero(u16),
     /// Waits until the gate opens, then answers 200.
     Held,
+    /// Answers 200 after this long (so that attempts have a time in flight).
+    After(Duration),
     /// Never answers.
     Hang,
 }
@@ -224,6 +226,10 @@ async fn answer(
         Answer::Held => {
             let mut gate = state.gate.subscribe();
             let _ = gate.wait_for(|open| *open).await;
+            respond(200)
+        }
+        Answer::After(wait) => {
+            tokio::time::sleep(wait).await;
             respond(200)
         }
         Answer::Hang => std::future::pending().await,
