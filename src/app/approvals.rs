@@ -172,7 +172,8 @@ impl App {
             .ok_or_else(|| not_found(id))
     }
 
-    /// A page of the tenant's approvals, newest first, optionally in one state.
+    /// A page of the tenant's approvals, newest first, optionally in one state; for an
+    /// agent, only those its principal asked for.
     pub async fn list_approvals(
         &self,
         caller: &Caller,
@@ -191,6 +192,7 @@ impl App {
             before_id,
             limit,
             now: now.0,
+            principal: (caller.role == Role::Agent).then(|| caller.principal.clone()),
         };
         let (approvals, next) = self.store.list_approvals(&caller.tenant, &query).await?;
         Ok(ApprovalPage {

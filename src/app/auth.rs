@@ -66,8 +66,10 @@ impl Operation {
             | Operation::Decide
             | Operation::WatchConfig
             | Operation::CancelApproval => &[Agent, Admin],
-            Operation::SubmitApproval | Operation::ListApprovals => &[Approver, Admin],
-            Operation::GetApproval | Operation::WatchApprovals => &[Agent, Approver, Admin],
+            Operation::SubmitApproval => &[Approver, Admin],
+            Operation::GetApproval | Operation::ListApprovals | Operation::WatchApprovals => {
+                &[Agent, Approver, Admin]
+            }
         }
     }
 }

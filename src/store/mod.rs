@@ -192,6 +192,8 @@ pub struct ApprovalQuery {
     pub before_id: Option<String>,
     pub limit: u32,
     pub now: i64,
+    /// Only the approvals this principal asked for (an agent's view).
+    pub principal: Option<String>,
 }
 
 /// Result of creating an approval for a request id.

@@ -970,7 +970,7 @@ impl Store for SqlStore {
         let sql = format!(
             "SELECT {APPROVAL_COLUMNS} FROM approval_current WHERE tenant = $3 AND {} \
              AND ($4 IS NULL OR seq < (SELECT b.seq FROM approvals b WHERE b.tenant = $3 AND b.id = $4)) \
-             ORDER BY seq DESC LIMIT $5",
+             AND ($6 IS NULL OR principal = $6) ORDER BY seq DESC LIMIT $5",
             state_clause(q.state)
         );
         let work = async {
@@ -981,6 +981,7 @@ impl Store for SqlStore {
                     .bind(tenant)
                     .bind(q.before_id.as_deref())
                     .bind(i64::from(q.limit) + 1)
+                    .bind(q.principal.as_deref())
                     .fetch_all(pool)
                     .await?;
                 approval_page(&rows, q.limit)

@@ -515,3 +515,34 @@ async fn the_agent_that_asked_or_an_admin_cancels_a_pending_approval() {
     let approved = cancel(&app, &app.admin, &c.id, "").await;
     assert_status(approved, Code::FailedPrecondition, "approved");
 }
+
+#[tokio::test]
+async fn an_agent_lists_only_the_approvals_it_asked_for() {
+    let app = ready_app().await;
+    let mine = pending(&app, "add_user_to_group", "r1").await;
+    let other_agent = app.mint("acme", toolgate::policy::Role::Agent).await;
+    let theirs = app
+        .decide(
+            &other_agent,
+            ask("add_user_to_group", r#"{"user":"eve"}"#, "o1"),
+        )
+        .await
+        .expect("decide")
+        .approval
+        .expect("approval");
+    let ids = |key: String| {
+        let app = &app;
+        async move {
+            app.list_approvals(&key, pb::ApprovalState::Unspecified, 0, "")
+                .await
+                .expect("list")
+                .approvals
+                .into_iter()
+                .map(|a| a.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(ids(app.agent.clone()).await, [mine.id.clone()]);
+    assert_eq!(ids(other_agent).await, [theirs.id.clone()]);
+    assert_eq!(ids(app.approver.clone()).await, [theirs.id, mine.id]);
+}
