@@ -118,6 +118,20 @@ pub enum ClientCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Where approval requests are sent: webhook channels.
+    Channels {
+        #[command(subcommand)]
+        command: ChannelsCommand,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// What was sent to the channels: list, retry a failed one.
+    Deliveries {
+        #[command(subcommand)]
+        command: DeliveriesCommand,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Follow changes: one JSON line per event, resuming after a broken stream.
     Watch {
         #[command(subcommand)]
@@ -211,6 +225,47 @@ pub enum RevisionsCommand {
         #[arg(long, default_value_t = 100)]
         page_size: u32,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ChannelsCommand {
+    /// The tenant's channels (secrets are never shown).
+    List,
+    /// Create a webhook channel, or replace the one with this id. The signing secret
+    /// (whsec_<base64>) is read from TOOLGATE_CHANNEL_SECRET only, so it is in no shell
+    /// history or process list; unset on a replace, the stored one is kept.
+    Set {
+        id: String,
+        /// Where events are POSTed (http or https).
+        #[arg(long)]
+        url: String,
+        /// Store the channel but send nothing to it.
+        #[arg(long)]
+        disabled: bool,
+    },
+    /// Delete a channel; what it still had to send becomes failed.
+    Delete { id: String },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum DeliveryStateArg {
+    Pending,
+    Delivered,
+    Failed,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeliveriesCommand {
+    /// Deliveries, newest first.
+    List {
+        #[arg(long)]
+        state: Option<DeliveryStateArg>,
+        /// Only this approval's.
+        #[arg(long)]
+        approval: Option<String>,
+    },
+    /// Send a failed delivery again.
+    Retry { id: String },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -333,6 +388,8 @@ async fn dispatch(command: ClientCommand) -> Result<(), Failure> {
             }
         }
         ClientCommand::Watch { command, client } => watch(command, &client).await?,
+        ClientCommand::Channels { command, client } => channels(command, &client).await?,
+        ClientCommand::Deliveries { command, client } => deliveries(command, &client).await?,
         ClientCommand::Revisions { command, client } => revisions(command, &client).await?,
         ClientCommand::Rollback {
             revision,
@@ -354,6 +411,132 @@ async fn dispatch(command: ClientCommand) -> Result<(), Failure> {
                     println!("revision {}", answer.revision);
                     print_tools(&answer.tools);
                 }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn channels(command: ChannelsCommand, client: &ClientArgs) -> Result<(), Failure> {
+    let mut api = Api::connect(client).await?;
+    let print = |channels: &[pb::NotificationChannel]| match client.output {
+        Output::Json => channels.iter().for_each(print_json),
+        Output::Table => {
+            println!("{:<20} {:<8} {:<8} url", "channel", "kind", "enabled");
+            for c in channels {
+                let kind = pb::ChannelKind::try_from(c.kind)
+                    .map(|k| {
+                        k.as_str_name()
+                            .trim_start_matches("CHANNEL_KIND_")
+                            .to_lowercase()
+                    })
+                    .unwrap_or_default();
+                println!("{:<20} {:<8} {:<8} {}", c.id, kind, c.enabled, c.url);
+            }
+        }
+    };
+    match command {
+        ChannelsCommand::List => {
+            let req = pb::ListNotificationChannelsRequest {};
+            let answer = api
+                .client
+                .list_notification_channels(api.request(req))
+                .await?;
+            print(&answer.into_inner().channels);
+        }
+        ChannelsCommand::Set { id, url, disabled } => {
+            let secret = std::env::var("TOOLGATE_CHANNEL_SECRET").ok();
+            let channel = pb::NotificationChannel {
+                id,
+                kind: pb::ChannelKind::Webhook as i32,
+                url,
+                secret: secret.unwrap_or_default(),
+                enabled: !disabled,
+                ..Default::default()
+            };
+            let req = pb::SetNotificationChannelRequest {
+                channel: Some(channel),
+            };
+            let answer = api
+                .client
+                .set_notification_channel(api.request(req))
+                .await?;
+            let stored = answer.into_inner().channel.unwrap_or_default();
+            print(std::slice::from_ref(&stored));
+        }
+        ChannelsCommand::Delete { id } => {
+            let req = pb::DeleteNotificationChannelRequest {
+                channel_id: id.clone(),
+            };
+            api.client
+                .delete_notification_channel(api.request(req))
+                .await?;
+            if client.output == Output::Table {
+                println!("deleted {id}");
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn deliveries(command: DeliveriesCommand, client: &ClientArgs) -> Result<(), Failure> {
+    let mut api = Api::connect(client).await?;
+    let all = match command {
+        DeliveriesCommand::List { state, approval } => {
+            let state = state.map_or(pb::DeliveryState::Unspecified, |s| match s {
+                DeliveryStateArg::Pending => pb::DeliveryState::Pending,
+                DeliveryStateArg::Delivered => pb::DeliveryState::Delivered,
+                DeliveryStateArg::Failed => pb::DeliveryState::Failed,
+            });
+            let mut all = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let req = pb::ListDeliveriesRequest {
+                    approval_id: approval.clone().unwrap_or_default(),
+                    state: state as i32,
+                    page_size: 500,
+                    page_token,
+                };
+                let page = api.client.list_deliveries(api.request(req)).await?;
+                let page = page.into_inner();
+                all.extend(page.deliveries);
+                if page.next_page_token.is_empty() {
+                    break all;
+                }
+                page_token = page.next_page_token;
+            }
+        }
+        DeliveriesCommand::Retry { id } => {
+            let req = pb::RetryDeliveryRequest { delivery_id: id };
+            let answer = api.client.retry_delivery(api.request(req)).await?;
+            vec![answer.into_inner().delivery.unwrap_or_default()]
+        }
+    };
+    match client.output {
+        Output::Json => all.iter().for_each(print_json),
+        Output::Table => {
+            println!(
+                "{:<37} {:<12} {:<38} {:<20} {:<10} {:>8}  last error",
+                "delivery", "channel", "approval", "event", "state", "attempts"
+            );
+            for d in &all {
+                let state = pb::DeliveryState::try_from(d.state)
+                    .map(|s| {
+                        s.as_str_name()
+                            .trim_start_matches("DELIVERY_STATE_")
+                            .to_lowercase()
+                    })
+                    .unwrap_or_default();
+                println!(
+                    "{:<37} {:<12} {:<38} {:<20} {:<10} {:>8}  {}",
+                    d.id,
+                    d.channel_id,
+                    d.approval_id,
+                    d.event_type,
+                    state,
+                    d.attempts,
+                    d.last_error
+                );
             }
         }
     }
@@ -901,6 +1084,8 @@ macro_rules! named {
 
 named!(
     Approval,
+    Delivery,
+    NotificationChannel,
     ConnectIntegrationRequest,
     ConnectIntegrationResponse,
     ListRevisionsResponse,

@@ -8,9 +8,20 @@ use toolgate::proto::v1::Policy;
 
 /// Runs `toolgate ARGS` against `app` with `key`; its exit code, stdout and stderr.
 async fn toolgate(app: &TestApp, key: &str, args: &[&str]) -> (i32, String, String) {
+    toolgate_env(app, key, &[], args).await
+}
+
+/// [`toolgate`] with more environment variables.
+async fn toolgate_env(
+    app: &TestApp,
+    key: &str,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> (i32, String, String) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_toolgate"));
     command
         .args(args)
+        .envs(env.iter().copied())
         .env("TOOLGATE_SERVER", format!("http://{}", app.addr))
         .env("TOOLGATE_API_KEY", key)
         .env_remove("RUST_LOG");
@@ -419,4 +430,77 @@ async fn policy_export_then_apply_a_file_as_one_save() {
         (1, true),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn channels_and_deliveries_from_the_command_line() {
+    use crate::receiver::{Answer, Receiver, SECRET};
+    let receiver = Receiver::start(|_, _| Answer::Status(500)).await;
+    let app = spawn_app_with(|c| c.delivery_max_age = Duration::from_millis(300)).await;
+    app.connect_sample().await;
+    app.sample_people().await;
+    let secret = [("TOOLGATE_CHANNEL_SECRET", SECRET)];
+    let set = ["channels", "set", "ops", "--url", &receiver.url];
+    let (code, out, err) = toolgate_env(&app, &app.admin, &secret, &set).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("ops") && out.contains("webhook"), "{out}");
+    let (code, out, _) =
+        toolgate(&app, &app.admin, &["channels", "list", "--output", "json"]).await;
+    assert_eq!(code, 0);
+    assert!(!out.contains("whsec_"), "secrets are never shown: {out}");
+    let listed: serde_json::Value = serde_json::from_str(out.trim()).expect("one channel");
+    assert_eq!(listed["url"], receiver.url.as_str());
+
+    let asked = app
+        .decide_ok(ask("add_user_to_group", r#"{"user":"bob"}"#, "r1"))
+        .await;
+    let approval = asked.approval.expect("approval").id;
+    // The receiver refuses, the maximum age passes: failed.
+    let failed = loop {
+        let (code, out, err) = toolgate(
+            &app,
+            &app.admin,
+            &[
+                "deliveries",
+                "list",
+                "--state",
+                "failed",
+                "--output",
+                "json",
+            ],
+        )
+        .await;
+        assert_eq!(code, 0, "{err}");
+        if let Some(line) = out.lines().next() {
+            break serde_json::from_str::<serde_json::Value>(line).expect("a delivery");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(failed["approvalId"], approval.as_str());
+    assert_eq!(failed["eventType"], "approval.requested");
+    assert!(
+        failed["lastError"].as_str().unwrap().contains("HTTP 500"),
+        "{failed}"
+    );
+    let (code, table, _) = toolgate(&app, &app.admin, &["deliveries", "list"]).await;
+    assert_eq!(code, 0);
+    assert!(
+        table.lines().next().unwrap().starts_with("delivery"),
+        "{table}"
+    );
+    assert!(
+        table.contains("failed") && table.contains("HTTP 500"),
+        "{table}"
+    );
+
+    receiver.set_script(|_, _| Answer::Status(204));
+    let id = failed["id"].as_str().unwrap();
+    let (code, out, err) = toolgate(&app, &app.admin, &["deliveries", "retry", id]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("pending"), "{out}");
+    let (code, _, err) = toolgate(&app, &app.admin, &["deliveries", "retry", "dlv_nope"]).await;
+    assert_eq!(code, 1);
+    assert!(err.starts_with("error: NOT_FOUND: "), "{err}");
+    let (code, out, _) = toolgate(&app, &app.admin, &["channels", "delete", "ops"]).await;
+    assert_eq!((code, out.trim()), (0, "deleted ops"));
 }
