@@ -52,13 +52,20 @@ CREATE TABLE deliveries (
     queued_at              INTEGER NOT NULL,
     next_attempt_at        INTEGER NOT NULL,
     delivered_at           INTEGER,
+    -- The delivery of the approval's previous event to the same channel (NULL for the
+    -- first): this one is not sent while that one is pending, so events arrive in order.
+    after_seq              INTEGER,
     -- A replica's claim on an attempt in flight: nobody else takes it before lease_until.
     lease_owner            TEXT NOT NULL DEFAULT '',
     lease_until            INTEGER NOT NULL DEFAULT 0
 );
 
-CREATE INDEX deliveries_due ON deliveries (next_attempt_at) WHERE state = 'pending';
-CREATE INDEX deliveries_by_approval ON deliveries (tenant, approval_id, channel_id, version);
+-- The worker's claim walks one channel's due deliveries in order and stops at its limit;
+-- ordering is checked by primary key (after_seq). Both hold whatever the planner's
+-- statistics say (a new table has none).
+CREATE INDEX deliveries_due ON deliveries (tenant, channel_id, next_attempt_at, seq)
+    WHERE state = 'pending';
+CREATE INDEX deliveries_by_approval ON deliveries (tenant, approval_id, channel_id, seq);
 CREATE INDEX deliveries_by_tenant ON deliveries (tenant, seq);
 
 CREATE TRIGGER approval_events_outbox AFTER INSERT ON approval_events
@@ -67,12 +74,15 @@ BEGIN
     -- manager's is addressed to the requester's manager of record.
     INSERT INTO deliveries (id, tenant, channel_id, approval_id, version, event_type,
         audience_role, audience_person_id, audience_slack_user_id, state, created_at,
-        queued_at, next_attempt_at)
+        queued_at, next_attempt_at, after_seq)
     SELECT 'dlv_' || lower(hex(randomblob(16))), NEW.tenant, c.id, NEW.approval_id,
         NEW.version, 'approval.requested', r.role,
         CASE WHEN r.role = 'manager' THEN coalesce(m.id, '') ELSE '' END,
         CASE WHEN r.role = 'manager' THEN coalesce(m.slack_user_id, '') ELSE '' END,
-        'pending', NEW.created_at, NEW.created_at, NEW.created_at
+        'pending', NEW.created_at, NEW.created_at, NEW.created_at,
+        (SELECT p.seq FROM deliveries p WHERE p.tenant = NEW.tenant
+            AND p.approval_id = NEW.approval_id AND p.channel_id = c.id
+            ORDER BY p.seq DESC LIMIT 1)
     FROM notification_channels c
     JOIN (SELECT 'technician' AS role UNION ALL SELECT 'manager') r
         ON instr(',' || NEW.required_roles || ',', ',' || r.role || ',') > 0
@@ -86,11 +96,14 @@ BEGIN
     -- approval.<state> when the state changed (approved, denied, expired, consumed,
     -- cancelled). A change of nothing a person must hear about sends nothing.
     INSERT INTO deliveries (id, tenant, channel_id, approval_id, version, event_type,
-        state, created_at, queued_at, next_attempt_at)
+        state, created_at, queued_at, next_attempt_at, after_seq)
     SELECT 'dlv_' || lower(hex(randomblob(16))), NEW.tenant, c.id, NEW.approval_id,
         NEW.version,
         CASE WHEN NEW.state = 'pending' THEN 'approval.step' ELSE 'approval.' || NEW.state END,
-        'pending', NEW.created_at, NEW.created_at, NEW.created_at
+        'pending', NEW.created_at, NEW.created_at, NEW.created_at,
+        (SELECT p.seq FROM deliveries p WHERE p.tenant = NEW.tenant
+            AND p.approval_id = NEW.approval_id AND p.channel_id = c.id
+            ORDER BY p.seq DESC LIMIT 1)
     FROM notification_channels c
     LEFT JOIN approval_events p ON p.tenant = NEW.tenant AND p.approval_id = NEW.approval_id
         AND p.version = NEW.version - 1

@@ -542,7 +542,7 @@ async fn an_agent_lists_only_the_approvals_it_asked_for() {
                 .collect::<Vec<_>>()
         }
     };
-    assert_eq!(ids(app.agent.clone()).await, [mine.id.clone()]);
-    assert_eq!(ids(other_agent).await, [theirs.id.clone()]);
+    assert_eq!(ids(app.agent.clone()).await, vec![mine.id.clone()]);
+    assert_eq!(ids(other_agent).await, vec![theirs.id.clone()]);
     assert_eq!(ids(app.approver.clone()).await, [theirs.id, mine.id]);
 }

@@ -780,3 +780,49 @@ async fn asking_again_for_the_same_call_returns_the_pending_approval_and_sends_n
     assert_eq!(verdict(&fresh).1, DecisionCode::ApprovalRequired);
     assert_ne!(fresh.approval.expect("approval").id, first.id);
 }
+
+#[tokio::test]
+async fn a_later_event_waits_while_an_earlier_one_is_retried() {
+    // The request is refused twice; the approval is approved meanwhile.
+    let receiver = Receiver::start(|r, before| {
+        if r.event_type() == "approval.requested" && before < 2 {
+            Answer::Status(503)
+        } else {
+            Answer::Status(200)
+        }
+    })
+    .await;
+    let app = spawn_app_with(|c| {
+        c.delivery_retry_initial = Duration::from_millis(100);
+        c.delivery_retry_max = Duration::from_millis(200);
+    })
+    .await;
+    app.connect_sample().await;
+    app.set_one("reset_password", Policy::ApprovalNeeded, Some(false))
+        .await;
+    app.sample_people().await;
+    app.set_channel(&app.admin, webhook("ops", &receiver.url, SECRET))
+        .await
+        .expect("set channel");
+    let approval = app
+        .decide_ok(ask("reset_password", "{}", "r1"))
+        .await
+        .approval
+        .expect("approval");
+    receiver.wait_for(1).await;
+    app.submit(&approval.id, pb::ApproverRole::Technician, "tech", true)
+        .await
+        .expect("approve");
+    let got = receiver.wait_for(4).await;
+    let types: Vec<String> = got.iter().map(|r| r.event_type()).collect();
+    assert_eq!(
+        types,
+        [
+            "approval.requested",
+            "approval.requested",
+            "approval.requested",
+            "approval.approved"
+        ],
+        "the approval's second event is sent only once its first was delivered"
+    );
+}

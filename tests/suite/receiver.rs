@@ -49,6 +49,7 @@ pub enum Answer {
     /// Waits until the gate opens, then answers 200.
     Held,
     /// Answers 200 after this long (so that attempts have a time in flight).
+    #[allow(dead_code)] // the replica tests use it
     After(Duration),
     /// Never answers.
     Hang,

@@ -217,14 +217,26 @@ impl SqlStore {
         &self,
         now: UnixMillis,
     ) -> Result<Vec<(String, String)>, StoreError> {
+        // One probe per channel, not a pass over every pending row: PostgreSQL could turn
+        // an EXISTS into a hash join over all of them; a LATERAL … LIMIT 1 it cannot, and
+        // ordered as `deliveries_due` is, it walks that index whatever its statistics say.
+        // SQLite has no LATERAL and runs an EXISTS per channel as written.
+        let sql = match self.db {
+            Db::Postgres(_) => {
+                "SELECT c.tenant, c.id AS channel_id FROM notification_channels c, \
+                 LATERAL (SELECT 1 FROM deliveries d WHERE d.tenant = c.tenant \
+                 AND d.channel_id = c.id AND d.state = 'pending' AND d.next_attempt_at <= $1 \
+                 AND d.lease_until <= $1 ORDER BY d.next_attempt_at LIMIT 1) due"
+            }
+            Db::Sqlite { .. } => {
+                "SELECT c.tenant, c.id AS channel_id FROM notification_channels c \
+                 WHERE EXISTS (SELECT 1 FROM deliveries d WHERE d.tenant = c.tenant \
+                 AND d.channel_id = c.id AND d.state = 'pending' AND d.next_attempt_at <= $1 \
+                 AND d.lease_until <= $1)"
+            }
+        };
         on_pool!(self, read, |pool| async {
-            let rows = sqlx::query(
-                "SELECT DISTINCT tenant, channel_id FROM deliveries \
-                 WHERE state = 'pending' AND next_attempt_at <= $1 AND lease_until <= $1",
-            )
-            .bind(now.0)
-            .fetch_all(pool)
-            .await?;
+            let rows = sqlx::query(sql).bind(now.0).fetch_all(pool).await?;
             rows.iter()
                 .map(|row| Ok((row.text("tenant")?, row.text("channel_id")?)))
                 .collect()
@@ -238,8 +250,8 @@ impl SqlStore {
         channel_id: &str,
         limit: u32,
     ) -> Result<Vec<Claimed>, StoreError> {
-        // Due, not leased, and not behind an earlier pending event of the same approval
-        // (so a receiver gets an approval's events in order). PostgreSQL skips rows another
+        // Due, not leased, and not behind the approval's previous event to this channel
+        // while that one is pending (so a receiver gets an approval's events in order). PostgreSQL skips rows another
         // replica is claiming at this moment; its lease then keeps them.
         let skip_locked = match self.db {
             Db::Postgres(_) => "FOR UPDATE SKIP LOCKED",
@@ -250,9 +262,8 @@ impl SqlStore {
              WHERE seq IN (SELECT d.seq FROM deliveries d \
              WHERE d.tenant = $5 AND d.channel_id = $6 AND d.state = 'pending' \
              AND d.next_attempt_at <= $3 AND d.lease_until <= $3 \
-             AND NOT EXISTS (SELECT 1 FROM deliveries e WHERE e.tenant = d.tenant \
-             AND e.approval_id = d.approval_id AND e.channel_id = d.channel_id \
-             AND e.version < d.version AND e.state = 'pending') \
+             AND NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.seq = d.after_seq \
+             AND p.state = 'pending') \
              ORDER BY d.next_attempt_at, d.seq LIMIT $4 {skip_locked}) \
              RETURNING {DELIVERY_COLUMNS}"
         );
