@@ -218,6 +218,9 @@ pub struct ServeArgs {
     /// After SIGTERM, keep serving this long with health NOT_SERVING before draining [default: 0s].
     #[arg(long, env = "TOOLGATE_SHUTDOWN_DELAY")]
     pub shutdown_delay: Option<String>,
+    /// Approvals of one tenant that may wait for people at once; a Decide that would ask for another gets RESOURCE_EXHAUSTED [default: 1000].
+    #[arg(long, env = "TOOLGATE_MAX_PENDING_APPROVALS")]
+    pub max_pending_approvals: Option<u64>,
     /// First wait before a failed delivery is tried again; each retry waits about twice as long, with jitter [default: 1s].
     #[arg(long, env = "TOOLGATE_DELIVERY_RETRY_INITIAL")]
     pub delivery_retry_initial: Option<String>,
@@ -383,6 +386,7 @@ pub struct Config {
     pub max_connection_age_grace: Duration,
     #[serde(with = "duration")]
     pub shutdown_delay: Duration,
+    pub max_pending_approvals: u64,
     #[serde(with = "duration")]
     pub delivery_retry_initial: Duration,
     #[serde(with = "duration")]
@@ -438,6 +442,7 @@ impl Default for Config {
             max_connection_age: Some(Duration::from_secs(30 * 60)),
             max_connection_age_grace: Duration::from_secs(30),
             shutdown_delay: Duration::ZERO,
+            max_pending_approvals: 1000,
             delivery_retry_initial: Duration::from_secs(1),
             delivery_retry_max: Duration::from_secs(600),
             delivery_max_age: Duration::from_secs(24 * 3600),
@@ -524,6 +529,7 @@ impl Config {
             ("delivery_max_age", self.delivery_max_age.is_zero()),
             ("delivery_timeout", self.delivery_timeout.is_zero()),
             ("delivery_concurrency", self.delivery_concurrency == 0),
+            ("max_pending_approvals", self.max_pending_approvals == 0),
         ];
         if let Some((name, _)) = zero.iter().find(|(_, is_zero)| *is_zero) {
             return Err(ConfigError(format!("{name}: must be more than zero")));
@@ -961,6 +967,7 @@ mod tests {
             max_connection_age = "1h"
             max_connection_age_grace = "10s"
             shutdown_delay = "1s"
+            max_pending_approvals = 17
             delivery_retry_initial = "2s"
             delivery_retry_max = "3m"
             delivery_max_age = "2h"

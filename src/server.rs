@@ -148,6 +148,7 @@ pub async fn serve(
         watch_stream_buffer: config.watch_stream_buffer,
         max_watch_streams: config.max_watch_streams,
         delivery_public_only: config.delivery_public_only,
+        max_pending_approvals: config.max_pending_approvals,
     };
     let app = Arc::new(App::new(
         store,

@@ -69,6 +69,8 @@ CREATE INDEX deliveries_by_approval ON deliveries (tenant, approval_id, channel_
 CREATE INDEX deliveries_by_tenant ON deliveries (tenant, seq);
 
 CREATE TRIGGER approval_events_outbox AFTER INSERT ON approval_events
+-- Most tenants have no channel: nothing to do.
+WHEN EXISTS (SELECT 1 FROM notification_channels WHERE tenant = NEW.tenant AND enabled = 1)
 BEGIN
     -- Created: approval.requested, one per required role, to every enabled channel. The
     -- manager's is addressed to the requester's manager of record.
@@ -113,3 +115,20 @@ BEGIN
             ELSE NEW.state <> coalesce(p.state, 'pending') END
     ORDER BY c.id;
 END;
+
+
+-- The approvals that wait for people (state pending), kept by the approval writes in the
+-- transaction of each change (src/store/approval_sql.rs, PENDING_ADD and PENDING_REMOVE),
+-- so Decide counts at most max_pending_approvals index entries of one tenant instead of
+-- reading every approval of the approval_ttl window. One row per approval, touched only by
+-- that approval's own changes: nothing every writer of a tenant must lock. An approval
+-- past its expiry stops counting at once (expires_at).
+CREATE TABLE pending_approvals (
+    tenant      TEXT NOT NULL,
+    approval_id TEXT NOT NULL,
+    expires_at  INTEGER NOT NULL,
+    PRIMARY KEY (tenant, approval_id)
+);
+INSERT INTO pending_approvals (tenant, approval_id, expires_at)
+SELECT tenant, id, expires_at FROM approval_current
+WHERE state = 'pending' AND expires_at > CAST(unixepoch('subsec') * 1000 AS INTEGER);

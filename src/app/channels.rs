@@ -73,6 +73,11 @@ impl App {
             }
         }
         let stored = self.store.set_channel(&caller.tenant, &channel).await?;
+        if stored.enabled
+            && let Ok(mut tenants) = self.channel_tenants.write()
+        {
+            tenants.insert(caller.tenant.clone());
+        }
         tracing::info!(
             tenant = %caller.tenant,
             key_id = %caller.key_id,

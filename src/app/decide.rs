@@ -235,10 +235,16 @@ impl App {
         // No approval spam: while the same call (another request id of the same principal,
         // requester, tool and arguments) waits for people, asking again returns that
         // approval and asks nobody anew.
-        if let Some(open) = self
+        let pending = self
             .store
-            .find_pending(&caller.tenant, &approval, now.0)
-            .await?
+            .find_pending(
+                &caller.tenant,
+                &approval,
+                now.0,
+                self.limits.max_pending_approvals,
+            )
+            .await?;
+        if let Some(open) = &pending.same_call
             && open.request_id != approval.request_id
         {
             let waiting = Decision {
@@ -251,7 +257,26 @@ impl App {
                 )
                 .into(),
             };
-            return Ok((waiting, Some(open)));
+            return Ok((waiting, pending.same_call));
+        }
+        // A cap on what people are asked at once, against an agent asking in a loop. A
+        // retried request id finds its approval through the insert below even at the cap.
+        let cap = self.limits.max_pending_approvals;
+        if pending.tenant_pending >= cap {
+            if let Some(existing) = self
+                .store
+                .approval_by_request(&caller.tenant, &approval.principal, &approval.request_id)
+                .await?
+            {
+                let sha256 = &approval.arguments_sha256;
+                return self
+                    .ask_with_approval(caller, tool, &existing.id, asked, sha256, now)
+                    .await;
+            }
+            return Err(AppError::ResourceExhausted(format!(
+                "this tenant has {cap} approvals waiting for people, the most \
+                 max_pending_approvals allows; decide or cancel some first"
+            )));
         }
         match self
             .store

@@ -52,6 +52,8 @@ pub struct Limits {
     pub max_watch_streams: usize,
     /// Channels may point only at public addresses.
     pub delivery_public_only: bool,
+    /// Approvals of one tenant that may wait for people at once.
+    pub max_pending_approvals: u64,
 }
 
 /// One server's state and its use cases; shared by every transport through an `Arc`.
@@ -78,6 +80,11 @@ pub struct App {
     /// queued in the same transaction) or re-queued a delivery: the delivery worker looks
     /// for due deliveries at once instead of at its next poll.
     pub deliveries_due: tokio::sync::Notify,
+    /// Tenants with an enabled channel, as the delivery worker last read them (every
+    /// `catch_up_interval`) and this replica's own SetNotificationChannel left them: only
+    /// their approval changes wake the worker, so the approvals of tenants without a
+    /// channel cost it nothing. A hint: the worker's poll finds every delivery.
+    pub channel_tenants: std::sync::RwLock<std::collections::HashSet<String>>,
 }
 
 impl App {
@@ -101,6 +108,7 @@ impl App {
             refusals: auth::Refusals::default(),
             write_locks: std::sync::Mutex::new(HashMap::new()),
             deliveries_due: tokio::sync::Notify::new(),
+            channel_tenants: Default::default(),
         }
     }
 
@@ -172,7 +180,13 @@ impl App {
     pub fn approval_changed(&self, tenant: &str, approval: &Approval) {
         self.metrics.approval(approval);
         self.approvals.publish(tenant, approval);
-        self.deliveries_due.notify_one();
+        let has_channel = self
+            .channel_tenants
+            .read()
+            .is_ok_and(|tenants| tenants.contains(tenant));
+        if has_channel {
+            self.deliveries_due.notify_one();
+        }
     }
 
     /// The tenant's snapshot, at `min` revision or later: waits up to

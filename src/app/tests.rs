@@ -34,6 +34,7 @@ async fn fixture() -> Fixture {
         watch_stream_buffer: 64 * 1024,
         max_watch_streams: 8,
         delivery_public_only: false,
+        max_pending_approvals: 1000,
     };
     let app = App::new(
         Arc::new(store),

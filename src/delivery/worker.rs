@@ -43,8 +43,9 @@ impl WorkerSettings {
     }
 }
 
-/// How often the oldest-pending gauge is read from the database.
-const GAUGE_EVERY: Duration = Duration::from_secs(5);
+/// How often the oldest-pending gauge and the tenants with channels are read from the
+/// database.
+const REFRESH_EVERY: Duration = Duration::from_secs(1);
 
 /// Attempts in flight from this replica, by (tenant, channel).
 type InFlight = Arc<Mutex<HashMap<(String, String), usize>>>;
@@ -72,9 +73,9 @@ pub async fn run(app: Arc<App>, settings: WorkerSettings) {
     let in_flight: InFlight = Arc::default();
     let mut tasks = tokio::task::JoinSet::new();
     let mut last_failure: Option<Instant> = None;
-    let mut gauge_read: Option<Instant> = None;
+    let mut refreshed: Option<Instant> = None;
     loop {
-        match claim_round(&app, &settings, &in_flight, &mut gauge_read).await {
+        match claim_round(&app, &settings, &in_flight, &mut refreshed).await {
             Ok(claimed) => {
                 for c in claimed {
                     let (app, settings, client) = (app.clone(), settings.clone(), client.clone());
@@ -108,12 +109,17 @@ async fn claim_round(
     app: &App,
     settings: &WorkerSettings,
     in_flight: &InFlight,
-    gauge_due: &mut Option<Instant>,
+    refresh_due: &mut Option<Instant>,
 ) -> Result<Vec<Claimed>, crate::store::StoreError> {
     let now = UnixMillis::now();
-    // The gauge reads every pending delivery: refreshed every few seconds, not per round.
-    if gauge_due.is_none_or(|at| at.elapsed() >= GAUGE_EVERY) {
-        *gauge_due = Some(Instant::now());
+    // The gauge reads every pending delivery, and the tenants with channels change
+    // rarely: both are refreshed every few seconds, not per round.
+    if refresh_due.is_none_or(|at| at.elapsed() >= REFRESH_EVERY) {
+        *refresh_due = Some(Instant::now());
+        let tenants = app.store.channel_tenants().await?;
+        if let Ok(mut known) = app.channel_tenants.write() {
+            *known = tenants.into_iter().collect();
+        }
         let oldest = app.store.oldest_pending_delivery().await?;
         let age = oldest.map_or(0.0, |at| (now.0 - at.0).max(0) as f64 / 1000.0);
         app.metrics.set_oldest_pending_delivery(age);

@@ -6,6 +6,18 @@ pub(super) const EVENT_INSERT: &str = "INSERT INTO approval_events (tenant, appr
      state, required_roles, consumed_by_request, steps, created_at) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING";
 
+/// What waits for people (`pending_approvals`, migration 0007, which Decide counts for
+/// `max_pending_approvals` and searches for a pending approval of the same call): a new
+/// approval joins it in the transaction that creates it ...
+pub(super) const PENDING_ADD: &str = "INSERT INTO pending_approvals (tenant, approval_id, \
+     expires_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING";
+
+/// ... and leaves it in the transaction that writes any state but pending (decided,
+/// expired, cancelled). PostgreSQL's group commit does both over arrays in its own
+/// statements (`group_commit.rs`).
+pub(super) const PENDING_REMOVE: &str =
+    "DELETE FROM pending_approvals WHERE tenant = $1 AND approval_id = $2";
+
 /// An approval's head: what never changes. Nothing is inserted when the principal's request
 /// id already made one.
 pub(super) const HEAD_INSERT: &str = "INSERT INTO approvals (tenant, id, integration_id, tool_name, \

@@ -17,7 +17,7 @@
 //! approval's version goes in, whichever batch it is in.
 
 use super::StoreError;
-use super::approval_sql::{EVENT_INSERT, HEAD_INSERT};
+use super::approval_sql::{EVENT_INSERT, HEAD_INSERT, PENDING_ADD, PENDING_REMOVE};
 use super::sqlite::Writer;
 use crate::policy::Approval;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
@@ -139,19 +139,25 @@ const CREATE_ROWS_PG: &str = "WITH head AS (INSERT INTO approvals (tenant, id, i
      $6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[], $11::bigint[], $12::text[], \
      $14::text[]) \
      ON CONFLICT (tenant, principal, request_id) DO NOTHING \
-     RETURNING tenant, id, required_roles, created_at), \
+     RETURNING tenant, id, required_roles, created_at, expires_at), \
      version_0 AS (INSERT INTO approval_events (tenant, approval_id, version, origin, state, \
      required_roles, consumed_by_request, steps, created_at) \
-     SELECT tenant, id, 0, $13, 'pending', required_roles, NULL, '[]', created_at FROM head) \
+     SELECT tenant, id, 0, $13, 'pending', required_roles, NULL, '[]', created_at FROM head), \
+     pending AS (INSERT INTO pending_approvals (tenant, approval_id, expires_at) \
+     SELECT tenant, id, expires_at FROM head ON CONFLICT DO NOTHING) \
      SELECT tenant, id FROM head";
 
 /// The changes of a batch, over arrays (`$4` the origin). Returns the
 /// (tenant, approval, version) of each change written.
-const APPEND_ROWS_PG: &str = "INSERT INTO approval_events (tenant, approval_id, version, \
-     origin, state, required_roles, consumed_by_request, steps, created_at) \
+const APPEND_ROWS_PG: &str = "WITH written AS (INSERT INTO approval_events (tenant, \
+     approval_id, version, origin, state, required_roles, consumed_by_request, steps, \
+     created_at) \
      SELECT t, a, v, $4, s, r, c, st, at FROM unnest($1::text[], $2::text[], $3::bigint[], \
      $5::text[], $6::text[], $7::text[], $8::text[], $9::bigint[]) AS u(t, a, v, s, r, c, st, at) \
-     ON CONFLICT DO NOTHING RETURNING tenant, approval_id, version";
+     ON CONFLICT DO NOTHING RETURNING tenant, approval_id, version, state), \
+     gone AS (DELETE FROM pending_approvals p USING written w WHERE w.state <> 'pending' \
+     AND p.tenant = w.tenant AND p.approval_id = w.approval_id) \
+     SELECT tenant, approval_id, version FROM written";
 
 /// PostgreSQL: a batch is at most two statements over arrays (`unnest`), the creations and
 /// the changes, in one transaction. A round trip per kind rather than per write: on two
@@ -327,7 +333,14 @@ async fn commit_sqlite(connection: &mut SqliteConnection, origin: &str, batch: &
                         let at = approval.created_at.0;
                         let query = sqlx::query(EVENT_INSERT);
                         let version_0 = bind_event!(query, tenant, 0_i64, origin, approval, at);
-                        version_0.execute(&mut *tx).await.map(|_| true)
+                        let pending = sqlx::query(PENDING_ADD)
+                            .bind(tenant)
+                            .bind(&approval.id)
+                            .bind(approval.expires_at.0);
+                        match version_0.execute(&mut *tx).await {
+                            Ok(_) => pending.execute(&mut *tx).await.map(|_| true),
+                            Err(e) => Err(e),
+                        }
                     }
                     other => other,
                 }
@@ -340,10 +353,17 @@ async fn commit_sqlite(connection: &mut SqliteConnection, origin: &str, batch: &
                 let at = super::rows::change_time(approval);
                 let query = sqlx::query(EVENT_INSERT);
                 let event = bind_event!(query, tenant, *version, origin, approval, at);
-                event
+                let written = event
                     .execute(&mut *tx)
                     .await
-                    .map(|d| d.rows_affected() == 1)
+                    .map(|d| d.rows_affected() == 1);
+                match written {
+                    Ok(true) if approval.state != crate::policy::ApprovalState::Pending => {
+                        let gone = sqlx::query(PENDING_REMOVE).bind(tenant).bind(&approval.id);
+                        gone.execute(&mut *tx).await.map(|_| true)
+                    }
+                    other => other,
+                }
             }
         };
         // On an error the transaction is dropped, which rolls it back.

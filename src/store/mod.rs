@@ -196,6 +196,15 @@ pub struct ApprovalQuery {
     pub principal: Option<String>,
 }
 
+/// See [`Store::find_pending`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    pub same_call: Option<Approval>,
+    /// The tenant's approvals waiting for people, up to the `count_to` asked for (the
+    /// database keeps them apart; see migration 0007).
+    pub tenant_pending: u64,
+}
+
 /// Result of creating an approval for a request id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inserted {
@@ -359,6 +368,7 @@ pub enum StoreOp {
     InsertApproval,
     GetApproval,
     FindPending,
+    ApprovalByRequest,
     ListApprovals,
     ApprovalForUpdate,
     AppendApproval,
@@ -367,6 +377,7 @@ pub enum StoreOp {
     ApprovalChanges,
     SetChannel,
     ListChannels,
+    ChannelTenants,
     DeleteChannel,
     ListDeliveries,
     RetryDelivery,
@@ -454,14 +465,24 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         approval: &Approval,
     ) -> Result<Inserted, StoreError>;
     async fn get_approval(&self, tenant: &str, id: &str) -> Result<Option<Approval>, StoreError>;
-    /// The newest approval of the same call as `like` (principal, requester, integration,
-    /// tool, arguments' hash) that is pending and not expired at `now`.
+    /// The approval `principal`'s `request_id` made, if any.
+    async fn approval_by_request(
+        &self,
+        tenant: &str,
+        principal: &str,
+        request_id: &str,
+    ) -> Result<Option<Approval>, StoreError>;
+    /// What a new approval request must know first: the newest approval of the same call
+    /// as `like` (principal, requester, integration, tool, arguments' hash) that is pending
+    /// and not expired at `now`, and how many of the tenant's approvals are pending
+    /// (counted up to `count_to`).
     async fn find_pending(
         &self,
         tenant: &str,
         like: &Approval,
         now: i64,
-    ) -> Result<Option<Approval>, StoreError>;
+        count_to: u64,
+    ) -> Result<Pending, StoreError>;
     /// A page of approvals, newest first, and the id of the last when more follow.
     async fn list_approvals(
         &self,
@@ -492,6 +513,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// the channel as stored.
     async fn set_channel(&self, tenant: &str, channel: &Channel) -> Result<Channel, StoreError>;
     async fn list_channels(&self, tenant: &str) -> Result<Vec<Channel>, StoreError>;
+    /// Every tenant with an enabled channel.
+    async fn channel_tenants(&self) -> Result<Vec<String>, StoreError>;
     /// False when there was no such channel. Its pending deliveries become failed.
     async fn delete_channel(&self, tenant: &str, id: &str) -> Result<bool, StoreError>;
     /// A page of deliveries, newest first, and where the next page starts.
@@ -574,6 +597,6 @@ mod tests {
         assert_eq!(StoreOp::ApprovalForUpdate.as_str(), "approval_for_update");
         assert_eq!(StoreOp::ListRevisions.as_str(), "list_revisions");
         assert_eq!(StoreOp::ClaimDeliveries.as_str(), "claim_deliveries");
-        assert_eq!(StoreOp::ALL.len(), 35);
+        assert_eq!(StoreOp::ALL.len(), 37);
     }
 }

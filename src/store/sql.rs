@@ -8,7 +8,7 @@
 //! ([`SqlStore::begin_sql`], [`SqlStore::notify_sql`]). Every call goes through
 //! [`SqlStore::call`], the one place that bounds it in time and records it for `/metrics`.
 
-use super::approval_sql::EVENT_INSERT;
+use super::approval_sql::{EVENT_INSERT, PENDING_REMOVE};
 use super::group_commit::{ApprovalWrite, GroupCommit, Target};
 use super::rows::{
     APPROVAL_COLUMNS, Cols, TOOL_COLUMNS, approval_from_row, approval_page, caller_from_row,
@@ -20,7 +20,7 @@ use super::{
     PgSettings, PolicyAt, PolicyDiff, ReadScope, RevisionCommit, RevisionQuery, RevisionRecord,
     SaveRead, Saved, Store, StoreError, StoreOp, TenantTools, Wakeup, pg, sqlite,
 };
-use super::{DeliveryQuery, Lease, Retried};
+use super::{DeliveryQuery, Lease, Pending, Retried};
 use crate::delivery::{Channel, Claimed, Delivery, Outcome};
 use crate::metrics::Metrics;
 use crate::policy::{
@@ -932,21 +932,48 @@ impl Store for SqlStore {
         self.call(StoreOp::GetApproval, work).await
     }
 
+    async fn approval_by_request(
+        &self,
+        tenant: &str,
+        principal: &str,
+        request_id: &str,
+    ) -> Result<Option<Approval>, StoreError> {
+        let sql = format!(
+            "SELECT {APPROVAL_COLUMNS} FROM approval_current \
+             WHERE tenant = $1 AND principal = $2 AND request_id = $3"
+        );
+        let work = async {
+            on_pool!(self, read, |pool| async {
+                let query = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(tenant)
+                    .bind(principal)
+                    .bind(request_id);
+                let row = query.fetch_optional(pool).await?;
+                row.as_ref().map(approval_from_row).transpose()
+            })
+        };
+        self.call(StoreOp::ApprovalByRequest, work).await
+    }
+
     async fn find_pending(
         &self,
         tenant: &str,
         like: &Approval,
         now: i64,
-    ) -> Result<Option<Approval>, StoreError> {
-        let sql = format!(
-            "SELECT {APPROVAL_COLUMNS} FROM approval_current WHERE tenant = $1 \
-             AND principal = $2 AND requester_id = $3 AND integration_id = $4 \
-             AND tool_name = $5 AND arguments_sha256 = $6 AND state = 'pending' \
-             AND expires_at > $7 ORDER BY seq DESC LIMIT 1"
-        );
+        count_to: u64,
+    ) -> Result<Pending, StoreError> {
+        // One round trip over the heads and `pending_approvals` (what waits for people),
+        // not the `approval_current` view: this runs before every new approval.
+        let sql = "SELECT (SELECT count(*) FROM (SELECT 1 FROM pending_approvals \
+             WHERE tenant = $1 AND expires_at > $7 LIMIT $8) AS counted) AS pending, \
+             (SELECT h.id FROM approvals h JOIN pending_approvals p \
+             ON p.tenant = h.tenant AND p.approval_id = h.id \
+             WHERE h.tenant = $1 AND h.principal = $2 AND h.requester_id = $3 \
+             AND h.integration_id = $4 AND h.tool_name = $5 AND h.arguments_sha256 = $6 \
+             AND p.expires_at > $7 ORDER BY h.seq DESC LIMIT 1) AS same_call";
         let work = async {
-            on_pool!(self, read, |pool| async {
-                let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            let (count, same_call) = on_pool!(self, read, |pool| async {
+                let row = sqlx::query(sql)
                     .bind(tenant)
                     .bind(&like.principal)
                     .bind(&like.requester_id)
@@ -954,9 +981,26 @@ impl Store for SqlStore {
                     .bind(&like.tool_name)
                     .bind(&like.arguments_sha256)
                     .bind(now)
-                    .fetch_optional(pool)
+                    .bind(i64::try_from(count_to).unwrap_or(i64::MAX))
+                    .fetch_one(pool)
                     .await?;
-                row.as_ref().map(approval_from_row).transpose()
+                Ok::<_, StoreError>((row.int("pending")?, row.opt_text("same_call")?))
+            })?;
+            // Read whole only when there is one (a repeated ask, rare).
+            let same_call = match same_call {
+                Some(id) => {
+                    let sql = approval_by("id");
+                    on_pool!(self, read, |pool| async {
+                        let query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(tenant).bind(&id);
+                        let row = query.fetch_optional(pool).await?;
+                        row.as_ref().map(approval_from_row).transpose()
+                    })?
+                }
+                None => None,
+            };
+            Ok(Pending {
+                same_call,
+                tenant_pending: u64_of(count),
             })
         };
         self.call(StoreOp::FindPending, work).await
@@ -1104,6 +1148,11 @@ impl Store for SqlStore {
                         now
                     );
                     if query.execute(&mut *tx).await?.rows_affected() == 1 {
+                        sqlx::query(PENDING_REMOVE)
+                            .bind(&tenant)
+                            .bind(&a.id)
+                            .execute(&mut *tx)
+                            .await?;
                         expired.push((tenant, a));
                     }
                 }
@@ -1135,6 +1184,16 @@ impl Store for SqlStore {
             self.outbox_set_channel(tenant, channel),
         )
         .await
+    }
+
+    async fn channel_tenants(&self) -> Result<Vec<String>, StoreError> {
+        let work = async {
+            on_pool!(self, read, |pool| async {
+                let sql = "SELECT DISTINCT tenant FROM notification_channels WHERE enabled = TRUE";
+                Ok(sqlx::query_scalar(sql).fetch_all(pool).await?)
+            })
+        };
+        self.call(StoreOp::ChannelTenants, work).await
     }
 
     async fn list_channels(&self, tenant: &str) -> Result<Vec<Channel>, StoreError> {

@@ -391,12 +391,19 @@ async fn approvals_asked_at_once_are_each_created_approved_and_consumed_once() {
     use futures_util::future::join_all;
     const N: usize = 40;
     let app = ready_app().await;
-    // N request ids, the first ten asked twice at once: a repeat is the same approval.
-    let requests: Vec<String> = (0..N).chain(0..10).map(|i| format!("burst-{i}")).collect();
+    // N request ids, each for a call of its own (the same call under another request id
+    // would return the pending approval), the first ten asked twice at once: a repeat is
+    // the same approval.
+    let args = |i: usize| format!(r#"{{"user":"u{i}"}}"#);
+    let requests: Vec<usize> = (0..N).chain(0..10).collect();
     // Whichever of two asks with one request id comes second presents the approval the
     // first made, so either answer code is right; the approval is what must match.
-    let created = join_all(requests.iter().map(|r| async {
-        let answer = app.decide_ok(ask("reset_password", ARGS, r)).await;
+    let app = &app;
+    let created = join_all(requests.iter().map(|&i| async move {
+        let request = format!("burst-{i}");
+        let answer = app
+            .decide_ok(ask("reset_password", &args(i), &request))
+            .await;
         assert!(
             matches!(
                 verdict(&answer),
@@ -432,8 +439,9 @@ async fn approvals_asked_at_once_are_each_created_approved_and_consumed_once() {
 
     // Each approval presented twice at once by two different requests: one ALLOW each.
     let presented = join_all(ids.iter().enumerate().flat_map(|(i, id)| {
-        [format!("burst-{i}"), format!("other-{i}")]
-            .map(|request| app.decide_ok(with_approval(ask("reset_password", ARGS, &request), id)))
+        [format!("burst-{i}"), format!("other-{i}")].map(|request| {
+            app.decide_ok(with_approval(ask("reset_password", &args(i), &request), id))
+        })
     }))
     .await;
     for (i, pair) in presented.chunks(2).enumerate() {

@@ -826,3 +826,46 @@ async fn a_later_event_waits_while_an_earlier_one_is_retried() {
         "the approval's second event is sent only once its first was delivered"
     );
 }
+
+#[tokio::test]
+async fn beyond_max_pending_approvals_a_new_request_is_refused_and_nothing_is_sent() {
+    let receiver = Receiver::accepting().await;
+    let app = spawn_app_with(|c| c.max_pending_approvals = 2).await;
+    app.connect_sample().await;
+    app.set_one("reset_password", Policy::ApprovalNeeded, Some(false))
+        .await;
+    app.sample_people().await;
+    app.set_channel(&app.admin, webhook("ops", &receiver.url, SECRET))
+        .await
+        .expect("set channel");
+    let ask_n = |n: u32| {
+        ask(
+            "reset_password",
+            &format!(r#"{{"n":{n}}}"#),
+            &format!("r{n}"),
+        )
+    };
+    let first = app.decide_ok(ask_n(1)).await.approval.expect("approval");
+    app.decide_ok(ask_n(2)).await;
+    assert_status(
+        app.decide(&app.agent, ask_n(3)).await,
+        Code::ResourceExhausted,
+        "max_pending_approvals",
+    );
+    // A retry of a request that has its approval still gets it.
+    let again = app.decide_ok(ask_n(1)).await;
+    assert_eq!(again.approval.expect("approval").id, first.id);
+    // Once one is decided, there is room again.
+    app.submit(&first.id, pb::ApproverRole::Technician, "tech", false)
+        .await
+        .expect("deny");
+    let third = app.decide_ok(ask_n(3)).await;
+    assert_eq!(verdict(&third).1, DecisionCode::ApprovalRequired);
+    // Two requests and a denial were sent; nothing for the refused ask.
+    let got = receiver.wait_for(4).await;
+    let requested = got
+        .iter()
+        .filter(|r| r.event_type() == "approval.requested")
+        .count();
+    assert_eq!(requested, 3);
+}
