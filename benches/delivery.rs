@@ -1,4 +1,5 @@
-//! Approval delivery, as `toolgate serve` runs it with its default settings, on SQLite and
+//! Approval delivery, as `toolgate serve` runs it with its default settings (but a
+//! `max_pending_approvals` above the 1 200 approvals the run leaves pending), on SQLite and
 //! on PostgreSQL, beside a raw single-row INSERT on the same database in the same run.
 //!
 //! Per backend:
@@ -164,7 +165,9 @@ async fn receiver(arrivals: Arc<Arrivals>, count: watch::Sender<usize>) -> Strin
 async fn measure(opts: Options, url: &str, dir: Option<tempfile::TempDir>) -> Figures {
     let admin = mint(url, "acme", "admin");
     let agent = mint(url, "acme", "agent");
-    let server = ServerProcess::toolgate(url, dir, &[]);
+    // Default settings but one: the run leaves 1 200 approvals pending, above the default
+    // max_pending_approvals (1 000), which would refuse the last of the burst.
+    let server = ServerProcess::toolgate(url, dir, &["--max-pending-approvals", "100000"]);
     let channel = common::connect(server.addr).await;
     let mut client = PolicyServiceClient::new(channel.clone());
     let tools = vec![common::tool("reset_password", "Reset a user's password")];
