@@ -290,10 +290,32 @@ fn chain_head<'a>(
     }
 }
 
+/// The database of the `keys` and `audit` commands: opened (and migrated) only if it exists.
+/// A key minted into a new, empty file in the wrong directory is a key no server accepts.
+/// The file of a `sqlite:` URL (`sqlite://PATH` or `sqlite:PATH`, options after `?`);
+/// `None` for other databases and for an in-memory one.
+fn sqlite_file(url: &str) -> Option<&str> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or(rest);
+    (!path.is_empty() && path != ":memory:").then_some(path)
+}
+
 async fn open(db: &toolgate::config::DatabaseArgs) -> Result<toolgate::store::SqlStore, String> {
     let url = resolve_database_url(db).map_err(|e| e.to_string())?;
     // Which database, so a key minted into the wrong one is noticed at once.
     eprintln!("database: {}", url.redacted());
+    if let Some(path) = sqlite_file(url.expose())
+        && !std::path::Path::new(path).exists()
+    {
+        return Err(format!(
+            "database {}: no such file. Key and audit commands never create a database: \
+             give the --database-url (or TOOLGATE_DATABASE_URL) the server uses, or start \
+             `toolgate serve` on it first, which creates it",
+            url.redacted()
+        ));
+    }
     toolgate::store::open(url.expose(), &Default::default())
         .await
         .map_err(|e| format!("database {:?}: {e}", url))

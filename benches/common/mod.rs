@@ -144,6 +144,22 @@ fn wrapped(program: &str) -> std::process::Command {
 pub fn sqlite_temp() -> (tempfile::TempDir, String) {
     let dir = tempfile::tempdir().expect("temp dir");
     let url = format!("sqlite://{}", dir.path().join("bench.db").display());
+    // `toolgate keys create` never creates a database: make and migrate it as `toolgate
+    // serve` would, on a runtime of its own (callers may be inside one).
+    let create = url.clone();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            toolgate::store::open(&create, &Default::default())
+                .await
+                .expect("create the bench database");
+        });
+    })
+    .join()
+    .expect("create the bench database");
     (dir, url)
 }
 

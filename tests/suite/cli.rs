@@ -504,3 +504,35 @@ async fn channels_and_deliveries_from_the_command_line() {
     let (code, out, _) = toolgate(&app, &app.admin, &["channels", "delete", "ops"]).await;
     assert_eq!((code, out.trim()), (0, "deleted ops"));
 }
+
+#[tokio::test]
+async fn key_commands_never_create_a_database() {
+    // SQLite only (this module runs in the SQLite suite): a PostgreSQL database must exist
+    // to be connected to at all.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("elsewhere.db");
+    let url = format!("sqlite://{}", file.display());
+    let bin = env!("CARGO_BIN_EXE_toolgate");
+    for args in [
+        vec!["keys", "create", "--tenant", "acme", "--role", "admin"],
+        vec!["keys", "list"],
+        vec!["keys", "revoke", "k1"],
+        vec!["audit", "verify"],
+    ] {
+        let out = std::process::Command::new(bin)
+            .args(&args)
+            .args(["--database-url", &url])
+            .env_remove("TOOLGATE_DATABASE_URL")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}: {stderr}");
+        assert!(stderr.contains("no such file"), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("elsewhere.db"),
+            "{args:?} names the database: {stderr}"
+        );
+        assert!(out.stdout.is_empty(), "{args:?}: no key printed");
+        assert!(!file.exists(), "{args:?} created {}", file.display());
+    }
+}

@@ -121,6 +121,12 @@ async fn a_restart_on_the_same_file_keeps_policies_revisions_approvals_and_keys(
 async fn keys_create_prints_the_key_alone_on_stdout_and_list_never_shows_it() {
     let db = fresh_database().await;
     let url = db.url.clone();
+    // The database exists (as `toolgate serve` leaves it): key commands create none.
+    drop(
+        toolgate::store::open(&url, &Default::default())
+            .await
+            .expect("open"),
+    );
     let bin = env!("CARGO_BIN_EXE_toolgate");
     let out = std::process::Command::new(bin)
         .args([
