@@ -33,7 +33,7 @@ impl ChannelKind {
 }
 
 /// A secret a channel keeps (a signing secret, a bot token): shown by `Debug` as
-/// `<redacted>`, compared in constant time, and never serialized.
+/// `<redacted>`, and never serialized or sent back.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secret(String);
 

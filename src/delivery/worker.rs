@@ -142,10 +142,19 @@ async fn claim_round(
             until: now.plus(settings.lease()),
         };
         let (tenant, channel) = &key;
-        let got = app
+        let got = match app
             .store
             .claim_deliveries(&lease, tenant, channel, free as u32)
-            .await?;
+            .await
+        {
+            Ok(got) => got,
+            // What this round claimed already is sent; the rest waits for the next round.
+            Err(e) if !claimed.is_empty() => {
+                tracing::warn!(error = %e, "could not claim deliveries; retrying");
+                break;
+            }
+            Err(e) => return Err(e),
+        };
         if let Ok(mut m) = in_flight.lock() {
             *m.entry(key.clone()).or_default() += got.len();
         }
