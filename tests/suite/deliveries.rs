@@ -5,6 +5,7 @@ use crate::helpers::*;
 use crate::receiver::{Answer, OTHER_SECRET, Receiver, SECRET};
 use std::time::Duration;
 use tonic::Code;
+use toolgate::config::Config;
 use toolgate::policy::Role;
 use toolgate::proto::v1 as pb;
 
@@ -111,6 +112,20 @@ async fn people_with_slack_ids(app: &TestApp) {
         person("bob", "", false),
     ])
     .await;
+}
+
+/// The sample integration with `reset_password` needing a technician's approval, the sample
+/// directory, and a webhook channel `ops` to `receiver`, on a server set up by `adjust`.
+async fn with_channel(receiver: &Receiver, adjust: impl FnOnce(&mut Config)) -> TestApp {
+    let app = spawn_app_with(adjust).await;
+    app.connect_sample().await;
+    app.set_one("reset_password", Policy::ApprovalNeeded, Some(false))
+        .await;
+    app.sample_people().await;
+    app.set_channel(&app.admin, webhook("ops", &receiver.url, SECRET))
+        .await
+        .expect("set channel");
+    app
 }
 
 #[tokio::test]
@@ -220,18 +235,11 @@ async fn every_event_of_an_approval_arrives_signed_and_in_order() {
 #[tokio::test]
 async fn denied_cancelled_and_expired_approvals_are_announced() {
     let receiver = Receiver::accepting().await;
-    let app = spawn_app_with(|c| {
+    let app = with_channel(&receiver, |c| {
         c.approval_ttl = Duration::from_millis(1500);
         c.expiry_sweep = Duration::from_millis(50);
     })
     .await;
-    app.connect_sample().await;
-    app.set_one("reset_password", Policy::ApprovalNeeded, Some(false))
-        .await;
-    app.sample_people().await;
-    app.set_channel(&app.admin, webhook("ops", &receiver.url, SECRET))
-        .await
-        .expect("set channel");
     let ask_for = |n: &str| ask("reset_password", &format!(r#"{{"user":"{n}"}}"#), n);
     let denied = app
         .decide_ok(ask_for("d"))
@@ -286,18 +294,11 @@ async fn a_failing_receiver_gets_the_same_id_until_it_accepts() {
         _ => Answer::Status(200),
     })
     .await;
-    let app = spawn_app_with(|c| {
+    let app = with_channel(&receiver, |c| {
         c.delivery_retry_initial = Duration::from_millis(50);
         c.delivery_retry_max = Duration::from_millis(200);
     })
     .await;
-    app.connect_sample().await;
-    app.set_one("reset_password", Policy::ApprovalNeeded, Some(false))
-        .await;
-    app.sample_people().await;
-    app.set_channel(&app.admin, webhook("ops", &receiver.url, SECRET))
-        .await
-        .expect("set channel");
     let before = app.scrape().await;
     let approval = app
         .decide_ok(ask("reset_password", "{}", "r1"))
@@ -328,20 +329,13 @@ async fn a_failing_receiver_gets_the_same_id_until_it_accepts() {
 #[tokio::test]
 async fn a_receiver_that_never_answers_ends_failed_and_retry_sends_it_again() {
     let receiver = Receiver::start(|_, _| Answer::Hang).await;
-    let app = spawn_app_with(|c| {
+    let app = with_channel(&receiver, |c| {
         c.delivery_timeout = Duration::from_millis(200);
         c.delivery_retry_initial = Duration::from_millis(50);
         c.delivery_retry_max = Duration::from_millis(100);
         c.delivery_max_age = Duration::from_secs(1);
     })
     .await;
-    app.connect_sample().await;
-    app.set_one("reset_password", Policy::ApprovalNeeded, Some(false))
-        .await;
-    app.sample_people().await;
-    app.set_channel(&app.admin, webhook("ops", &receiver.url, SECRET))
-        .await
-        .expect("set channel");
     let approval = app
         .decide_ok(ask("reset_password", "{}", "r1"))
         .await
@@ -600,14 +594,10 @@ async fn bad_channel_input_is_refused_and_changes_nothing() {
 #[tokio::test]
 async fn another_tenants_deliveries_are_not_seen_or_retried() {
     let receiver = Receiver::start(|_, _| Answer::Status(500)).await;
-    let app = spawn_app_with(|c| c.delivery_max_age = Duration::from_millis(300)).await;
-    app.connect_sample().await;
-    app.set_one("reset_password", Policy::ApprovalNeeded, Some(false))
-        .await;
-    app.sample_people().await;
-    app.set_channel(&app.admin, webhook("ops", &receiver.url, SECRET))
-        .await
-        .expect("set channel");
+    let app = with_channel(&receiver, |c| {
+        c.delivery_max_age = Duration::from_millis(300)
+    })
+    .await;
     let approval = app
         .decide_ok(ask("reset_password", "{}", "r1"))
         .await
@@ -740,14 +730,7 @@ async fn a_delivery_cut_off_by_sigkill_arrives_after_restart() {
 #[tokio::test]
 async fn asking_again_for_the_same_call_returns_the_pending_approval_and_sends_nothing_new() {
     let receiver = Receiver::accepting().await;
-    let app = spawn_app().await;
-    app.connect_sample().await;
-    app.set_one("reset_password", Policy::ApprovalNeeded, Some(false))
-        .await;
-    app.sample_people().await;
-    app.set_channel(&app.admin, webhook("ops", &receiver.url, SECRET))
-        .await
-        .expect("set channel");
+    let app = with_channel(&receiver, |_| {}).await;
     let args = r#"{"user":"bob@example.com"}"#;
     let first = app.decide_ok(ask("reset_password", args, "r1")).await;
     let first = first.approval.expect("approval");
@@ -792,18 +775,11 @@ async fn a_later_event_waits_while_an_earlier_one_is_retried() {
         }
     })
     .await;
-    let app = spawn_app_with(|c| {
+    let app = with_channel(&receiver, |c| {
         c.delivery_retry_initial = Duration::from_millis(100);
         c.delivery_retry_max = Duration::from_millis(200);
     })
     .await;
-    app.connect_sample().await;
-    app.set_one("reset_password", Policy::ApprovalNeeded, Some(false))
-        .await;
-    app.sample_people().await;
-    app.set_channel(&app.admin, webhook("ops", &receiver.url, SECRET))
-        .await
-        .expect("set channel");
     let approval = app
         .decide_ok(ask("reset_password", "{}", "r1"))
         .await
@@ -830,14 +806,7 @@ async fn a_later_event_waits_while_an_earlier_one_is_retried() {
 #[tokio::test]
 async fn beyond_max_pending_approvals_a_new_request_is_refused_and_nothing_is_sent() {
     let receiver = Receiver::accepting().await;
-    let app = spawn_app_with(|c| c.max_pending_approvals = 2).await;
-    app.connect_sample().await;
-    app.set_one("reset_password", Policy::ApprovalNeeded, Some(false))
-        .await;
-    app.sample_people().await;
-    app.set_channel(&app.admin, webhook("ops", &receiver.url, SECRET))
-        .await
-        .expect("set channel");
+    let app = with_channel(&receiver, |c| c.max_pending_approvals = 2).await;
     let ask_n = |n: u32| {
         ask(
             "reset_password",
