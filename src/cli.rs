@@ -512,14 +512,19 @@ async fn deliveries(command: DeliveriesCommand, client: &ClientArgs) -> Result<(
             vec![answer.into_inner().delivery.unwrap_or_default()]
         }
     };
-    match client.output {
+    print_deliveries(&all, client.output);
+    Ok(())
+}
+
+fn print_deliveries(all: &[pb::Delivery], output: Output) {
+    match output {
         Output::Json => all.iter().for_each(print_json),
         Output::Table => {
             println!(
                 "{:<37} {:<12} {:<38} {:<20} {:<10} {:>8}  last error",
                 "delivery", "channel", "approval", "event", "state", "attempts"
             );
-            for d in &all {
+            for d in all {
                 let state = pb::DeliveryState::try_from(d.state)
                     .map(|s| {
                         s.as_str_name()
@@ -540,7 +545,6 @@ async fn deliveries(command: DeliveriesCommand, client: &ClientArgs) -> Result<(
             }
         }
     }
-    Ok(())
 }
 
 /// Every page of the history: one JSON line per page with `--output json`, else a table

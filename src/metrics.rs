@@ -288,6 +288,67 @@ struct RpcSeries {
 }
 
 /// Counters, gauges and histograms of one server, and the registry that exposes them.
+/// Approval delivery's series.
+#[derive(Debug)]
+pub struct DeliveryMetrics {
+    attempts: [Counter; ATTEMPT_OUTCOMES.len()],
+    ended: [Counter; 2],
+    pub seconds: Histogram,
+    oldest_pending: Gauge<f64, AtomicU64>,
+}
+
+impl DeliveryMetrics {
+    fn register(r: &mut Registry) -> Self {
+        let (family, attempts) = one_label("outcome", ATTEMPT_OUTCOMES);
+        r.register(
+            "toolgate_delivery_attempts",
+            "Delivery attempts (webhooks) by outcome: delivered, retry (failed, tried again), \
+             failed (failed for good)",
+            family,
+        );
+        let (family, ended) = one_label("outcome", ["delivered", "failed"]);
+        r.register(
+            "toolgate_deliveries",
+            "Deliveries that ended, by outcome",
+            family,
+        );
+        let seconds = Histogram::new(PROPAGATION_BOUNDS.iter().copied());
+        r.register(
+            "toolgate_delivery_attempt_duration_seconds",
+            "Time of one delivery attempt, from its claim to the receiver's answer",
+            seconds.clone(),
+        );
+        let oldest_pending = Gauge::default();
+        r.register(
+            "toolgate_delivery_oldest_pending_seconds",
+            "Age of the oldest delivery not yet delivered or failed (0 when none), as the \
+             delivery worker last read it",
+            oldest_pending.clone(),
+        );
+        DeliveryMetrics {
+            attempts,
+            ended,
+            seconds,
+            oldest_pending,
+        }
+    }
+
+    /// Counts one delivery attempt, and the delivery's end when it ended.
+    pub fn attempt(&self, outcome: AttemptOutcome) {
+        self.attempts[outcome as usize].inc();
+        match outcome {
+            AttemptOutcome::Delivered => self.ended[0].inc(),
+            AttemptOutcome::Failed => self.ended[1].inc(),
+            AttemptOutcome::Retry => 0,
+        };
+    }
+
+    /// The age of the oldest pending delivery, in seconds (0: none).
+    pub fn set_oldest_pending(&self, seconds: f64) {
+        self.oldest_pending.set(seconds);
+    }
+}
+
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
@@ -320,10 +381,7 @@ pub struct Metrics {
     staleness_seconds: Gauge<f64, AtomicU64>,
     /// Unix milliseconds of the follower's last successful read of the database.
     last_db_ok_ms: AtomicU64,
-    delivery_attempts: [Counter; ATTEMPT_OUTCOMES.len()],
-    deliveries: [Counter; 2],
-    pub delivery_seconds: Histogram,
-    oldest_pending_delivery: Gauge<f64, AtomicU64>,
+    pub deliveries: DeliveryMetrics,
 }
 
 /// Values read from the server's state at scrape time.
@@ -502,33 +560,7 @@ impl Metrics {
             store_seconds.clone(),
         );
 
-        let (family, delivery_attempts) = one_label("outcome", ATTEMPT_OUTCOMES);
-        r.register(
-            "toolgate_delivery_attempts",
-            "Delivery attempts (webhooks) by outcome: delivered, retry (failed, tried again), \
-             failed (failed for good)",
-            family,
-        );
-        let (family, deliveries) = one_label("outcome", ["delivered", "failed"]);
-        r.register(
-            "toolgate_deliveries",
-            "Deliveries that ended, by outcome",
-            family,
-        );
-        let delivery_seconds = Histogram::new(PROPAGATION_BOUNDS.iter().copied());
-        r.register(
-            "toolgate_delivery_attempt_duration_seconds",
-            "Time of one delivery attempt, from its claim to the receiver's answer",
-            delivery_seconds.clone(),
-        );
-        let oldest_pending_delivery = Gauge::default();
-        r.register(
-            "toolgate_delivery_oldest_pending_seconds",
-            "Age of the oldest delivery not yet delivered or failed (0 when none), as the \
-             delivery worker last read it",
-            oldest_pending_delivery.clone(),
-        );
-
+        let deliveries = DeliveryMetrics::register(&mut r);
         let rpcs = register_rpcs(&mut r);
         #[cfg(target_os = "linux")]
         r.register_collector(Box::new(process::ProcessCollector));
@@ -557,26 +589,8 @@ impl Metrics {
             revision_sum,
             staleness_seconds,
             last_db_ok_ms: AtomicU64::new(unix_ms()),
-            delivery_attempts,
             deliveries,
-            delivery_seconds,
-            oldest_pending_delivery,
         }
-    }
-
-    /// Counts one delivery attempt, and the delivery's end when it ended.
-    pub fn delivery_attempt(&self, outcome: AttemptOutcome) {
-        self.delivery_attempts[outcome as usize].inc();
-        match outcome {
-            AttemptOutcome::Delivered => self.deliveries[0].inc(),
-            AttemptOutcome::Failed => self.deliveries[1].inc(),
-            AttemptOutcome::Retry => 0,
-        };
-    }
-
-    /// The age of the oldest pending delivery, in seconds (0: none).
-    pub fn set_oldest_pending_delivery(&self, seconds: f64) {
-        self.oldest_pending_delivery.set(seconds);
     }
 
     pub fn decision(&self, verdict: Verdict, code: DecisionCode) {

@@ -172,15 +172,7 @@ pub async fn serve(
     )));
     let deliveries = AbortOnDropHandle::new(tokio::spawn(crate::delivery::worker::run(
         app.clone(),
-        crate::delivery::worker::WorkerSettings {
-            retry_initial: config.delivery_retry_initial,
-            retry_max: config.delivery_retry_max,
-            max_age: config.delivery_max_age,
-            timeout: config.delivery_timeout,
-            concurrency: config.delivery_concurrency,
-            public_only: config.delivery_public_only,
-            poll: config.catch_up_interval,
-        },
+        crate::delivery::worker::WorkerSettings::from(&config),
     )));
     let (reporter, health_service) = tonic_health::server::health_reporter();
     reporter

@@ -43,35 +43,7 @@ impl App {
             .await?
             .into_iter()
             .find(|c| c.id == channel.id && c.kind == channel.kind);
-        match channel.kind {
-            ChannelKind::Webhook => {
-                if !channel.secret.is_empty() {
-                    SigningKey::parse("channel.secret", channel.secret.expose())?;
-                } else if existing.is_none() {
-                    return Err(FieldError::new(
-                        "channel.secret",
-                        "is required for a new webhook channel: a Standard Webhooks signing \
-                         secret, \"whsec_\" and base64",
-                    )
-                    .into());
-                }
-                if !channel.slack_channel.is_empty() || !channel.slack_signing_secret.is_empty() {
-                    return Err(FieldError::new(
-                        "channel.slack_channel",
-                        "slack_channel and slack_signing_secret are for CHANNEL_KIND_SLACK only",
-                    )
-                    .into());
-                }
-            }
-            ChannelKind::Slack => {
-                return Err(FieldError::new(
-                    "channel.kind",
-                    "CHANNEL_KIND_SLACK is not delivered by this version yet; use \
-                     CHANNEL_KIND_WEBHOOK",
-                )
-                .into());
-            }
-        }
+        check_kind(&channel, existing.is_some())?;
         let stored = self.store.set_channel(&caller.tenant, &channel).await?;
         if stored.enabled
             && let Ok(mut tenants) = self.channel_tenants.write()
@@ -160,6 +132,35 @@ impl App {
             ))),
             Retried::NotFound => Err(not_found()),
         }
+    }
+}
+
+/// What a channel of its kind needs: a webhook its signing secret (kept from `exists`, the
+/// stored channel, when left empty), and no Slack fields. Slack is not delivered yet.
+fn check_kind(channel: &Channel, exists: bool) -> Result<(), FieldError> {
+    match channel.kind {
+        ChannelKind::Webhook => {
+            if !channel.secret.is_empty() {
+                SigningKey::parse("channel.secret", channel.secret.expose())?;
+            } else if !exists {
+                return Err(FieldError::new(
+                    "channel.secret",
+                    "is required for a new webhook channel: a Standard Webhooks signing \
+                     secret, \"whsec_\" and base64",
+                ));
+            }
+            if !channel.slack_channel.is_empty() || !channel.slack_signing_secret.is_empty() {
+                return Err(FieldError::new(
+                    "channel.slack_channel",
+                    "slack_channel and slack_signing_secret are for CHANNEL_KIND_SLACK only",
+                ));
+            }
+            Ok(())
+        }
+        ChannelKind::Slack => Err(FieldError::new(
+            "channel.kind",
+            "CHANNEL_KIND_SLACK is not delivered by this version yet; use CHANNEL_KIND_WEBHOOK",
+        )),
     }
 }
 

@@ -214,69 +214,12 @@ impl App {
                 return Ok((deny, None));
             }
         }
-        let approval = Approval {
-            id: keys::random_id("apr_").map_err(|e| AppError::internal("random id", e))?,
-            state: ApprovalState::Pending,
-            integration_id: tool.integration_id.clone(),
-            tool_name: tool.name.clone(),
-            arguments_json: canon.canonical,
-            arguments_sha256: canon.sha256,
-            requester_id: asked.requester_id.to_owned(),
-            request_id: asked.request_id.to_owned(),
-            required_roles: tool.required_roles(),
-            steps: Vec::new(),
-            created_at: now,
-            expires_at: now.plus(self.limits.approval_ttl),
-            created_by_key: caller.key_id.clone(),
-            principal: caller.principal.clone(),
-            consumed_by_request: None,
-            consumed_at: None,
-        };
-        // No approval spam: while the same call (another request id of the same principal,
-        // requester, tool and arguments) waits for people, asking again returns that
-        // approval and asks nobody anew.
-        let pending = self
-            .store
-            .find_pending(
-                &caller.tenant,
-                &approval,
-                now.0,
-                self.limits.max_pending_approvals,
-            )
-            .await?;
-        if let Some(open) = &pending.same_call
-            && open.request_id != approval.request_id
+        let approval = self.new_approval(caller, tool, asked, canon, now)?;
+        if let Some(answer) = self
+            .without_asking_again(caller, tool, asked, &approval, now)
+            .await?
         {
-            let waiting = Decision {
-                verdict: Verdict::PendingApproval,
-                code: DecisionCode::ApprovalPending,
-                reason: format!(
-                    "this exact call already waits for approval {} (asked by request_id {:?}); \
-                     nobody was asked again",
-                    open.id, open.request_id
-                )
-                .into(),
-            };
-            return Ok((waiting, pending.same_call));
-        }
-        // A cap on what people are asked at once, against an agent asking in a loop. A
-        // retried request id finds its approval through the insert below even at the cap.
-        let cap = self.limits.max_pending_approvals;
-        if pending.tenant_pending >= cap {
-            if let Some(existing) = self
-                .store
-                .approval_by_request(&caller.tenant, &approval.principal, &approval.request_id)
-                .await?
-            {
-                let sha256 = &approval.arguments_sha256;
-                return self
-                    .ask_with_approval(caller, tool, &existing.id, asked, sha256, now)
-                    .await;
-            }
-            return Err(AppError::ResourceExhausted(format!(
-                "this tenant has {cap} approvals waiting for people, the most \
-                 max_pending_approvals allows; decide or cancel some first"
-            )));
+            return Ok(answer);
         }
         match self
             .store
@@ -300,6 +243,87 @@ impl App {
                     .await
             }
         }
+    }
+
+    /// The approval a first ask would create.
+    fn new_approval(
+        &self,
+        caller: &Caller,
+        tool: &Tool,
+        asked: &Asked<'_>,
+        canon: CanonicalArguments,
+        now: UnixMillis,
+    ) -> Result<Approval, AppError> {
+        Ok(Approval {
+            id: keys::random_id("apr_").map_err(|e| AppError::internal("random id", e))?,
+            state: ApprovalState::Pending,
+            integration_id: tool.integration_id.clone(),
+            tool_name: tool.name.clone(),
+            arguments_json: canon.canonical,
+            arguments_sha256: canon.sha256,
+            requester_id: asked.requester_id.to_owned(),
+            request_id: asked.request_id.to_owned(),
+            required_roles: tool.required_roles(),
+            steps: Vec::new(),
+            created_at: now,
+            expires_at: now.plus(self.limits.approval_ttl),
+            created_by_key: caller.key_id.clone(),
+            principal: caller.principal.clone(),
+            consumed_by_request: None,
+            consumed_at: None,
+        })
+    }
+
+    /// The answer when people must not be asked again (`None`: ask them). No approval spam:
+    /// while the same call (another request id of the same principal, requester, tool and
+    /// arguments) waits for people, asking again returns that approval. And a cap on what
+    /// people are asked at once, against an agent asking in a loop; a retried request id
+    /// still reaches its own approval at the cap.
+    async fn without_asking_again(
+        &self,
+        caller: &Caller,
+        tool: &Tool,
+        asked: &Asked<'_>,
+        approval: &Approval,
+        now: UnixMillis,
+    ) -> Result<Option<(Decision, Option<Approval>)>, AppError> {
+        let cap = self.limits.max_pending_approvals;
+        let pending = self
+            .store
+            .find_pending(&caller.tenant, approval, now.0, cap)
+            .await?;
+        if let Some(open) = &pending.same_call
+            && open.request_id != approval.request_id
+        {
+            let waiting = Decision {
+                verdict: Verdict::PendingApproval,
+                code: DecisionCode::ApprovalPending,
+                reason: format!(
+                    "this exact call already waits for approval {} (asked by request_id {:?}); \
+                     nobody was asked again",
+                    open.id, open.request_id
+                )
+                .into(),
+            };
+            return Ok(Some((waiting, pending.same_call)));
+        }
+        if pending.tenant_pending < cap {
+            return Ok(None);
+        }
+        let Some(existing) = self
+            .store
+            .approval_by_request(&caller.tenant, &approval.principal, &approval.request_id)
+            .await?
+        else {
+            return Err(AppError::ResourceExhausted(format!(
+                "this tenant has {cap} approvals waiting for people, the most \
+                 max_pending_approvals allows; decide or cancel some first"
+            )));
+        };
+        let sha256 = &approval.arguments_sha256;
+        self.ask_with_approval(caller, tool, &existing.id, asked, sha256, now)
+            .await
+            .map(Some)
     }
 
     /// Step 3 of Decide: evaluate (and maybe consume) an approval, atomically.

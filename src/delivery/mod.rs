@@ -17,9 +17,7 @@ use crate::policy::UnixMillis;
 use std::fmt;
 
 /// What kind of receiver a channel is.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::EnumString, strum::VariantArray,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::EnumString)]
 #[strum(serialize_all = "snake_case")]
 pub enum ChannelKind {
     Webhook,
@@ -75,9 +73,7 @@ pub struct Channel {
 }
 
 /// Where a delivery is in its life.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::EnumString, strum::VariantArray,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::EnumString)]
 #[strum(serialize_all = "snake_case")]
 pub enum DeliveryState {
     Pending,

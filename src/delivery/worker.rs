@@ -35,6 +35,20 @@ pub struct WorkerSettings {
     pub poll: Duration,
 }
 
+impl From<&crate::config::Config> for WorkerSettings {
+    fn from(config: &crate::config::Config) -> Self {
+        WorkerSettings {
+            retry_initial: config.delivery_retry_initial,
+            retry_max: config.delivery_retry_max,
+            max_age: config.delivery_max_age,
+            timeout: config.delivery_timeout,
+            concurrency: config.delivery_concurrency,
+            public_only: config.delivery_public_only,
+            poll: config.catch_up_interval,
+        }
+    }
+}
+
 impl WorkerSettings {
     /// How long a claim holds: an attempt ends within the timeout; the rest is margin
     /// for writing its outcome.
@@ -122,7 +136,7 @@ async fn claim_round(
         }
         let oldest = app.store.oldest_pending_delivery().await?;
         let age = oldest.map_or(0.0, |at| (now.0 - at.0).max(0) as f64 / 1000.0);
-        app.metrics.set_oldest_pending_delivery(age);
+        app.metrics.deliveries.set_oldest_pending(age);
     }
     let mut claimed = Vec::new();
     for (tenant, channel) in app.store.due_channels(now).await? {
@@ -186,16 +200,37 @@ async fn attempt(app: &App, settings: &WorkerSettings, client: &reqwest::Client,
         Err(Failure::Final(error)) => Outcome::Failed { error },
         Err(Failure::Retry { error, after }) => after_failure(settings, c, error, after),
     };
-    app.metrics
-        .delivery_seconds
-        .observe(started.elapsed().as_secs_f64());
+    let metrics = &app.metrics.deliveries;
+    metrics.seconds.observe(started.elapsed().as_secs_f64());
     let counted = match &outcome {
         Outcome::Delivered { .. } => AttemptOutcome::Delivered,
         Outcome::Retry { .. } => AttemptOutcome::Retry,
         Outcome::Failed { .. } => AttemptOutcome::Failed,
     };
-    app.metrics.delivery_attempt(counted);
-    match &outcome {
+    metrics.attempt(counted);
+    log_outcome(c, &outcome);
+    match app.store.finish_delivery(c, &outcome).await {
+        Ok(true) => {}
+        Ok(false) => tracing::info!(
+            delivery = %d.id,
+            "a delivery's claim had ended before its outcome was written (its channel deleted, or its lease ran out)"
+        ),
+        // The lease runs out and the delivery is tried again: at least once, never lost.
+        Err(e) => {
+            tracing::warn!(delivery = %d.id, error = %e, "could not record a delivery's outcome")
+        }
+    }
+    if matches!(outcome, Outcome::Delivered { .. }) {
+        // The approval's next event on this channel may have waited for this one.
+        app.deliveries_due.notify_one();
+    }
+}
+
+/// One line per failed attempt (the channel, the delivery, the error; never the body or
+/// the secret), a debug line per delivered one.
+fn log_outcome(c: &Claimed, outcome: &Outcome) {
+    let d = &c.delivery;
+    match outcome {
         Outcome::Delivered { .. } => tracing::debug!(
             tenant = %c.tenant,
             channel = %d.channel_id,
@@ -225,21 +260,6 @@ async fn attempt(app: &App, settings: &WorkerSettings, client: &reqwest::Client,
             error = %error,
             "delivery failed for good; RetryDelivery sends it again"
         ),
-    }
-    match app.store.finish_delivery(c, &outcome).await {
-        Ok(true) => {}
-        Ok(false) => tracing::info!(
-            delivery = %d.id,
-            "a delivery's claim had ended before its outcome was written (its channel deleted, or its lease ran out)"
-        ),
-        // The lease runs out and the delivery is tried again: at least once, never lost.
-        Err(e) => {
-            tracing::warn!(delivery = %d.id, error = %e, "could not record a delivery's outcome")
-        }
-    }
-    if matches!(outcome, Outcome::Delivered { .. }) {
-        // The approval's next event on this channel may have waited for this one.
-        app.deliveries_due.notify_one();
     }
 }
 

@@ -938,6 +938,9 @@ async fn two_hundred_approvals_on_three_replicas_are_all_delivered_none_twice_at
     for chunk in (100..200).collect::<Vec<_>>().chunks(10) {
         futures_util::future::join_all(chunk.iter().map(|&i| ask_on(&c, i))).await;
     }
+    // Every event reached the receiver (its own signal), then every outcome is recorded:
+    // the API pushes no delivery events, so the record is read again until it is complete.
+    hook.wait_for(200).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     let mut page_token = String::new();
     let mut delivered = 0;

@@ -60,8 +60,10 @@ impl TestApp {
             .deliveries
     }
 
-    /// The deliveries of `approval_id`, once `done` holds for them (checked as the worker
-    /// records outcomes, for at most 60 s).
+    /// The deliveries of `approval_id`, once `done` holds for them, for at most 60 s. The
+    /// worker records an outcome in the database after the receiver answers, and the API
+    /// pushes no delivery events: reading ListDeliveries again, as a client does, is the
+    /// only way to see it happen.
     pub async fn deliveries_when(
         &self,
         approval_id: &str,
@@ -722,6 +724,8 @@ async fn a_delivery_cut_off_by_sigkill_arrives_after_restart() {
             assert!(listed[0].attempts >= 2, "{listed:?}");
             break;
         }
+        // The receiver has the retry (awaited above); the outcome is written just after
+        // it answers, and only ListDeliveries shows it.
         assert!(tokio::time::Instant::now() < deadline, "{listed:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

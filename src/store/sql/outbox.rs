@@ -7,7 +7,7 @@ use crate::delivery::{
     Audience, Channel, ChannelKind, Claimed, Delivery, DeliveryState, Outcome, Secret,
 };
 use crate::policy::{Approval, UnixMillis};
-use crate::store::rows::{APPROVAL_COLUMNS, Cols, approval_from_row, corrupt};
+use crate::store::rows::{Cols, approval_from_row, corrupt};
 use crate::store::{DeliveryQuery, Lease, Retried, StoreError};
 use sqlx::Connection;
 
@@ -312,7 +312,6 @@ impl SqlStore {
               WHERE h.tenant = $1 AND h.id = $3) a \
              WHERE c.tenant = $1 AND c.id = $2"
         );
-        debug_assert!(APPROVAL_COLUMNS.starts_with("seq, id, state"));
         on_pool!(self, read, |pool| async {
             let row = sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(tenant)
