@@ -214,19 +214,25 @@ where
     }
 }
 
-async fn set_policy(mut client: Client, admin: &str, tool: &str, policy: pb::Policy) -> u64 {
-    client
-        .set_policy(with_key(
+/// A Save, retried as a client does when the server answers UNAVAILABLE ("retry": the
+/// tenant kept changing under every attempt, which racing replicas on a loaded machine can
+/// cause).
+async fn set_policy(client: Client, admin: &str, tool: &str, policy: pb::Policy) -> u64 {
+    retry(|| {
+        let mut client = client.clone();
+        let request = with_key(
             admin,
             pb::SetPolicyRequest {
                 changes: vec![change("entra", tool, policy, None)],
                 expected_revision: None,
                 comment: String::new(),
             },
-        ))
-        .await
-        .map(|r| r.into_inner().revision)
-        .expect("set policy")
+        );
+        async move { client.set_policy(request).await }
+    })
+    .await
+    .into_inner()
+    .revision
 }
 
 async fn people(c: &Cluster) {
