@@ -231,14 +231,22 @@ pub enum RevisionsCommand {
 pub enum ChannelsCommand {
     /// The tenant's channels (secrets are never shown).
     List,
-    /// Create a webhook channel, or replace the one with this id. The signing secret
-    /// (whsec_<base64>) is read from TOOLGATE_CHANNEL_SECRET only, so it is in no shell
-    /// history or process list; unset on a replace, the stored one is kept.
+    /// Create a channel, or replace the one with this id: a webhook, or with
+    /// --slack-channel a Slack app. Secrets are read from the environment only, so they are
+    /// in no shell history or process list; unset on a replace, the stored ones are kept.
+    /// TOOLGATE_CHANNEL_SECRET is a webhook's signing secret (whsec_<base64>) or a Slack
+    /// app's bot token (xoxb-…); TOOLGATE_SLACK_SIGNING_SECRET is the Slack app's signing
+    /// secret.
     Set {
         id: String,
-        /// Where events are POSTed (http or https).
-        #[arg(long)]
+        /// Where events are POSTed (http or https); for Slack, the Web API base (default
+        /// Slack's own).
+        #[arg(long, default_value = "")]
         url: String,
+        /// A Slack channel: the conversation technician requests are posted to (an id such
+        /// as C0123ABCD); managers get theirs as a direct message.
+        #[arg(long)]
+        slack_channel: Option<String>,
         /// Store the channel but send nothing to it.
         #[arg(long)]
         disabled: bool,
@@ -444,15 +452,28 @@ async fn channels(command: ChannelsCommand, client: &ClientArgs) -> Result<(), F
                 .await?;
             print(&answer.into_inner().channels);
         }
-        ChannelsCommand::Set { id, url, disabled } => {
-            let secret = std::env::var("TOOLGATE_CHANNEL_SECRET").ok();
+        ChannelsCommand::Set {
+            id,
+            url,
+            slack_channel,
+            disabled,
+        } => {
+            let env = |name| std::env::var(name).unwrap_or_default();
+            let kind = match slack_channel {
+                Some(_) => pb::ChannelKind::Slack,
+                None => pb::ChannelKind::Webhook,
+            };
             let channel = pb::NotificationChannel {
                 id,
-                kind: pb::ChannelKind::Webhook as i32,
+                kind: kind as i32,
                 url,
-                secret: secret.unwrap_or_default(),
+                secret: env("TOOLGATE_CHANNEL_SECRET"),
                 enabled: !disabled,
-                ..Default::default()
+                slack_channel: slack_channel.unwrap_or_default(),
+                slack_signing_secret: match kind {
+                    pb::ChannelKind::Slack => env("TOOLGATE_SLACK_SIGNING_SECRET"),
+                    _ => String::new(),
+                },
             };
             let req = pb::SetNotificationChannelRequest {
                 channel: Some(channel),

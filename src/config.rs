@@ -173,6 +173,9 @@ pub struct ServeArgs {
     /// Address of the Prometheus endpoint, GET /metrics [default: 127.0.0.1:9464].
     #[arg(long, env = "TOOLGATE_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Address of the HTTP listener for Slack's interaction requests, POST /slack/interactions; the one port that faces Slack through an ingress [default: off].
+    #[arg(long, env = "TOOLGATE_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
     /// Largest request message accepted, in bytes [default: 4194304].
     #[arg(long, env = "TOOLGATE_MAX_MESSAGE_BYTES")]
     pub max_message_bytes: Option<usize>,
@@ -358,6 +361,8 @@ pub struct Config {
     pub db_unavailable_after: Duration,
     pub db_pool_size: u32,
     pub metrics_listen: SocketAddr,
+    /// `None`: no HTTP listener (Slack's buttons are not taken).
+    pub http_listen: Option<SocketAddr>,
     pub max_message_bytes: usize,
     pub max_concurrent_streams: u32,
     pub max_concurrent_requests: usize,
@@ -423,6 +428,7 @@ impl Default for Config {
             db_unavailable_after: Duration::from_secs(10),
             db_pool_size: 16,
             metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            http_listen: None,
             max_message_bytes: 4 * 1024 * 1024,
             max_concurrent_streams: 1024,
             max_concurrent_requests: 1024,
@@ -952,6 +958,7 @@ mod tests {
             db_unavailable_after = "11s"
             db_pool_size = 2
             metrics_listen = "127.0.0.1:7001"
+            http_listen = "127.0.0.1:7002"
             max_message_bytes = 100000
             max_concurrent_streams = 9
             max_concurrent_requests = 10

@@ -13,6 +13,8 @@
 //!   follower and the expiry sweep), written once for every transport. No tonic, no sqlx.
 //! - [`grpc`]: the `toolgate.v1.PolicyService` transport: authenticate, convert, call
 //!   [`app`], convert back; the single mapping of errors to gRPC statuses.
+//! - [`delivery`]: approval delivery: channels, the outbox's worker, webhooks and Slack.
+//! - [`http`]: the HTTP listener that takes Slack's button clicks (and calls [`app`]).
 //! - [`server`]: wires store, snapshot, health and reflection, and drains on shutdown.
 //! - [`config`]: flags, environment, TOML file and defaults, resolved once.
 //! - [`keys`]: API key generation and hashing.
@@ -24,6 +26,7 @@ pub mod cli;
 pub mod config;
 pub mod delivery;
 pub mod grpc;
+pub mod http;
 pub mod hub;
 pub mod keys;
 pub mod logging;

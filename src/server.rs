@@ -41,6 +41,8 @@ pub enum RunError {
     Listener(#[from] std::io::Error),
     #[error("{0}")]
     Tls(String),
+    #[error("HTTP client: {0}")]
+    HttpClient(#[from] reqwest::Error),
 }
 
 /// The sockets toolgate serves on, bound by the caller (so port 0 works in tests and a
@@ -50,6 +52,8 @@ pub struct Listeners {
     pub grpc: TcpListener,
     /// Prometheus `/metrics`.
     pub metrics: TcpListener,
+    /// Slack's interactions (`http_listen`); none when it is off.
+    pub http: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -66,7 +70,19 @@ impl Listeners {
                     config.metrics_listen
                 )
             })?;
-        Ok(Listeners { grpc, metrics })
+        let http = match config.http_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| format!("http_listen: cannot listen on {addr}: {e}"))?,
+            ),
+            None => None,
+        };
+        Ok(Listeners {
+            grpc,
+            metrics,
+            http,
+        })
     }
 }
 
@@ -174,6 +190,18 @@ pub async fn serve(
         app.clone(),
         crate::delivery::worker::WorkerSettings::from(&config),
     )));
+    let _http_server = match listeners.http {
+        Some(listener) => {
+            let addr = listener.local_addr()?;
+            let client =
+                crate::delivery::http_client(config.delivery_timeout, config.delivery_public_only)?;
+            tracing::info!(%addr, path = crate::http::SLACK_INTERACTIONS, "HTTP listener serving");
+            Some(AbortOnDropHandle::new(tokio::spawn(
+                crate::http::serve_http(listener, app.clone(), client),
+            )))
+        }
+        None => None,
+    };
     let (reporter, health_service) = tonic_health::server::health_reporter();
     reporter
         .set_service_status(LIVENESS, ServingStatus::Serving)

@@ -32,11 +32,14 @@ impl App {
     ) -> Result<Channel, AppError> {
         check_id("channel.id", &channel.id)?;
         check_text("channel.slack_channel", &channel.slack_channel)?;
-        target::check_url(
-            "channel.url",
-            &channel.url,
-            self.limits.delivery_public_only,
-        )?;
+        // A Slack channel's `url` is the Web API base; empty is Slack's own.
+        if !(channel.kind == ChannelKind::Slack && channel.url.is_empty()) {
+            target::check_url(
+                "channel.url",
+                &channel.url,
+                self.limits.delivery_public_only,
+            )?;
+        }
         let existing = self
             .store
             .list_channels(&caller.tenant)
@@ -135,18 +138,31 @@ impl App {
     }
 }
 
-/// What a channel of its kind needs: a webhook its signing secret (kept from `exists`, the
-/// stored channel, when left empty), and no Slack fields. Slack is not delivered yet.
+/// What a channel of its kind needs; `exists`: the channel is stored already, so an empty
+/// secret keeps the stored one.
+///
+/// - A webhook: its Standard Webhooks signing secret, and no Slack fields.
+/// - Slack: a bot token (`xoxb-…`), the conversation technician requests go to, and the
+///   app's signing secret (which checks every click); `url` is the Web API base, empty for
+///   Slack's own.
 fn check_kind(channel: &Channel, exists: bool) -> Result<(), FieldError> {
+    let required = |field: &str, what: &str| {
+        FieldError::new(
+            field,
+            format!(
+                "is required for a new {} channel: {what}",
+                channel.kind.as_str()
+            ),
+        )
+    };
     match channel.kind {
         ChannelKind::Webhook => {
             if !channel.secret.is_empty() {
                 SigningKey::parse("channel.secret", channel.secret.expose())?;
             } else if !exists {
-                return Err(FieldError::new(
+                return Err(required(
                     "channel.secret",
-                    "is required for a new webhook channel: a Standard Webhooks signing \
-                     secret, \"whsec_\" and base64",
+                    "a Standard Webhooks signing secret, \"whsec_\" and base64",
                 ));
             }
             if !channel.slack_channel.is_empty() || !channel.slack_signing_secret.is_empty() {
@@ -157,11 +173,59 @@ fn check_kind(channel: &Channel, exists: bool) -> Result<(), FieldError> {
             }
             Ok(())
         }
-        ChannelKind::Slack => Err(FieldError::new(
-            "channel.kind",
-            "CHANNEL_KIND_SLACK is not delivered by this version yet; use CHANNEL_KIND_WEBHOOK",
-        )),
+        ChannelKind::Slack => {
+            if channel.slack_channel.is_empty()
+                || channel.slack_channel.contains(char::is_whitespace)
+            {
+                return Err(FieldError::new(
+                    "channel.slack_channel",
+                    "must name the Slack conversation technician requests go to (an id such as C0123ABCD)",
+                ));
+            }
+            if !channel.secret.is_empty() {
+                check_token(channel.secret.expose())?;
+            } else if !exists {
+                return Err(required(
+                    "channel.secret",
+                    "the Slack app's bot token, \"xoxb-…\"",
+                ));
+            }
+            if !channel.slack_signing_secret.is_empty() {
+                check_signing_secret(channel.slack_signing_secret.expose())?;
+            } else if !exists {
+                return Err(required(
+                    "channel.slack_signing_secret",
+                    "the Slack app's signing secret (Basic Information, App Credentials)",
+                ));
+            }
+            Ok(())
+        }
     }
+}
+
+/// A bot token: `xoxb-` and no spaces (the problem never repeats the token).
+fn check_token(token: &str) -> Result<(), FieldError> {
+    if !token.starts_with("xoxb-")
+        || token.len() < 10
+        || !token.chars().all(|c| c.is_ascii_graphic())
+    {
+        return Err(FieldError::new(
+            "channel.secret",
+            "must be the Slack app's bot token, \"xoxb-\" and more (not a user token or the signing secret)",
+        ));
+    }
+    Ok(())
+}
+
+/// A Slack signing secret: printable, 16 to 128 characters (Slack's are 32 hex digits).
+fn check_signing_secret(secret: &str) -> Result<(), FieldError> {
+    if !(16..=128).contains(&secret.len()) || !secret.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(FieldError::new(
+            "channel.slack_signing_secret",
+            "must be the Slack app's signing secret: 16 to 128 printable characters",
+        ));
+    }
+    Ok(())
 }
 
 /// Page tokens are opaque to clients; inside, the position of the previous page's last

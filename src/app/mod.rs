@@ -18,6 +18,7 @@ mod error;
 pub mod follow;
 pub mod history;
 pub mod save;
+pub mod slack;
 pub mod sweep;
 pub mod watch;
 

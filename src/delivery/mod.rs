@@ -7,14 +7,31 @@
 //!
 //! - [`target`]: which URLs and addresses a channel may point at.
 //! - [`webhook`]: the Standard Webhooks signature and the event body.
+//! - [`slack`]: the Slack message, the Web API call, Slack's request signature.
 //! - [`worker`]: claims due deliveries (a lease per attempt), sends, retries with backoff.
 
+pub mod slack;
 pub mod target;
 pub mod webhook;
 pub mod worker;
 
 use crate::policy::UnixMillis;
 use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The HTTP client deliveries (and answers to Slack) are sent with: every address it
+/// connects to passes the channel address rules ([`target::GuardedResolver`]), each request
+/// ends within `timeout`, and redirects are not followed (a redirect could lead anywhere;
+/// a receiver answers where it was asked).
+pub fn http_client(timeout: Duration, public_only: bool) -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .dns_resolver(Arc::new(target::GuardedResolver { public_only }))
+        .timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("toolgate/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
 
 /// What kind of receiver a channel is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::EnumString)]

@@ -10,7 +10,7 @@
 //! own channel's places, never Decide, a Save, or another channel.
 
 use super::webhook::{SigningKey, event_body};
-use super::{ChannelKind, Claimed, Outcome, target::GuardedResolver};
+use super::{ChannelKind, Claimed, Outcome};
 use crate::app::App;
 use crate::grpc::convert::approval_to_proto;
 use crate::metrics::AttemptOutcome;
@@ -66,17 +66,7 @@ type InFlight = Arc<Mutex<HashMap<(String, String), usize>>>;
 
 /// Runs until the server drains.
 pub async fn run(app: Arc<App>, settings: WorkerSettings) {
-    let client = match reqwest::Client::builder()
-        .dns_resolver(Arc::new(GuardedResolver {
-            public_only: settings.public_only,
-        }))
-        .timeout(settings.timeout)
-        // A redirect could lead anywhere (the address rules are checked for the channel's
-        // URL); a receiver answers where it was asked.
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("toolgate/", env!("CARGO_PKG_VERSION")))
-        .build()
-    {
+    let client = match super::http_client(settings.timeout, settings.public_only) {
         Ok(client) => client,
         Err(e) => {
             tracing::error!(error = %e, "no HTTP client: approval deliveries are not sent");
@@ -264,7 +254,7 @@ fn log_outcome(c: &Claimed, outcome: &Outcome) {
 }
 
 /// Why an attempt did not deliver.
-enum Failure {
+pub(super) enum Failure {
     /// Worth another attempt (after at least `after`, when the receiver asked).
     Retry {
         error: String,
@@ -274,10 +264,12 @@ enum Failure {
     Final(String),
 }
 
-fn retry(error: impl Into<String>) -> Failure {
-    Failure::Retry {
-        error: error.into(),
-        after: None,
+impl Failure {
+    pub(super) fn retry(error: impl Into<String>) -> Failure {
+        Failure::Retry {
+            error: error.into(),
+            after: None,
+        }
     }
 }
 
@@ -292,24 +284,37 @@ async fn send(
         .store
         .delivery_context(&c.tenant, d)
         .await
-        .map_err(|e| retry(format!("could not read the delivery: {e}")))?;
+        .map_err(|e| Failure::retry(format!("could not read the delivery: {e}")))?;
     let Some((channel, approval, event_at)) = context else {
         return Err(Failure::Final("the channel was deleted".into()));
     };
     if !channel.enabled {
-        return Err(retry("the channel is disabled"));
+        return Err(Failure::retry("the channel is disabled"));
     }
-    if channel.kind != ChannelKind::Webhook {
-        return Err(Failure::Final(format!(
-            "{} channels are not delivered by this version",
-            channel.kind.as_str()
-        )));
+    match channel.kind {
+        ChannelKind::Webhook => {
+            send_webhook(settings, client, d, &channel, &approval, event_at).await
+        }
+        ChannelKind::Slack => {
+            super::slack::send(app, settings, client, c, &channel, &approval).await
+        }
     }
+}
+
+/// A Standard Webhooks POST of the event.
+async fn send_webhook(
+    settings: &WorkerSettings,
+    client: &reqwest::Client,
+    d: &super::Delivery,
+    channel: &super::Channel,
+    approval: &crate::policy::Approval,
+    event_at: UnixMillis,
+) -> Result<(), Failure> {
     let url = super::target::check_url("url", &channel.url, settings.public_only)
         .map_err(|e| Failure::Final(format!("the channel's {e}")))?;
     let key = SigningKey::parse("secret", channel.secret.expose())
         .map_err(|_| Failure::Final("the channel's secret is not a signing secret".into()))?;
-    let body = event_body(d, &approval_to_proto(&approval, event_at), event_at);
+    let body = event_body(d, &approval_to_proto(approval, event_at), event_at);
     let timestamp = UnixMillis::now().0 / 1000;
     let signature = key.sign(&d.id, timestamp, &body);
     let answer = client
@@ -321,7 +326,7 @@ async fn send(
         .body(body)
         .send()
         .await
-        .map_err(|e| retry(describe(&e, settings.timeout)))?;
+        .map_err(|e| Failure::retry(describe(&e, settings.timeout)))?;
     let status = answer.status();
     if status.is_success() {
         return Ok(());
@@ -338,7 +343,7 @@ async fn send(
 }
 
 /// An HTTP client error, without the URL (a URL may carry a token) or the body.
-fn describe(e: &reqwest::Error, timeout: Duration) -> String {
+pub(super) fn describe(e: &reqwest::Error, timeout: Duration) -> String {
     if e.is_timeout() {
         return format!("no answer within {}", humantime::format_duration(timeout));
     }
@@ -356,7 +361,7 @@ fn describe(e: &reqwest::Error, timeout: Duration) -> String {
 }
 
 /// `Retry-After`: seconds, or an HTTP date.
-fn retry_after(value: &str) -> Option<Duration> {
+pub(super) fn retry_after(value: &str) -> Option<Duration> {
     if let Ok(seconds) = value.trim().parse::<u64>() {
         return Some(Duration::from_secs(seconds));
     }

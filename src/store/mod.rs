@@ -24,6 +24,7 @@ mod sqlite;
 pub use pg::PgSettings;
 pub use sql::{MAX_ATTEMPTS, SqlStore, open};
 
+use crate::delivery::slack::SlackMessage;
 use crate::delivery::{Channel, Claimed, Delivery, DeliveryState, Outcome};
 use crate::policy::{
     Approval, ApprovalState, Caller, Person, Policy, RevisionChanges, Role, Tool, ToolChange,
@@ -386,6 +387,10 @@ pub enum StoreOp {
     DeliveryContext,
     FinishDelivery,
     OldestPendingDelivery,
+    SlackChannels,
+    PeopleBySlackUser,
+    SlackMessages,
+    RecordSlackMessage,
 }
 
 impl StoreOp {
@@ -558,6 +563,32 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// When the oldest pending delivery was queued.
     async fn oldest_pending_delivery(&self) -> Result<Option<UnixMillis>, StoreError>;
 
+    /// Every enabled Slack channel, with its tenant: the signing secrets a request from
+    /// Slack may be signed with.
+    async fn slack_channels(&self) -> Result<Vec<(String, Channel)>, StoreError>;
+    /// The tenant's people whose Slack id is `slack_user_id` (more than one is a directory
+    /// mistake, and no click of theirs counts).
+    async fn people_by_slack_user(
+        &self,
+        tenant: &str,
+        slack_user_id: &str,
+    ) -> Result<Vec<Person>, StoreError>;
+    /// The messages a Slack channel posted for an approval.
+    async fn slack_messages(
+        &self,
+        tenant: &str,
+        approval_id: &str,
+        channel_id: &str,
+    ) -> Result<Vec<SlackMessage>, StoreError>;
+    /// Records a posted message (a repost of the same role's request replaces it).
+    async fn record_slack_message(
+        &self,
+        tenant: &str,
+        approval_id: &str,
+        channel_id: &str,
+        message: &SlackMessage,
+    ) -> Result<(), StoreError>;
+
     /// Hints that another process wrote (PostgreSQL `LISTEN`). Only hints: the change log
     /// is the truth, and a lost hint only delays until the next poll. SQLite, written by
     /// one server process, sends none.
@@ -597,6 +628,6 @@ mod tests {
         assert_eq!(StoreOp::ApprovalForUpdate.as_str(), "approval_for_update");
         assert_eq!(StoreOp::ListRevisions.as_str(), "list_revisions");
         assert_eq!(StoreOp::ClaimDeliveries.as_str(), "claim_deliveries");
-        assert_eq!(StoreOp::ALL.len(), 37);
+        assert_eq!(StoreOp::ALL.len(), 41);
     }
 }

@@ -21,6 +21,7 @@ use super::{
     SaveRead, Saved, Store, StoreError, StoreOp, TenantTools, Wakeup, pg, sqlite,
 };
 use super::{DeliveryQuery, Lease, Pending, Retried};
+use crate::delivery::slack::SlackMessage;
 use crate::delivery::{Channel, Claimed, Delivery, Outcome};
 use crate::metrics::Metrics;
 use crate::policy::{
@@ -1265,6 +1266,52 @@ impl Store for SqlStore {
     async fn oldest_pending_delivery(&self) -> Result<Option<UnixMillis>, StoreError> {
         let work = self.outbox_oldest_pending();
         self.call(StoreOp::OldestPendingDelivery, work).await
+    }
+
+    async fn slack_channels(&self) -> Result<Vec<(String, Channel)>, StoreError> {
+        self.call(StoreOp::SlackChannels, self.outbox_slack_channels())
+            .await
+    }
+
+    async fn people_by_slack_user(
+        &self,
+        tenant: &str,
+        slack_user_id: &str,
+    ) -> Result<Vec<Person>, StoreError> {
+        let sql = "SELECT id, display_name, email, manager_id, technician, slack_user_id \
+                   FROM people WHERE tenant = $1 AND slack_user_id = $2 AND slack_user_id <> ''";
+        let work = async {
+            on_pool!(self, read, |pool| async {
+                let rows = sqlx::query(sql)
+                    .bind(tenant)
+                    .bind(slack_user_id)
+                    .fetch_all(pool)
+                    .await?;
+                rows.iter().map(person_from_row).collect()
+            })
+        };
+        self.call(StoreOp::PeopleBySlackUser, work).await
+    }
+
+    async fn slack_messages(
+        &self,
+        tenant: &str,
+        approval_id: &str,
+        channel_id: &str,
+    ) -> Result<Vec<SlackMessage>, StoreError> {
+        let work = self.outbox_slack_messages(tenant, approval_id, channel_id);
+        self.call(StoreOp::SlackMessages, work).await
+    }
+
+    async fn record_slack_message(
+        &self,
+        tenant: &str,
+        approval_id: &str,
+        channel_id: &str,
+        message: &SlackMessage,
+    ) -> Result<(), StoreError> {
+        let work = self.outbox_record_slack_message(tenant, approval_id, channel_id, message);
+        self.call(StoreOp::RecordSlackMessage, work).await
     }
 
     async fn wakeups(&self) -> Result<tokio::sync::mpsc::Receiver<Wakeup>, StoreError> {

@@ -30,6 +30,10 @@ mod metrics;
 mod ops;
 #[path = "../suite/receiver.rs"]
 mod receiver;
+#[path = "../suite/slack.rs"]
+mod slack;
+#[path = "../suite/slack_api.rs"]
+mod slack_api;
 #[path = "../suite/upgrade.rs"]
 mod upgrade;
 #[path = "../suite/watch.rs"]

@@ -536,3 +536,32 @@ async fn key_commands_never_create_a_database() {
         assert!(!file.exists(), "{args:?} created {}", file.display());
     }
 }
+
+#[tokio::test]
+async fn a_slack_channel_from_the_command_line() {
+    use crate::slack_api::{BOT_TOKEN, SIGNING_SECRET};
+    let app = spawn_app().await;
+    let set = ["channels", "set", "slack", "--slack-channel", "C0OPS"];
+    // The signing secret is required, and is read from the environment only.
+    let token_only = [("TOOLGATE_CHANNEL_SECRET", BOT_TOKEN)];
+    let (code, _, err) = toolgate_env(&app, &app.admin, &token_only, &set).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("channel.slack_signing_secret"), "{err}");
+    let both = [
+        ("TOOLGATE_CHANNEL_SECRET", BOT_TOKEN),
+        ("TOOLGATE_SLACK_SIGNING_SECRET", SIGNING_SECRET),
+    ];
+    let (code, out, err) = toolgate_env(&app, &app.admin, &both, &set).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("slack"), "{out}");
+    let (code, out, _) =
+        toolgate(&app, &app.admin, &["channels", "list", "--output", "json"]).await;
+    assert_eq!(code, 0);
+    assert!(
+        !out.contains(BOT_TOKEN) && !out.contains(SIGNING_SECRET),
+        "secrets are never shown: {out}"
+    );
+    let listed: serde_json::Value = serde_json::from_str(out.trim()).expect("one channel");
+    assert_eq!(listed["kind"], "CHANNEL_KIND_SLACK");
+    assert_eq!(listed["slackChannel"], "C0OPS");
+}

@@ -19,6 +19,8 @@ pub struct TestApp {
     pub addr: std::net::SocketAddr,
     /// Where GET /metrics answers.
     pub metrics_addr: std::net::SocketAddr,
+    /// Where POST /slack/interactions answers.
+    pub http_addr: std::net::SocketAddr,
     pub client: PolicyServiceClient<Channel>,
     pub admin: String,
     pub agent: String,
@@ -73,9 +75,19 @@ async fn start(
         metrics: tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind metrics"),
+        http: Some(
+            tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind http"),
+        ),
     };
     let addr = listeners.grpc.local_addr().expect("addr");
     let metrics_addr = listeners.metrics.local_addr().expect("metrics addr");
+    let http_addr = listeners
+        .http
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .expect("http addr");
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let tls = config.tls.is_some();
     let server = tokio::spawn(toolgate::run(config.clone(), listeners, async {
@@ -93,6 +105,7 @@ async fn start(
     TestApp {
         addr,
         metrics_addr,
+        http_addr,
         client,
         admin,
         agent,

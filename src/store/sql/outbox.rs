@@ -3,10 +3,11 @@
 //! the statements that read them, lease an attempt, and record how it ended.
 
 use super::{Db, SqlStore};
+use crate::delivery::slack::SlackMessage;
 use crate::delivery::{
     Audience, Channel, ChannelKind, Claimed, Delivery, DeliveryState, Outcome, Secret,
 };
-use crate::policy::{Approval, UnixMillis};
+use crate::policy::{Approval, ApproverRole, UnixMillis};
 use crate::store::rows::{Cols, approval_from_row, corrupt};
 use crate::store::{DeliveryQuery, Lease, Retried, StoreError};
 use sqlx::Connection;
@@ -378,6 +379,82 @@ impl SqlStore {
                     .fetch_one(pool)
                     .await?;
             Ok(oldest.map(UnixMillis))
+        })
+    }
+}
+
+impl SqlStore {
+    pub(super) async fn outbox_slack_channels(&self) -> Result<Vec<(String, Channel)>, StoreError> {
+        let sql = format!(
+            "SELECT tenant, {CHANNEL_COLUMNS} FROM notification_channels \
+             WHERE kind = 'slack' AND enabled = TRUE ORDER BY tenant, id"
+        );
+        on_pool!(self, read, |pool| async {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .fetch_all(pool)
+                .await?;
+            rows.iter()
+                .map(|row| Ok((row.text("tenant")?, channel_from_row(row)?)))
+                .collect()
+        })
+    }
+
+    pub(super) async fn outbox_slack_messages(
+        &self,
+        tenant: &str,
+        approval_id: &str,
+        channel_id: &str,
+    ) -> Result<Vec<SlackMessage>, StoreError> {
+        on_pool!(self, read, |pool| async {
+            let rows = sqlx::query(
+                "SELECT role, slack_channel, ts FROM slack_messages \
+                 WHERE tenant = $1 AND approval_id = $2 AND channel_id = $3 ORDER BY role DESC",
+            )
+            .bind(tenant)
+            .bind(approval_id)
+            .bind(channel_id)
+            .fetch_all(pool)
+            .await?;
+            rows.iter()
+                .map(|row| {
+                    let role = row.text("role")?;
+                    Ok(SlackMessage {
+                        role: role
+                            .parse::<ApproverRole>()
+                            .map_err(|_| corrupt("slack message role", &role))?,
+                        slack_channel: row.text("slack_channel")?,
+                        ts: row.text("ts")?,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    pub(super) async fn outbox_record_slack_message(
+        &self,
+        tenant: &str,
+        approval_id: &str,
+        channel_id: &str,
+        m: &SlackMessage,
+    ) -> Result<(), StoreError> {
+        on_pool!(self, write, |pool| async {
+            sqlx::query(
+                "INSERT INTO slack_messages (tenant, approval_id, channel_id, role, \
+                 slack_channel, ts, posted_at) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                 ON CONFLICT (tenant, approval_id, channel_id, role) DO UPDATE SET \
+                 slack_channel = excluded.slack_channel, ts = excluded.ts, \
+                 posted_at = excluded.posted_at",
+            )
+            .bind(tenant)
+            .bind(approval_id)
+            .bind(channel_id)
+            .bind(m.role.as_str())
+            .bind(&m.slack_channel)
+            .bind(&m.ts)
+            .bind(UnixMillis::now().0)
+            .execute(pool)
+            .await?;
+            Ok(())
         })
     }
 }

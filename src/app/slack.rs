@@ -1,0 +1,204 @@
+//! A click on Approve or Deny in Slack, as the application takes it: checked to come from
+//! Slack, mapped to the person of record, and recorded through [`App::submit_approval`],
+//! with the same rules as the gRPC call. Any doubt refuses.
+//!
+//! The order matters: nothing in the body is read before its signature verifies with the
+//! signing secret of an enabled Slack channel, and its timestamp is within five minutes.
+
+use super::approvals::SubmitInput;
+use super::{App, AppError};
+use crate::delivery::slack::{Click, check_timestamp, parse_click, verify};
+use crate::policy::names::{ApprovalId, PersonId};
+use crate::policy::{Approval, ApprovalState, Caller, Role, UnixMillis};
+
+/// An interaction request as it arrived: the two Slack headers and the raw body.
+#[derive(Debug, Clone, Copy)]
+pub struct SlackRequest<'a> {
+    pub timestamp: Option<&'a str>,
+    pub signature: Option<&'a str>,
+    pub body: &'a [u8],
+}
+
+/// What the HTTP listener answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SlackAnswer {
+    /// 401: not shown to come from Slack; the reason is for the sender, nothing was read.
+    Unauthorized(&'static str),
+    /// 400: from Slack, but not a click on toolgate's buttons.
+    BadRequest(String),
+    /// 200, and `text` goes to the clicking user alone (ephemeral, through
+    /// `response_url`): what was recorded, or why nothing was.
+    Reply { response_url: String, text: String },
+}
+
+impl App {
+    /// Takes one interaction request from Slack.
+    pub async fn slack_interaction(&self, request: SlackRequest<'_>) -> SlackAnswer {
+        let (Some(timestamp), Some(signature)) = (request.timestamp, request.signature) else {
+            return SlackAnswer::Unauthorized(
+                "X-Slack-Request-Timestamp and X-Slack-Signature are required",
+            );
+        };
+        if let Err(why) = check_timestamp(timestamp, UnixMillis::now().0 / 1000) {
+            return SlackAnswer::Unauthorized(why);
+        }
+        let channels = match self.store.slack_channels().await {
+            Ok(channels) => channels,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the Slack channels to check a click");
+                return SlackAnswer::Unauthorized(
+                    "the signature could not be checked now; nothing was recorded",
+                );
+            }
+        };
+        // The channels whose app signed it: one Slack app may serve several tenants.
+        let signed_for: Vec<(String, String)> = channels
+            .into_iter()
+            .filter(|(_, c)| {
+                verify(
+                    c.slack_signing_secret.expose(),
+                    timestamp,
+                    request.body,
+                    signature,
+                )
+            })
+            .map(|(tenant, c)| (tenant, c.id))
+            .collect();
+        if signed_for.is_empty() {
+            return SlackAnswer::Unauthorized(
+                "X-Slack-Signature does not verify with the signing secret of any Slack channel",
+            );
+        }
+        let click = match parse_click(request.body) {
+            Ok(click) => click,
+            Err(why) => return SlackAnswer::BadRequest(why),
+        };
+        let text = match self.record_click(&signed_for, &click).await {
+            Ok(approval) => recorded(&click, &approval),
+            Err(why) => format!("Nothing was recorded: {why}"),
+        };
+        SlackAnswer::Reply {
+            response_url: click.response_url,
+            text,
+        }
+    }
+
+    /// Finds the approval among the tenants whose channel signed the click, the person the
+    /// clicking Slack user is there, and records their step; or says why not.
+    async fn record_click(
+        &self,
+        signed_for: &[(String, String)],
+        click: &Click,
+    ) -> Result<Approval, String> {
+        let id = ApprovalId::parse("approval_id", &click.approval_id).map_err(|e| e.to_string())?;
+        let mut found = Vec::new();
+        for (tenant, channel) in signed_for {
+            if found.iter().any(|(t, _)| t == tenant) {
+                continue;
+            }
+            if self
+                .store
+                .get_approval(tenant, id.as_str())
+                .await
+                .map_err(unavailable)?
+                .is_some()
+            {
+                found.push((tenant.clone(), channel.clone()));
+            }
+        }
+        let (tenant, channel) = match found.as_slice() {
+            [one] => one.clone(),
+            [] => return Err(format!("there is no approval {:?}.", id.as_str())),
+            _ => return Err("the approval is not unique to one tenant.".into()),
+        };
+        let people = self
+            .store
+            .people_by_slack_user(&tenant, &click.slack_user_id)
+            .await
+            .map_err(unavailable)?;
+        let person = match people.as_slice() {
+            [one] => one.id.clone(),
+            [] => {
+                return Err(format!(
+                    "your Slack account ({}) is not linked to anyone in toolgate's directory \
+                     (Person.slack_user_id).",
+                    click.slack_user_id
+                ));
+            }
+            _ => {
+                return Err(format!(
+                    "your Slack account ({}) is linked to more than one person in toolgate's \
+                     directory; ask an admin to fix it.",
+                    click.slack_user_id
+                ));
+            }
+        };
+        let caller = Caller {
+            key_id: format!("slack:{channel}"),
+            tenant: tenant.clone(),
+            role: Role::Approver,
+            principal: format!("slack:{channel}"),
+        };
+        let input = SubmitInput {
+            approval_id: id,
+            role: click.role,
+            approver_id: PersonId::parse("approver_id", &person).map_err(|e| e.to_string())?,
+            approve: click.approve,
+            comment: format!("from Slack ({})", click.slack_user_id),
+        };
+        match self.submit_approval(&caller, input).await {
+            Ok(approval) => Ok(approval),
+            Err(e) => {
+                let why = refusal(&e);
+                tracing::info!(
+                    tenant = %tenant,
+                    channel = %channel,
+                    approval = %click.approval_id,
+                    slack_user = %click.slack_user_id,
+                    person = %person,
+                    refused = %why,
+                    "a Slack click was refused"
+                );
+                Err(why)
+            }
+        }
+    }
+}
+
+fn unavailable(e: crate::store::StoreError) -> String {
+    tracing::warn!(error = %e, "could not take a Slack click");
+    "toolgate could not reach its database; try again in a moment.".into()
+}
+
+/// The refusal in words for the person who clicked (never an internal cause).
+fn refusal(e: &AppError) -> String {
+    let message = match e {
+        AppError::PermissionDenied(m) | AppError::FailedPrecondition(m) | AppError::NotFound(m) => {
+            m.clone()
+        }
+        AppError::Invalid(e) => e.to_string(),
+        _ => return "toolgate could not record it now; try again in a moment.".into(),
+    };
+    // The rules name the request's fields (`approver_id: …`); the person clicked a button.
+    let message = message
+        .strip_prefix("approver_id: ")
+        .or_else(|| message.strip_prefix("role: "))
+        .unwrap_or(&message);
+    format!("{message}.")
+}
+
+/// What the person who clicked is told once their step is recorded.
+fn recorded(click: &Click, approval: &Approval) -> String {
+    let verb = if click.approve { "approved" } else { "denied" };
+    let now = match approval.state {
+        ApprovalState::Pending => "It now waits for the other approver.",
+        ApprovalState::Approved => "It is approved: the agent may run the call once.",
+        ApprovalState::Denied => "It is denied.",
+        _ => "",
+    };
+    format!(
+        "Recorded: you {verb} {} as {}. {now}",
+        approval.tool_name,
+        click.role.as_str()
+    )
+}
