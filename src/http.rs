@@ -116,13 +116,15 @@ async fn slack(
     };
     match app.slack_interaction(request).await {
         SlackAnswer::Unauthorized(why) => {
-            tracing::info!(why, "a request to /slack/interactions was refused");
+            // Anyone can send one: counted (toolgate_slack_interactions_total), logged at debug.
+            tracing::debug!(why, "a request to /slack/interactions was refused");
             text(StatusCode::UNAUTHORIZED, why)
         }
         SlackAnswer::BadRequest(why) => text(StatusCode::BAD_REQUEST, why),
         SlackAnswer::Reply {
             response_url,
             text: said,
+            ..
         } => {
             let public_only = app.limits.delivery_public_only;
             tokio::spawn(reply(client.clone(), response_url, said, public_only));

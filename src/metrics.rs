@@ -170,6 +170,21 @@ pub enum AttemptOutcome {
 
 const ATTEMPT_OUTCOMES: [&str; 3] = ["delivered", "retry", "failed"];
 
+/// What became of a request to `POST /slack/interactions`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlackOutcome {
+    /// A click whose step was recorded.
+    Recorded = 0,
+    /// A click from Slack that the rules refused (nothing changed).
+    Refused = 1,
+    /// Not shown to come from Slack (401).
+    Unauthorized = 2,
+    /// From Slack, but not a click on toolgate's buttons (400).
+    BadRequest = 3,
+}
+
+const SLACK_OUTCOMES: [&str; 4] = ["recorded", "refused", "unauthorized", "bad_request"];
+
 /// The kind of an RPC: the `grpc_type` label, with go-grpc-prometheus' values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr)]
 #[strum(serialize_all = "snake_case")]
@@ -295,6 +310,7 @@ pub struct DeliveryMetrics {
     ended: [Counter; 2],
     pub seconds: Histogram,
     oldest_pending: Gauge<f64, AtomicU64>,
+    slack: [Counter; SLACK_OUTCOMES.len()],
 }
 
 impl DeliveryMetrics {
@@ -302,8 +318,8 @@ impl DeliveryMetrics {
         let (family, attempts) = one_label("outcome", ATTEMPT_OUTCOMES);
         r.register(
             "toolgate_delivery_attempts",
-            "Delivery attempts (webhooks) by outcome: delivered, retry (failed, tried again), \
-             failed (failed for good)",
+            "Delivery attempts (webhooks and Slack) by outcome: delivered, retry (failed, \
+             tried again), failed (failed for good)",
             family,
         );
         let (family, ended) = one_label("outcome", ["delivered", "failed"]);
@@ -325,11 +341,19 @@ impl DeliveryMetrics {
              delivery worker last read it",
             oldest_pending.clone(),
         );
+        let (family, slack) = one_label("outcome", SLACK_OUTCOMES);
+        r.register(
+            "toolgate_slack_interactions",
+            "Requests to POST /slack/interactions by outcome: recorded, refused (by the \
+             approval rules), unauthorized (signature or timestamp), bad_request",
+            family,
+        );
         DeliveryMetrics {
             attempts,
             ended,
             seconds,
             oldest_pending,
+            slack,
         }
     }
 
@@ -341,6 +365,10 @@ impl DeliveryMetrics {
             AttemptOutcome::Failed => self.ended[1].inc(),
             AttemptOutcome::Retry => 0,
         };
+    }
+
+    pub fn slack_interaction(&self, outcome: SlackOutcome) {
+        self.slack[outcome as usize].inc();
     }
 
     /// The age of the oldest pending delivery, in seconds (0: none).

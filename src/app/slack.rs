@@ -8,6 +8,7 @@
 use super::approvals::SubmitInput;
 use super::{App, AppError};
 use crate::delivery::slack::{Click, check_timestamp, parse_click, verify};
+use crate::metrics::SlackOutcome;
 use crate::policy::names::{ApprovalId, PersonId};
 use crate::policy::{Approval, ApprovalState, Caller, Role, UnixMillis};
 
@@ -28,12 +29,27 @@ pub enum SlackAnswer {
     BadRequest(String),
     /// 200, and `text` goes to the clicking user alone (ephemeral, through
     /// `response_url`): what was recorded, or why nothing was.
-    Reply { response_url: String, text: String },
+    Reply {
+        response_url: String,
+        text: String,
+        recorded: bool,
+    },
 }
 
 impl App {
     /// Takes one interaction request from Slack.
     pub async fn slack_interaction(&self, request: SlackRequest<'_>) -> SlackAnswer {
+        let answer = self.take_interaction(request).await;
+        self.metrics.deliveries.slack_interaction(match &answer {
+            SlackAnswer::Unauthorized(_) => SlackOutcome::Unauthorized,
+            SlackAnswer::BadRequest(_) => SlackOutcome::BadRequest,
+            SlackAnswer::Reply { recorded: true, .. } => SlackOutcome::Recorded,
+            SlackAnswer::Reply { .. } => SlackOutcome::Refused,
+        });
+        answer
+    }
+
+    async fn take_interaction(&self, request: SlackRequest<'_>) -> SlackAnswer {
         let (Some(timestamp), Some(signature)) = (request.timestamp, request.signature) else {
             return SlackAnswer::Unauthorized(
                 "X-Slack-Request-Timestamp and X-Slack-Signature are required",
@@ -73,13 +89,14 @@ impl App {
             Ok(click) => click,
             Err(why) => return SlackAnswer::BadRequest(why),
         };
-        let text = match self.record_click(&signed_for, &click).await {
-            Ok(approval) => recorded(&click, &approval),
-            Err(why) => format!("Nothing was recorded: {why}"),
+        let (text, recorded) = match self.record_click(&signed_for, &click).await {
+            Ok(approval) => (recorded(&click, &approval), true),
+            Err(why) => (format!("Nothing was recorded: {why}"), false),
         };
         SlackAnswer::Reply {
             response_url: click.response_url,
             text,
+            recorded,
         }
     }
 

@@ -258,6 +258,7 @@ async fn refused_clicks_change_nothing_and_say_why() {
     let (tech_msg, mgr_msg) = both_requests(&api).await;
     let (tech_button, mgr_button) = (button(&tech_msg, APPROVE), button(&mgr_msg, APPROVE));
     let before = app.approval(&approval.id).await;
+    let counted = app.scrape().await;
 
     let mut n = 0;
     for (who, on, why) in [
@@ -358,6 +359,17 @@ async fn refused_clicks_change_nothing_and_say_why() {
     .await;
     assert_eq!(status, 400);
     assert_eq!(app.approval(&approval.id).await, after_tech);
+
+    let now = app.scrape().await;
+    for (outcome, times) in [
+        ("recorded", 1.0),
+        ("refused", 7.0),
+        ("unauthorized", 6.0),
+        ("bad_request", 1.0),
+    ] {
+        let series = format!("toolgate_slack_interactions_total{{outcome=\"{outcome}\"}}");
+        assert_eq!(now.delta(&counted, &series), times, "{series}");
+    }
 }
 
 #[tokio::test]
