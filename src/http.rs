@@ -1,6 +1,7 @@
-//! The HTTP listener (`http_listen`): the one port that faces Slack, through an ingress.
-//! It serves `POST /slack/interactions` and nothing else; the gRPC API and `/metrics` stay
-//! on their own ports.
+//! The HTTP listener (`http_listen`): `POST /slack/interactions` (the one path to expose
+//! to Slack, through an ingress) and the web console (`GET /` and its API, `POST
+//! /api/<Method>`, see [`crate::console`]). The gRPC API and `/metrics` stay on their own
+//! ports.
 //!
 //! Slack wants an answer within three seconds and shows nothing from it for a button; so
 //! the request is answered as soon as the click is recorded (or refused), and what the
@@ -8,6 +9,7 @@
 
 use crate::app::App;
 use crate::app::slack::{SlackAnswer, SlackRequest};
+use crate::console::{self, Api, ConsoleBody};
 use crate::delivery::slack::ephemeral;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
@@ -23,8 +25,14 @@ const MAX_BODY: usize = 256 * 1024;
 /// Longest a request (headers and body) may take to arrive.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves the listener until the task is aborted.
-pub async fn serve_http(listener: TcpListener, app: Arc<App>, client: reqwest::Client) {
+/// Serves the listener until the task is aborted; `api` is the gRPC stack the console calls.
+pub async fn serve_http(
+    listener: TcpListener,
+    app: Arc<App>,
+    client: reqwest::Client,
+    api: impl Api,
+    max_body: usize,
+) {
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
@@ -34,10 +42,12 @@ pub async fn serve_http(listener: TcpListener, app: Arc<App>, client: reqwest::C
                 continue;
             }
         };
-        let (app, client) = (app.clone(), client.clone());
+        let (app, client, api) = (app.clone(), client.clone(), api.clone());
         let service = hyper::service::service_fn(move |req| {
-            let (app, client) = (app.clone(), client.clone());
-            async move { Ok::<_, std::convert::Infallible>(route(&app, &client, req).await) }
+            let (app, client, api) = (app.clone(), client.clone(), api.clone());
+            async move {
+                Ok::<_, std::convert::Infallible>(route(&app, &client, api, max_body, req).await)
+            }
         });
         tokio::spawn(async move {
             let io = hyper_util::rt::TokioIo::new(stream);
@@ -52,8 +62,8 @@ pub async fn serve_http(listener: TcpListener, app: Arc<App>, client: reqwest::C
     }
 }
 
-fn text(status: StatusCode, body: impl Into<String>) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body.into() + "\n")));
+fn text(status: StatusCode, body: impl Into<String>) -> Response<ConsoleBody> {
+    let mut response = Response::new(Full::new(Bytes::from(body.into() + "\n")).boxed_unsync());
     *response.status_mut() = status;
     response.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
@@ -65,17 +75,40 @@ fn text(status: StatusCode, body: impl Into<String>) -> Response<Full<Bytes>> {
 async fn route(
     app: &App,
     client: &reqwest::Client,
+    api: impl Api,
+    max_body: usize,
     req: Request<hyper::body::Incoming>,
-) -> Response<Full<Bytes>> {
-    match (req.method(), req.uri().path()) {
+) -> Response<ConsoleBody> {
+    let path = req.uri().path().to_owned();
+    match (req.method(), path.as_str()) {
         (&Method::POST, SLACK_INTERACTIONS) => slack(app, client, req).await,
         (_, SLACK_INTERACTIONS) => text(
             StatusCode::METHOD_NOT_ALLOWED,
             "Slack interactions are POSTed here",
         ),
+        (&Method::POST, path) if path.starts_with(console::API_PREFIX) => {
+            let method = path[console::API_PREFIX.len()..].to_owned();
+            let authorization = req.headers().get(hyper::header::AUTHORIZATION).cloned();
+            let body = Limited::new(req.into_body(), max_body).collect();
+            match tokio::time::timeout(READ_TIMEOUT, body).await {
+                Ok(Ok(body)) => console::call(api, &method, authorization, &body.to_bytes()).await,
+                Ok(Err(_)) => text(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("the body is over {max_body} bytes or was cut off"),
+                ),
+                Err(_) => text(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "the body did not arrive in time",
+                ),
+            }
+        }
+        (&Method::GET, path) => console::asset(path)
+            .unwrap_or_else(|| text(StatusCode::NOT_FOUND, "not found; the console is at /")),
         _ => text(
             StatusCode::NOT_FOUND,
-            format!("not found; this listener takes POST {SLACK_INTERACTIONS}"),
+            format!(
+                "not found; the console is at GET /, Slack's clicks at POST {SLACK_INTERACTIONS}"
+            ),
         ),
     }
 }
@@ -84,7 +117,7 @@ async fn slack(
     app: &App,
     client: &reqwest::Client,
     req: Request<hyper::body::Incoming>,
-) -> Response<Full<Bytes>> {
+) -> Response<ConsoleBody> {
     let header = |name: &str| {
         req.headers()
             .get(name)

@@ -14,7 +14,8 @@
 //! - [`grpc`]: the `toolgate.v1.PolicyService` transport: authenticate, convert, call
 //!   [`app`], convert back; the single mapping of errors to gRPC statuses.
 //! - [`delivery`]: approval delivery: channels, the outbox's worker, webhooks and Slack.
-//! - [`http`]: the HTTP listener that takes Slack's button clicks (and calls [`app`]).
+//! - [`http`]: the HTTP listener: Slack's button clicks, and the web console
+//!   ([`console`]: the page, and `PolicyService` in JSON through the same gate).
 //! - [`server`]: wires store, snapshot, health and reflection, and drains on shutdown.
 //! - [`config`]: flags, environment, TOML file and defaults, resolved once.
 //! - [`keys`]: API key generation and hashing.
@@ -24,6 +25,7 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod delivery;
 pub mod grpc;
 pub mod http;

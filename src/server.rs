@@ -190,18 +190,6 @@ pub async fn serve(
         app.clone(),
         crate::delivery::worker::WorkerSettings::from(&config),
     )));
-    let _http_server = match listeners.http {
-        Some(listener) => {
-            let addr = listener.local_addr()?;
-            let client =
-                crate::delivery::http_client(config.delivery_timeout, config.delivery_public_only)?;
-            tracing::info!(%addr, path = crate::http::SLACK_INTERACTIONS, "HTTP listener serving");
-            Some(AbortOnDropHandle::new(tokio::spawn(
-                crate::http::serve_http(listener, app.clone(), client),
-            )))
-        }
-        None => None,
-    };
     let (reporter, health_service) = tonic_health::server::health_reporter();
     reporter
         .set_service_status(LIVENESS, ServingStatus::Serving)
@@ -233,6 +221,25 @@ pub async fn serve(
     // WatchConfig is served from shared frames in front of the generated service.
     let api = WatchConfigRoute::new(api, app.clone(), config.request_body_timeout);
     let api = Gate::new(api, app.clone(), limits);
+    // The HTTP listener: Slack's clicks, and the console, which calls this same stack.
+    let _http_server = match listeners.http {
+        Some(listener) => {
+            let addr = listener.local_addr()?;
+            let client =
+                crate::delivery::http_client(config.delivery_timeout, config.delivery_public_only)?;
+            tracing::info!(%addr, "HTTP listener serving the console at / and Slack's clicks at {}", crate::http::SLACK_INTERACTIONS);
+            Some(AbortOnDropHandle::new(tokio::spawn(
+                crate::http::serve_http(
+                    listener,
+                    app.clone(),
+                    client,
+                    api.clone(),
+                    config.max_message_bytes,
+                ),
+            )))
+        }
+        None => None,
+    };
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)

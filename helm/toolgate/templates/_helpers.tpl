@@ -108,6 +108,12 @@ Fails early on contradictory values; included by the Deployment.
 {{- if and .Values.tls.enabled (not .Values.tls.existingSecret) }}
 {{- fail "tls.enabled needs tls.existingSecret: the name of a kubernetes.io/tls Secret (tls.crt, tls.key, and ca.crt with tls.clientAuth)" }}
 {{- end }}
+{{- if and .Values.http.ingress.enabled (not .Values.http.enabled) }}
+{{- fail "http.ingress.enabled needs http.enabled: the Ingress routes to the HTTP listener's Service" }}
+{{- end }}
+{{- if and .Values.http.ingress.enabled (not .Values.http.ingress.host) }}
+{{- fail "http.ingress.enabled needs http.ingress.host: the host in the Slack app's Request URL (https://<host>/slack/interactions)" }}
+{{- end }}
 {{- if not (has .Values.logFormat (list "json" "text")) }}
 {{- fail (printf "logFormat must be json or text, got %q" .Values.logFormat) }}
 {{- end }}
@@ -120,7 +126,7 @@ Fails early on contradictory values; included by the Deployment.
 {{- fail (printf "drain.%s must be a whole number of seconds >= 0, got %v" $key $v) }}
 {{- end }}
 {{- end }}
-{{- $reserved := list "listen" "metrics_listen" "database_url" "log_format" "shutdown_grace" "shutdown_delay" }}
+{{- $reserved := list "listen" "metrics_listen" "http_listen" "database_url" "log_format" "shutdown_grace" "shutdown_delay" }}
 {{- range $key, $_ := .Values.config }}
 {{- if or (has $key $reserved) (hasPrefix "tls_" $key) }}
 {{- fail (printf "config.%s is set by the chart (environment variable TOOLGATE_%s); use the chart's own value for it (see README)" $key (upper $key)) }}
