@@ -89,6 +89,13 @@ pub enum KeysCommand {
         #[command(flatten)]
         db: DatabaseArgs,
     },
+    /// Make a key without a database, for `bootstrap_admin_key`: prints the token alone on
+    /// standard output, and on standard error the `<tenant>:<key id>:<sha256>` value to give
+    /// the server (a Kubernetes Secret holds it; it grants nothing if read).
+    Generate {
+        #[arg(long)]
+        tenant: String,
+    },
     /// Revoke a key by id; running servers refuse it within key_refresh_interval.
     Revoke {
         id: String,
@@ -173,6 +180,9 @@ pub struct ServeArgs {
     /// Address of the Prometheus endpoint, GET /metrics [default: 127.0.0.1:9464].
     #[arg(long, env = "TOOLGATE_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// A first admin key, by its hash: `<tenant>:<key id>:<sha256>` as `toolgate keys generate` prints it. Created at start if no key has that id (a revoked one stays revoked) [default: none].
+    #[arg(long, env = "TOOLGATE_BOOTSTRAP_ADMIN_KEY")]
+    pub bootstrap_admin_key: Option<String>,
     /// Address of the HTTP listener for Slack's interaction requests, POST /slack/interactions; the one port that faces Slack through an ingress [default: off].
     #[arg(long, env = "TOOLGATE_HTTP_LISTEN")]
     pub http_listen: Option<SocketAddr>,
@@ -363,6 +373,8 @@ pub struct Config {
     pub metrics_listen: SocketAddr,
     /// `None`: no HTTP listener (Slack's buttons are not taken).
     pub http_listen: Option<SocketAddr>,
+    /// `<tenant>:<key id>:<sha256>`: an admin key created at start if missing.
+    pub bootstrap_admin_key: Option<String>,
     pub max_message_bytes: usize,
     pub max_concurrent_streams: u32,
     pub max_concurrent_requests: usize,
@@ -429,6 +441,7 @@ impl Default for Config {
             db_pool_size: 16,
             metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
             http_listen: None,
+            bootstrap_admin_key: None,
             max_message_bytes: 4 * 1024 * 1024,
             max_concurrent_streams: 1024,
             max_concurrent_requests: 1024,
@@ -539,6 +552,10 @@ impl Config {
         ];
         if let Some((name, _)) = zero.iter().find(|(_, is_zero)| *is_zero) {
             return Err(ConfigError(format!("{name}: must be more than zero")));
+        }
+        if let Some(value) = &self.bootstrap_admin_key {
+            crate::keys::Bootstrap::parse(value)
+                .map_err(|e| ConfigError(format!("bootstrap_admin_key: {e}")))?;
         }
         if self.delivery_retry_max < self.delivery_retry_initial {
             return Err(ConfigError(format!(
@@ -959,6 +976,7 @@ mod tests {
             db_pool_size = 2
             metrics_listen = "127.0.0.1:7001"
             http_listen = "127.0.0.1:7002"
+            bootstrap_admin_key = "acme:k0123456789abcdef:0000000000000000000000000000000000000000000000000000000000000000"
             max_message_bytes = 100000
             max_concurrent_streams = 9
             max_concurrent_requests = 10

@@ -70,6 +70,64 @@ impl TokenHash {
     }
 }
 
+/// A first admin key given to the server by the hash of its token
+/// (`bootstrap_admin_key = "<tenant>:<key id>:<sha256 hex>"`, from `toolgate keys generate`):
+/// the server creates it at start if no key has its id, so a deployment gets its first
+/// admin without a shell in the pod, and the token itself never reaches the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bootstrap {
+    pub tenant: String,
+    pub id: String,
+    pub secret_sha256: String,
+}
+
+impl Bootstrap {
+    /// The value for `key`'s token in `tenant`.
+    pub fn of(tenant: &str, key: &NewKey) -> Bootstrap {
+        Bootstrap {
+            tenant: tenant.to_owned(),
+            id: key.id.clone(),
+            secret_sha256: key.secret_sha256.clone(),
+        }
+    }
+
+    /// Reads `<tenant>:<key id>:<sha256 hex>`, or says what is wrong (never repeating it).
+    pub fn parse(value: &str) -> Result<Bootstrap, String> {
+        let mut parts = value.trim().splitn(3, ':');
+        let (Some(tenant), Some(id), Some(hash)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(
+                "must be <tenant>:<key id>:<sha256 hex>, as `toolgate keys generate` prints it"
+                    .into(),
+            );
+        };
+        crate::policy::names::TenantId::parse("tenant", tenant).map_err(|e| e.to_string())?;
+        let hex_of = |text: &str, len: usize| {
+            text.len() == len && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        };
+        if !(id.starts_with('k') && hex_of(&id[1..], 16)) {
+            return Err(
+                "the key id must be k and 16 hex digits, as `toolgate keys generate` makes it"
+                    .into(),
+            );
+        }
+        if !hex_of(hash, 64) {
+            return Err("the hash must be 64 lowercase hex digits (SHA-256 of the token)".into());
+        }
+        Ok(Bootstrap {
+            tenant: tenant.to_owned(),
+            id: id.to_owned(),
+            secret_sha256: hash.to_owned(),
+        })
+    }
+}
+
+impl std::fmt::Display for Bootstrap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}:{}", self.tenant, self.id, self.secret_sha256)
+    }
+}
+
 /// Random identifiers for approvals.
 pub fn random_id(prefix: &str) -> Result<String, getrandom::Error> {
     let mut bytes = [0u8; 16];
@@ -79,6 +137,32 @@ pub fn random_id(prefix: &str) -> Result<String, getrandom::Error> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_bootstrap_value_reads_back_and_anything_else_is_refused() {
+        let key = generate().unwrap();
+        let value = Bootstrap::of("acme", &key).to_string();
+        let read = Bootstrap::parse(&value).unwrap();
+        assert_eq!(
+            (read.id, read.secret_sha256),
+            (key.id.clone(), hash_token(&key.token))
+        );
+        let hash = hash_token(&key.token);
+        for bad in [
+            String::new(),
+            "acme".into(),
+            format!("acme:{}", key.id),
+            format!("acme:{}:{}", key.id, &hash[1..]),
+            format!("acme:{}:{}", key.id, hash.to_uppercase()),
+            format!("acme:kxyz:{hash}"),
+            format!("a cme:{}:{hash}", key.id),
+            key.token.clone(),
+        ] {
+            let e = Bootstrap::parse(&bad).unwrap_err();
+            assert!(!e.contains(&hash[..10]), "{e}");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -135,6 +135,18 @@ async fn keys(command: KeysCommand) -> Result<(), String> {
             println!("{}", key.token);
             Ok(())
         }
+        KeysCommand::Generate { tenant } => {
+            let tenant = TenantId::parse("--tenant", tenant).map_err(|e| e.to_string())?;
+            let key = toolgate::keys::generate().map_err(|e| format!("no randomness: {e}"))?;
+            let value = toolgate::keys::Bootstrap::of(tenant.as_str(), &key);
+            eprintln!(
+                "generated admin key {} for tenant \"{tenant}\" (shown once, below); give the \
+                 server its hash as bootstrap_admin_key (TOOLGATE_BOOTSTRAP_ADMIN_KEY):\n{value}",
+                key.id
+            );
+            println!("{}", key.token);
+            Ok(())
+        }
         KeysCommand::List { output, db } => list_keys(&output, &db).await,
         KeysCommand::Revoke { id, db } => {
             let store = open(&db).await?;

@@ -91,6 +91,48 @@ pub async fn open_store(config: &Config) -> Result<SqlStore, StoreError> {
     crate::store::open(config.database_url.expose(), &config.pg_settings()).await
 }
 
+/// Creates the bootstrap admin key unless a key with its id exists (a revoked one stays
+/// revoked; one that differs is left alone, with a warning). Replicas starting together
+/// may race to create it: the loser finds it made.
+async fn ensure_bootstrap_key(
+    store: &dyn Store,
+    bootstrap: &crate::keys::Bootstrap,
+) -> Result<(), StoreError> {
+    let existing =
+        |keys: Vec<crate::store::KeyInfo>| keys.into_iter().find(|k| k.id == bootstrap.id);
+    let key = match existing(store.list_keys().await?) {
+        Some(key) => key,
+        None => {
+            let created = store
+                .create_key(
+                    &bootstrap.id,
+                    &bootstrap.tenant,
+                    crate::policy::Role::Admin,
+                    &bootstrap.secret_sha256,
+                    Some("bootstrap"),
+                )
+                .await;
+            match (created, existing(store.list_keys().await?)) {
+                (Ok(()), _) => {
+                    tracing::info!(key_id = %bootstrap.id, tenant = %bootstrap.tenant, "bootstrap admin key created");
+                    return Ok(());
+                }
+                (Err(_), Some(key)) => key,
+                (Err(e), None) => return Err(e),
+            }
+        }
+    };
+    if key.revoked_at.is_some() {
+        tracing::info!(key_id = %key.id, "bootstrap admin key was revoked; it stays revoked");
+    } else if key.tenant != bootstrap.tenant || key.role != crate::policy::Role::Admin {
+        tracing::warn!(
+            key_id = %key.id,
+            "bootstrap_admin_key names a key that exists with another tenant or role; left as it is"
+        );
+    }
+    Ok(())
+}
+
 /// The health service name that stays SERVING while the process runs: Kubernetes'
 /// liveness probe asks for it, so a database outage or a drain never restarts the pod.
 pub const LIVENESS: &str = "liveness";
@@ -151,6 +193,12 @@ pub async fn serve(
 ) -> Result<(), RunError> {
     let metrics = Arc::new(Metrics::new(store.backend()));
     let store: Arc<dyn Store> = Arc::new(store.with_metrics(metrics.clone()));
+    if let Some(value) = &config.bootstrap_admin_key {
+        // Checked when the settings were read.
+        if let Ok(bootstrap) = crate::keys::Bootstrap::parse(value) {
+            ensure_bootstrap_key(&*store, &bootstrap).await?;
+        }
+    }
     let snapshots = Snapshots::with_buffer(config.watch_buffer);
     let serving = Arc::new(AtomicBool::new(false));
     let drain = CancellationToken::new();

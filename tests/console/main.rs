@@ -260,6 +260,27 @@ impl Browser {
         .await;
     }
 
+    /// A PNG of the window, kept in a folder of its own under the temporary directory, so a
+    /// person can look at what the test saw; returns its path.
+    async fn screenshot(&self, name: &str) -> std::path::PathBuf {
+        use base64::Engine;
+        let png = self
+            .command(reqwest::Method::GET, "/screenshot", None)
+            .await;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(png.as_str().expect("a screenshot"))
+            .expect("base64");
+        assert!(png.starts_with(b"\x89PNG"), "a PNG");
+        let dir = tempfile::Builder::new()
+            .prefix("toolgate-console-")
+            .tempdir()
+            .expect("a temporary folder")
+            .keep();
+        let path = dir.join(format!("{name}.png"));
+        std::fs::write(&path, png).expect("write the screenshot");
+        path
+    }
+
     async fn close(self) {
         self.command(reqwest::Method::DELETE, "", None).await;
     }
@@ -292,6 +313,11 @@ async fn an_admin_sets_policies_sees_others_saves_live_and_is_told_of_a_conflict
     browser
         .find("select[data-tool='entra/reset_password']")
         .await;
+    // A second window, open on the same page: it sees the first one's Save without a reload.
+    let second = Browser::open(&driver).await;
+    second.go(&format!("http://{}/", app.http_addr)).await;
+    second.sign_in(&app.admin).await;
+    second.wait_text("#live", "revision 1").await;
     let page = browser.text_of("#integrations").await;
     assert!(
         page.contains("name's verb: "),
@@ -318,6 +344,15 @@ async fn an_admin_sets_policies_sees_others_saves_live_and_is_told_of_a_conflict
     browser.type_into("#save-comment", "ticket 4711").await;
     browser.click("#save").await;
     browser.wait_text("#status", "Saved revision 2").await;
+    second
+        .wait_policy("entra/get_user", "POLICY_DISABLED")
+        .await;
+    second
+        .wait_policy("entra/add_user_to_group", "POLICY_APPROVAL_NEEDED")
+        .await;
+    second.wait_text("#live", "revision 2").await;
+    let shot = browser.screenshot("integration-page").await;
+    println!("screenshot of the integration page: {}", shot.display());
     assert_eq!(
         policy_of(&app, "get_user").await,
         pb::Policy::Disabled as i32
@@ -368,6 +403,7 @@ async fn an_admin_sets_policies_sees_others_saves_live_and_is_told_of_a_conflict
     browser.wait_text("#status", "Rolled back").await;
     assert_eq!(policy_of(&app, "get_user").await, pb::Policy::Auto as i32);
     browser.close().await;
+    second.close().await;
 }
 
 #[tokio::test]

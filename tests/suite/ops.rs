@@ -448,3 +448,54 @@ async fn sigterm_turns_health_not_serving_then_finishes_calls_ends_streams_and_e
     assert!(log.contains("toolgate stopped"), "{log}");
     assert!(!log.contains("grace period over"), "{log}");
 }
+
+#[tokio::test]
+async fn a_bootstrap_admin_key_is_created_once_and_a_revoked_one_stays_revoked() {
+    let bin = env!("CARGO_BIN_EXE_toolgate");
+    let out = std::process::Command::new(bin)
+        .args(["keys", "generate", "--tenant", "acme"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let value = stderr.lines().last().unwrap().to_owned();
+    assert!(
+        value.starts_with("acme:k") && !value.contains(&token),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(&token), "the token is on stdout only");
+
+    let admin_call = |app: &TestApp| {
+        let mut client = app.client.clone();
+        let token = token.clone();
+        async move {
+            client
+                .list_notification_channels(with_key(
+                    &token,
+                    pb::ListNotificationChannelsRequest {},
+                ))
+                .await
+        }
+    };
+    let app = spawn_app_with(|c| c.bootstrap_admin_key = Some(value.clone())).await;
+    admin_call(&app)
+        .await
+        .expect("the bootstrap key is an admin key");
+    // A second start finds it made.
+    let app = app.restart().await;
+    admin_call(&app).await.expect("still the same key");
+    let id = value.split(':').nth(1).unwrap().to_owned();
+    let store = toolgate::server::open_store(&app.config)
+        .await
+        .expect("store");
+    assert!(
+        toolgate::store::Store::revoke_key(&store, &id)
+            .await
+            .expect("revoke")
+    );
+    drop(store);
+    let app = app.restart().await;
+    let refused = admin_call(&app).await.expect_err("revoked stays revoked");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+}
