@@ -180,6 +180,9 @@ pub struct ServeArgs {
     /// Address of the Prometheus endpoint, GET /metrics [default: 127.0.0.1:9464].
     #[arg(long, env = "TOOLGATE_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// OpenTelemetry collector to export traces to over OTLP/gRPC, e.g. http://otel-collector:4317: a span per RPC (continuing the caller's traceparent) with its store calls inside [default: off].
+    #[arg(long, env = "TOOLGATE_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     /// A first admin key, by its hash: `<tenant>:<key id>:<sha256>` as `toolgate keys generate` prints it. Created at start if no key has that id (a revoked one stays revoked) [default: none].
     #[arg(long, env = "TOOLGATE_BOOTSTRAP_ADMIN_KEY")]
     pub bootstrap_admin_key: Option<String>,
@@ -373,6 +376,8 @@ pub struct Config {
     pub metrics_listen: SocketAddr,
     /// `None`: no HTTP listener (Slack's buttons are not taken).
     pub http_listen: Option<SocketAddr>,
+    /// `None`: no traces exported.
+    pub otlp_endpoint: Option<String>,
     /// `<tenant>:<key id>:<sha256>`: an admin key created at start if missing.
     pub bootstrap_admin_key: Option<String>,
     pub max_message_bytes: usize,
@@ -442,6 +447,7 @@ impl Default for Config {
             metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
             http_listen: None,
             bootstrap_admin_key: None,
+            otlp_endpoint: None,
             max_message_bytes: 4 * 1024 * 1024,
             max_concurrent_streams: 1024,
             max_concurrent_requests: 1024,
@@ -552,6 +558,18 @@ impl Config {
         ];
         if let Some((name, _)) = zero.iter().find(|(_, is_zero)| *is_zero) {
             return Err(ConfigError(format!("{name}: must be more than zero")));
+        }
+        if let Some(endpoint) = &self.otlp_endpoint
+            && !matches!(
+                url::Url::parse(endpoint)
+                    .map(|u| u.scheme().to_owned())
+                    .as_deref(),
+                Ok("http" | "https")
+            )
+        {
+            return Err(ConfigError(format!(
+                "otlp_endpoint: {endpoint:?} is not an http:// or https:// URL of an OTLP/gRPC collector"
+            )));
         }
         if let Some(value) = &self.bootstrap_admin_key {
             crate::keys::Bootstrap::parse(value)
@@ -976,6 +994,7 @@ mod tests {
             db_pool_size = 2
             metrics_listen = "127.0.0.1:7001"
             http_listen = "127.0.0.1:7002"
+            otlp_endpoint = "http://127.0.0.1:4317"
             bootstrap_admin_key = "acme:k0123456789abcdef:0000000000000000000000000000000000000000000000000000000000000000"
             max_message_bytes = 100000
             max_concurrent_streams = 9

@@ -17,6 +17,7 @@
 //! - [`http`]: the HTTP listener: Slack's button clicks, and the web console
 //!   ([`console`]: the page, and `PolicyService` in JSON through the same gate).
 //! - [`server`]: wires store, snapshot, health and reflection, and drains on shutdown.
+//! - [`telemetry`]: OpenTelemetry traces over OTLP, off unless `otlp_endpoint` is set.
 //! - [`config`]: flags, environment, TOML file and defaults, resolved once.
 //! - [`keys`]: API key generation and hashing.
 //! - [`proto`]: the generated code.
@@ -38,5 +39,6 @@ pub mod proto;
 pub mod server;
 pub mod snapshot;
 pub mod store;
+pub mod telemetry;
 
 pub use server::{run, serve};

@@ -39,8 +39,9 @@ fn fail(message: String) -> ExitCode {
 
 async fn serve(args: toolgate::config::ServeArgs) -> Result<(), String> {
     let config = Config::resolve(&args).map_err(|e| e.to_string())?;
-    // Held until `serve` returns: dropping it writes out what is still queued.
-    let _log = init_tracing(config.log_format);
+    // Held until `serve` returns: dropping them writes out what is still queued (the
+    // traces first, while the log still runs).
+    let (_log, _traces) = init_tracing(config.log_format, config.otlp_endpoint.as_deref())?;
     // Every setting as written (the database password redacted), as one JSON object.
     let settings = serde_json::to_string(&config).unwrap_or_default();
     tracing::info!(config = %settings, tls = config.tls.is_some(), "starting");
@@ -56,8 +57,19 @@ async fn serve(args: toolgate::config::ServeArgs) -> Result<(), String> {
 /// (`tracing-appender`), which writes whatever has queued up in one system call: with the
 /// decision log (a line per Decide) a write per line cost more than the rest of the log
 /// together (BENCHMARKS.md). Nothing is dropped: when the queue is full, loggers wait.
-fn init_tracing(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+fn init_tracing(
+    format: LogFormat,
+    otlp_endpoint: Option<&str>,
+) -> Result<
+    (
+        tracing_appender::non_blocking::WorkerGuard,
+        Option<toolgate::telemetry::Traces>,
+    ),
+    String,
+> {
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // Colours only for a person at a terminal, never into a file or a log collector.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -66,18 +78,29 @@ fn init_tracing(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
         .lossy(false)
         .thread_name("toolgate-log")
         .finish(stderr);
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let (traces, exported) = match otlp_endpoint {
+        Some(endpoint) => {
+            let (layer, traces) = toolgate::telemetry::layer(endpoint)?;
+            (Some(layer), Some(traces))
+        }
+        None => (None, None),
+    };
+    let registry = tracing_subscriber::registry().with(filter).with(traces);
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(ansi)
         .with_writer(writer);
     match format {
-        LogFormat::Json => builder
-            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
-            .event_format(toolgate::logging::FlatJson)
+        LogFormat::Json => registry
+            .with(
+                fmt.fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+                    .event_format(toolgate::logging::FlatJson),
+            )
             .init(),
-        LogFormat::Text => builder.fmt_fields(toolgate::logging::TextFields).init(),
+        LogFormat::Text => registry
+            .with(fmt.fmt_fields(toolgate::logging::TextFields))
+            .init(),
     }
-    guard
+    Ok((guard, exported))
 }
 
 /// Completes on SIGTERM or SIGINT.

@@ -110,7 +110,14 @@ where
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let id = self.shared.ids.for_request(&req);
         let method = req.uri().path().rsplit_once('/').map_or("", |(_, m)| m);
-        let span = tracing::info_span!("rpc", %method, request_id = id.to_str().unwrap_or(""));
+        let span = tracing::info_span!(
+            "rpc",
+            %method,
+            request_id = id.to_str().unwrap_or(""),
+            otel.name = tracing::field::Empty,
+            otel.kind = tracing::field::Empty,
+        );
+        crate::telemetry::continue_trace(&span, req.uri().path(), req.headers());
         let op = operation(method);
         // Take the service that was driven to ready, leave a fresh clone in its place.
         let clone = self.inner.clone();

@@ -137,6 +137,7 @@ impl SqlStore {
         work: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
         let started = Instant::now();
+        let work = tracing::Instrument::instrument(work, crate::telemetry::store_span(op.as_str()));
         let result = match self.timeout {
             // Loading and the change feed run in pages or in the background: each statement
             // is bounded by the server's statement_timeout instead.

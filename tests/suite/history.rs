@@ -572,3 +572,204 @@ async fn audit_export_can_be_rechecked_from_its_lines_alone() {
     .await;
     assert_eq!(since.lines().count(), 1);
 }
+
+/// `message` with the key and a W3C `traceparent` naming `trace` and the caller's span.
+fn traced<T>(key: &str, trace: &str, parent: &str, message: T) -> tonic::Request<T> {
+    let mut request = with_key(key, message);
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace}-{parent}-01").parse().unwrap(),
+    );
+    request
+}
+
+/// An OTLP/gRPC trace receiver on 127.0.0.1:0 (the collector's own service definition):
+/// keeps every span it is sent.
+struct OtlpReceiver {
+    addr: std::net::SocketAddr,
+    spans: std::sync::Arc<std::sync::Mutex<Vec<opentelemetry_proto::tonic::trace::v1::Span>>>,
+    arrived: tokio::sync::watch::Receiver<usize>,
+}
+
+#[derive(Clone)]
+struct Collector {
+    spans: std::sync::Arc<std::sync::Mutex<Vec<opentelemetry_proto::tonic::trace::v1::Span>>>,
+    arrived: std::sync::Arc<tokio::sync::watch::Sender<usize>>,
+}
+
+#[tonic::async_trait]
+impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService
+    for Collector
+{
+    async fn export(
+        &self,
+        request: tonic::Request<
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
+        >,
+    ) -> Result<
+        tonic::Response<
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse,
+        >,
+        tonic::Status,
+    > {
+        let spans: Vec<_> = request
+            .into_inner()
+            .resource_spans
+            .into_iter()
+            .flat_map(|r| r.scope_spans)
+            .flat_map(|s| s.spans)
+            .collect();
+        let n = {
+            let mut kept = self.spans.lock().unwrap();
+            kept.extend(spans);
+            kept.len()
+        };
+        self.arrived.send_replace(n);
+        Ok(tonic::Response::new(Default::default()))
+    }
+}
+
+impl OtlpReceiver {
+    async fn start() -> OtlpReceiver {
+        use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, arrived) = tokio::sync::watch::channel(0);
+        let collector = Collector {
+            spans: Default::default(),
+            arrived: std::sync::Arc::new(tx),
+        };
+        let spans = collector.spans.clone();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(TraceServiceServer::new(collector))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        OtlpReceiver {
+            addr,
+            spans,
+            arrived,
+        }
+    }
+
+    /// The spans so far, once `done` holds for them (at most 60 s: the exporter sends in
+    /// batches, every few seconds).
+    async fn spans_when(
+        &self,
+        done: impl Fn(&[opentelemetry_proto::tonic::trace::v1::Span]) -> bool,
+    ) -> Vec<opentelemetry_proto::tonic::trace::v1::Span> {
+        let mut arrived = self.arrived.clone();
+        let found = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+            loop {
+                let spans = self.spans.lock().unwrap().clone();
+                if done(&spans) {
+                    return spans;
+                }
+                arrived.changed().await.expect("receiver running");
+            }
+        })
+        .await;
+        found.unwrap_or_else(|_| {
+            let names: Vec<String> = self
+                .spans
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|s| s.name.clone())
+                .collect();
+            panic!("the spans waited for never arrived; got {names:?}")
+        })
+    }
+}
+
+/// With `--otlp-endpoint`, each RPC is a span named by its method that continues the
+/// caller's `traceparent`, with its store calls as child spans, exported over OTLP.
+#[tokio::test]
+async fn traces_continue_the_callers_traceparent_and_reach_an_otlp_receiver() {
+    let receiver = OtlpReceiver::start().await;
+    let db = fresh_database().await;
+    let config = toolgate::config::Config {
+        database_url: toolgate::config::DatabaseUrl::new(db.url.clone()),
+        ..Default::default()
+    };
+    let store = toolgate::server::open_store(&config).await.expect("store");
+    let admin = mint(&store, "acme", Role::Admin).await;
+    let agent = mint(&store, "acme", Role::Agent).await;
+    drop(store);
+    let endpoint = format!("http://{}", receiver.addr);
+    let server = Binary::serve_with(&db.url, &["--otlp-endpoint", &endpoint]).await;
+    let mut client =
+        pb::policy_service_client::PolicyServiceClient::connect(format!("http://{}", server.addr))
+            .await
+            .expect("connect");
+    const CONNECT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const CONNECT_PARENT: &str = "00f067aa0ba902b7";
+    const DECIDE_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+    const DECIDE_PARENT: &str = "b7ad6b7169203331";
+    let connect = pb::ConnectIntegrationRequest {
+        integration_id: "entra".into(),
+        kind: "entra_id".into(),
+        display_name: String::new(),
+        tools: vec![pb::ToolDefinition {
+            name: "get_user".into(),
+            description: String::new(),
+            input_schema_json: String::new(),
+            annotations: None,
+        }],
+        comment: String::new(),
+    };
+    client
+        .connect_integration(traced(&admin, CONNECT_TRACE, CONNECT_PARENT, connect))
+        .await
+        .expect("connect");
+    client
+        .decide(traced(
+            &agent,
+            DECIDE_TRACE,
+            DECIDE_PARENT,
+            ask("get_user", "{}", "r1"),
+        ))
+        .await
+        .expect("decide");
+
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let rpc = |spans: &[opentelemetry_proto::tonic::trace::v1::Span], trace: &str, name: &str| {
+        spans
+            .iter()
+            .find(|s| hex(&s.trace_id) == trace && s.name == name)
+            .cloned()
+    };
+    let spans = receiver
+        .spans_when(|spans| {
+            rpc(
+                spans,
+                CONNECT_TRACE,
+                "/toolgate.v1.PolicyService/ConnectIntegration",
+            )
+            .is_some()
+                && rpc(spans, DECIDE_TRACE, "/toolgate.v1.PolicyService/Decide").is_some()
+                && spans.iter().any(|s| s.name == "store")
+        })
+        .await;
+    let connect = rpc(
+        &spans,
+        CONNECT_TRACE,
+        "/toolgate.v1.PolicyService/ConnectIntegration",
+    )
+    .unwrap();
+    assert_eq!(
+        hex(&connect.parent_span_id),
+        CONNECT_PARENT,
+        "the caller's span is the parent"
+    );
+    let decide = rpc(&spans, DECIDE_TRACE, "/toolgate.v1.PolicyService/Decide").unwrap();
+    assert_eq!(hex(&decide.parent_span_id), DECIDE_PARENT);
+    let inside: Vec<&opentelemetry_proto::tonic::trace::v1::Span> = spans
+        .iter()
+        .filter(|s| s.name == "store" && s.parent_span_id == connect.span_id)
+        .collect();
+    assert!(
+        !inside.is_empty() && inside.iter().all(|s| hex(&s.trace_id) == CONNECT_TRACE),
+        "the Save's store calls are spans inside it: {spans:#?}"
+    );
+}
