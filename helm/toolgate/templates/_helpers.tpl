@@ -109,7 +109,7 @@ Fails early on contradictory values; included by the Deployment.
 {{- fail "tls.enabled needs tls.existingSecret: the name of a kubernetes.io/tls Secret (tls.crt, tls.key, and ca.crt with tls.clientAuth)" }}
 {{- end }}
 {{- if and .Values.http.ingress.enabled (not .Values.http.enabled) }}
-{{- fail "http.ingress.enabled needs http.enabled: the Ingress routes to the HTTP listener's Service" }}
+{{- fail "http.ingress.enabled needs http.enabled: the Ingress routes to the Service's http port (the HTTP listener)" }}
 {{- end }}
 {{- if and .Values.http.ingress.enabled (not .Values.http.ingress.host) }}
 {{- fail "http.ingress.enabled needs http.ingress.host: the host in the Slack app's Request URL (https://<host>/slack/interactions)" }}
@@ -126,7 +126,7 @@ Fails early on contradictory values; included by the Deployment.
 {{- fail (printf "drain.%s must be a whole number of seconds >= 0, got %v" $key $v) }}
 {{- end }}
 {{- end }}
-{{- $reserved := list "listen" "metrics_listen" "http_listen" "database_url" "log_format" "shutdown_grace" "shutdown_delay" }}
+{{- $reserved := list "listen" "metrics_listen" "http_listen" "database_url" "bootstrap_admin_key" "log_format" "shutdown_grace" "shutdown_delay" }}
 {{- range $key, $_ := .Values.config }}
 {{- if or (has $key $reserved) (hasPrefix "tls_" $key) }}
 {{- fail (printf "config.%s is set by the chart (environment variable TOOLGATE_%s); use the chart's own value for it (see README)" $key (upper $key)) }}
@@ -142,7 +142,8 @@ float64 100 as 100.0, which the server's integer settings reject).
 */}}
 {{- define "toolgate.toml" -}}
 # Rendered by the toolgate chart from .Values.config; the chart sets the listen addresses,
-# database URL, log format, shutdown timings and TLS through TOOLGATE_* environment variables.
+# database URL, bootstrap admin key, log format, shutdown timings and TLS through TOOLGATE_*
+# environment variables.
 {{- range $key := keys .Values.config | sortAlpha }}
 {{- $v := index $.Values.config $key }}
 {{- if not (regexMatch "^[A-Za-z0-9_-]+$" $key) }}
