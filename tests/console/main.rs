@@ -481,3 +481,98 @@ async fn an_approver_approves_from_the_console_and_sees_only_approvals() {
     assert_eq!(refused.status().as_u16(), 403);
     browser.close().await;
 }
+
+#[tokio::test]
+async fn failed_deliveries_are_listed_and_retried_from_the_console() {
+    // Nothing listens on port 9: every attempt is refused, and past the maximum age the
+    // delivery is FAILED.
+    let app = spawn_app_with(|c| {
+        c.delivery_max_age = Duration::from_millis(300);
+        c.delivery_retry_initial = Duration::from_millis(50);
+    })
+    .await;
+    app.connect_sample().await;
+    app.sample_people().await;
+    app.client
+        .clone()
+        .set_notification_channel(with_key(
+            &app.admin,
+            pb::SetNotificationChannelRequest {
+                channel: Some(pb::NotificationChannel {
+                    id: "ops".into(),
+                    kind: pb::ChannelKind::Webhook as i32,
+                    url: "http://127.0.0.1:9/hook".into(),
+                    secret: "whsec_dG9vbGdhdGUtdGVzdC1zaWduaW5nLWtleS0zMmJ5dGVz".into(),
+                    enabled: true,
+                    ..Default::default()
+                }),
+            },
+        ))
+        .await
+        .expect("channel");
+    let approval = app
+        .decide_ok(ask("add_user_to_group", r#"{"user":"bob"}"#, "r1"))
+        .await
+        .approval
+        .expect("approval");
+    let driver = Driver::start().await;
+    let browser = Browser::open(&driver).await;
+    browser.go(&format!("http://{}/", app.http_addr)).await;
+    browser.sign_in(&app.admin).await;
+    browser.find("select[data-tool='entra/get_user']").await;
+    // The page reads the list when the tab opens: open it again until the delivery has
+    // failed, as a person would.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        browser.click("#tab-deliveries").await;
+        if browser.text_of("#deliveries").await.contains(&approval.id) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the failed delivery never showed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let row = browser.text_of("#deliveries").await;
+    assert!(
+        row.contains("approval.requested") && row.contains("maximum age"),
+        "{row}"
+    );
+    let deliveries = || {
+        let mut client = app.client.clone();
+        let admin = app.admin.clone();
+        let approval_id = approval.id.clone();
+        async move {
+            client
+                .list_deliveries(with_key(
+                    &admin,
+                    pb::ListDeliveriesRequest {
+                        approval_id,
+                        state: pb::DeliveryState::Unspecified as i32,
+                        page_size: 10,
+                        page_token: String::new(),
+                    },
+                ))
+                .await
+                .expect("list")
+                .into_inner()
+                .deliveries
+        }
+    };
+    let before = deliveries().await;
+    assert_eq!(before.len(), 1);
+    assert_eq!(before[0].state, pb::DeliveryState::Failed as i32);
+    browser.click("button[data-retry]").await;
+    browser.wait_text("#status", "queued again").await;
+    // Queued again, it is attempted again (and, nothing listening, fails again).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while deliveries().await[0].attempts <= before[0].attempts {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the retried delivery was never attempted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    browser.close().await;
+}
