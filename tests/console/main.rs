@@ -520,20 +520,36 @@ async fn failed_deliveries_are_listed_and_retried_from_the_console() {
     browser.go(&format!("http://{}/", app.http_addr)).await;
     browser.sign_in(&app.admin).await;
     browser.find("select[data-tool='entra/get_user']").await;
-    // The page reads the list when the tab opens: open it again until the delivery has
-    // failed, as a person would.
+    // The page reads the list when the tab opens: open it once the delivery has failed.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        browser.click("#tab-deliveries").await;
-        if browser.text_of("#deliveries").await.contains(&approval.id) {
+        let failed = app
+            .client
+            .clone()
+            .list_deliveries(with_key(
+                &app.admin,
+                pb::ListDeliveriesRequest {
+                    approval_id: approval.id.clone(),
+                    state: pb::DeliveryState::Failed as i32,
+                    page_size: 10,
+                    page_token: String::new(),
+                },
+            ))
+            .await
+            .expect("list")
+            .into_inner()
+            .deliveries;
+        if !failed.is_empty() {
             break;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "the failed delivery never showed"
+            "the delivery never failed"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    browser.click("#tab-deliveries").await;
+    browser.wait_text("#deliveries", &approval.id).await;
     let row = browser.text_of("#deliveries").await;
     assert!(
         row.contains("approval.requested") && row.contains("maximum age"),
