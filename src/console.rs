@@ -250,7 +250,14 @@ fn stream(mut body: Body, output: prost_reflect::MessageDescriptor) -> Response<
             line.push(b'\n');
             Ok(http_body::Frame::data(Bytes::from(line)))
         };
-        while let Some(frame) = body.frame().await {
+        loop {
+            // A browser that went away ends the call at once (not at the stream's next
+            // message, which a quiet WatchApprovals may never send).
+            let frame = tokio::select! {
+                frame = body.frame() => frame,
+                () = tx.closed() => return,
+            };
+            let Some(frame) = frame else { break };
             let frame = match frame {
                 Ok(frame) => frame,
                 Err(e) => {

@@ -46,7 +46,10 @@ impl App {
             .await?
             .into_iter()
             .find(|c| c.id == channel.id && c.kind == channel.kind);
-        check_kind(&channel, existing.is_some())?;
+        // The stored secret goes where `url` points: a new URL needs the secret again, or an
+        // admin could send a kept token to a host of their own.
+        let kept = existing.filter(|e| e.url == channel.url);
+        check_kind(&channel, kept.is_some())?;
         let stored = self.store.set_channel(&caller.tenant, &channel).await?;
         if stored.enabled
             && let Ok(mut tenants) = self.channel_tenants.write()
@@ -150,7 +153,7 @@ fn check_kind(channel: &Channel, exists: bool) -> Result<(), FieldError> {
         FieldError::new(
             field,
             format!(
-                "is required for a new {} channel: {what}",
+                "is required for a new {} channel, and again when its url changes: {what}",
                 channel.kind.as_str()
             ),
         )

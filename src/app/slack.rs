@@ -70,6 +70,8 @@ impl App {
         // The channels whose app signed it: one Slack app may serve several tenants.
         let signed_for: Vec<(String, String)> = channels
             .into_iter()
+            // An empty secret (a row not written through the API) verifies nothing.
+            .filter(|(_, c)| c.slack_signing_secret.expose().len() >= 16)
             .filter(|(_, c)| {
                 verify(
                     c.slack_signing_secret.expose(),
@@ -123,10 +125,35 @@ impl App {
                 found.push((tenant.clone(), channel.clone()));
             }
         }
-        let (tenant, channel) = match found.as_slice() {
+        let (tenant, _) = match found.as_slice() {
             [one] => one.clone(),
             [] => return Err(format!("there is no approval {:?}.", id.as_str())),
             _ => return Err("the approval is not unique to one tenant.".into()),
+        };
+        // The button must be on a message toolgate posted for this approval and role: a
+        // signing secret shared by several tenants' channels (one Slack app) must not let
+        // one tenant forge a click on another's approval.
+        let mut posted_here = None;
+        for (t, c) in signed_for.iter().filter(|(t, _)| *t == tenant) {
+            let posted = self
+                .store
+                .slack_messages(t, id.as_str(), c)
+                .await
+                .map_err(unavailable)?;
+            if posted.iter().any(|m| {
+                m.role == click.role
+                    && m.slack_channel == click.message_channel
+                    && m.ts == click.message_ts
+            }) {
+                posted_here = Some(c.clone());
+                break;
+            }
+        }
+        let Some(channel) = posted_here else {
+            return Err(format!(
+                "this button is not on a message toolgate posted for this approval's {} request.",
+                click.role.as_str()
+            ));
         };
         let people = self
             .store

@@ -63,7 +63,7 @@ pub fn check_timestamp(timestamp: &str, now: i64) -> Result<(), &'static str> {
     let at: i64 = timestamp
         .parse()
         .map_err(|_| "X-Slack-Request-Timestamp is not a Unix time")?;
-    if (now - at).abs() > MAX_SKEW_SECONDS {
+    if now.abs_diff(at) > MAX_SKEW_SECONDS.unsigned_abs() {
         return Err("X-Slack-Request-Timestamp is more than 5 minutes from now (a replay?)");
     }
     Ok(())
@@ -82,6 +82,9 @@ pub struct Click {
     pub approve: bool,
     /// Where Slack takes an answer for the clicking user only.
     pub response_url: String,
+    /// The message the button is on: its conversation and ts (`container`).
+    pub message_channel: String,
+    pub message_ts: String,
 }
 
 /// The click in an interaction request's body (`payload=<JSON>`, form-encoded), or what
@@ -116,15 +119,15 @@ pub fn parse_click(body: &[u8]) -> Result<Click, String> {
     if slack_user_id.is_empty() {
         return Err("the payload names no user".into());
     }
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
     Ok(Click {
         slack_user_id: slack_user_id.to_owned(),
         approval_id: approval_id.to_owned(),
         role,
         approve,
-        response_url: payload["response_url"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned(),
+        response_url: text(&payload["response_url"]),
+        message_channel: text(&payload["container"]["channel_id"]),
+        message_ts: text(&payload["container"]["message_ts"]),
     })
 }
 
@@ -447,6 +450,7 @@ mod tests {
     fn a_click_on_our_buttons_is_read_and_anything_else_refused() {
         let click = json!({"type": "block_actions", "user": {"id": "U1TECH"},
             "response_url": "https://hooks.slack.com/actions/T1/1/x",
+            "container": {"channel_id": "C0OPS", "message_ts": "1764900000.000001"},
             "actions": [{"action_id": APPROVE, "value": "apr_1|technician"}]});
         assert_eq!(
             parse_click(&form(&click)),
@@ -456,6 +460,8 @@ mod tests {
                 role: ApproverRole::Technician,
                 approve: true,
                 response_url: "https://hooks.slack.com/actions/T1/1/x".into(),
+                message_channel: "C0OPS".into(),
+                message_ts: "1764900000.000001".into(),
             })
         );
         let mut deny = click.clone();

@@ -63,14 +63,22 @@ async fn with_slack_channel(api: &SlackApi, adjust: impl FnOnce(&mut Config)) ->
 impl TestApp {
     /// A click from `slack_user` on `button` (action id, value), signed now; the status,
     /// and what the clicking person is told (through response url `n`).
-    async fn click(
-        &self,
-        api: &SlackApi,
-        n: usize,
-        slack_user: &str,
-        button: &(String, String),
-    ) -> String {
-        let body = click_body(slack_user, &button.0, &button.1, &api.response_url(n));
+    async fn click(&self, api: &SlackApi, n: usize, slack_user: &str, button: &Button) -> String {
+        // A person clicks once the message is there and toolgate has recorded posting it.
+        let approval_id = button.1.split('|').next().unwrap_or_default().to_owned();
+        self.deliveries_when(&approval_id, |ds| {
+            ds.iter()
+                .filter(|d| d.event_type == "approval.requested")
+                .all(|d| d.state != pb::DeliveryState::Pending as i32)
+        })
+        .await;
+        let body = click_body(
+            slack_user,
+            &button.0,
+            &button.1,
+            (&button.2, &button.3),
+            &api.response_url(n),
+        );
         let headers = signed(SIGNING_SECRET, now_seconds(), &body);
         let (status, said) = post_interaction(self.http_addr, Some(headers), body).await;
         assert_eq!(status, 200, "{said}");
@@ -94,11 +102,16 @@ impl TestApp {
     }
 }
 
-fn button(m: &Posted, action: &str) -> (String, String) {
-    m.buttons()
+/// A button: its action id and value, and the message it is on (conversation, ts).
+type Button = (String, String, String, String);
+
+fn button(m: &Posted, action: &str) -> Button {
+    let (action, value) = m
+        .buttons()
         .into_iter()
         .find(|(id, _)| id == action)
-        .unwrap_or_else(|| panic!("no {action} button on {m:#?}"))
+        .unwrap_or_else(|| panic!("no {action} button on {m:#?}"));
+    (action, value, m.channel.clone(), m.ts.clone())
 }
 
 /// The technician's message and the manager's, once both are posted.
@@ -279,6 +292,18 @@ async fn refused_clicks_change_nothing_and_say_why() {
             "is not the requester's manager of record",
         ),
         ("U0NOBODY", &tech_button, "is not linked to anyone"),
+        // A click whose button is not on the message toolgate posted for that role (what
+        // someone holding the signing secret could forge).
+        (
+            "U0MGR",
+            &(
+                mgr_button.0.clone(),
+                mgr_button.1.clone(),
+                tech_button.2.clone(),
+                tech_button.3.clone(),
+            ),
+            "not on a message toolgate posted",
+        ),
     ] {
         n += 1;
         let said = app.click(&api, n, who, on).await;
@@ -314,7 +339,13 @@ async fn refused_clicks_change_nothing_and_say_why() {
 
     // Not from Slack: no headers, a stale or future timestamp (a replay), a wrong secret,
     // a tampered body. 401, nothing read, nothing told.
-    let body = click_body("U0MGR", APPROVE, &mgr_button.1, &api.response_url(99));
+    let body = click_body(
+        "U0MGR",
+        APPROVE,
+        &mgr_button.1,
+        (&mgr_button.2, &mgr_button.3),
+        &api.response_url(99),
+    );
     let stale = signed(SIGNING_SECRET, now_seconds() - 301, &body);
     let future = signed(SIGNING_SECRET, now_seconds() + 301, &body);
     let wrong = signed("0000000000000000000000000000000000", now_seconds(), &body);
@@ -349,6 +380,7 @@ async fn refused_clicks_change_nothing_and_say_why() {
         "U0MGR",
         "someone_else",
         &mgr_button.1,
+        (&mgr_button.2, &mgr_button.3),
         &api.response_url(99),
     );
     let (status, _) = post_interaction(
@@ -363,7 +395,7 @@ async fn refused_clicks_change_nothing_and_say_why() {
     let now = app.scrape().await;
     for (outcome, times) in [
         ("recorded", 1.0),
-        ("refused", 7.0),
+        ("refused", 8.0),
         ("unauthorized", 6.0),
         ("bad_request", 1.0),
     ] {
@@ -618,6 +650,19 @@ async fn bad_slack_channel_input_is_refused_and_changes_nothing() {
         .await
         .expect("Slack's own API");
     assert_eq!(stored.url, "");
+    // The kept token would go wherever the new url points: a new url needs it again.
+    let moved = pb::NotificationChannel {
+        url: "http://127.0.0.1:9/api".into(),
+        secret: String::new(),
+        slack_signing_secret: String::new(),
+        ..slack_channel(&api)
+    };
+    let refused = app
+        .set_channel(&app.admin, moved)
+        .await
+        .expect_err("refused");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(refused.message().contains("channel.secret"), "{refused:?}");
 }
 
 #[tokio::test]
@@ -641,6 +686,7 @@ async fn the_http_listener_takes_only_slack_interactions() {
         "U0TECH",
         APPROVE,
         "apr_1|technician",
+        ("C0OPS", "1764900000.000001"),
         "http://127.0.0.1:9/x",
     );
     let (status, said) = post_interaction(

@@ -304,14 +304,21 @@ async fn answer(
     respond(200, &[], reply)
 }
 
-/// A click as Slack sends it: `payload=<block_actions JSON>`, form-encoded.
-pub fn click_body(slack_user: &str, action_id: &str, value: &str, response_url: &str) -> Vec<u8> {
+/// A click as Slack sends it: `payload=<block_actions JSON>`, form-encoded; `message` is
+/// the (conversation, ts) of the message the button is on.
+pub fn click_body(
+    slack_user: &str,
+    action_id: &str,
+    value: &str,
+    message: (&str, &str),
+    response_url: &str,
+) -> Vec<u8> {
     let payload = json!({
         "type": "block_actions",
         "user": {"id": slack_user, "username": slack_user.to_lowercase(), "team_id": "T0TOOLGATE"},
         "api_app_id": "A0TOOLGATE",
         "team": {"id": "T0TOOLGATE", "domain": "toolgate-test"},
-        "container": {"type": "message", "message_ts": "1764900000.000001", "channel_id": "C0OPS"},
+        "container": {"type": "message", "message_ts": message.1, "channel_id": message.0},
         "trigger_id": "1.2.3",
         "response_url": response_url,
         "actions": [{"type": "button", "action_id": action_id, "block_id": "toolgate_decision",
