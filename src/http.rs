@@ -32,6 +32,7 @@ pub async fn serve_http(
     client: reqwest::Client,
     api: impl Api,
     max_body: usize,
+    console_api: bool,
 ) {
     loop {
         let (stream, _) = match listener.accept().await {
@@ -46,7 +47,9 @@ pub async fn serve_http(
         let service = hyper::service::service_fn(move |req| {
             let (app, client, api) = (app.clone(), client.clone(), api.clone());
             async move {
-                Ok::<_, std::convert::Infallible>(route(&app, &client, api, max_body, req).await)
+                Ok::<_, std::convert::Infallible>(
+                    route(&app, &client, api, max_body, console_api, req).await,
+                )
             }
         });
         tokio::spawn(async move {
@@ -77,6 +80,7 @@ async fn route(
     client: &reqwest::Client,
     api: impl Api,
     max_body: usize,
+    console_api: bool,
     req: Request<hyper::body::Incoming>,
 ) -> Response<ConsoleBody> {
     let path = req.uri().path().to_owned();
@@ -85,6 +89,10 @@ async fn route(
         (_, SLACK_INTERACTIONS) => text(
             StatusCode::METHOD_NOT_ALLOWED,
             "Slack interactions are POSTed here",
+        ),
+        (&Method::POST, path) if path.starts_with(console::API_PREFIX) && !console_api => text(
+            StatusCode::FORBIDDEN,
+            "the console's API is off: the gRPC port requires TLS, and this listener is plain HTTP",
         ),
         (&Method::POST, path) if path.starts_with(console::API_PREFIX) => {
             let method = path[console::API_PREFIX.len()..].to_owned();

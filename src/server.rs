@@ -283,6 +283,9 @@ pub async fn serve(
                     client,
                     api.clone(),
                     config.max_message_bytes,
+                    // Keys would cross this plain-HTTP port in clear, and a client
+                    // certificate the gRPC port demands would not be asked for.
+                    config.tls.is_none(),
                 ),
             )))
         }

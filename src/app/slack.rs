@@ -110,6 +110,19 @@ impl App {
         click: &Click,
     ) -> Result<Approval, String> {
         let id = ApprovalId::parse("approval_id", &click.approval_id).map_err(|e| e.to_string())?;
+        // A signing secret that several tenants' channels share is known to each of their
+        // admins, who could sign a click for another tenant: none is taken.
+        let mut tenants: Vec<&str> = signed_for.iter().map(|(t, _)| t.as_str()).collect();
+        tenants.sort_unstable();
+        tenants.dedup();
+        if tenants.len() > 1 {
+            return Err(
+                "this Slack app's signing secret is set on channels of several \
+                        tenants, so toolgate takes no click signed with it; give each tenant \
+                        a Slack app of its own."
+                    .into(),
+            );
+        }
         let mut found = Vec::new();
         for (tenant, channel) in signed_for {
             if found.iter().any(|(t, _)| t == tenant) {

@@ -705,3 +705,28 @@ async fn the_http_listener_takes_only_slack_interactions() {
     .await;
     assert_eq!(status, 413);
 }
+
+#[tokio::test]
+async fn a_signing_secret_shared_by_two_tenants_takes_no_click() {
+    let api = SlackApi::normal().await;
+    let app = with_slack_channel(&api, |_| {}).await;
+    app.set_one("reset_password", Policy::ApprovalNeeded, Some(false))
+        .await;
+    let approval = app
+        .decide_ok(ask("reset_password", r#"{"user":"bob"}"#, "r1"))
+        .await
+        .approval
+        .expect("approval");
+    let posted = api.messages_when(|m| m.len() == 1).await;
+    // Another tenant's admin sets a channel with the same Slack app's secrets.
+    let other = app.mint("globex", toolgate::policy::Role::Admin).await;
+    app.set_channel(&other, slack_channel(&api))
+        .await
+        .expect("the other tenant's channel");
+    let before = app.approval(&approval.id).await;
+    let said = app
+        .click(&api, 1, "U0TECH", &button(&posted[0], APPROVE))
+        .await;
+    assert!(said.contains("several tenants"), "{said}");
+    assert_eq!(app.approval(&approval.id).await, before);
+}
