@@ -46,13 +46,14 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Recompute every tenant's hash chain; exit 1 naming the first record that does not
-    /// match.
+    /// Recompute every tenant's hash chains (revisions, approval events); exit 1 naming the
+    /// first record that does not match.
     Verify {
         #[command(flatten)]
         db: DatabaseArgs,
     },
-    /// One JSON line per revision of a tenant: its record, its hash and the hash before.
+    /// One JSON line per revision of a tenant, then one per approval event: its chain, its
+    /// record, its hash and the hash before.
     Export {
         #[arg(long)]
         tenant: String,

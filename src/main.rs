@@ -251,62 +251,115 @@ async fn audit(command: AuditCommand) -> ExitCode {
     }
 }
 
-/// Whether every tenant's chain holds; the first break is printed.
+/// Whether every tenant's chains (revisions, then approval events) hold; the first break is
+/// printed.
 async fn audit_verify(db: &toolgate::config::DatabaseArgs) -> Result<bool, String> {
-    use toolgate::policy::audit::{self, Stored};
+    use toolgate::policy::audit::{self, ChainHead, Stored};
     let store = open(db).await?;
-    let tenants = store.tenant_revisions().await.map_err(|e| e.to_string())?;
-    for (tenant, last) in tenants {
-        let chain = store
-            .revision_chain(&tenant)
-            .await
-            .map_err(|e| e.to_string())?;
+    let text = |e: toolgate::store::StoreError| e.to_string();
+    let tenants = store.tenant_revisions().await.map_err(text)?;
+    let mut heads: std::collections::BTreeMap<String, (ChainHead, u64)> = store
+        .approval_chain_heads()
+        .await
+        .map_err(text)?
+        .into_iter()
+        .map(|(tenant, head, before)| (tenant, (head, before)))
+        .collect();
+    let mut names: Vec<String> = tenants.iter().map(|(t, _)| t.clone()).collect();
+    names.extend(
+        heads
+            .keys()
+            .filter(|t| !names.contains(t))
+            .cloned()
+            .collect::<Vec<_>>(),
+    );
+    let last_revision: std::collections::HashMap<String, u64> = tenants.into_iter().collect();
+    for tenant in names {
+        let chain = store.revision_chain(&tenant).await.map_err(text)?;
         let stored = chain.iter().map(|r| Stored {
             head: chain_head(&tenant, r),
             changes: &r.changes,
             hash: &r.hash,
         });
-        match audit::verify(stored, last) {
-            Ok(v) => println!(
-                "tenant {tenant:?}: {} revisions verified ({} saved before the chain began)",
-                v.chained, v.before_chain
-            ),
+        let last = last_revision.get(&tenant).copied().unwrap_or(0);
+        let revisions = match audit::verify(stored, last) {
+            Ok(v) => v,
             Err(b) => {
-                eprintln!("tenant {tenant:?}: revision {} {}", b.revision, b.problem);
+                eprintln!("tenant {tenant:?}: revision {} {}", b.at, b.problem);
                 return Ok(false);
             }
+        };
+        let events = store.approval_event_chain(&tenant).await.map_err(text)?;
+        let (head, before) = heads
+            .remove(&tenant)
+            .unwrap_or_else(|| (ChainHead::genesis(), 0));
+        let rows = events.events.iter().map(|(e, hash)| (e, hash.as_str()));
+        let chained = match audit::verify_events(rows, &head) {
+            Ok(n) => n,
+            Err(b) => {
+                eprintln!("tenant {tenant:?}: approval event {} {}", b.at, b.problem);
+                return Ok(false);
+            }
+        };
+        if events.unchained != before {
+            eprintln!(
+                "tenant {tenant:?}: {} approval events are outside the chain, but {before} \
+                 were written before it began",
+                events.unchained
+            );
+            return Ok(false);
         }
+        println!(
+            "tenant {tenant:?}: {} revisions verified ({} saved before the chain began); \
+             {chained} approval events verified ({before} written before the chain began)",
+            revisions.chained, revisions.before_chain
+        );
     }
     Ok(true)
 }
 
-/// One line per revision after `since`: its record (canonical), its hash, the one before.
+/// One line per revision after `since`, then one per approval event: its record
+/// (canonical), its hash, the one before. `chain` says which chain a line belongs to.
 async fn audit_export(
     tenant: &str,
     since: u64,
     db: &toolgate::config::DatabaseArgs,
 ) -> Result<(), String> {
     use toolgate::policy::audit;
+    use toolgate::policy::canonical::canonicalize;
     let store = open(db).await?;
     let chain = store
         .revision_chain(tenant)
         .await
         .map_err(|e| e.to_string())?;
+    let name = serde_json::Value::from(tenant);
     let mut previous = audit::GENESIS.to_owned();
     for r in &chain {
         if r.revision > since {
             let record = audit::record(&chain_head(tenant, r), &r.changes);
             println!(
-                "{{\"tenant\":{},\"revision\":{},\"previous_hash\":\"{previous}\",\"hash\":\"{}\",\"record\":{}}}",
-                serde_json::Value::from(tenant),
+                "{{\"chain\":\"revisions\",\"tenant\":{name},\"revision\":{},\"previous_hash\":\"{previous}\",\"hash\":\"{}\",\"record\":{}}}",
                 r.revision,
                 r.hash,
-                toolgate::policy::canonical::canonicalize(&record)
+                canonicalize(&record)
             );
         }
         if !r.hash.is_empty() {
             previous = r.hash.clone();
         }
+    }
+    let events = store
+        .approval_event_chain(tenant)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut previous = audit::GENESIS.to_owned();
+    for (event, hash) in &events.events {
+        println!(
+            "{{\"chain\":\"approval_events\",\"tenant\":{name},\"seq\":{},\"previous_hash\":\"{previous}\",\"hash\":\"{hash}\",\"record\":{}}}",
+            event.seq,
+            canonicalize(&audit::event_record(event))
+        );
+        previous = hash.clone();
     }
     Ok(())
 }

@@ -108,7 +108,8 @@ pub struct Verified {
 /// The first record that does not hold.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Break {
-    pub revision: u64,
+    /// The record's number: a revision, or an approval event's place in its chain.
+    pub at: u64,
     pub problem: String,
 }
 
@@ -129,7 +130,7 @@ pub fn verify<'a>(
         let revision = stored.head.revision;
         if revision != expected {
             return Err(Break {
-                revision: expected,
+                at: expected,
                 problem: format!(
                     "is missing (the history goes from {} to {revision})",
                     expected - 1
@@ -140,7 +141,7 @@ pub fn verify<'a>(
         if stored.hash.is_empty() {
             if verified.chained > 0 {
                 return Err(Break {
-                    revision,
+                    at: revision,
                     problem: "has no hash, but revisions before it do".into(),
                 });
             }
@@ -150,7 +151,7 @@ pub fn verify<'a>(
         let computed = chain_hash(&previous, &record(&stored.head, stored.changes));
         if computed != stored.hash {
             return Err(Break {
-                revision,
+                at: revision,
                 problem: format!(
                     "does not match its record and the revision before it (stored {}, \
                      recomputed {computed})",
@@ -163,11 +164,157 @@ pub fn verify<'a>(
     }
     if expected <= last {
         return Err(Break {
-            revision: expected,
+            at: expected,
             problem: format!("is missing (the tenant is at revision {last})"),
         });
     }
     Ok(verified)
+}
+
+/// An approval event as its tenant's second chain covers it: the event's row, its place in
+/// the chain, and its approval's head (which never changes), each column as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApprovalEvent {
+    pub tenant: String,
+    /// Its place in the tenant's chain of approval events: 1, 2, … in commit order.
+    pub seq: u64,
+    pub approval_id: String,
+    pub version: i64,
+    pub state: String,
+    /// The roles still asked for, comma-separated.
+    pub required_roles: String,
+    pub consumed_by_request: Option<String>,
+    /// Every step so far, as the JSON text stored.
+    pub steps_json: String,
+    /// When the event happened.
+    pub at_ms: i64,
+    pub integration_id: String,
+    pub tool_name: String,
+    pub arguments_sha256: String,
+    pub requester_id: String,
+    pub request_id: String,
+    pub created_at_ms: i64,
+    pub expires_at_ms: i64,
+    pub created_by_key: String,
+    pub principal: String,
+}
+
+/// The record of an approval event, as hashed and exported: every field of
+/// [`ApprovalEvent`] under its own name (`consumed_by_request` null when none).
+pub fn event_record(e: &ApprovalEvent) -> Json {
+    let text = |s: &str| Json::String(s.to_owned());
+    let number = |n: i64| Json::Number(n as f64);
+    Json::Object(vec![
+        ("tenant".into(), text(&e.tenant)),
+        ("seq".into(), Json::Number(e.seq as f64)),
+        ("approval_id".into(), text(&e.approval_id)),
+        ("version".into(), number(e.version)),
+        ("state".into(), text(&e.state)),
+        ("required_roles".into(), text(&e.required_roles)),
+        (
+            "consumed_by_request".into(),
+            e.consumed_by_request.as_deref().map_or(Json::Null, text),
+        ),
+        ("steps_json".into(), text(&e.steps_json)),
+        ("at_ms".into(), number(e.at_ms)),
+        ("integration_id".into(), text(&e.integration_id)),
+        ("tool_name".into(), text(&e.tool_name)),
+        ("arguments_sha256".into(), text(&e.arguments_sha256)),
+        ("requester_id".into(), text(&e.requester_id)),
+        ("request_id".into(), text(&e.request_id)),
+        ("created_at_ms".into(), number(e.created_at_ms)),
+        ("expires_at_ms".into(), number(e.expires_at_ms)),
+        ("created_by_key".into(), text(&e.created_by_key)),
+        ("principal".into(), text(&e.principal)),
+    ])
+}
+
+/// A tenant's chain of approval events as far as it goes: how many events, and the last hash
+/// (64 zeros before the first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainHead {
+    pub seq: u64,
+    pub hash: String,
+}
+
+impl ChainHead {
+    pub fn genesis() -> Self {
+        ChainHead {
+            seq: 0,
+            hash: GENESIS.to_owned(),
+        }
+    }
+}
+
+/// Gives `events` (one tenant's, in the order their transaction wrote them) the next places
+/// in the chain after `head`: sets each `seq`, and returns each hash and the new head.
+pub fn link(head: &ChainHead, events: &mut [ApprovalEvent]) -> (Vec<String>, ChainHead) {
+    let mut next = head.clone();
+    let hashes = events
+        .iter_mut()
+        .map(|e| {
+            next.seq += 1;
+            e.seq = next.seq;
+            next.hash = chain_hash(&next.hash, &event_record(e));
+            next.hash.clone()
+        })
+        .collect();
+    (hashes, next)
+}
+
+/// Checks a tenant's chained approval events, ordered by `seq`, against the chain's stored
+/// head: numbered 1, 2, … without a gap up to the head, and each hash recomputed from its
+/// record and the hash before it. The first break names the event's place in the chain.
+pub fn verify_events<'a>(
+    events: impl IntoIterator<Item = (&'a ApprovalEvent, &'a str)>,
+    head: &ChainHead,
+) -> Result<u64, Break> {
+    let mut previous = GENESIS.to_owned();
+    let mut expected = 1;
+    for (event, hash) in events {
+        let at = format!(" ({} version {})", event.approval_id, event.version);
+        if event.seq != expected {
+            return Err(Break {
+                at: expected,
+                problem: format!(
+                    "is missing (the chain goes from {} to {}{at})",
+                    expected - 1,
+                    event.seq
+                ),
+            });
+        }
+        if event.seq > head.seq {
+            return Err(Break {
+                at: event.seq,
+                problem: format!("is past the chain's head, {}{at}", head.seq),
+            });
+        }
+        let computed = chain_hash(&previous, &event_record(event));
+        if computed != hash {
+            return Err(Break {
+                at: event.seq,
+                problem: format!(
+                    "does not match its record and the event before it{at} (stored {hash}, \
+                     recomputed {computed})"
+                ),
+            });
+        }
+        previous = computed;
+        expected += 1;
+    }
+    if expected <= head.seq {
+        return Err(Break {
+            at: expected,
+            problem: format!("is missing (the chain's head is at {})", head.seq),
+        });
+    }
+    if head.seq > 0 && previous != head.hash {
+        return Err(Break {
+            at: head.seq,
+            problem: "does not match the chain's stored head".into(),
+        });
+    }
+    Ok(head.seq)
 }
 
 #[cfg(test)]
@@ -266,17 +413,17 @@ mod tests {
         );
         let mut edited = good.clone();
         edited[1].0.comment = "edited";
-        assert_eq!(check(&edited, 3).unwrap_err().revision, 2);
+        assert_eq!(check(&edited, 3).unwrap_err().at, 2);
         let mut swapped = good.clone();
         swapped.swap(0, 1);
-        assert_eq!(check(&swapped, 3).unwrap_err().revision, 1);
+        assert_eq!(check(&swapped, 3).unwrap_err().at, 1);
         let gap = vec![good[0].clone(), good[2].clone()];
-        assert_eq!(check(&gap, 3).unwrap_err().revision, 2);
+        assert_eq!(check(&gap, 3).unwrap_err().at, 2);
         let cut = good[..2].to_vec();
-        assert_eq!(check(&cut, 3).unwrap_err().revision, 3);
+        assert_eq!(check(&cut, 3).unwrap_err().at, 3);
         let mut blanked = good.clone();
         blanked[2].1 = String::new();
-        assert_eq!(check(&blanked, 3).unwrap_err().revision, 3);
+        assert_eq!(check(&blanked, 3).unwrap_err().at, 3);
     }
 
     #[test]
@@ -287,5 +434,90 @@ mod tests {
         assert_ne!(chain_hash(GENESIS, &record(&other, &[])), base);
         let with_tool = record(&head(), &[ToolChange::Upsert(tool("x"))]);
         assert_ne!(chain_hash(GENESIS, &with_tool), base);
+    }
+
+    fn approval_event(version: i64) -> ApprovalEvent {
+        ApprovalEvent {
+            tenant: "acme".into(),
+            seq: 0,
+            approval_id: "apr_1".into(),
+            version,
+            state: if version == 0 { "pending" } else { "approved" }.into(),
+            required_roles: "technician".into(),
+            consumed_by_request: None,
+            steps_json: "[]".into(),
+            at_ms: 1_764_900_000_000 + version,
+            integration_id: "entra".into(),
+            tool_name: "reset_password".into(),
+            arguments_sha256: "ab".repeat(32),
+            requester_id: "alice".into(),
+            request_id: "r1".into(),
+            created_at_ms: 1_764_900_000_000,
+            expires_at_ms: 1_764_903_600_000,
+            created_by_key: "0123456789abcdef".into(),
+            principal: "key:0123456789abcdef".into(),
+        }
+    }
+
+    /// The approval event's record as documented: pinned, so a change to it is deliberate.
+    #[test]
+    fn an_approval_events_record_is_as_documented() {
+        let mut events = vec![approval_event(0)];
+        let (hashes, head) = link(&ChainHead::genesis(), &mut events);
+        assert_eq!(events[0].seq, 1);
+        assert_eq!(
+            canonical::canonicalize(&event_record(&events[0])),
+            r#"{"approval_id":"apr_1","arguments_sha256":"abababababababababababababababababababababababababababababababab","at_ms":1764900000000,"consumed_by_request":null,"created_at_ms":1764900000000,"created_by_key":"0123456789abcdef","expires_at_ms":1764903600000,"integration_id":"entra","principal":"key:0123456789abcdef","request_id":"r1","requester_id":"alice","required_roles":"technician","seq":1,"state":"pending","steps_json":"[]","tenant":"acme","tool_name":"reset_password","version":0}"#
+        );
+        assert_eq!(hashes[0], chain_hash(GENESIS, &event_record(&events[0])));
+        assert_eq!(
+            head,
+            ChainHead {
+                seq: 1,
+                hash: hashes[0].clone()
+            }
+        );
+    }
+
+    #[test]
+    fn linking_continues_from_the_head_and_verify_names_the_first_break() {
+        let mut first = vec![approval_event(0)];
+        let (_, head) = link(&ChainHead::genesis(), &mut first);
+        let mut rest = vec![approval_event(1), approval_event(2)];
+        let (hashes, head) = link(&head, &mut rest);
+        assert_eq!((rest[0].seq, rest[1].seq, head.seq), (2, 3, 3));
+        let mut all: Vec<(ApprovalEvent, String)> = first
+            .into_iter()
+            .map(|e| {
+                let h = chain_hash(GENESIS, &event_record(&e));
+                (e, h)
+            })
+            .collect();
+        all.extend(rest.into_iter().zip(hashes));
+        let check = |rows: &[(ApprovalEvent, String)], head: &ChainHead| {
+            verify_events(rows.iter().map(|(e, h)| (e, h.as_str())), head)
+        };
+        assert_eq!(check(&all, &head), Ok(3));
+        assert_eq!(check(&[], &ChainHead::genesis()), Ok(0));
+        let mut edited = all.clone();
+        edited[1].0.state = "denied".into();
+        assert_eq!(check(&edited, &head).unwrap_err().at, 2);
+        let gap = vec![all[0].clone(), all[2].clone()];
+        assert_eq!(check(&gap, &head).unwrap_err().at, 2);
+        assert_eq!(check(&all[..2], &head).unwrap_err().at, 3);
+        let mut swapped = all.clone();
+        swapped.swap(1, 2);
+        (swapped[1].0.seq, swapped[2].0.seq) = (2, 3);
+        assert_eq!(check(&swapped, &head).unwrap_err().at, 2);
+        let behind = ChainHead {
+            seq: 2,
+            hash: all[1].1.clone(),
+        };
+        assert_eq!(check(&all, &behind).unwrap_err().at, 3);
+        let moved = ChainHead {
+            seq: 3,
+            hash: GENESIS.into(),
+        };
+        assert_eq!(check(&all, &moved).unwrap_err().at, 3);
     }
 }

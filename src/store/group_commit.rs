@@ -18,8 +18,10 @@
 
 use super::StoreError;
 use super::approval_sql::{EVENT_INSERT, HEAD_INSERT, PENDING_ADD, PENDING_REMOVE};
+use super::chain::{self, Link};
 use super::sqlite::Writer;
 use crate::policy::Approval;
+use crate::policy::audit::ApprovalEvent;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions, Connection, Row, SqliteConnection};
 use std::sync::Arc;
@@ -190,16 +192,24 @@ async fn commit_pg_rows(connection: &mut PgConnection, origin: &str, batch: &[Jo
     let mut tx = connection.begin().await.map_err(|e| (None, e.into()))?;
     let created = create_rows(&mut tx, origin, batch, &creates).await;
     let appended = append_rows(&mut tx, origin, batch, &appends).await;
-    let (created, appended) = (
+    let (mut created, appended) = (
         created.map_err(|e| (None, e))?,
         appended.map_err(|e| (None, e))?,
     );
+    let keys = |events: &[ApprovalEvent]| -> std::collections::HashSet<(String, String, i64)> {
+        let key = |e: &ApprovalEvent| (e.tenant.clone(), e.approval_id.clone(), e.version);
+        events.iter().map(key).collect()
+    };
+    let (created_keys, appended_keys) = (keys(&created), keys(&appended));
+    created.extend(appended);
+    tx.link(created).await.map_err(|e| (None, e.into()))?;
     tx.commit().await.map_err(|e| (None, e.into()))?;
     let mut outcomes = vec![false; batch.len()];
     for (i, (write, _)) in batch.iter().enumerate() {
         outcomes[i] = match write {
             ApprovalWrite::Create { tenant, approval } => {
-                creates.contains(&i) && created.contains(&(tenant.clone(), approval.id.clone()))
+                let key = (tenant.clone(), approval.id.clone(), 0);
+                creates.contains(&i) && created_keys.contains(&key)
             }
             ApprovalWrite::Append {
                 tenant,
@@ -207,19 +217,20 @@ async fn commit_pg_rows(connection: &mut PgConnection, origin: &str, batch: &[Jo
                 approval,
             } => {
                 let key = (tenant.clone(), approval.id.clone(), *version);
-                appends.contains(&i) && appended.contains(&key)
+                appends.contains(&i) && appended_keys.contains(&key)
             }
         };
     }
     Ok(outcomes)
 }
 
+/// The version 0 of each approval created, in batch order.
 async fn create_rows(
     tx: &mut PgConnection,
     origin: &str,
     batch: &[Job],
     which: &[usize],
-) -> Result<std::collections::HashSet<(String, String)>, StoreError> {
+) -> Result<Vec<ApprovalEvent>, StoreError> {
     let creates: Vec<(&str, &Approval)> = which
         .iter()
         .filter_map(|&i| match &batch[i].0 {
@@ -258,19 +269,27 @@ async fn create_rows(
         .bind(text(|a| &a.principal))
         .fetch_all(&mut *tx)
         .await?;
-    rows.iter()
+    let created = rows
+        .iter()
         .map(|row| Ok((row.try_get("tenant")?, row.try_get("id")?)))
-        .collect()
+        .collect::<Result<std::collections::HashSet<(String, String)>, StoreError>>()?;
+    Ok(creates
+        .into_iter()
+        .filter(|(t, a)| created.contains(&(t.to_string(), a.id.clone())))
+        .map(|(t, a)| chain::event(t, 0, a, a.created_at.0))
+        .collect())
 }
 
+/// Each change written, in batch order.
 async fn append_rows(
     tx: &mut PgConnection,
     origin: &str,
     batch: &[Job],
     which: &[usize],
-) -> Result<std::collections::HashSet<(String, String, i64)>, StoreError> {
+) -> Result<Vec<ApprovalEvent>, StoreError> {
     let (mut tenants, mut ids, mut versions, mut states) = (vec![], vec![], vec![], vec![]);
     let (mut roles, mut consumers, mut steps, mut times) = (vec![], vec![], vec![], vec![]);
+    let mut events = Vec::with_capacity(which.len());
     for &i in which {
         let ApprovalWrite::Append {
             tenant,
@@ -287,7 +306,9 @@ async fn append_rows(
         roles.push(super::rows::roles_to_text(&a.required_roles));
         consumers.push(a.consumed_by_request.clone());
         steps.push(super::rows::steps_to_json(&a.steps));
-        times.push(super::rows::change_time(a));
+        let at = super::rows::change_time(a);
+        times.push(at);
+        events.push(chain::event(tenant, *version, a, at));
     }
     if versions.is_empty() {
         return Ok(Default::default());
@@ -304,7 +325,8 @@ async fn append_rows(
         .bind(times)
         .fetch_all(&mut *tx)
         .await?;
-    rows.iter()
+    let written = rows
+        .iter()
         .map(|row| {
             Ok((
                 row.try_get("tenant")?,
@@ -312,7 +334,9 @@ async fn append_rows(
                 row.try_get("version")?,
             ))
         })
-        .collect()
+        .collect::<Result<std::collections::HashSet<(String, String, i64)>, StoreError>>()?;
+    events.retain(|e| written.contains(&(e.tenant.clone(), e.approval_id.clone(), e.version)));
+    Ok(events)
 }
 
 /// One batch's transaction, a statement per write (SQLite, where a statement is a call
@@ -323,14 +347,15 @@ async fn commit_sqlite(connection: &mut SqliteConnection, origin: &str, batch: &
         .await
         .map_err(|e| (None, e.into()))?;
     let mut outcomes = Vec::with_capacity(batch.len());
+    let mut written = Vec::new();
     for (i, (write, _)) in batch.iter().enumerate() {
-        let done = match write {
+        let (done, event) = match write {
             ApprovalWrite::Create { tenant, approval } => {
+                let at = approval.created_at.0;
                 let head = bind_head!(sqlx::query(HEAD_INSERT), tenant, approval);
                 let created = head.execute(&mut *tx).await.map(|d| d.rows_affected() == 1);
-                match created {
+                let done = match created {
                     Ok(true) => {
-                        let at = approval.created_at.0;
                         let query = sqlx::query(EVENT_INSERT);
                         let version_0 = bind_event!(query, tenant, 0_i64, origin, approval, at);
                         let pending = sqlx::query(PENDING_ADD)
@@ -343,7 +368,8 @@ async fn commit_sqlite(connection: &mut SqliteConnection, origin: &str, batch: &
                         }
                     }
                     other => other,
-                }
+                };
+                (done, chain::event(tenant, 0, approval, at))
             }
             ApprovalWrite::Append {
                 tenant,
@@ -357,18 +383,24 @@ async fn commit_sqlite(connection: &mut SqliteConnection, origin: &str, batch: &
                     .execute(&mut *tx)
                     .await
                     .map(|d| d.rows_affected() == 1);
-                match written {
+                let done = match written {
                     Ok(true) if approval.state != crate::policy::ApprovalState::Pending => {
                         let gone = sqlx::query(PENDING_REMOVE).bind(tenant).bind(&approval.id);
                         gone.execute(&mut *tx).await.map(|_| true)
                     }
                     other => other,
-                }
+                };
+                (done, chain::event(tenant, *version, approval, at))
             }
         };
         // On an error the transaction is dropped, which rolls it back.
-        outcomes.push(done.map_err(|e| (Some(i), e.into()))?);
+        let done = done.map_err(|e| (Some(i), e.into()))?;
+        if done {
+            written.push(event);
+        }
+        outcomes.push(done);
     }
+    tx.link(written).await.map_err(|e| (None, e.into()))?;
     tx.commit().await.map_err(|e| (None, e.into()))?;
     Ok(outcomes)
 }

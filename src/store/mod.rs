@@ -15,6 +15,7 @@
 
 #[macro_use]
 mod approval_sql;
+mod chain;
 mod group_commit;
 mod pg;
 mod rows;
@@ -26,6 +27,7 @@ pub use sql::{MAX_ATTEMPTS, SqlStore, open};
 
 use crate::delivery::slack::SlackMessage;
 use crate::delivery::{Channel, Claimed, Delivery, DeliveryState, Outcome};
+use crate::policy::audit::{ApprovalEvent, ChainHead};
 use crate::policy::{
     Approval, ApprovalState, Caller, Person, Policy, RevisionChanges, Role, Tool, ToolChange,
     UnixMillis,
@@ -275,6 +277,16 @@ pub struct ChainedRevision {
     pub changes: Vec<ToolChange>,
 }
 
+/// A tenant's approval events as their hash chain covers them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApprovalEventChain {
+    /// In chain order, each with its stored hash.
+    pub events: Vec<(ApprovalEvent, String)>,
+    /// Events with no place in the chain: those written before chains were recorded
+    /// (migration 9), and any inserted by hand since.
+    pub unchained: u64,
+}
+
 /// One tool's change in a revision: its policy and manager switch before and after.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyDiff {
@@ -364,6 +376,8 @@ pub enum StoreOp {
     ListRevisions,
     PoliciesAt,
     RevisionChain,
+    ApprovalChainHeads,
+    ApprovalEventChain,
     UpsertPeople,
     GetPerson,
     InsertApproval,
@@ -455,6 +469,14 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Every revision of the tenant, oldest first, with the tool changes each made: what
     /// its hash chain covers.
     async fn revision_chain(&self, tenant: &str) -> Result<Vec<ChainedRevision>, StoreError>;
+
+    /// Every tenant's chain of approval events: how far it goes, its last hash, and how many
+    /// of the tenant's events were written before chains were recorded (migration 9).
+    async fn approval_chain_heads(&self) -> Result<Vec<(String, ChainHead, u64)>, StoreError>;
+
+    /// A tenant's chained approval events in chain order, each with its stored hash, and how
+    /// many of its events have no place in the chain.
+    async fn approval_event_chain(&self, tenant: &str) -> Result<ApprovalEventChain, StoreError>;
 
     /// Every tool that existed at `revision` (and was not removed by then), with its
     /// policy and manager switch of then.

@@ -9,6 +9,7 @@
 //! [`SqlStore::call`], the one place that bounds it in time and records it for `/metrics`.
 
 use super::approval_sql::{EVENT_INSERT, PENDING_REMOVE};
+use super::chain::{self, Link};
 use super::group_commit::{ApprovalWrite, GroupCommit, Target};
 use super::rows::{
     APPROVAL_COLUMNS, Cols, TOOL_COLUMNS, approval_from_row, approval_page, caller_from_row,
@@ -16,14 +17,15 @@ use super::rows::{
     revision_from_row, stamp, u64_of,
 };
 use super::{
-    ApprovalCursor, ApprovalQuery, ChainedRevision, ForUpdate, Inserted, KeyInfo, People,
-    PgSettings, PolicyAt, PolicyDiff, ReadScope, RevisionCommit, RevisionQuery, RevisionRecord,
-    SaveRead, Saved, Store, StoreError, StoreOp, TenantTools, Wakeup, pg, sqlite,
+    ApprovalCursor, ApprovalEventChain, ApprovalQuery, ChainedRevision, ForUpdate, Inserted,
+    KeyInfo, People, PgSettings, PolicyAt, PolicyDiff, ReadScope, RevisionCommit, RevisionQuery,
+    RevisionRecord, SaveRead, Saved, Store, StoreError, StoreOp, TenantTools, Wakeup, pg, sqlite,
 };
 use super::{DeliveryQuery, Lease, Pending, Retried};
 use crate::delivery::slack::SlackMessage;
 use crate::delivery::{Channel, Claimed, Delivery, Outcome};
 use crate::metrics::Metrics;
+use crate::policy::audit::ChainHead;
 use crate::policy::{
     Approval, ApprovalState, Caller, Person, RevisionChanges, Role, ToolChange, UnixMillis, audit,
 };
@@ -816,6 +818,53 @@ impl Store for SqlStore {
         self.call(StoreOp::RevisionChain, work).await
     }
 
+    async fn approval_chain_heads(&self) -> Result<Vec<(String, ChainHead, u64)>, StoreError> {
+        let work = async {
+            on_pool!(self, read, |pool| async {
+                let rows: Vec<(String, i64, String, i64)> = sqlx::query_as(
+                    "SELECT tenant, seq, hash, before_chain FROM approval_chain ORDER BY tenant",
+                )
+                .fetch_all(pool)
+                .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(tenant, seq, hash, before)| {
+                        let head = chain::head(seq, hash);
+                        (tenant, head, u64_of(before))
+                    })
+                    .collect())
+            })
+        };
+        self.call(StoreOp::ApprovalChainHeads, work).await
+    }
+
+    async fn approval_event_chain(&self, tenant: &str) -> Result<ApprovalEventChain, StoreError> {
+        let work = async {
+            on_pool!(self, read, |pool| async {
+                let rows = sqlx::query(chain::EVENT_CHAIN_SELECT)
+                    .bind(tenant)
+                    .fetch_all(pool)
+                    .await?;
+                let events = rows
+                    .iter()
+                    .map(|row| chain::event_from_row(tenant, row))
+                    .collect::<Result<Vec<_>, StoreError>>()?;
+                let unchained: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM approval_events \
+                     WHERE tenant = $1 AND chain_seq IS NULL",
+                )
+                .bind(tenant)
+                .fetch_one(pool)
+                .await?;
+                Ok(ApprovalEventChain {
+                    events,
+                    unchained: u64_of(unchained),
+                })
+            })
+        };
+        self.call(StoreOp::ApprovalEventChain, work).await
+    }
+
     async fn policies_at(&self, tenant: &str, revision: u64) -> Result<Vec<PolicyAt>, StoreError> {
         let work = async {
             on_pool!(self, read, |pool| async {
@@ -1136,6 +1185,7 @@ impl Store for SqlStore {
                     .fetch_all(&mut *tx)
                     .await?;
                 let mut expired = Vec::with_capacity(rows.len());
+                let mut written = Vec::with_capacity(rows.len());
                 for row in &rows {
                     let mut a = approval_from_row(row)?;
                     a.state = ApprovalState::Expired;
@@ -1155,9 +1205,11 @@ impl Store for SqlStore {
                             .bind(&a.id)
                             .execute(&mut *tx)
                             .await?;
+                        written.push(chain::event(&tenant, version, &a, now));
                         expired.push((tenant, a));
                     }
                 }
+                Link::link(&mut *tx, written).await?;
                 // Where it got to: now, or, if the batch was full and more may be due, the
                 // last expiry it reached.
                 let reached = if rows.len() < limit as usize {

@@ -291,20 +291,26 @@ async fn concurrent_saves_on_three_replicas_reach_every_watcher_gapless_and_in_o
         );
     }
     // Sixty Saves racing on three replicas left one linear hash chain.
+    let stdout = audit_verify(&c.db.url);
+    assert!(
+        stdout.contains(&format!("{last} revisions verified")),
+        "{stdout}"
+    );
+}
+
+/// `toolgate audit verify` on the cluster's database: it must pass; its standard output.
+fn audit_verify(url: &str) -> String {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_toolgate"))
-        .args(["audit", "verify", "--database-url", &c.db.url])
+        .args(["audit", "verify", "--database-url", url])
         .output()
         .expect("toolgate audit verify");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(
-        stdout.contains(&format!("{last} revisions verified")),
-        "{stdout}"
-    );
+    stdout
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -999,4 +1005,8 @@ async fn two_hundred_approvals_on_three_replicas_are_all_delivered_none_twice_at
         0,
         "no delivery was in flight twice at once"
     );
+    // Two hundred approvals created ten at a time across three replicas left one linear
+    // chain of approval events.
+    let stdout = audit_verify(&c.db.url);
+    assert!(stdout.contains("200 approval events verified"), "{stdout}");
 }

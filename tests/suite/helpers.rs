@@ -787,3 +787,22 @@ impl Drop for Binary {
         let _ = self.child.wait();
     }
 }
+
+/// Runs `toolgate audit ARGS --database-url URL`: exit code, stdout, stderr.
+pub async fn audit(url: &str, args: &[&str]) -> (i32, String, String) {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_toolgate"));
+    command
+        .arg("audit")
+        .args(args)
+        .args(["--database-url", url]);
+    let out = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .expect("join")
+        .expect("run toolgate audit");
+    let text = |b: Vec<u8>| String::from_utf8(b).expect("utf-8");
+    (
+        out.status.code().unwrap_or(-1),
+        text(out.stdout),
+        text(out.stderr),
+    )
+}

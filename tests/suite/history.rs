@@ -445,25 +445,6 @@ async fn every_decide_is_one_decision_log_event_without_the_arguments() {
     }
 }
 
-/// Runs `toolgate audit ARGS --database-url URL`: exit code, stdout, stderr.
-async fn audit(url: &str, args: &[&str]) -> (i32, String, String) {
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_toolgate"));
-    command
-        .arg("audit")
-        .args(args)
-        .args(["--database-url", url]);
-    let out = tokio::task::spawn_blocking(move || command.output())
-        .await
-        .expect("join")
-        .expect("run toolgate audit");
-    let text = |b: Vec<u8>| String::from_utf8(b).expect("utf-8");
-    (
-        out.status.code().unwrap_or(-1),
-        text(out.stdout),
-        text(out.stderr),
-    )
-}
-
 /// One statement straight on the test's database, as someone with database access would
 /// tamper with it.
 async fn tamper(url: &str, sql: &str) {
@@ -772,4 +753,173 @@ async fn traces_continue_the_callers_traceparent_and_reach_an_otlp_receiver() {
         !inside.is_empty() && inside.iter().all(|s| hex(&s.trace_id) == CONNECT_TRACE),
         "the Save's store calls are spans inside it: {spans:#?}"
     );
+}
+
+/// Six approval events in tenant acme, one call at a time, so their places in the chain are
+/// known: 1-3 an approval asked for, approved and used; 4-5 one asked for and denied; 6 one
+/// still pending.
+async fn six_approval_events() -> (TestApp, String) {
+    let app = spawn_app().await;
+    app.connect_sample().await;
+    app.sample_people().await;
+    app.set_one("reset_password", Policy::ApprovalNeeded, None)
+        .await;
+    let pending = |request: &'static str| {
+        let app = &app;
+        async move {
+            let answer = app
+                .decide_ok(ask("reset_password", r#"{"user":"bob"}"#, request))
+                .await;
+            assert_eq!(verdict(&answer).0, Verdict::PendingApproval);
+            answer.approval.expect("approval").id
+        }
+    };
+    let first = pending("r1").await;
+    app.submit(&first, pb::ApproverRole::Technician, "tech", true)
+        .await
+        .expect("approve");
+    let used = app
+        .decide_ok(with_approval(
+            ask("reset_password", r#"{"user":"bob"}"#, "r1-run"),
+            &first,
+        ))
+        .await;
+    assert_eq!(verdict(&used).0, Verdict::Allow);
+    let second = pending("r2").await;
+    app.submit(&second, pb::ApproverRole::Technician, "tech", false)
+        .await
+        .expect("deny");
+    pending("r3").await;
+    let url = app.config.database_url.expose().to_owned();
+    (app, url)
+}
+
+/// Runs `audit verify` on a tampered database: exit 1, and standard error names `record`.
+async fn verify_names(url: &str, record: &str) {
+    let (code, out, err) = audit(url, &["verify"]).await;
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains(record), "expected {record:?} in: {err}");
+}
+
+#[tokio::test]
+async fn approval_events_form_a_chain_that_audit_verify_checks() {
+    let (_app, url) = six_approval_events().await;
+    let (code, out, err) = audit(&url, &["verify"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("6 approval events verified"), "{out}");
+
+    // One event edited after the fact: the denial made an approval.
+    tamper(
+        &url,
+        "UPDATE approval_events SET state = 'approved' WHERE tenant = 'acme' AND state = 'denied'",
+    )
+    .await;
+    verify_names(&url, "approval event 5 does not match").await;
+
+    // The approval's head edited: someone else asked for it.
+    let (_app, url) = six_approval_events().await;
+    tamper(
+        &url,
+        "UPDATE approvals SET requester_id = 'mallory' WHERE tenant = 'acme' AND request_id = 'r2'",
+    )
+    .await;
+    verify_names(&url, "approval event 4 does not match").await;
+}
+
+#[tokio::test]
+async fn audit_verify_finds_a_deleted_approval_event_and_two_reordered() {
+    // An event deleted from the middle of the chain: the approval's use.
+    let (_app, url) = six_approval_events().await;
+    tamper(
+        &url,
+        "DELETE FROM approval_events WHERE tenant = 'acme' AND state = 'consumed'",
+    )
+    .await;
+    verify_names(&url, "approval event 3 is missing").await;
+
+    // The last event deleted: the chain's head still counts it.
+    let (_app, url) = six_approval_events().await;
+    tamper(
+        &url,
+        "DELETE FROM approval_events WHERE tenant = 'acme' AND chain_seq = 6",
+    )
+    .await;
+    verify_names(
+        &url,
+        "approval event 6 is missing (the chain's head is at 6)",
+    )
+    .await;
+
+    // Two events swapped in the chain: each is intact, the order is not.
+    let (_app, url) = six_approval_events().await;
+    tamper(
+        &url,
+        "UPDATE approval_events SET chain_seq = CASE chain_seq WHEN 2 THEN 3 ELSE 2 END \
+         WHERE tenant = 'acme' AND chain_seq IN (2, 3)",
+    )
+    .await;
+    verify_names(&url, "approval event 2 does not match").await;
+
+    // An event inserted by hand, outside the chain: the pending approval approved.
+    let (_app, url) = six_approval_events().await;
+    tamper(
+        &url,
+        "INSERT INTO approval_events (tenant, approval_id, version, origin, state, \
+         required_roles, consumed_by_request, steps, created_at) \
+         SELECT tenant, approval_id, version + 1, origin, 'approved', required_roles, NULL, \
+         steps, created_at FROM approval_events WHERE tenant = 'acme' AND chain_seq = 6",
+    )
+    .await;
+    verify_names(&url, "1 approval events are outside the chain, but 0 were").await;
+}
+
+/// The approval events' lines of an export are re-checked with SHA-256 alone, as the
+/// revisions' are.
+#[tokio::test]
+async fn approval_events_in_an_export_can_be_rechecked_from_their_lines_alone() {
+    use sha2::{Digest, Sha256};
+    let (_app, url) = six_approval_events().await;
+    let (code, out, err) = audit(&url, &["export", "--tenant", "acme"]).await;
+    assert_eq!(code, 0, "{err}");
+    let events: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with(r#"{"chain":"approval_events""#))
+        .collect();
+    assert_eq!(events.len(), 6, "{out}");
+    let mut previous = "0".repeat(64);
+    for (n, raw) in events.iter().enumerate() {
+        let line: serde_json::Value = serde_json::from_str(raw).expect("a JSON line");
+        assert_eq!(line["seq"], n as u64 + 1);
+        assert_eq!(line["record"]["seq"], n as u64 + 1);
+        assert_eq!(line["previous_hash"], previous.as_str());
+        let record = &raw[raw.find("\"record\":").unwrap() + 9..raw.len() - 1];
+        let mut h = Sha256::new();
+        h.update(previous.as_bytes());
+        h.update(b"\n");
+        h.update(record.as_bytes());
+        let hash: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(line["hash"], hash.as_str());
+        previous = hash;
+    }
+    let states: Vec<&str> = events
+        .iter()
+        .map(|raw| {
+            let line: serde_json::Value = serde_json::from_str(raw).unwrap();
+            match line["record"]["state"].as_str() {
+                Some("pending") => "pending",
+                Some("approved") => "approved",
+                Some("consumed") => "consumed",
+                Some("denied") => "denied",
+                other => panic!("state {other:?}"),
+            }
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [
+            "pending", "approved", "consumed", "pending", "denied", "pending"
+        ]
+    );
+    // The arguments themselves are not in the record, only their hash.
+    assert!(!out.contains("bob"), "{out}");
 }

@@ -597,4 +597,8 @@ async fn expiry_is_pushed_without_anyone_asking() {
         .await
         .unwrap();
     assert_eq!(listed.approvals.len(), 1);
+    // The sweep's event is in the tenant's chain of approval events.
+    let (code, out, err) = audit(app.config.database_url.expose(), &["verify"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("2 approval events verified"), "{out}");
 }
