@@ -112,16 +112,113 @@ impl Visit for TextVisitor {
             return;
         }
         if field.name() == "message" {
-            // As tracing-subscriber does: no terminal escape sequence from a message.
-            let text = format!("{value:?}").replace('\u{1b}', "\\x1b");
             if !self.out.is_empty() {
                 self.out.push(' ');
             }
-            self.out.push_str(&text);
+            let start = self.out.len();
+            self.result = write!(self.out, "{value:?}");
+            // As tracing-subscriber does: no terminal escape sequence from a message.
+            if self.out[start..].contains('\u{1b}') {
+                let text = self.out.split_off(start).replace('\u{1b}', "\\x1b");
+                self.out.push_str(&text);
+            }
             return;
         }
         self.name(field.name());
         self.result = write!(self.out, "{value:?}");
+    }
+}
+
+/// The log's output as its writer thread (`tracing-appender`) uses it: after each batch
+/// of lines is written out, the thread waits [`Paced::PAUSE`] before it takes the next
+/// batch. Under load, lines queue up meanwhile and whoever logs finds the thread busy, so
+/// it is not woken (a system call and a context switch) for every line; a line waits at
+/// most that long. Nothing is dropped: the queue is lossless and bounded.
+#[derive(Debug)]
+pub struct Paced<W>(W);
+
+impl<W> Paced<W> {
+    pub const PAUSE: std::time::Duration = std::time::Duration::from_millis(1);
+
+    pub fn new(inner: W) -> Self {
+        Paced(inner)
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for Paced<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf)
+    }
+
+    /// The writer thread flushes after each batch: the end of a batch.
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()?;
+        std::thread::sleep(Self::PAUSE);
+        Ok(())
+    }
+}
+
+/// The text format's line when the log is not a terminal (a pipe, a container's log): the
+/// same text as tracing-subscriber's default `Full` format without colours (a test pins it),
+/// built in one buffer without `core::fmt` except for the timestamp. `Full` spent about
+/// 4 500 instructions per line on `write!` and its own timestamp code (BENCHMARKS.md), and
+/// every decision-log event is a line.
+#[derive(Debug, Clone, Copy)]
+pub struct TextLine {
+    /// Whether the line starts with the time (RFC 3339, microseconds, UTC).
+    pub time: bool,
+}
+
+impl<S, N> FormatEvent<S, N> for TextLine
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'w> FormatFields<'w> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        // Events from the `log` crate carry their real target here.
+        let normalized = tracing_log::NormalizeEvent::normalized_metadata(event);
+        let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
+        let mut line = String::with_capacity(192);
+        if self.time {
+            let now = humantime::format_rfc3339_micros(std::time::SystemTime::now());
+            write!(line, "{now} ")?;
+        }
+        line.push_str(match *meta.level() {
+            tracing::Level::TRACE => "TRACE ",
+            tracing::Level::DEBUG => "DEBUG ",
+            tracing::Level::INFO => " INFO ",
+            tracing::Level::WARN => " WARN ",
+            tracing::Level::ERROR => "ERROR ",
+        });
+        if let Some(scope) = ctx.event_scope() {
+            let mut seen = false;
+            for span in scope.from_root() {
+                seen = true;
+                line.push_str(span.metadata().name());
+                let extensions = span.extensions();
+                if let Some(fields) = extensions.get::<FormattedFields<N>>()
+                    && !fields.is_empty()
+                {
+                    line.push('{');
+                    line.push_str(fields);
+                    line.push('}');
+                }
+                line.push(':');
+            }
+            if seen {
+                line.push(' ');
+            }
+        }
+        line.push_str(meta.target());
+        line.push_str(": ");
+        writer.write_str(&line)?;
+        ctx.format_fields(writer.by_ref(), event)?;
+        writer.write_char('\n')
     }
 }
 
@@ -242,6 +339,7 @@ mod tests {
                 2
             );
             tracing::warn!("no fields");
+            tracing::warn!("an escape \u{1b}[31m in the message");
         };
         let run = |fast: bool| {
             let out = Captured::default();
@@ -263,6 +361,72 @@ mod tests {
             "{fast}"
         );
         assert!(fast.contains("revision=7 delta=-3 ok=false"), "{fast}");
+    }
+
+    /// Exactly what tracing-subscriber's default event format writes without colours, in
+    /// spans nested or not, at every level.
+    #[test]
+    fn text_line_writes_what_the_default_format_writes() {
+        let emit = || {
+            tracing::warn!("outside any span");
+            let rpc = tracing::info_span!("rpc", method = "Decide", request_id = "r-1");
+            let _in = rpc.enter();
+            tracing::info!(target: "toolgate::decision", verdict = "ALLOW", revision = 3u64, "decision");
+            let bare = tracing::info_span!("bare");
+            let _bare = bare.enter();
+            let store = tracing::error_span!("store", op = "commit");
+            let _store = store.enter();
+            tracing::error!(quoted = "a \"b\"", "failed");
+            tracing::debug!("debug");
+            tracing::trace!(n = 1i64, "trace");
+        };
+        let run = |ours: bool| {
+            let out = Captured::default();
+            let builder = tracing_subscriber::fmt()
+                .without_time()
+                .with_ansi(false)
+                .with_max_level(tracing::Level::TRACE)
+                .fmt_fields(TextFields)
+                .with_writer(out.clone());
+            if ours {
+                let subscriber = builder.event_format(TextLine { time: false }).finish();
+                tracing::subscriber::with_default(subscriber, emit);
+            } else {
+                tracing::subscriber::with_default(builder.finish(), emit);
+            }
+            String::from_utf8(out.0.lock().unwrap().clone()).unwrap()
+        };
+        let (ours, theirs) = (run(true), run(false));
+        assert_eq!(ours, theirs);
+        assert!(
+            ours.contains(r#" INFO rpc{method="Decide" request_id="r-1"}: toolgate::decision: decision verdict="ALLOW" revision=3"#),
+            "{ours}"
+        );
+        assert!(
+            ours.contains("rpc{method=\"Decide\" request_id=\"r-1\"}:bare:store{op=\"commit\"}: "),
+            "{ours}"
+        );
+        assert_eq!(ours.lines().count(), 5, "{ours}");
+    }
+
+    /// With the time, a line starts as the default format's does: RFC 3339 in UTC to the
+    /// microsecond, then a space.
+    #[test]
+    fn text_line_starts_with_the_time_as_the_default_format_does() {
+        let out = Captured::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .fmt_fields(TextFields)
+            .event_format(TextLine { time: true })
+            .with_writer(out.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || tracing::info!("hello"));
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let (time, rest) = text.split_once(' ').expect("a space after the time");
+        assert_eq!(time.len(), "2026-12-05T15:46:36.800832Z".len(), "{text}");
+        assert!(time.ends_with('Z') && time.as_bytes()[10] == b'T', "{text}");
+        assert!(humantime::parse_rfc3339(time).is_ok(), "{text}");
+        assert!(rest.starts_with(" INFO "), "{text}");
     }
 
     #[test]

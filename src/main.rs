@@ -73,7 +73,10 @@ fn init_tracing(
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // Colours only for a person at a terminal, never into a file or a log collector.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let stderr = std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr());
+    let stderr = toolgate::logging::Paced::new(std::io::BufWriter::with_capacity(
+        64 * 1024,
+        std::io::stderr(),
+    ));
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         .thread_name("toolgate-log")
@@ -96,8 +99,16 @@ fn init_tracing(
                     .event_format(toolgate::logging::FlatJson),
             )
             .init(),
-        LogFormat::Text => registry
+        // At a terminal, tracing-subscriber's own format, in colour; elsewhere the same
+        // text without colours, written faster.
+        LogFormat::Text if ansi => registry
             .with(fmt.fmt_fields(toolgate::logging::TextFields))
+            .init(),
+        LogFormat::Text => registry
+            .with(
+                fmt.fmt_fields(toolgate::logging::TextFields)
+                    .event_format(toolgate::logging::TextLine { time: true }),
+            )
             .init(),
     }
     Ok((guard, exported))
