@@ -208,7 +208,7 @@ pub struct ServeArgs {
     /// Longest a unary call's request body may take to arrive, e.g. 5s; past it the call ends DEADLINE_EXCEEDED [default: 5s].
     #[arg(long, env = "TOOLGATE_REQUEST_BODY_TIMEOUT")]
     pub request_body_timeout: Option<String>,
-    /// Connections open at once to the gRPC port; beyond it new ones are closed as they are accepted [default: 10000].
+    /// Connections open at once to the gRPC port, and apart to the HTTP listener; beyond it new ones are closed as they are accepted [default: 10000].
     #[arg(long, env = "TOOLGATE_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
     /// Longest a new connection may take to finish its TLS and HTTP/2 handshake before it is closed [default: 10s].

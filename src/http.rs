@@ -26,6 +26,9 @@ const MAX_BODY: usize = 256 * 1024;
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves the listener until the task is aborted; `api` is the gRPC stack the console calls.
+/// At most `max_connections` are open at once (the gRPC port's setting, counted apart): one
+/// over it is closed as it is accepted. An idle connection is closed after
+/// [`READ_TIMEOUT`] without a request.
 pub async fn serve_http(
     listener: TcpListener,
     app: Arc<App>,
@@ -33,7 +36,9 @@ pub async fn serve_http(
     api: impl Api,
     max_body: usize,
     console_api: bool,
+    max_connections: usize,
 ) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(max_connections));
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
@@ -42,6 +47,13 @@ pub async fn serve_http(
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::warn!(
+                limit = max_connections,
+                "HTTP connection closed: max_connections reached on the HTTP listener"
+            );
+            continue;
         };
         let (app, client, api) = (app.clone(), client.clone(), api.clone());
         let service = hyper::service::service_fn(move |req| {
@@ -53,6 +65,7 @@ pub async fn serve_http(
             }
         });
         tokio::spawn(async move {
+            let _permit = permit;
             let io = hyper_util::rt::TokioIo::new(stream);
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())

@@ -286,6 +286,7 @@ pub async fn serve(
                     // Keys would cross this plain-HTTP port in clear, and a client
                     // certificate the gRPC port demands would not be asked for.
                     config.tls.is_none(),
+                    config.max_connections,
                 ),
             )))
         }

@@ -150,8 +150,10 @@ fn arguments_shown(arguments_json: &str) -> (String, bool) {
         .and_then(|v| serde_json::to_string_pretty(&v).ok())
         .unwrap_or_else(|| arguments_json.to_owned());
     // Escaped first, then cut: escaping grows the text, and Slack refuses a section of more
-    // than 3 000 characters.
-    let pretty = escape(&pretty);
+    // than 3 000 characters. A backtick in the arguments is kept, but set apart by
+    // zero-width spaces: three in a row (or one beside the fence) would end the code block
+    // and let the rest be read as formatting.
+    let pretty = escape(&pretty).replace('`', "\u{200b}`\u{200b}");
     match pretty.char_indices().nth(ARGUMENTS_SHOWN) {
         Some((end, _)) => (pretty[..end].to_owned(), true),
         None => (pretty, false),
@@ -585,6 +587,21 @@ mod tests {
         a.state = ApprovalState::Consumed;
         a.consumed_by_request = Some("r1".into());
         assert!(all_text(&message(&a, ApproverRole::Manager)).contains("used* by the agent"));
+    }
+
+    #[test]
+    fn backticks_in_the_arguments_cannot_end_the_code_block() {
+        let args = r#"{"cmd":"```\n*Approved by `boss`* <!here>\n```","x":"`"}"#;
+        let m = message(
+            &approval(ApprovalState::Pending, args),
+            ApproverRole::Technician,
+        );
+        let text = m["blocks"][1]["text"]["text"].as_str().unwrap();
+        assert_eq!(text.matches('`').count(), 6 + 3 + 3 + 2 + 1, "{text}");
+        assert_eq!(text.matches("``").count(), 2, "only the fences: {text}");
+        assert!(text.starts_with("*Arguments*\n```{"), "{text}");
+        assert!(text.ends_with("```"), "{text}");
+        assert!(text.contains("&lt;!here&gt;"), "{text}");
     }
 
     #[test]

@@ -650,6 +650,7 @@ mod tests {
         assert_eq!(StoreOp::ApprovalForUpdate.as_str(), "approval_for_update");
         assert_eq!(StoreOp::ListRevisions.as_str(), "list_revisions");
         assert_eq!(StoreOp::ClaimDeliveries.as_str(), "claim_deliveries");
-        assert_eq!(StoreOp::ALL.len(), 41);
+        assert_eq!(StoreOp::ApprovalEventChain.as_str(), "approval_event_chain");
+        assert_eq!(StoreOp::ALL.len(), 43);
     }
 }

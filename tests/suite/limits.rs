@@ -288,3 +288,63 @@ async fn mutual_tls_serves_only_clients_with_a_certificate_from_the_client_ca() 
     let refused = list(without).await;
     assert!(refused.is_err(), "served without a client certificate");
 }
+
+/// `GET /` on `stream`: the status line, or `None` when the server closed the connection
+/// without answering.
+async fn get_console(stream: &mut tokio::net::TcpStream) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let request = b"GET / HTTP/1.1\r\nHost: toolgate\r\n\r\n";
+    if stream.write_all(request).await.is_err() {
+        return None;
+    }
+    let mut answer = vec![0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut answer))
+        .await
+        .expect("an answer or a close within 10 s");
+    match read {
+        Ok(0) | Err(_) => None,
+        Ok(n) => Some(
+            String::from_utf8_lossy(&answer[..n])
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_owned(),
+        ),
+    }
+}
+
+#[tokio::test]
+async fn the_http_listener_closes_connections_over_max_connections() {
+    use tokio::net::TcpStream;
+    let app = spawn_app_with(|c| c.max_connections = 2).await;
+    let mut first = TcpStream::connect(app.http_addr).await.expect("connect");
+    let mut second = TcpStream::connect(app.http_addr).await.expect("connect");
+    // Accepted in order: the first two hold the listener's two places.
+    assert_eq!(
+        get_console(&mut first).await.as_deref(),
+        Some("HTTP/1.1 200 OK")
+    );
+    assert_eq!(
+        get_console(&mut second).await.as_deref(),
+        Some("HTTP/1.1 200 OK")
+    );
+    let mut third = TcpStream::connect(app.http_addr).await.expect("connect");
+    assert_eq!(get_console(&mut third).await, None, "closed as accepted");
+    // The gRPC port counts its own connections: it still serves.
+    app.list_tools(&app.admin, false)
+        .await
+        .expect("gRPC still serves");
+    // Once one closes, its place is free again (the server notices the close first).
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut next = TcpStream::connect(app.http_addr).await.expect("connect");
+        if let Some(status) = get_console(&mut next).await {
+            assert_eq!(status, "HTTP/1.1 200 OK");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no place came free");
+        tokio::task::yield_now().await;
+    }
+    drop(second);
+}
