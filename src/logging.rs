@@ -54,10 +54,12 @@ impl TextVisitor {
     }
 }
 
-/// A string Debug would print as it is, between quotes.
+/// A string Debug would print as it is, between quotes. Every byte is looked at, without
+/// stopping at the first that is not plain, so the loop runs many bytes per instruction.
 fn plain(s: &str) -> bool {
-    s.bytes()
-        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+    !s.bytes().fold(false, |odd, b| {
+        odd | !(0x20..0x7f).contains(&b) | (b == b'"') | (b == b'\\')
+    })
 }
 
 fn decimal(out: &mut String, mut n: u64) {
