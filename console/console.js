@@ -33,6 +33,8 @@ const state = {
   editBase: null,
   watches: null,
   revisionsToken: "",
+  // Which load of the approvals is the latest: an earlier one that answers later is dropped.
+  approvalsLoad: 0,
 };
 
 async function api(method, body = {}) {
@@ -181,9 +183,23 @@ function show(view) {
 
 async function loadTools() {
   const answer = await api("ListTools", { includeDisabled: true });
+  // A live update may have brought a newer revision while this was on its way.
+  if (BigInt(answer.revision || "0") < BigInt(state.revision)) return;
   state.tools = new Map((answer.tools || []).map((t) => [toolKey(t), t]));
   state.revision = answer.revision || "0";
+  dropEditsOfRemovedTools();
   renderTools();
+}
+
+// An unsaved edit of a tool that a Save elsewhere removed cannot be saved: it is dropped,
+// and the person is told.
+function dropEditsOfRemovedTools() {
+  const gone = [...state.edits.keys()].filter((key) => !state.tools.has(key));
+  for (const key of gone) state.edits.delete(key);
+  if (state.edits.size === 0) state.editBase = null;
+  if (gone.length) {
+    complain(`${gone.join(", ")} no longer exist${gone.length === 1 ? "s" : ""} (revision ${state.revision}): your unsaved change to ${gone.length === 1 ? "it is" : "them is"} dropped.`);
+  }
 }
 
 function current(tool) {
@@ -274,8 +290,7 @@ async function conflict(base) {
     theirs = (page.revisions || []).filter((r) => BigInt(r.revision) > BigInt(base));
   } catch (e) { /* the message below still says what happened */ }
   await loadTools();
-  state.editBase = state.revision;
-  for (const [key] of state.edits) if (!state.tools.has(key)) state.edits.delete(key);
+  state.editBase = state.edits.size ? state.revision : null;
   renderTools();
   const lines = theirs.reverse().map((r) =>
     `revision ${r.revision} by ${r.actorName || r.actorKeyId || "someone"}${r.comment ? ` (“${r.comment}”)` : ""}: ` +
@@ -303,8 +318,9 @@ async function watchConfig(signal) {
           for (const t of event.change.upserted || []) state.tools.set(toolKey(t), t);
           for (const r of event.change.removed || []) state.tools.delete(`${r.integrationId}/${r.toolName}`);
         }
-        if (event.revision && BigInt(event.revision) !== BigInt(state.revision) && !event.heartbeat) {
+        if (event.revision && BigInt(event.revision) > BigInt(state.revision) && !event.heartbeat) {
           state.revision = event.revision;
+          dropEditsOfRemovedTools();
           renderTools();
         }
         $("live").textContent = `Live: revision ${state.revision}`;
@@ -321,7 +337,9 @@ async function watchConfig(signal) {
 // Approvals
 
 async function loadApprovals() {
+  const load = ++state.approvalsLoad;
   const page = await api("ListApprovals", { state: "APPROVAL_STATE_PENDING", pageSize: 100 });
+  if (load !== state.approvalsLoad) return;
   const approvals = page.approvals || [];
   const cards = approvals.map(approvalCard);
   $("approvals").replaceChildren(...(cards.length ? cards : [el("p", {}, "Nothing waits for a decision.")]));

@@ -402,6 +402,38 @@ async fn an_admin_sets_policies_sees_others_saves_live_and_is_told_of_a_conflict
     browser.click("button[data-confirm-rollback='1']").await;
     browser.wait_text("#status", "Rolled back").await;
     assert_eq!(policy_of(&app, "get_user").await, pb::Policy::Auto as i32);
+
+    // An unsaved edit of a tool that someone else's Save removes is dropped, and the page
+    // says so; the next edit saves at once, without a conflict.
+    second.wait_text("#live", "revision 6").await;
+    second
+        .click("select[data-tool='entra/delete_user'] option[value='POLICY_DISABLED']")
+        .await;
+    second.wait_text("#unsaved", "1 unsaved").await;
+    let kept: Vec<(&str, Option<pb::ToolAnnotations>)> = ["get_user", "list_groups"]
+        .into_iter()
+        .chain(["add_user_to_group", "reset_password"])
+        .map(|name| (name, None))
+        .collect();
+    app.connect(&app.admin, "entra", &kept).await;
+    second.wait_text("#live", "revision 7").await;
+    second
+        .wait_text("#alert", "entra/delete_user no longer exists")
+        .await;
+    assert_eq!(second.text_of("#unsaved").await, "");
+    assert_ne!(
+        policy_of(&app, "list_groups").await,
+        pb::Policy::ApprovalNeeded as i32
+    );
+    second
+        .click("select[data-tool='entra/list_groups'] option[value='POLICY_APPROVAL_NEEDED']")
+        .await;
+    second.click("#save").await;
+    second.wait_text("#status", "Saved revision 8").await;
+    assert_eq!(
+        policy_of(&app, "list_groups").await,
+        pb::Policy::ApprovalNeeded as i32
+    );
     browser.close().await;
     second.close().await;
 }
