@@ -244,6 +244,7 @@ async fn approvals_written_before_approvals_became_append_only_keep_their_state_
     );
     drop(store);
 
+    let url = db.url.clone();
     let app = spawn_app_on(db, |_| {}).await;
     app.connect_sample().await;
     let states = [
@@ -338,4 +339,19 @@ async fn approvals_written_before_approvals_became_append_only_keep_their_state_
     let new = app.decide_ok(ask("reset_password", ARGS, "req-new")).await;
     let new = new.approval.expect("a new approval").id;
     assert_eq!(listed_ids(&app).await.first(), Some(&new));
+
+    // The events written before the approval-event chain began are counted, not chained;
+    // every event since is in the chain, and it verifies.
+    let (code, out, err) = audit(&url, &["verify"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let acme = out
+        .lines()
+        .find(|l| l.starts_with("tenant \"acme\""))
+        .unwrap_or_else(|| panic!("{out}"));
+    let (chained, rest) = acme
+        .split_once("; ")
+        .and_then(|(_, events)| events.split_once(" approval events verified ("))
+        .unwrap_or_else(|| panic!("{acme}"));
+    let before: u64 = rest.split(' ').next().unwrap().parse().expect("a count");
+    assert!(chained.parse::<u64>().unwrap() > 0 && before > 0, "{acme}");
 }
