@@ -265,25 +265,16 @@ async fn audit(command: AuditCommand) -> ExitCode {
 /// Whether every tenant's chains (revisions, then approval events) hold; the first break is
 /// printed.
 async fn audit_verify(db: &toolgate::config::DatabaseArgs) -> Result<bool, String> {
-    use toolgate::policy::audit::{self, ChainHead, Stored};
+    use toolgate::policy::audit::{self, Stored};
     let store = open(db).await?;
     let text = |e: toolgate::store::StoreError| e.to_string();
     let tenants = store.tenant_revisions().await.map_err(text)?;
-    let mut heads: std::collections::BTreeMap<String, (ChainHead, u64)> = store
-        .approval_chain_heads()
-        .await
-        .map_err(text)?
-        .into_iter()
-        .map(|(tenant, head, before)| (tenant, (head, before)))
-        .collect();
     let mut names: Vec<String> = tenants.iter().map(|(t, _)| t.clone()).collect();
-    names.extend(
-        heads
-            .keys()
-            .filter(|t| !names.contains(t))
-            .cloned()
-            .collect::<Vec<_>>(),
-    );
+    for (tenant, _, _) in store.approval_chain_heads().await.map_err(text)? {
+        if !names.contains(&tenant) {
+            names.push(tenant);
+        }
+    }
     let last_revision: std::collections::HashMap<String, u64> = tenants.into_iter().collect();
     for tenant in names {
         let chain = store.revision_chain(&tenant).await.map_err(text)?;
@@ -301,11 +292,9 @@ async fn audit_verify(db: &toolgate::config::DatabaseArgs) -> Result<bool, Strin
             }
         };
         let events = store.approval_event_chain(&tenant).await.map_err(text)?;
-        let (head, before) = heads
-            .remove(&tenant)
-            .unwrap_or_else(|| (ChainHead::genesis(), 0));
+        let before = events.before_chain;
         let rows = events.events.iter().map(|(e, hash)| (e, hash.as_str()));
-        let chained = match audit::verify_events(rows, &head) {
+        let chained = match audit::verify_events(rows, &events.head) {
             Ok(n) => n,
             Err(b) => {
                 eprintln!("tenant {tenant:?}: approval event {} {}", b.at, b.problem);
@@ -317,6 +306,13 @@ async fn audit_verify(db: &toolgate::config::DatabaseArgs) -> Result<bool, Strin
                 "tenant {tenant:?}: {} approval events are outside the chain, but {before} \
                  were written before it began",
                 events.unchained
+            );
+            return Ok(false);
+        }
+        if let Some(id) = &events.arguments_changed {
+            eprintln!(
+                "tenant {tenant:?}: approval {id}'s stored arguments are not the ones its \
+                 arguments_sha256 (in the chain) was computed from"
             );
             return Ok(false);
         }

@@ -229,6 +229,13 @@ pub fn event_record(e: &ApprovalEvent) -> Json {
     ])
 }
 
+/// The `arguments_sha256` of an approval whose stored arguments are `arguments_json` (the
+/// canonical text Decide bound it to): the chain covers the hash, and this ties the stored
+/// text to it.
+pub fn arguments_sha256(arguments_json: &str) -> String {
+    canonical::hex(&Sha256::digest(arguments_json.as_bytes()))
+}
+
 /// A tenant's chain of approval events as far as it goes: how many events, and the last hash
 /// (64 zeros before the first).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -273,6 +280,12 @@ pub fn verify_events<'a>(
     let mut expected = 1;
     for (event, hash) in events {
         let at = format!(" ({} version {})", event.approval_id, event.version);
+        if event.seq < expected {
+            return Err(Break {
+                at: event.seq,
+                problem: format!("appears twice{at}"),
+            });
+        }
         if event.seq != expected {
             return Err(Break {
                 at: expected,
@@ -509,6 +522,13 @@ mod tests {
         swapped.swap(1, 2);
         (swapped[1].0.seq, swapped[2].0.seq) = (2, 3);
         assert_eq!(check(&swapped, &head).unwrap_err().at, 2);
+        let mut twice = all.clone();
+        twice[2].0.seq = 2;
+        let forked = check(&twice, &head).unwrap_err();
+        assert_eq!(
+            (forked.at, forked.problem.starts_with("appears twice")),
+            (2, true)
+        );
         let behind = ChainHead {
             seq: 2,
             hash: all[1].1.clone(),

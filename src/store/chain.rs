@@ -45,6 +45,17 @@ pub(super) fn event(tenant: &str, version: i64, a: &Approval, at_ms: i64) -> App
     }
 }
 
+/// What the chain covers of version 0 of `a`, a new approval: as the creating statements
+/// store it (pending, no steps, nobody's consumption), whatever `a` holds.
+pub(super) fn created_event(tenant: &str, a: &Approval) -> ApprovalEvent {
+    ApprovalEvent {
+        state: crate::policy::ApprovalState::Pending.as_str().to_owned(),
+        consumed_by_request: None,
+        steps_json: "[]".to_owned(),
+        ..event(tenant, 0, a, a.created_at.0)
+    }
+}
+
 /// The events by tenant, tenants in order, each tenant's events in the order written.
 fn by_tenant(events: Vec<ApprovalEvent>) -> BTreeMap<String, Vec<ApprovalEvent>> {
     let mut tenants: BTreeMap<String, Vec<ApprovalEvent>> = BTreeMap::new();
@@ -102,7 +113,11 @@ impl Link for PgConnection {
         let (mut t, mut a, mut v, mut s, mut h) = (vec![], vec![], vec![], vec![], vec![]);
         let (mut head_t, mut head_s, mut head_h) = (vec![], vec![], vec![]);
         for (tenant, events) in &mut tenants {
-            let start = heads.remove(tenant).unwrap_or_else(ChainHead::genesis);
+            // The upsert returns every head it was given; without one the chain would
+            // restart at 1.
+            let start = heads.remove(tenant).ok_or_else(|| {
+                sqlx::Error::Protocol(format!("no approval chain head returned for {tenant:?}"))
+            })?;
             let (hashes, next) = audit::link(&start, events);
             for (e, hash) in events.iter().zip(hashes) {
                 t.push(e.tenant.clone());
@@ -186,6 +201,11 @@ pub(super) const EVENT_CHAIN_SELECT: &str = "SELECT e.chain_seq, e.hash, e.appro
      h.created_at AS head_created_at, h.expires_at, h.created_by_key, h.principal \
      FROM approval_events e JOIN approvals h ON h.tenant = e.tenant AND h.id = e.approval_id \
      WHERE e.tenant = $1 AND e.chain_seq IS NOT NULL ORDER BY e.chain_seq";
+
+/// `id`, `arguments_json`, `arguments_sha256` of each approval with a chained event.
+pub(super) const CHAINED_ARGUMENTS: &str = "SELECT h.id, h.arguments_json, h.arguments_sha256 \
+     FROM approvals h WHERE h.tenant = $1 AND EXISTS (SELECT 1 FROM approval_events e \
+     WHERE e.tenant = h.tenant AND e.approval_id = h.id AND e.chain_seq IS NOT NULL)";
 
 /// A chained event as stored, and its stored hash.
 pub(super) fn event_from_row<R: super::rows::Cols>(

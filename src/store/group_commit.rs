@@ -15,6 +15,9 @@
 //! others "retry"): nothing half-written, and a retried write starts from a fresh read.
 //! Replicas still meet only in the database: the version key decides which write of an
 //! approval's version goes in, whichever batch it is in.
+//!
+//! Before it commits, a batch links the events it wrote into their tenants' hash chains
+//! ([`super::chain`]), hashing each as this batch stored it.
 
 use super::StoreError;
 use super::approval_sql::{EVENT_INSERT, HEAD_INSERT, PENDING_ADD, PENDING_REMOVE};
@@ -276,7 +279,7 @@ async fn create_rows(
     Ok(creates
         .into_iter()
         .filter(|(t, a)| created.contains(&(t.to_string(), a.id.clone())))
-        .map(|(t, a)| chain::event(t, 0, a, a.created_at.0))
+        .map(|(t, a)| chain::created_event(t, a))
         .collect())
 }
 
@@ -362,8 +365,16 @@ async fn commit_sqlite(connection: &mut SqliteConnection, origin: &str, batch: &
                             .bind(tenant)
                             .bind(&approval.id)
                             .bind(approval.expires_at.0);
+                        // A new head has no events: a version 0 already there would be
+                        // linked in place of this one.
                         match version_0.execute(&mut *tx).await {
-                            Ok(_) => pending.execute(&mut *tx).await.map(|_| true),
+                            Ok(d) if d.rows_affected() == 1 => {
+                                pending.execute(&mut *tx).await.map(|_| true)
+                            }
+                            Ok(_) => Err(sqlx::Error::Protocol(format!(
+                                "approval {} has a version 0 but no head",
+                                approval.id
+                            ))),
                             Err(e) => Err(e),
                         }
                     }

@@ -277,11 +277,18 @@ pub struct ChainedRevision {
     pub changes: Vec<ToolChange>,
 }
 
-/// A tenant's approval events as their hash chain covers them.
+/// A tenant's approval events as their hash chain covers them, read in one snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApprovalEventChain {
+    /// The chain's stored head (the start of a chain when the tenant has none).
+    pub head: ChainHead,
+    /// How many events the tenant had when chains began (migration 9).
+    pub before_chain: u64,
     /// In chain order, each with its stored hash.
     pub events: Vec<(ApprovalEvent, String)>,
+    /// The first approval with a chained event whose stored arguments are not the ones its
+    /// `arguments_sha256` (which the chain covers) was computed from.
+    pub arguments_changed: Option<String>,
     /// Events with no place in the chain: those written before chains were recorded
     /// (migration 9), and any inserted by hand since.
     pub unchained: u64,
@@ -474,8 +481,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// of the tenant's events were written before chains were recorded (migration 9).
     async fn approval_chain_heads(&self) -> Result<Vec<(String, ChainHead, u64)>, StoreError>;
 
-    /// A tenant's chained approval events in chain order, each with its stored hash, and how
-    /// many of its events have no place in the chain.
+    /// A tenant's chain of approval events, all read in one snapshot (a database taking
+    /// writes meanwhile still verifies): its head, its events in chain order, and how many
+    /// of its events have no place in the chain.
     async fn approval_event_chain(&self, tenant: &str) -> Result<ApprovalEventChain, StoreError>;
 
     /// Every tool that existed at `revision` (and was not removed by then), with its

@@ -141,9 +141,18 @@ impl SqlStore {
         let started = Instant::now();
         let work = tracing::Instrument::instrument(work, crate::telemetry::store_span(op.as_str()));
         let result = match self.timeout {
-            // Loading and the change feed run in pages or in the background: each statement
-            // is bounded by the server's statement_timeout instead.
-            Some(limit) if !matches!(op, StoreOp::LoadAllTools | StoreOp::ApprovalChanges) => {
+            // Loading and the change feed run in pages or in the background, and `audit
+            // verify` reads whole chains: each statement is bounded by the server's
+            // statement_timeout instead.
+            Some(limit)
+                if !matches!(
+                    op,
+                    StoreOp::LoadAllTools
+                        | StoreOp::ApprovalChanges
+                        | StoreOp::RevisionChain
+                        | StoreOp::ApprovalEventChain
+                ) =>
+            {
                 tokio::time::timeout(limit, work)
                     .await
                     .unwrap_or(Err(StoreError::Timeout(limit)))
@@ -841,9 +850,17 @@ impl Store for SqlStore {
     async fn approval_event_chain(&self, tenant: &str) -> Result<ApprovalEventChain, StoreError> {
         let work = async {
             on_pool!(self, read, |pool| async {
+                // One snapshot: a head read before events committed later would be behind.
+                let mut tx = pool.begin_with(self.snapshot_sql()).await?;
+                let head: Option<(i64, String, i64)> = sqlx::query_as(
+                    "SELECT seq, hash, before_chain FROM approval_chain WHERE tenant = $1",
+                )
+                .bind(tenant)
+                .fetch_optional(&mut *tx)
+                .await?;
                 let rows = sqlx::query(chain::EVENT_CHAIN_SELECT)
                     .bind(tenant)
-                    .fetch_all(pool)
+                    .fetch_all(&mut *tx)
                     .await?;
                 let events = rows
                     .iter()
@@ -854,11 +871,28 @@ impl Store for SqlStore {
                      WHERE tenant = $1 AND chain_seq IS NULL",
                 )
                 .bind(tenant)
-                .fetch_one(pool)
+                .fetch_one(&mut *tx)
                 .await?;
+                let arguments: Vec<(String, String, String)> =
+                    sqlx::query_as(chain::CHAINED_ARGUMENTS)
+                        .bind(tenant)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                tx.commit().await?;
+                let arguments_changed = arguments
+                    .into_iter()
+                    .find(|(_, json, sha)| audit::arguments_sha256(json) != *sha)
+                    .map(|(id, _, _)| id);
+                let (head, before_chain) = head.map_or_else(
+                    || (audit::ChainHead::genesis(), 0),
+                    |(seq, hash, before)| (chain::head(seq, hash), u64_of(before)),
+                );
                 Ok(ApprovalEventChain {
+                    head,
+                    before_chain,
                     events,
                     unchained: u64_of(unchained),
+                    arguments_changed,
                 })
             })
         };

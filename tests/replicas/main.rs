@@ -377,6 +377,10 @@ async fn exactly_one_of_sixteen_decides_on_three_replicas_uses_an_approval() {
             "round {round}: an approval allows exactly one call"
         );
     }
+    // Each round's creation, approval and the one use that won its race (sixteen writers of
+    // the same version on three replicas) are in one linear chain: 3 events a round.
+    let stdout = audit_verify(&c.db.url);
+    assert!(stdout.contains("30 approval events verified"), "{stdout}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -824,6 +824,17 @@ async fn approval_events_form_a_chain_that_audit_verify_checks() {
     )
     .await;
     verify_names(&url, "approval event 4 does not match").await;
+
+    // The arguments an approver saw, edited: the chain covers their hash, which no longer
+    // matches them.
+    let (_app, url) = six_approval_events().await;
+    tamper(
+        &url,
+        "UPDATE approvals SET arguments_json = '{\"user\":\"mallory\"}' \
+         WHERE tenant = 'acme' AND request_id = 'r3'",
+    )
+    .await;
+    verify_names(&url, "stored arguments are not the ones").await;
 }
 
 #[tokio::test]
