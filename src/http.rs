@@ -25,19 +25,32 @@ const MAX_BODY: usize = 256 * 1024;
 /// Longest a request (headers and body) may take to arrive.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The listener's settings, from [`crate::config::Config`].
+#[derive(Debug, Clone, Copy)]
+pub struct HttpSettings {
+    /// Largest console API request body.
+    pub max_body: usize,
+    /// Whether the console's API answers (off when the gRPC port requires TLS).
+    pub console_api: bool,
+    /// Connections open at once (the gRPC port's setting, counted apart).
+    pub max_connections: usize,
+}
+
 /// Serves the listener until the task is aborted; `api` is the gRPC stack the console calls.
-/// At most `max_connections` are open at once (the gRPC port's setting, counted apart): one
-/// over it is closed as it is accepted. An idle connection is closed after
-/// [`READ_TIMEOUT`] without a request.
+/// At most `max_connections` are open at once: one over it is closed as it is accepted. An
+/// idle connection is closed after [`READ_TIMEOUT`] without a request.
 pub async fn serve_http(
     listener: TcpListener,
     app: Arc<App>,
     client: reqwest::Client,
     api: impl Api,
-    max_body: usize,
-    console_api: bool,
-    max_connections: usize,
+    settings: HttpSettings,
 ) {
+    let HttpSettings {
+        max_body,
+        console_api,
+        max_connections,
+    } = settings;
     let permits = Arc::new(tokio::sync::Semaphore::new(max_connections));
     loop {
         let (stream, _) = match listener.accept().await {

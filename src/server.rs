@@ -180,6 +180,29 @@ pub async fn run(
     serve(store, config, listeners, shutdown).await
 }
 
+/// Starts the HTTP listener (Slack's clicks and the console) on `listener`; it stops when
+/// the handle is dropped.
+fn start_http(
+    listener: TcpListener,
+    app: Arc<App>,
+    api: impl crate::console::Api,
+    config: &Config,
+) -> Result<AbortOnDropHandle<()>, RunError> {
+    let addr = listener.local_addr()?;
+    let client =
+        crate::delivery::http_client(config.delivery_timeout, config.delivery_public_only)?;
+    tracing::info!(%addr, "HTTP listener serving the console at / and Slack's clicks at {}", crate::http::SLACK_INTERACTIONS);
+    let settings = crate::http::HttpSettings {
+        max_body: config.max_message_bytes,
+        // Keys would cross this plain-HTTP port in clear, and a client certificate the
+        // gRPC port demands would not be asked for.
+        console_api: config.tls.is_none(),
+        max_connections: config.max_connections,
+    };
+    let serve = crate::http::serve_http(listener, app, client, api, settings);
+    Ok(AbortOnDropHandle::new(tokio::spawn(serve)))
+}
+
 /// Runs toolgate over an opened store. Metrics answer at once; health turns SERVING only
 /// once the snapshot of every tenant is loaded. On shutdown health turns NOT_SERVING
 /// first, the server keeps serving for `shutdown_delay` (while load balancers notice),
@@ -271,25 +294,7 @@ pub async fn serve(
     let api = Gate::new(api, app.clone(), limits);
     // The HTTP listener: Slack's clicks, and the console, which calls this same stack.
     let _http_server = match listeners.http {
-        Some(listener) => {
-            let addr = listener.local_addr()?;
-            let client =
-                crate::delivery::http_client(config.delivery_timeout, config.delivery_public_only)?;
-            tracing::info!(%addr, "HTTP listener serving the console at / and Slack's clicks at {}", crate::http::SLACK_INTERACTIONS);
-            Some(AbortOnDropHandle::new(tokio::spawn(
-                crate::http::serve_http(
-                    listener,
-                    app.clone(),
-                    client,
-                    api.clone(),
-                    config.max_message_bytes,
-                    // Keys would cross this plain-HTTP port in clear, and a client
-                    // certificate the gRPC port demands would not be asked for.
-                    config.tls.is_none(),
-                    config.max_connections,
-                ),
-            )))
-        }
+        Some(listener) => Some(start_http(listener, app.clone(), api.clone(), &config)?),
         None => None,
     };
     let reflection_v1 = tonic_reflection::server::Builder::configure()

@@ -102,7 +102,7 @@ impl App {
         }
     }
 
-    /// Finds the approval among the tenants whose channel signed the click, the person the
+    /// Finds the approval in the tenant whose channel signed the click, the person the
     /// clicking Slack user is there, and records their step; or says why not.
     async fn record_click(
         &self,
@@ -110,89 +110,19 @@ impl App {
         click: &Click,
     ) -> Result<Approval, String> {
         let id = ApprovalId::parse("approval_id", &click.approval_id).map_err(|e| e.to_string())?;
-        // A signing secret that several tenants' channels share is known to each of their
-        // admins, who could sign a click for another tenant: none is taken.
-        let mut tenants: Vec<&str> = signed_for.iter().map(|(t, _)| t.as_str()).collect();
-        tenants.sort_unstable();
-        tenants.dedup();
-        if tenants.len() > 1 {
-            return Err(
-                "this Slack app's signing secret is set on channels of several \
-                        tenants, so toolgate takes no click signed with it; give each tenant \
-                        a Slack app of its own."
-                    .into(),
-            );
+        let no_approval = || format!("there is no approval {:?}.", id.as_str());
+        let tenant = one_tenant(signed_for)?.ok_or_else(no_approval)?;
+        let approval = self.store.get_approval(tenant, id.as_str()).await;
+        if approval.map_err(unavailable)?.is_none() {
+            return Err(no_approval());
         }
-        let mut found = Vec::new();
-        for (tenant, channel) in signed_for {
-            if found.iter().any(|(t, _)| t == tenant) {
-                continue;
-            }
-            if self
-                .store
-                .get_approval(tenant, id.as_str())
-                .await
-                .map_err(unavailable)?
-                .is_some()
-            {
-                found.push((tenant.clone(), channel.clone()));
-            }
-        }
-        let (tenant, _) = match found.as_slice() {
-            [one] => one.clone(),
-            [] => return Err(format!("there is no approval {:?}.", id.as_str())),
-            _ => return Err("the approval is not unique to one tenant.".into()),
-        };
-        // The button must be on a message toolgate posted for this approval and role: a
-        // signing secret shared by several tenants' channels (one Slack app) must not let
-        // one tenant forge a click on another's approval.
-        let mut posted_here = None;
-        for (t, c) in signed_for.iter().filter(|(t, _)| *t == tenant) {
-            let posted = self
-                .store
-                .slack_messages(t, id.as_str(), c)
-                .await
-                .map_err(unavailable)?;
-            if posted.iter().any(|m| {
-                m.role == click.role
-                    && m.slack_channel == click.message_channel
-                    && m.ts == click.message_ts
-            }) {
-                posted_here = Some(c.clone());
-                break;
-            }
-        }
-        let Some(channel) = posted_here else {
-            return Err(format!(
-                "this button is not on a message toolgate posted for this approval's {} request.",
-                click.role.as_str()
-            ));
-        };
-        let people = self
-            .store
-            .people_by_slack_user(&tenant, &click.slack_user_id)
-            .await
-            .map_err(unavailable)?;
-        let person = match people.as_slice() {
-            [one] => one.id.clone(),
-            [] => {
-                return Err(format!(
-                    "your Slack account ({}) is not linked to anyone in toolgate's directory \
-                     (Person.slack_user_id).",
-                    click.slack_user_id
-                ));
-            }
-            _ => {
-                return Err(format!(
-                    "your Slack account ({}) is linked to more than one person in toolgate's \
-                     directory; ask an admin to fix it.",
-                    click.slack_user_id
-                ));
-            }
-        };
+        let channel = self
+            .posting_channel(tenant, id.as_str(), signed_for, click)
+            .await?;
+        let person = self.clicker(tenant, &click.slack_user_id).await?;
         let caller = Caller {
             key_id: format!("slack:{channel}"),
-            tenant: tenant.clone(),
+            tenant: tenant.to_owned(),
             role: Role::Approver,
             principal: format!("slack:{channel}"),
         };
@@ -203,22 +133,88 @@ impl App {
             approve: click.approve,
             comment: format!("from Slack ({})", click.slack_user_id),
         };
-        match self.submit_approval(&caller, input).await {
-            Ok(approval) => Ok(approval),
-            Err(e) => {
-                let why = refusal(&e);
-                tracing::info!(
-                    tenant = %tenant,
-                    channel = %channel,
-                    approval = %click.approval_id,
-                    slack_user = %click.slack_user_id,
-                    person = %person,
-                    refused = %why,
-                    "a Slack click was refused"
-                );
-                Err(why)
+        self.submit_approval(&caller, input).await.map_err(|e| {
+            let why = refusal(&e);
+            tracing::info!(
+                tenant = %tenant,
+                channel = %channel,
+                approval = %click.approval_id,
+                slack_user = %click.slack_user_id,
+                person = %person,
+                refused = %why,
+                "a Slack click was refused"
+            );
+            why
+        })
+    }
+
+    /// The channel of `tenant` on which toolgate posted the clicked message, for this
+    /// approval and the clicked role. A signing secret shared by several tenants' channels
+    /// (one Slack app) must not let one tenant forge a click on another's approval.
+    async fn posting_channel(
+        &self,
+        tenant: &str,
+        approval_id: &str,
+        signed_for: &[(String, String)],
+        click: &Click,
+    ) -> Result<String, String> {
+        for (_, channel) in signed_for.iter().filter(|(t, _)| t == tenant) {
+            let posted = self
+                .store
+                .slack_messages(tenant, approval_id, channel)
+                .await
+                .map_err(unavailable)?;
+            if posted.iter().any(|m| {
+                m.role == click.role
+                    && m.slack_channel == click.message_channel
+                    && m.ts == click.message_ts
+            }) {
+                return Ok(channel.clone());
             }
         }
+        Err(format!(
+            "this button is not on a message toolgate posted for this approval's {} request.",
+            click.role.as_str()
+        ))
+    }
+
+    /// The one person of `tenant` whose `slack_user_id` is the clicker's.
+    async fn clicker(&self, tenant: &str, slack_user_id: &str) -> Result<String, String> {
+        let people = self
+            .store
+            .people_by_slack_user(tenant, slack_user_id)
+            .await
+            .map_err(unavailable)?;
+        match people.as_slice() {
+            [one] => Ok(one.id.clone()),
+            [] => Err(format!(
+                "your Slack account ({slack_user_id}) is not linked to anyone in toolgate's \
+                 directory (Person.slack_user_id)."
+            )),
+            _ => Err(format!(
+                "your Slack account ({slack_user_id}) is linked to more than one person in \
+                 toolgate's directory; ask an admin to fix it."
+            )),
+        }
+    }
+}
+
+/// The tenant whose channels verified the click (`None` when none did). A signing secret
+/// that several tenants' channels share is known to each of their admins, who could sign a
+/// click for another tenant: none is taken.
+fn one_tenant(signed_for: &[(String, String)]) -> Result<Option<&str>, String> {
+    let mut tenants: Vec<&str> = signed_for.iter().map(|(t, _)| t.as_str()).collect();
+    tenants.sort_unstable();
+    tenants.dedup();
+    match tenants.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some(one)),
+        _ => Err(
+            "this Slack app's signing secret is set on channels of several tenants, so \
+                  toolgate takes no click signed with it; give each tenant a Slack app of its \
+                  own."
+                .into(),
+        ),
     }
 }
 

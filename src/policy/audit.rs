@@ -229,13 +229,6 @@ pub fn event_record(e: &ApprovalEvent) -> Json {
     ])
 }
 
-/// The `arguments_sha256` of an approval whose stored arguments are `arguments_json` (the
-/// canonical text Decide bound it to): the chain covers the hash, and this ties the stored
-/// text to it.
-pub fn arguments_sha256(arguments_json: &str) -> String {
-    canonical::hex(&Sha256::digest(arguments_json.as_bytes()))
-}
-
 /// A tenant's chain of approval events as far as it goes: how many events, and the last hash
 /// (64 zeros before the first).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -224,8 +224,14 @@ impl Decimal {
 /// Canonical form and hash of already-parsed arguments.
 pub fn canonical_arguments(value: &Json) -> CanonicalArguments {
     let canonical = canonicalize(value);
-    let sha256 = hex(&Sha256::digest(canonical.as_bytes()));
+    let sha256 = sha256_hex(&canonical);
     CanonicalArguments { canonical, sha256 }
+}
+
+/// The lowercase hex SHA-256 of `text`: an approval's `arguments_sha256` from its canonical
+/// arguments.
+pub fn sha256_hex(text: &str) -> String {
+    hex(&Sha256::digest(text.as_bytes()))
 }
 
 /// The RFC 8785 serialization of `value`.

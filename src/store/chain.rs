@@ -76,6 +76,29 @@ pub(super) fn head(seq: i64, hash: String) -> ChainHead {
     }
 }
 
+/// A transaction's events with their places and hashes, and each tenant's new head.
+struct Plan {
+    linked: Vec<(ApprovalEvent, String)>,
+    heads: Vec<(String, ChainHead)>,
+}
+
+/// Gives each tenant's events the places after the head `start` gives for the tenant.
+fn plan(
+    tenants: BTreeMap<String, Vec<ApprovalEvent>>,
+    mut start: impl FnMut(&str) -> Result<ChainHead, sqlx::Error>,
+) -> Result<Plan, sqlx::Error> {
+    let mut plan = Plan {
+        linked: Vec::new(),
+        heads: Vec::new(),
+    };
+    for (tenant, mut events) in tenants {
+        let (hashes, next) = audit::link(&start(&tenant)?, &mut events);
+        plan.linked.extend(events.into_iter().zip(hashes));
+        plan.heads.push((tenant, next));
+    }
+    Ok(plan)
+}
+
 /// Links the approval events a transaction wrote (see the module's text).
 pub(super) trait Link {
     async fn link(&mut self, events: Vec<ApprovalEvent>) -> Result<(), sqlx::Error>;
@@ -99,7 +122,7 @@ impl Link for PgConnection {
         if events.is_empty() {
             return Ok(());
         }
-        let mut tenants = by_tenant(events);
+        let tenants = by_tenant(events);
         let names: Vec<&String> = tenants.keys().collect();
         let rows = sqlx::query(HEADS_PG)
             .bind(names)
@@ -110,25 +133,26 @@ impl Link for PgConnection {
             let tenant: String = row.try_get("tenant")?;
             heads.insert(tenant, head(row.try_get("seq")?, row.try_get("hash")?));
         }
-        let (mut t, mut a, mut v, mut s, mut h) = (vec![], vec![], vec![], vec![], vec![]);
-        let (mut head_t, mut head_s, mut head_h) = (vec![], vec![], vec![]);
-        for (tenant, events) in &mut tenants {
-            // The upsert returns every head it was given; without one the chain would
-            // restart at 1.
-            let start = heads.remove(tenant).ok_or_else(|| {
+        // The upsert returns every head it was given; without one the chain would restart
+        // at 1.
+        let plan = plan(tenants, |tenant| {
+            heads.remove(tenant).ok_or_else(|| {
                 sqlx::Error::Protocol(format!("no approval chain head returned for {tenant:?}"))
-            })?;
-            let (hashes, next) = audit::link(&start, events);
-            for (e, hash) in events.iter().zip(hashes) {
-                t.push(e.tenant.clone());
-                a.push(e.approval_id.clone());
-                v.push(e.version);
-                s.push(e.seq as i64);
-                h.push(hash);
-            }
-            head_t.push(tenant.clone());
-            head_s.push(next.seq as i64);
-            head_h.push(next.hash);
+            })
+        })?;
+        let (mut t, mut a, mut v, mut s, mut h) = (vec![], vec![], vec![], vec![], vec![]);
+        for (e, hash) in plan.linked {
+            t.push(e.tenant);
+            a.push(e.approval_id);
+            v.push(e.version);
+            s.push(e.seq as i64);
+            h.push(hash);
+        }
+        let (mut head_t, mut head_s, mut head_h) = (vec![], vec![], vec![]);
+        for (tenant, head) in plan.heads {
+            head_t.push(tenant);
+            head_s.push(head.seq as i64);
+            head_h.push(head.hash);
         }
         let query = sqlx::query(LINK_PG).bind(t).bind(a).bind(v).bind(s).bind(h);
         let query = query.bind(head_t).bind(head_s).bind(head_h);
@@ -159,7 +183,7 @@ impl Link for SqliteConnection {
         if events.is_empty() {
             return Ok(());
         }
-        let mut tenants = by_tenant(events);
+        let tenants = by_tenant(events);
         let names = serde_json::Value::from(tenants.keys().cloned().collect::<Vec<_>>());
         let stored: Vec<(String, i64, String)> = sqlx::query_as(HEADS_SQLITE)
             .bind(names.to_string())
@@ -169,17 +193,23 @@ impl Link for SqliteConnection {
             .into_iter()
             .map(|(tenant, seq, hash)| (tenant, head(seq, hash)))
             .collect();
-        let (mut linked, mut new_heads) = (Vec::new(), Vec::new());
-        for (tenant, events) in &mut tenants {
-            let start = heads.remove(tenant).unwrap_or_else(ChainHead::genesis);
-            let (hashes, next) = audit::link(&start, events);
-            for (e, hash) in events.iter().zip(hashes) {
-                linked.push(serde_json::json!({
+        let plan = plan(tenants, |tenant| {
+            Ok(heads.remove(tenant).unwrap_or_else(ChainHead::genesis))
+        })?;
+        let linked: Vec<_> = plan
+            .linked
+            .iter()
+            .map(|(e, hash)| {
+                serde_json::json!({
                     "t": e.tenant, "a": e.approval_id, "v": e.version, "s": e.seq, "h": hash,
-                }));
-            }
-            new_heads.push(serde_json::json!({"t": tenant, "s": next.seq, "h": next.hash}));
-        }
+                })
+            })
+            .collect();
+        let new_heads: Vec<_> = plan
+            .heads
+            .iter()
+            .map(|(t, head)| serde_json::json!({"t": t, "s": head.seq, "h": head.hash}))
+            .collect();
         let linked = serde_json::Value::from(linked).to_string();
         sqlx::query(LINK_SQLITE)
             .bind(linked)

@@ -352,68 +352,80 @@ async fn commit_sqlite(connection: &mut SqliteConnection, origin: &str, batch: &
     let mut outcomes = Vec::with_capacity(batch.len());
     let mut written = Vec::new();
     for (i, (write, _)) in batch.iter().enumerate() {
-        let (done, event) = match write {
-            ApprovalWrite::Create { tenant, approval } => {
-                let at = approval.created_at.0;
-                let head = bind_head!(sqlx::query(HEAD_INSERT), tenant, approval);
-                let created = head.execute(&mut *tx).await.map(|d| d.rows_affected() == 1);
-                let done = match created {
-                    Ok(true) => {
-                        let query = sqlx::query(EVENT_INSERT);
-                        let version_0 = bind_event!(query, tenant, 0_i64, origin, approval, at);
-                        let pending = sqlx::query(PENDING_ADD)
-                            .bind(tenant)
-                            .bind(&approval.id)
-                            .bind(approval.expires_at.0);
-                        // A new head has no events: a version 0 already there would be
-                        // linked in place of this one.
-                        match version_0.execute(&mut *tx).await {
-                            Ok(d) if d.rows_affected() == 1 => {
-                                pending.execute(&mut *tx).await.map(|_| true)
-                            }
-                            Ok(_) => Err(sqlx::Error::Protocol(format!(
-                                "approval {} has a version 0 but no head",
-                                approval.id
-                            ))),
-                            Err(e) => Err(e),
-                        }
-                    }
-                    other => other,
-                };
-                (done, chain::event(tenant, 0, approval, at))
-            }
-            ApprovalWrite::Append {
-                tenant,
-                version,
-                approval,
-            } => {
-                let at = super::rows::change_time(approval);
-                let query = sqlx::query(EVENT_INSERT);
-                let event = bind_event!(query, tenant, *version, origin, approval, at);
-                let written = event
-                    .execute(&mut *tx)
-                    .await
-                    .map(|d| d.rows_affected() == 1);
-                let done = match written {
-                    Ok(true) if approval.state != crate::policy::ApprovalState::Pending => {
-                        let gone = sqlx::query(PENDING_REMOVE).bind(tenant).bind(&approval.id);
-                        gone.execute(&mut *tx).await.map(|_| true)
-                    }
-                    other => other,
-                };
-                (done, chain::event(tenant, *version, approval, at))
-            }
-        };
         // On an error the transaction is dropped, which rolls it back.
-        let done = done.map_err(|e| (Some(i), e.into()))?;
-        if done {
-            written.push(event);
-        }
-        outcomes.push(done);
+        let event = write_sqlite(&mut tx, origin, write)
+            .await
+            .map_err(|e| (Some(i), e.into()))?;
+        outcomes.push(event.is_some());
+        written.extend(event);
     }
     tx.link(written).await.map_err(|e| (None, e.into()))?;
     tx.commit().await.map_err(|e| (None, e.into()))?;
     Ok(outcomes)
+}
+
+/// One write of a SQLite batch: the event it wrote, as stored, or `None` when it wrote
+/// nothing (the request id already made an approval, or the version is taken).
+async fn write_sqlite(
+    tx: &mut SqliteConnection,
+    origin: &str,
+    write: &ApprovalWrite,
+) -> Result<Option<ApprovalEvent>, sqlx::Error> {
+    match write {
+        ApprovalWrite::Create { tenant, approval } => {
+            let head = bind_head!(sqlx::query(HEAD_INSERT), tenant, approval);
+            if head.execute(&mut *tx).await?.rows_affected() == 0 {
+                return Ok(None);
+            }
+            let at = approval.created_at.0;
+            let version_0 = bind_event!(
+                sqlx::query(EVENT_INSERT),
+                tenant,
+                0_i64,
+                origin,
+                approval,
+                at
+            );
+            // A new head has no events: a version 0 already there would be linked in place
+            // of this one.
+            if version_0.execute(&mut *tx).await?.rows_affected() != 1 {
+                return Err(sqlx::Error::Protocol(format!(
+                    "approval {} has a version 0 but no head",
+                    approval.id
+                )));
+            }
+            sqlx::query(PENDING_ADD)
+                .bind(tenant)
+                .bind(&approval.id)
+                .bind(approval.expires_at.0)
+                .execute(&mut *tx)
+                .await?;
+            Ok(Some(chain::event(tenant, 0, approval, at)))
+        }
+        ApprovalWrite::Append {
+            tenant,
+            version,
+            approval,
+        } => {
+            let at = super::rows::change_time(approval);
+            let event = bind_event!(
+                sqlx::query(EVENT_INSERT),
+                tenant,
+                *version,
+                origin,
+                approval,
+                at
+            );
+            if event.execute(&mut *tx).await?.rows_affected() == 0 {
+                return Ok(None);
+            }
+            if approval.state != crate::policy::ApprovalState::Pending {
+                let gone = sqlx::query(PENDING_REMOVE).bind(tenant).bind(&approval.id);
+                gone.execute(&mut *tx).await?;
+            }
+            Ok(Some(chain::event(tenant, *version, approval, at)))
+        }
+    }
 }
 
 fn answer(batch: Vec<Job>, outcome: Outcome) {

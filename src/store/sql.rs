@@ -881,7 +881,7 @@ impl Store for SqlStore {
                 tx.commit().await?;
                 let arguments_changed = arguments
                     .into_iter()
-                    .find(|(_, json, sha)| audit::arguments_sha256(json) != *sha)
+                    .find(|(_, json, sha)| crate::policy::canonical::sha256_hex(json) != *sha)
                     .map(|(id, _, _)| id);
                 let (head, before_chain) = head.map_or_else(
                     || (audit::ChainHead::genesis(), 0),
@@ -1219,7 +1219,6 @@ impl Store for SqlStore {
                     .fetch_all(&mut *tx)
                     .await?;
                 let mut expired = Vec::with_capacity(rows.len());
-                let mut written = Vec::with_capacity(rows.len());
                 for row in &rows {
                     let mut a = approval_from_row(row)?;
                     a.state = ApprovalState::Expired;
@@ -1239,11 +1238,11 @@ impl Store for SqlStore {
                             .bind(&a.id)
                             .execute(&mut *tx)
                             .await?;
-                        written.push(chain::event(&tenant, version, &a, now));
-                        expired.push((tenant, a));
+                        expired.push((tenant, version, a));
                     }
                 }
-                Link::link(&mut *tx, written).await?;
+                let events = expired.iter().map(|(t, v, a)| chain::event(t, *v, a, now));
+                Link::link(&mut *tx, events.collect()).await?;
                 // Where it got to: now, or, if the batch was full and more may be due, the
                 // last expiry it reached.
                 let reached = if rows.len() < limit as usize {
@@ -1251,7 +1250,7 @@ impl Store for SqlStore {
                 } else {
                     expired
                         .iter()
-                        .map(|(_, a)| a.expires_at.0)
+                        .map(|(_, _, a)| a.expires_at.0)
                         .max()
                         .unwrap_or(now)
                 };
@@ -1260,7 +1259,7 @@ impl Store for SqlStore {
                 .execute(&mut *tx)
                 .await?;
                 tx.commit().await?;
-                Ok(expired)
+                Ok(expired.into_iter().map(|(t, _, a)| (t, a)).collect())
             })
         };
         self.call(StoreOp::ExpireDue, work).await

@@ -519,11 +519,22 @@ async fn audit_verify_finds_a_removed_change_and_two_records_swapped() {
     assert!(err.contains("revision 2 does not match"), "{err}");
 }
 
+/// An export line's hash as a third party computes it: SHA-256 of the previous hash, a
+/// newline, and the line's record, whose text is already canonical and hashed as it stands.
+fn exported_hash(previous: &str, line: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let record = &line[line.find("\"record\":").expect("a record") + 9..line.len() - 1];
+    let mut h = Sha256::new();
+    h.update(previous.as_bytes());
+    h.update(b"\n");
+    h.update(record.as_bytes());
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// The export is enough to re-check the chain without toolgate's database: each line's
 /// hash is SHA-256 of the previous hash, a newline, and the record's canonical text.
 #[tokio::test]
 async fn audit_export_can_be_rechecked_from_its_lines_alone() {
-    use sha2::{Digest, Sha256};
     let (_app, url) = three_saves().await;
     let (code, out, err) = audit(&url, &["export", "--tenant", "acme"]).await;
     assert_eq!(code, 0, "{err}");
@@ -535,13 +546,7 @@ async fn audit_export_can_be_rechecked_from_its_lines_alone() {
     let mut previous = "0".repeat(64);
     for (line, raw) in lines.iter().zip(out.lines()) {
         assert_eq!(line["previous_hash"], previous.as_str());
-        // The record as exported is already canonical: its text is hashed as it stands.
-        let record = &raw[raw.find("\"record\":").unwrap() + 9..raw.len() - 1];
-        let mut h = Sha256::new();
-        h.update(previous.as_bytes());
-        h.update(b"\n");
-        h.update(record.as_bytes());
-        let hash: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        let hash = exported_hash(&previous, raw);
         assert_eq!(line["hash"], hash.as_str());
         previous = hash;
     }
@@ -794,6 +799,14 @@ async fn six_approval_events() -> (TestApp, String) {
     (app, url)
 }
 
+/// On a fresh database of six approval events, `sql` run as someone with database access
+/// would; then `audit verify` must exit 1 naming `record`.
+async fn after_tampering_verify_names(sql: &str, record: &str) {
+    let (_app, url) = six_approval_events().await;
+    tamper(&url, sql).await;
+    verify_names(&url, record).await;
+}
+
 /// Runs `audit verify` on a tampered database: exit 1, and standard error names `record`.
 async fn verify_names(url: &str, record: &str) {
     let (code, out, err) = audit(url, &["verify"]).await;
@@ -817,78 +830,61 @@ async fn approval_events_form_a_chain_that_audit_verify_checks() {
     verify_names(&url, "approval event 5 does not match").await;
 
     // The approval's head edited: someone else asked for it.
-    let (_app, url) = six_approval_events().await;
-    tamper(
-        &url,
+    after_tampering_verify_names(
         "UPDATE approvals SET requester_id = 'mallory' WHERE tenant = 'acme' AND request_id = 'r2'",
+        "approval event 4 does not match",
     )
     .await;
-    verify_names(&url, "approval event 4 does not match").await;
 
     // The arguments an approver saw, edited: the chain covers their hash, which no longer
     // matches them.
-    let (_app, url) = six_approval_events().await;
-    tamper(
-        &url,
+    after_tampering_verify_names(
         "UPDATE approvals SET arguments_json = '{\"user\":\"mallory\"}' \
          WHERE tenant = 'acme' AND request_id = 'r3'",
+        "stored arguments are not the ones",
     )
     .await;
-    verify_names(&url, "stored arguments are not the ones").await;
 }
 
 #[tokio::test]
 async fn audit_verify_finds_a_deleted_approval_event_and_two_reordered() {
     // An event deleted from the middle of the chain: the approval's use.
-    let (_app, url) = six_approval_events().await;
-    tamper(
-        &url,
+    after_tampering_verify_names(
         "DELETE FROM approval_events WHERE tenant = 'acme' AND state = 'consumed'",
+        "approval event 3 is missing",
     )
     .await;
-    verify_names(&url, "approval event 3 is missing").await;
 
     // The last event deleted: the chain's head still counts it.
-    let (_app, url) = six_approval_events().await;
-    tamper(
-        &url,
+    after_tampering_verify_names(
         "DELETE FROM approval_events WHERE tenant = 'acme' AND chain_seq = 6",
-    )
-    .await;
-    verify_names(
-        &url,
         "approval event 6 is missing (the chain's head is at 6)",
     )
     .await;
 
     // Two events swapped in the chain: each is intact, the order is not.
-    let (_app, url) = six_approval_events().await;
-    tamper(
-        &url,
+    after_tampering_verify_names(
         "UPDATE approval_events SET chain_seq = CASE chain_seq WHEN 2 THEN 3 ELSE 2 END \
          WHERE tenant = 'acme' AND chain_seq IN (2, 3)",
+        "approval event 2 does not match",
     )
     .await;
-    verify_names(&url, "approval event 2 does not match").await;
 
     // An event inserted by hand, outside the chain: the pending approval approved.
-    let (_app, url) = six_approval_events().await;
-    tamper(
-        &url,
+    after_tampering_verify_names(
         "INSERT INTO approval_events (tenant, approval_id, version, origin, state, \
          required_roles, consumed_by_request, steps, created_at) \
          SELECT tenant, approval_id, version + 1, origin, 'approved', required_roles, NULL, \
          steps, created_at FROM approval_events WHERE tenant = 'acme' AND chain_seq = 6",
+        "1 approval events are outside the chain, but 0 were",
     )
     .await;
-    verify_names(&url, "1 approval events are outside the chain, but 0 were").await;
 }
 
 /// The approval events' lines of an export are re-checked with SHA-256 alone, as the
 /// revisions' are.
 #[tokio::test]
 async fn approval_events_in_an_export_can_be_rechecked_from_their_lines_alone() {
-    use sha2::{Digest, Sha256};
     let (_app, url) = six_approval_events().await;
     let (code, out, err) = audit(&url, &["export", "--tenant", "acme"]).await;
     assert_eq!(code, 0, "{err}");
@@ -903,12 +899,7 @@ async fn approval_events_in_an_export_can_be_rechecked_from_their_lines_alone() 
         assert_eq!(line["seq"], n as u64 + 1);
         assert_eq!(line["record"]["seq"], n as u64 + 1);
         assert_eq!(line["previous_hash"], previous.as_str());
-        let record = &raw[raw.find("\"record\":").unwrap() + 9..raw.len() - 1];
-        let mut h = Sha256::new();
-        h.update(previous.as_bytes());
-        h.update(b"\n");
-        h.update(record.as_bytes());
-        let hash: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        let hash = exported_hash(&previous, raw);
         assert_eq!(line["hash"], hash.as_str());
         previous = hash;
     }
