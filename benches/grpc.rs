@@ -12,6 +12,9 @@
 //! echo then toolgate each take 1 s of load after 300 ms of warm-up; medians reported);
 //! `cargo bench --bench grpc -- --seconds 2` for a quicker look.
 //!
+//! The decision log's cost: `cargo bench --bench grpc -- --decision-log` compares toolgate
+//! with its decision log on (the default) and silenced, under h2load at 4x16.
+//!
 //! Profile: `cargo bench --bench grpc -- --callgrind 2000` runs both servers under
 //! `valgrind --tool=callgrind` and sends each 2 000 Decides one at a time after a warm-up,
 //! counting only those: it prints instructions per call for both (repeatable, unlike
@@ -43,6 +46,10 @@ fn main() {
     }
     let rounds = common::arg("--rounds", 5);
     let seconds = common::arg("--seconds", 1) as u64;
+    if std::env::args().any(|a| a == "--decision-log") {
+        runtime.block_on(decision_log_cost(rounds, seconds));
+        return;
+    }
     println!(
         "Decide over gRPC: toolgate vs bare tonic echo, {rounds} alternating rounds of {seconds} s \
          per server and level (each after 300 ms of warm-up), on {} cores",
@@ -159,12 +166,7 @@ fn by_h2load(
         );
         return Vec::new();
     }
-    let body = tempfile::NamedTempFile::new().expect("temp file");
-    let encoded = prost::Message::encode_to_vec(request);
-    let mut frame = vec![0u8];
-    frame.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
-    frame.extend_from_slice(&encoded);
-    std::fs::write(body.path(), frame).expect("write the request");
+    let body = h2load_body(request);
     println!();
     println!("by h2load ({rounds} alternating rounds of {seconds} s, after 300 ms of warm-up):");
     println!(
@@ -202,6 +204,99 @@ fn by_h2load(
         }
     }
     verdicts
+}
+
+/// What the decision log costs Decide's throughput at 4x16 (h2load), the audit issue's
+/// budget: two toolgate servers with default settings, one with the decision log silenced
+/// (`RUST_LOG=info,toolgate::decision=off`), taking turns; each round's ratio is on / off.
+async fn decision_log_cost(rounds: usize, seconds: u64) {
+    let on = start_toolgate();
+    let off = start_toolgate_logging(Some("info,toolgate::decision=off"));
+    let request = on.prepare().await;
+    off.prepare().await;
+    let body = h2load_body(&request);
+    let (connections, streams) = (4, 16);
+    println!(
+        "decision log on / off, h2load {connections}x{streams}, {rounds} alternating rounds of {seconds} s:"
+    );
+    let (mut ratios, mut cpu_ratios) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        // Calls per second, and CPU seconds per call of the server (its log thread
+        // included) and of this process (which reads the server's log).
+        let run = |target: &Target| {
+            let before = (
+                cpu_seconds(target.server.child.id()),
+                cpu_seconds(std::process::id()),
+            );
+            let rate = h2load_run(target, body.path(), connections, streams, seconds);
+            let calls = rate * seconds as f64;
+            let server = (cpu_seconds(target.server.child.id()) - before.0) / calls;
+            let reader = (cpu_seconds(std::process::id()) - before.1) / calls;
+            (rate, server, reader)
+        };
+        // Alternate which goes first, so a trend in the machine's speed falls on both.
+        let (on_run, off_run) = if round % 2 == 0 {
+            let on_run = run(&on);
+            (on_run, run(&off))
+        } else {
+            let off_run = run(&off);
+            (run(&on), off_run)
+        };
+        let us = |s: f64| s * 1e6;
+        println!(
+            "round {round}: on {:.0}/s, off {:.0}/s, {:.3}x; server CPU per call on {:.1} µs, \
+             off {:.1} µs; log reader {:.2} / {:.2} µs",
+            on_run.0,
+            off_run.0,
+            on_run.0 / off_run.0,
+            us(on_run.1),
+            us(off_run.1),
+            us(on_run.2),
+            us(off_run.2)
+        );
+        ratios.push(on_run.0 / off_run.0);
+        cpu_ratios.push(on_run.1 / off_run.1);
+    }
+    println!(
+        "server CPU per call, on / off: {:.3}x (median)",
+        median(cpu_ratios.into_iter())
+    );
+    let (lo, hi) = ratios
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), r| {
+            (lo.min(*r), hi.max(*r))
+        });
+    let ratio = median(ratios.into_iter());
+    println!(
+        "decision log on / off: {ratio:.3}x (rounds {lo:.3}-{hi:.3}); cost {:.1} % (budget <= 3 %: {})",
+        (1.0 - ratio) * 100.0,
+        met(ratio >= 0.97)
+    );
+}
+
+/// User and system CPU time `pid` has used (Linux, from `/proc`), in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which is in parentheses): utime and stime are the
+    // 12th and 13th.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|i| fields.get(*i).and_then(|v| v.parse::<f64>().ok()))
+        .sum();
+    ticks / 100.0
+}
+
+/// The request as h2load sends it: one gRPC frame, in a file.
+fn h2load_body(request: &pb::DecideRequest) -> tempfile::NamedTempFile {
+    let body = tempfile::NamedTempFile::new().expect("temp file");
+    let encoded = prost::Message::encode_to_vec(request);
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&encoded);
+    std::fs::write(body.path(), frame).expect("write the request");
+    body
 }
 
 /// One h2load run of `seconds` against `target`: completed Decides per second. Every
@@ -439,6 +534,12 @@ impl Target {
 }
 
 fn start_toolgate() -> Target {
+    let level = std::env::var("TOOLGATE_BENCH_RUST_LOG").ok();
+    start_toolgate_logging(level.as_deref())
+}
+
+/// toolgate with `RUST_LOG` set to `level` (`None`: the default).
+fn start_toolgate_logging(level: Option<&str>) -> Target {
     let (dir, url) = common::sqlite_temp();
     let (admin, agent) = (mint(&url, "bench", "admin"), mint(&url, "bench", "agent"));
     // Default limits: 1000 calls in flight stay under max_concurrent_requests (1024).
@@ -446,7 +547,7 @@ fn start_toolgate() -> Target {
     let extra = std::env::var("TOOLGATE_BENCH_SERVE_ARGS").unwrap_or_default();
     let extra: Vec<&str> = extra.split_whitespace().collect();
     Target {
-        server: ServerProcess::toolgate(&url, Some(dir), &extra),
+        server: ServerProcess::toolgate_logging(&url, Some(dir), &extra, level),
         agent,
         admin,
     }

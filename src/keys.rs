@@ -135,8 +135,40 @@ pub fn random_id(prefix: &str) -> Result<String, getrandom::Error> {
     Ok(format!("{prefix}{}", hex(&bytes)))
 }
 
+/// `prefix` then `n` in lower-case hex, at least `width` digits: the request and decision
+/// ids every call makes, built without `core::fmt` (BENCHMARKS.md, the profile).
+pub fn numbered_id(prefix: &str, n: u64, width: usize) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut digits = [b'0'; 16];
+    let mut at = digits.len();
+    let mut rest = n;
+    while rest > 0 || at == digits.len() {
+        at -= 1;
+        digits[at] = DIGITS[(rest & 0xf) as usize];
+        rest >>= 4;
+    }
+    let start = at.min(digits.len().saturating_sub(width));
+    let mut id = String::with_capacity(prefix.len() + digits.len() - start);
+    id.push_str(prefix);
+    id.extend(digits[start..].iter().map(|d| char::from(*d)));
+    id
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn numbered_ids_write_what_format_writes() {
+        for n in [0, 1, 0xf, 0x10, 0xabc, u64::from(u32::MAX), u64::MAX] {
+            for width in [0, 1, 10, 16] {
+                assert_eq!(
+                    super::numbered_id("dec_x_", n, width),
+                    format!("dec_x_{n:0width$x}"),
+                    "{n} at width {width}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn a_bootstrap_value_reads_back_and_anything_else_is_refused() {
@@ -183,8 +215,12 @@ mod tests {
 /// Whether `token` has the shape of a key [`generate`] makes (`tg_k<16 hex>_<64 hex>`).
 /// Anything else cannot be a key, and is refused without a look-up.
 pub fn well_formed(token: &str) -> bool {
+    // Every byte looked at, without stopping at the first bad one: the loop then runs
+    // many bytes per instruction, on every call's key.
     let hex = |s: &str, len: usize| {
-        s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        s.len() == len
+            && s.bytes()
+                .fold(true, |ok, b| ok & matches!(b, b'0'..=b'9' | b'a'..=b'f'))
     };
     token.len() <= MAX_TOKEN_BYTES
         && token

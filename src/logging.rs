@@ -28,25 +28,33 @@ impl<'w> FormatFields<'w> for TextFields {
     fn format_fields<R: RecordFields>(&self, mut writer: Writer<'w>, fields: R) -> fmt::Result {
         // Built in one buffer and handed to the writer once: each write to it is a
         // dynamic call that also checks for escape sequences.
-        let mut visitor = TextVisitor {
-            out: String::with_capacity(256),
-            result: Ok(()),
-        };
+        let mut visitor = TextVisitor::new(String::with_capacity(512));
         fields.record(&mut visitor);
         visitor.result?;
         writer.write_str(&visitor.out)
     }
 }
 
+/// Writes fields after whatever `out` already holds.
 struct TextVisitor {
     out: String,
+    /// Where the fields start in `out`.
+    start: usize,
     result: fmt::Result,
 }
 
 impl TextVisitor {
+    fn new(out: String) -> Self {
+        TextVisitor {
+            start: out.len(),
+            out,
+            result: Ok(()),
+        }
+    }
+
     /// Starts a field: ` name=` (no space before the first).
     fn name(&mut self, name: &str) {
-        if !self.out.is_empty() {
+        if self.out.len() > self.start {
             self.out.push(' ');
         }
         self.out.push_str(name);
@@ -114,7 +122,7 @@ impl Visit for TextVisitor {
             return;
         }
         if field.name() == "message" {
-            if !self.out.is_empty() {
+            if self.out.len() > self.start {
                 self.out.push(' ');
             }
             let start = self.out.len();
@@ -131,32 +139,171 @@ impl Visit for TextVisitor {
     }
 }
 
-/// The log's output as its writer thread (`tracing-appender`) uses it: after each batch
-/// of lines is written out, the thread waits [`Paced::PAUSE`] before it takes the next
-/// batch. Under load, lines queue up meanwhile and whoever logs finds the thread busy, so
-/// it is not woken (a system call and a context switch) for every line; a line waits at
-/// most that long. Nothing is dropped: the queue is lossless and bounded.
-#[derive(Debug)]
-pub struct Paced<W>(W);
+/// The log's output: every line is appended to one shared buffer, and a writer thread
+/// takes the whole buffer at once and writes it out in one system call.
+///
+/// tracing-appender's writer, which this replaced, allocated every line and sent it over
+/// a channel; its thread freed the line, and those frees from another thread took the
+/// allocator's lock of the worker that made it, so workers waited on each other
+/// (BENCHMARKS.md, "The decision log"). Here a logging call copies its line under a short
+/// lock and allocates nothing.
+///
+/// - **Paced.** After each batch the thread waits [`LogWriter::PAUSE`] before taking the
+///   next, so under load lines queue up meanwhile and whoever logs finds the thread busy
+///   instead of waking it (a system call and a context switch) for every line. A line
+///   waits at most about that long.
+/// - **Lossless.** When `max_pending` bytes are queued, loggers wait until the thread has
+///   taken them. Nothing is dropped while the [`LogGuard`] lives; dropping it writes out
+///   what is queued.
+#[derive(Clone)]
+pub struct LogWriter {
+    shared: std::sync::Arc<Shared>,
+}
 
-impl<W> Paced<W> {
+struct Shared {
+    state: std::sync::Mutex<Pending>,
+    /// The writer thread waits here for lines.
+    lines: std::sync::Condvar,
+    /// Loggers wait here for room.
+    room: std::sync::Condvar,
+    max_pending: usize,
+}
+
+#[derive(Default)]
+struct Pending {
+    bytes: Vec<u8>,
+    /// The writer thread is waiting for lines: the next line wakes it.
+    writer_idle: bool,
+    /// Loggers waiting for room.
+    waiting: usize,
+    closed: bool,
+}
+
+/// Stops the log's writer thread when dropped, after it has written out every queued line.
+pub struct LogGuard {
+    shared: std::sync::Arc<Shared>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LogWriter {
+    /// How long the writer thread waits after each batch.
     pub const PAUSE: std::time::Duration = std::time::Duration::from_millis(1);
 
-    pub fn new(inner: W) -> Self {
-        Paced(inner)
+    /// Starts the writer thread, writing into `out`; loggers wait once `max_pending`
+    /// bytes are queued.
+    pub fn start<W: std::io::Write + Send + 'static>(
+        out: W,
+        max_pending: usize,
+    ) -> std::io::Result<(LogWriter, LogGuard)> {
+        let shared = std::sync::Arc::new(Shared {
+            state: std::sync::Mutex::new(Pending::default()),
+            lines: std::sync::Condvar::new(),
+            room: std::sync::Condvar::new(),
+            max_pending,
+        });
+        let writer = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("toolgate-log".into())
+            .spawn(move || write_out(&writer, out))?;
+        let guard = LogGuard {
+            shared: shared.clone(),
+            thread: Some(thread),
+        };
+        Ok((LogWriter { shared }, guard))
+    }
+
+    /// Loggers waiting for room.
+    #[cfg(test)]
+    fn waiting(&self) -> usize {
+        lock(&self.shared.state).waiting
+    }
+
+    fn append(&self, line: &[u8]) {
+        let shared = &*self.shared;
+        let mut pending = lock(&shared.state);
+        while pending.bytes.len() >= shared.max_pending && !pending.closed {
+            pending.waiting += 1;
+            pending = shared
+                .room
+                .wait(pending)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            pending.waiting -= 1;
+        }
+        pending.bytes.extend_from_slice(line);
+        if pending.writer_idle {
+            pending.writer_idle = false;
+            shared.lines.notify_one();
+        }
     }
 }
 
-impl<W: std::io::Write> std::io::Write for Paced<W> {
+fn lock(state: &std::sync::Mutex<Pending>) -> std::sync::MutexGuard<'_, Pending> {
+    // A logger that panicked while holding the lock left whole lines: keep going.
+    state
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The writer thread: takes everything queued, writes it, pauses, until closed and empty.
+fn write_out<W: std::io::Write>(shared: &Shared, mut out: W) {
+    let mut batch = Vec::with_capacity(64 * 1024);
+    loop {
+        {
+            let mut pending = lock(&shared.state);
+            while pending.bytes.is_empty() {
+                if pending.closed {
+                    return;
+                }
+                pending.writer_idle = true;
+                pending = shared
+                    .lines
+                    .wait(pending)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+            }
+            std::mem::swap(&mut pending.bytes, &mut batch);
+            if pending.waiting > 0 {
+                shared.room.notify_all();
+            }
+        }
+        // Nowhere to report a failed write of the log itself; the lines are dropped.
+        let _ = out.write_all(&batch).and_then(|()| out.flush());
+        batch.clear();
+        std::thread::sleep(LogWriter::PAUSE);
+    }
+}
+
+impl Drop for LogGuard {
+    fn drop(&mut self) {
+        {
+            let mut pending = lock(&self.shared.state);
+            pending.closed = true;
+            self.shared.lines.notify_one();
+            self.shared.room.notify_all();
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl std::io::Write for &LogWriter {
+    /// Takes the whole of `buf`: the fmt layer writes each line with one call, so lines
+    /// never interleave.
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.write(buf)
+        self.append(buf);
+        Ok(buf.len())
     }
 
-    /// The writer thread flushes after each batch: the end of a batch.
     fn flush(&mut self) -> std::io::Result<()> {
-        self.0.flush()?;
-        std::thread::sleep(Self::PAUSE);
         Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
+    type Writer = &'a LogWriter;
+
+    fn make_writer(&'a self) -> &'a LogWriter {
+        self
     }
 }
 
@@ -185,10 +332,10 @@ where
         // Events from the `log` crate carry their real target here.
         let normalized = tracing_log::NormalizeEvent::normalized_metadata(event);
         let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
-        let mut line = String::with_capacity(192);
+        let mut line = String::with_capacity(512);
         if self.time {
-            let now = humantime::format_rfc3339_micros(std::time::SystemTime::now());
-            write!(line, "{now} ")?;
+            rfc3339_micros(std::time::SystemTime::now(), &mut line);
+            line.push(' ');
         }
         line.push_str(match *meta.level() {
             tracing::Level::TRACE => "TRACE ",
@@ -218,10 +365,48 @@ where
         }
         line.push_str(meta.target());
         line.push_str(": ");
-        writer.write_str(&line)?;
-        ctx.format_fields(writer.by_ref(), event)?;
-        writer.write_char('\n')
+        // The event's fields as `TextFields` writes them, in the same buffer, so the line
+        // goes to the writer in one piece.
+        let mut fields = TextVisitor::new(line);
+        event.record(&mut fields);
+        fields.result?;
+        fields.out.push('\n');
+        writer.write_str(&fields.out)
     }
+}
+
+thread_local! {
+    /// The last second [`rfc3339_micros`] wrote, and its text up to the seconds.
+    static SECOND: std::cell::Cell<(u64, [u8; 19])> = const { std::cell::Cell::new((u64::MAX, [0; 19])) };
+}
+
+/// `at` as humantime's `format_rfc3339_micros` writes it (`2026-12-05T18:50:12.123456Z`);
+/// the date and time of day are worked out once a second per thread, the part that changes
+/// on every line is written here.
+fn rfc3339_micros(at: std::time::SystemTime, out: &mut String) {
+    let Ok(since) = at.duration_since(std::time::UNIX_EPOCH) else {
+        out.push_str(&humantime::format_rfc3339_micros(at).to_string());
+        return;
+    };
+    let second = since.as_secs();
+    let (cached, mut text) = SECOND.get();
+    if cached != second {
+        let whole = humantime::format_rfc3339_seconds(at).to_string();
+        text.copy_from_slice(&whole.as_bytes()[..19]);
+        SECOND.set((second, text));
+    }
+    // Only ASCII digits and separators were written.
+    out.push_str(std::str::from_utf8(&text).unwrap_or_default());
+    out.push('.');
+    let micros = since.subsec_micros();
+    let mut digits = [b'0'; 6];
+    let mut rest = micros;
+    for d in digits.iter_mut().rev() {
+        *d = b'0' + (rest % 10) as u8;
+        rest /= 10;
+    }
+    out.extend(digits.iter().map(|d| char::from(*d)));
+    out.push('Z');
 }
 
 /// The event format of `--log-format json`; use with [`JsonFields`] as the field format.
@@ -458,5 +643,122 @@ mod tests {
         assert!(line.get("fields").is_none() && line.get("span").is_none());
         let stamp = line["timestamp"].as_str().unwrap();
         assert!(humantime::parse_rfc3339(stamp).is_ok(), "{stamp}");
+    }
+
+    /// The cached-second timestamp is humantime's text, across second boundaries and on
+    /// several dates.
+    #[test]
+    fn timestamps_are_what_humantime_writes() {
+        let start = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_796_428_799);
+        // In each base's second several times (the cached text), then past it.
+        for base in [start, std::time::UNIX_EPOCH, std::time::SystemTime::now()] {
+            for step_micros in [
+                0u64,
+                1,
+                999_999,
+                1_000_000,
+                1_000_001,
+                86_400_000_000,
+                9_999_999_999,
+            ] {
+                let at = base + std::time::Duration::from_micros(step_micros);
+                let mut ours = String::new();
+                rfc3339_micros(at, &mut ours);
+                assert_eq!(ours, humantime::format_rfc3339_micros(at).to_string());
+            }
+        }
+    }
+
+    /// Lines written from several threads at once all arrive, each whole, each thread's in
+    /// its order; dropping the guard writes out what was queued.
+    #[test]
+    fn the_log_writer_keeps_every_line_whole_and_in_order() {
+        use std::io::Write;
+        let out = Captured::default();
+        let (writer, guard) = LogWriter::start(out.clone(), 4 << 20).unwrap();
+        std::thread::scope(|s| {
+            for t in 0..4 {
+                let writer = writer.clone();
+                s.spawn(move || {
+                    for n in 0..2000 {
+                        (&writer)
+                            .write_all(format!("thread {t} line {n:05} of a log\n").as_bytes())
+                            .unwrap();
+                    }
+                });
+            }
+        });
+        drop(guard);
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let mut next = [0usize; 4];
+        for line in text.lines() {
+            let rest = line.strip_prefix("thread ").expect(line);
+            let (t, rest) = rest.split_once(" line ").expect(line);
+            let (n, tail) = rest.split_once(' ').expect(line);
+            assert_eq!(tail, "of a log", "{line}");
+            let t: usize = t.parse().unwrap();
+            assert_eq!(
+                n.parse::<usize>().unwrap(),
+                next[t],
+                "thread {t}'s lines in order"
+            );
+            next[t] += 1;
+        }
+        assert_eq!(next, [2000; 4], "every line arrived");
+    }
+
+    /// Writes to `out` once `gate` has a message; until then the writer thread is stuck.
+    struct Gated {
+        gate: std::sync::mpsc::Receiver<()>,
+        out: Captured,
+    }
+
+    impl std::io::Write for Gated {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let _ = self.gate.recv();
+            self.out.write(buf)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// With the output stuck and the queue full, a logger waits for room instead of
+    /// dropping its line; every line arrives once the output moves.
+    #[test]
+    fn a_full_log_makes_loggers_wait_rather_than_drop_lines() {
+        use std::io::Write;
+        let (open, gate) = std::sync::mpsc::channel();
+        let out = Captured::default();
+        let sink = Gated {
+            gate,
+            out: out.clone(),
+        };
+        let (writer, guard) = LogWriter::start(sink, 16).unwrap();
+        let logger = {
+            let writer = writer.clone();
+            std::thread::spawn(move || {
+                for n in 0..10 {
+                    (&writer)
+                        .write_all(format!("line {n:04}\n").as_bytes())
+                        .unwrap();
+                }
+            })
+        };
+        // The writer thread holds its first batch in the stuck write; the queue fills up
+        // behind it and the logger waits.
+        while writer.waiting() == 0 {
+            std::thread::yield_now();
+        }
+        assert!(!logger.is_finished(), "the logger waits for room");
+        for _ in 0..10 {
+            open.send(()).unwrap();
+        }
+        drop(open);
+        logger.join().unwrap();
+        drop(guard);
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let expected: String = (0..10).map(|n| format!("line {n:04}\n")).collect();
+        assert_eq!(text, expected);
     }
 }

@@ -54,15 +54,16 @@ async fn serve(args: toolgate::config::ServeArgs) -> Result<(), String> {
 /// Logs go to standard error, so standard output stays clean for `keys create`.
 ///
 /// A line is formatted by the thread that logs it and written by a writer thread
-/// (`tracing-appender`), which writes whatever has queued up in one system call: with the
-/// decision log (a line per Decide) a write per line cost more than the rest of the log
-/// together (BENCHMARKS.md). Nothing is dropped: when the queue is full, loggers wait.
+/// ([`toolgate::logging::LogWriter`]), which writes whatever has queued up in one system
+/// call: with the decision log (a line per Decide) a write per line cost more than the rest
+/// of the log together (BENCHMARKS.md). Nothing is dropped: when the queue is full, loggers
+/// wait.
 fn init_tracing(
     format: LogFormat,
     otlp_endpoint: Option<&str>,
 ) -> Result<
     (
-        tracing_appender::non_blocking::WorkerGuard,
+        toolgate::logging::LogGuard,
         Option<toolgate::telemetry::Traces>,
     ),
     String,
@@ -73,14 +74,9 @@ fn init_tracing(
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // Colours only for a person at a terminal, never into a file or a log collector.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let stderr = toolgate::logging::Paced::new(std::io::BufWriter::with_capacity(
-        64 * 1024,
-        std::io::stderr(),
-    ));
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .thread_name("toolgate-log")
-        .finish(stderr);
+    // Loggers wait once 4 MiB are queued (about ten thousand lines).
+    let (writer, guard) = toolgate::logging::LogWriter::start(std::io::stderr(), 4 << 20)
+        .map_err(|e| format!("cannot start the log's writer thread: {e}"))?;
     let (traces, exported) = match otlp_endpoint {
         Some(endpoint) => {
             let (layer, traces) = toolgate::telemetry::layer(endpoint)?;

@@ -200,6 +200,18 @@ impl ServerProcess {
     /// as people run it; `TOOLGATE_BENCH_RUST_LOG=warn` (say) sets another. `dir` (the
     /// SQLite file's directory) lives as long as the server.
     pub fn toolgate(url: &str, dir: Option<tempfile::TempDir>, extra: &[&str]) -> Self {
+        let level = std::env::var("TOOLGATE_BENCH_RUST_LOG").ok();
+        Self::toolgate_logging(url, dir, extra, level.as_deref())
+    }
+
+    /// [`ServerProcess::toolgate`] with `RUST_LOG` set to `level` (`None`: unset, the
+    /// default `info`).
+    pub fn toolgate_logging(
+        url: &str,
+        dir: Option<tempfile::TempDir>,
+        extra: &[&str],
+        level: Option<&str>,
+    ) -> Self {
         let addr = free_port();
         let mut child = wrapped(env!("CARGO_BIN_EXE_toolgate"))
             .args([
@@ -216,7 +228,7 @@ impl ServerProcess {
             })
             .args(extra)
             .env_remove("RUST_LOG")
-            .envs(std::env::var("TOOLGATE_BENCH_RUST_LOG").map(|level| ("RUST_LOG", level)))
+            .envs(level.map(|level| ("RUST_LOG", level)))
             .stdin(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()

@@ -367,7 +367,11 @@ impl RequestIds {
         // Without randomness ids are still unique within the process.
         let _ = getrandom::fill(&mut seed);
         RequestIds {
-            prefix: seed.iter().map(|b| format!("{b:02x}")).collect(),
+            prefix: seed
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .chain(["-".into()])
+                .collect(),
             next: AtomicU64::new(1),
         }
     }
@@ -381,7 +385,7 @@ impl RequestIds {
             Some(given) if given.to_str().is_ok_and(usable_id) => given.clone(),
             _ => {
                 let n = self.next.fetch_add(1, Ordering::Relaxed);
-                HeaderValue::try_from(format!("{}-{n:x}", self.prefix))
+                HeaderValue::try_from(crate::keys::numbered_id(&self.prefix, n, 1))
                     .unwrap_or_else(|_| HeaderValue::from_static("invalid"))
             }
         };
