@@ -154,7 +154,7 @@ impl Visit for TextVisitor {
 ///   waits at most about that long.
 /// - **Lossless.** When `max_pending` bytes are queued, loggers wait until the thread has
 ///   taken them. Nothing is dropped while the [`LogGuard`] lives; dropping it writes out
-///   what is queued.
+///   what is queued, and a line logged after that is dropped.
 #[derive(Clone)]
 pub struct LogWriter {
     shared: std::sync::Arc<Shared>,
@@ -218,6 +218,12 @@ impl LogWriter {
         lock(&self.shared.state).waiting
     }
 
+    /// Bytes queued for the writer thread.
+    #[cfg(test)]
+    fn queued(&self) -> usize {
+        lock(&self.shared.state).bytes.len()
+    }
+
     fn append(&self, line: &[u8]) {
         let shared = &*self.shared;
         let mut pending = lock(&shared.state);
@@ -228,6 +234,11 @@ impl LogWriter {
                 .wait(pending)
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             pending.waiting -= 1;
+        }
+        if pending.closed {
+            // The writer thread has stopped (the guard was dropped, the process is ending):
+            // the line has nowhere to go, and the buffer must not grow without bound.
+            return;
         }
         pending.bytes.extend_from_slice(line);
         if pending.writer_idle {
@@ -705,6 +716,22 @@ mod tests {
             next[t] += 1;
         }
         assert_eq!(next, [2000; 4], "every line arrived");
+    }
+
+    /// Once the guard is dropped the writer thread is gone: a later line is dropped
+    /// instead of queueing forever.
+    #[test]
+    fn lines_after_the_guard_is_dropped_are_not_kept() {
+        use std::io::Write;
+        let out = Captured::default();
+        let (writer, guard) = LogWriter::start(out.clone(), 4 << 20).unwrap();
+        (&writer).write_all(b"before\n").unwrap();
+        drop(guard);
+        for _ in 0..1000 {
+            (&writer).write_all(b"after the end\n").unwrap();
+        }
+        assert_eq!(writer.queued(), 0);
+        assert_eq!(out.0.lock().unwrap().as_slice(), b"before\n");
     }
 
     /// Writes to `out` once `gate` has a message; until then the writer thread is stuck.
