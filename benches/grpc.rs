@@ -101,13 +101,8 @@ fn main() {
             let throughput = median(pairs.clone().map(|(e, t)| t.per_second / e.per_second));
             let p50_extra = median(pairs.clone().map(|(e, t)| t.p50_us - e.p50_us));
             let p99_ratio = median(pairs.clone().map(|(e, t)| t.p99_us / e.p99_us));
-            let spread = |f: fn(&Outcome, &Outcome) -> f64| {
-                let v: Vec<f64> = pairs.clone().map(|(e, t)| f(e, t)).collect();
-                let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
-                let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                (lo, hi)
-            };
-            let (lo, hi) = spread(|e, t| t.per_second / e.per_second);
+            let ratios: Vec<f64> = pairs.clone().map(|(e, t)| t.per_second / e.per_second).collect();
+            let (lo, hi) = range(&ratios);
             println!(
                 "{:<9} {:<9} {:>9.2}x {:>+8.1}µs {:>8.2}x   (throughput ratio {lo:.2}-{hi:.2} over the rounds)",
                 level, "ratio", throughput, p50_extra, p99_ratio
@@ -184,11 +179,7 @@ fn by_h2load(
             e.push(echo_rate);
             t.push(toolgate_rate);
         }
-        let (lo, hi) = ratios
-            .iter()
-            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), r| {
-                (lo.min(*r), hi.max(*r))
-            });
+        let (lo, hi) = range(&ratios);
         let ratio = median(ratios.into_iter());
         let level = format!("{connections}x{streams}");
         println!(
@@ -261,11 +252,7 @@ async fn decision_log_cost(rounds: usize, seconds: u64) {
         "server CPU per call, on / off: {:.3}x (median)",
         median(cpu_ratios.into_iter())
     );
-    let (lo, hi) = ratios
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), r| {
-            (lo.min(*r), hi.max(*r))
-        });
+    let (lo, hi) = range(&ratios);
     let ratio = median(ratios.into_iter());
     println!(
         "decision log on / off: {ratio:.3}x (rounds {lo:.3}-{hi:.3}); cost {:.1} % (budget <= 3 %: {})",
@@ -339,6 +326,15 @@ fn h2load_run(
         .is_some_and(|l| l.contains(" 0 failed, 0 errored"));
     assert!(failed, "h2load saw failures:\n{text}");
     rate
+}
+
+/// The lowest and the highest of `values`.
+fn range(values: &[f64]) -> (f64, f64) {
+    values
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+            (lo.min(*v), hi.max(*v))
+        })
 }
 
 fn median(values: impl Iterator<Item = f64>) -> f64 {

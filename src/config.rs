@@ -515,7 +515,44 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        // Zero makes no sense for these (where it does, it reads as "off": zero_is_off).
+        if let Some(name) = self.first_zero() {
+            return Err(ConfigError(format!("{name}: must be more than zero")));
+        }
+        if let Some(endpoint) = &self.otlp_endpoint
+            && !matches!(
+                url::Url::parse(endpoint)
+                    .map(|u| u.scheme().to_owned())
+                    .as_deref(),
+                Ok("http" | "https")
+            )
+        {
+            return Err(ConfigError(format!(
+                "otlp_endpoint: {endpoint:?} is not an http:// or https:// URL of an OTLP/gRPC collector"
+            )));
+        }
+        if let Some(value) = &self.bootstrap_admin_key {
+            crate::keys::Bootstrap::parse(value)
+                .map_err(|e| ConfigError(format!("bootstrap_admin_key: {e}")))?;
+        }
+        if self.delivery_retry_max < self.delivery_retry_initial {
+            return Err(ConfigError(format!(
+                "delivery_retry_max: {} is shorter than delivery_retry_initial ({})",
+                humantime::format_duration(self.delivery_retry_max),
+                humantime::format_duration(self.delivery_retry_initial)
+            )));
+        }
+        if self.max_arguments_bytes >= self.max_message_bytes {
+            return Err(ConfigError(format!(
+                "max_arguments_bytes: {} does not fit in max_message_bytes ({})",
+                self.max_arguments_bytes, self.max_message_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    /// The first setting that is zero where zero makes no sense (where it does, it reads
+    /// as "off": zero_is_off).
+    fn first_zero(&self) -> Option<&'static str> {
         let zero = [
             ("approval_ttl", self.approval_ttl.is_zero()),
             ("heartbeat_interval", self.heartbeat_interval.is_zero()),
@@ -557,39 +594,9 @@ impl Config {
             ("delivery_concurrency", self.delivery_concurrency == 0),
             ("max_pending_approvals", self.max_pending_approvals == 0),
         ];
-        if let Some((name, _)) = zero.iter().find(|(_, is_zero)| *is_zero) {
-            return Err(ConfigError(format!("{name}: must be more than zero")));
-        }
-        if let Some(endpoint) = &self.otlp_endpoint
-            && !matches!(
-                url::Url::parse(endpoint)
-                    .map(|u| u.scheme().to_owned())
-                    .as_deref(),
-                Ok("http" | "https")
-            )
-        {
-            return Err(ConfigError(format!(
-                "otlp_endpoint: {endpoint:?} is not an http:// or https:// URL of an OTLP/gRPC collector"
-            )));
-        }
-        if let Some(value) = &self.bootstrap_admin_key {
-            crate::keys::Bootstrap::parse(value)
-                .map_err(|e| ConfigError(format!("bootstrap_admin_key: {e}")))?;
-        }
-        if self.delivery_retry_max < self.delivery_retry_initial {
-            return Err(ConfigError(format!(
-                "delivery_retry_max: {} is shorter than delivery_retry_initial ({})",
-                humantime::format_duration(self.delivery_retry_max),
-                humantime::format_duration(self.delivery_retry_initial)
-            )));
-        }
-        if self.max_arguments_bytes >= self.max_message_bytes {
-            return Err(ConfigError(format!(
-                "max_arguments_bytes: {} does not fit in max_message_bytes ({})",
-                self.max_arguments_bytes, self.max_message_bytes
-            )));
-        }
-        Ok(())
+        zero.iter()
+            .find(|(_, is_zero)| *is_zero)
+            .map(|(name, _)| *name)
     }
 }
 

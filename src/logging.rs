@@ -19,8 +19,9 @@ use tracing_subscriber::registry::LookupSpan;
 
 /// The text format's fields: the same `name=value` text as tracing-subscriber's
 /// `DefaultFields`, written without `core::fmt` for strings, integers and booleans. Every
-/// call's span and every decision-log event pass through here, and `DefaultFields` spent
-/// about a thousand instructions per field on `write!` (BENCHMARKS.md).
+/// call's span passes through here (and every event at a terminal; elsewhere [`TextLine`]
+/// writes an event's fields with the same visitor), and `DefaultFields` spent about a
+/// thousand instructions per field on `write!` (BENCHMARKS.md).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TextFields;
 
@@ -28,7 +29,7 @@ impl<'w> FormatFields<'w> for TextFields {
     fn format_fields<R: RecordFields>(&self, mut writer: Writer<'w>, fields: R) -> fmt::Result {
         // Built in one buffer and handed to the writer once: each write to it is a
         // dynamic call that also checks for escape sequences.
-        let mut visitor = TextVisitor::new(String::with_capacity(512));
+        let mut visitor = TextVisitor::new(String::with_capacity(256));
         fields.record(&mut visitor);
         visitor.result?;
         writer.write_str(&visitor.out)

@@ -214,37 +214,10 @@ pub async fn serve(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
-    let metrics = Arc::new(Metrics::new(store.backend()));
-    let store: Arc<dyn Store> = Arc::new(store.with_metrics(metrics.clone()));
-    if let Some(value) = &config.bootstrap_admin_key {
-        // Checked when the settings were read.
-        if let Ok(bootstrap) = crate::keys::Bootstrap::parse(value) {
-            ensure_bootstrap_key(&*store, &bootstrap).await?;
-        }
-    }
-    let snapshots = Snapshots::with_buffer(config.watch_buffer);
-    let serving = Arc::new(AtomicBool::new(false));
     let drain = CancellationToken::new();
-    let approvals = ApprovalHub::new(config.watch_buffer);
-    let limits = Limits {
-        approval_ttl: config.approval_ttl,
-        max_arguments_bytes: config.max_arguments_bytes,
-        min_revision_wait: config.min_revision_wait,
-        heartbeat_interval: config.heartbeat_interval,
-        watch_history: config.watch_history,
-        watch_stream_buffer: config.watch_stream_buffer,
-        max_watch_streams: config.max_watch_streams,
-        delivery_public_only: config.delivery_public_only,
-        max_pending_approvals: config.max_pending_approvals,
-    };
-    let app = Arc::new(App::new(
-        store,
-        snapshots,
-        approvals,
-        limits,
-        drain.clone(),
-        metrics.clone(),
-    ));
+    let app = build_app(store, &config, drain.clone()).await?;
+    let metrics = app.metrics.clone();
+    let serving = Arc::new(AtomicBool::new(false));
     let metrics_addr = listeners.metrics.local_addr()?;
     let _metrics_server = AbortOnDropHandle::new(tokio::spawn(serve_metrics(
         listeners.metrics,
@@ -281,17 +254,7 @@ pub async fn serve(
         },
         health.clone(),
     )));
-    let api = PolicyServiceServer::new(PolicyApi::new(app.clone()))
-        .max_decoding_message_size(config.max_message_bytes);
-    let limits = GateLimits {
-        max_concurrent_requests: config.max_concurrent_requests,
-        max_concurrent_requests_per_key: config.max_concurrent_requests_per_key,
-        max_concurrent_requests_per_connection: config.max_concurrent_requests_per_connection,
-        request_body_timeout: config.request_body_timeout,
-    };
-    // WatchConfig is served from shared frames in front of the generated service.
-    let api = WatchConfigRoute::new(api, app.clone(), config.request_body_timeout);
-    let api = Gate::new(api, app.clone(), limits);
+    let api = policy_api(&app, &config);
     // The HTTP listener: Slack's clicks, and the console, which calls this same stack.
     let _http_server = match listeners.http {
         Some(listener) => Some(start_http(listener, app.clone(), api.clone(), &config)?),
@@ -307,6 +270,133 @@ pub async fn serve(
         .build_v1alpha()?;
 
     let addr = listeners.grpc.local_addr()?;
+    let incoming = incoming(listeners.grpc, &config, metrics.clone(), drain.clone());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    // Every call of every service passes the grpc_server_* metrics first.
+    let server = grpc_builder(&config)?
+        .layer(RpcMetricsLayer::new(metrics))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(api)
+        .serve_with_incoming_shutdown(incoming, async {
+            let _ = stop_rx.await;
+        });
+    let mut server = tokio::spawn(server);
+    tracing::info!(%addr, tools, tls = config.tls.is_some(), "toolgate serving");
+
+    tokio::select! {
+        finished = &mut server => return Ok(finished??),
+        () = shutdown => {}
+    }
+    drain_and_stop(
+        &config,
+        &health,
+        [follower, deliveries, sweeper],
+        &drain,
+        stop_tx,
+        server,
+    )
+    .await
+}
+
+/// The shutdown: health NOT_SERVING, serving on for `shutdown_delay` while load balancers
+/// notice, then the background tasks stop, streams end UNAVAILABLE, the server stops
+/// accepting, and in-flight calls get `shutdown_grace` to finish.
+async fn drain_and_stop(
+    config: &Config,
+    health: &Health,
+    background: [AbortOnDropHandle<()>; 3],
+    drain: &CancellationToken,
+    stop: tokio::sync::oneshot::Sender<()>,
+    mut server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+) -> Result<(), RunError> {
+    health.draining.store(true, Ordering::Relaxed);
+    health.report(false).await;
+    if !config.shutdown_delay.is_zero() {
+        tracing::info!(
+            delay = ?config.shutdown_delay,
+            "shutdown requested: health NOT_SERVING; serving on while load balancers notice"
+        );
+        tokio::time::sleep(config.shutdown_delay).await;
+    }
+    tracing::info!("draining: streams end UNAVAILABLE, in-flight calls finish");
+    drop(background);
+    // Streams end with UNAVAILABLE so their clients resume on another replica, and health
+    // watches end (they have seen NOT_SERVING), so no open stream holds up the shutdown.
+    drain.cancel();
+    let mut reporter = health.reporter.clone();
+    reporter.clear_service_status("").await;
+    reporter
+        .clear_service_status("toolgate.v1.PolicyService")
+        .await;
+    reporter.clear_service_status(LIVENESS).await;
+    let _ = stop.send(());
+    match tokio::time::timeout(config.shutdown_grace, &mut server).await {
+        Ok(finished) => finished??,
+        Err(_) => {
+            tracing::warn!(grace = ?config.shutdown_grace, "grace period over; dropping calls still running");
+            server.abort();
+        }
+    }
+    tracing::info!("toolgate stopped");
+    Ok(())
+}
+
+/// The application over `store`: its metrics, the bootstrap key, and the shared state
+/// every way in uses.
+async fn build_app(
+    store: SqlStore,
+    config: &Config,
+    drain: CancellationToken,
+) -> Result<Arc<App>, RunError> {
+    let metrics = Arc::new(Metrics::new(store.backend()));
+    let store: Arc<dyn Store> = Arc::new(store.with_metrics(metrics.clone()));
+    if let Some(value) = &config.bootstrap_admin_key {
+        // Checked when the settings were read.
+        if let Ok(bootstrap) = crate::keys::Bootstrap::parse(value) {
+            ensure_bootstrap_key(&*store, &bootstrap).await?;
+        }
+    }
+    let snapshots = Snapshots::with_buffer(config.watch_buffer);
+    let approvals = ApprovalHub::new(config.watch_buffer);
+    let limits = Limits {
+        approval_ttl: config.approval_ttl,
+        max_arguments_bytes: config.max_arguments_bytes,
+        min_revision_wait: config.min_revision_wait,
+        heartbeat_interval: config.heartbeat_interval,
+        watch_history: config.watch_history,
+        watch_stream_buffer: config.watch_stream_buffer,
+        max_watch_streams: config.max_watch_streams,
+        delivery_public_only: config.delivery_public_only,
+        max_pending_approvals: config.max_pending_approvals,
+    };
+    Ok(Arc::new(App::new(
+        store, snapshots, approvals, limits, drain, metrics,
+    )))
+}
+
+/// PolicyService as every way in calls it: behind the gate (request ids, authentication,
+/// limits), with WatchConfig served from shared frames in front of the generated service.
+fn policy_api(
+    app: &Arc<App>,
+    config: &Config,
+) -> Gate<WatchConfigRoute<PolicyServiceServer<PolicyApi>>> {
+    let api = PolicyServiceServer::new(PolicyApi::new(app.clone()))
+        .max_decoding_message_size(config.max_message_bytes);
+    let limits = GateLimits {
+        max_concurrent_requests: config.max_concurrent_requests,
+        max_concurrent_requests_per_key: config.max_concurrent_requests_per_key,
+        max_concurrent_requests_per_connection: config.max_concurrent_requests_per_connection,
+        request_body_timeout: config.request_body_timeout,
+    };
+    let api = WatchConfigRoute::new(api, app.clone(), config.request_body_timeout);
+    Gate::new(api, app.clone(), limits)
+}
+
+/// tonic's server with the settings: streams per connection, HTTP/2 keepalive, the
+/// optional per-call timeout, connection age, TLS.
+fn grpc_builder(config: &Config) -> Result<Server, RunError> {
     let mut builder = Server::builder()
         .max_concurrent_streams(config.max_concurrent_streams)
         .http2_keepalive_interval(config.keepalive_interval)
@@ -324,67 +414,28 @@ pub async fn serve(
             .tls_config(tls_config(files)?)
             .map_err(|e| RunError::Tls(format!("tls: {e}")))?;
     }
+    Ok(builder)
+}
+
+/// The gRPC port's connections, as admitted within `max_connections` and the handshake
+/// timeout.
+fn incoming(
+    listener: TcpListener,
+    config: &Config,
+    metrics: Arc<Metrics>,
+    drain: CancellationToken,
+) -> impl tokio_stream::Stream<Item = std::io::Result<connections::Admitted>> + use<> {
     // TCP_NODELAY: a unary answer is several small writes (headers, data, trailers);
     // with Nagle's algorithm each one after the first waits for the peer's delayed ACK.
     // TCP keepalive finds peers that vanished without a word (no FIN, no RST).
-    let incoming = TcpIncoming::from(listeners.grpc)
+    let incoming = TcpIncoming::from(listener)
         .with_nodelay(Some(true))
         .with_keepalive(Some(Duration::from_secs(60)));
-    let connection_limits = ConnectionLimits {
+    let limits = ConnectionLimits {
         max_connections: config.max_connections,
         handshake_timeout: config.handshake_timeout,
     };
-    let incoming = connections::admit(incoming, connection_limits, metrics.clone(), drain.clone());
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    // Every call of every service passes the grpc_server_* metrics first.
-    let server = builder
-        .layer(RpcMetricsLayer::new(metrics))
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(api)
-        .serve_with_incoming_shutdown(incoming, async {
-            let _ = stop_rx.await;
-        });
-    let mut server = tokio::spawn(server);
-    tracing::info!(%addr, tools, tls = config.tls.is_some(), "toolgate serving");
-
-    tokio::select! {
-        finished = &mut server => return Ok(finished??),
-        () = shutdown => {}
-    }
-    health.draining.store(true, Ordering::Relaxed);
-    health.report(false).await;
-    if !config.shutdown_delay.is_zero() {
-        tracing::info!(
-            delay = ?config.shutdown_delay,
-            "shutdown requested: health NOT_SERVING; serving on while load balancers notice"
-        );
-        tokio::time::sleep(config.shutdown_delay).await;
-    }
-    tracing::info!("draining: streams end UNAVAILABLE, in-flight calls finish");
-    drop(follower);
-    drop(deliveries);
-    drop(sweeper);
-    // Streams end with UNAVAILABLE so their clients resume on another replica, and health
-    // watches end (they have seen NOT_SERVING), so no open stream holds up the shutdown.
-    drain.cancel();
-    let mut reporter = health.reporter.clone();
-    reporter.clear_service_status("").await;
-    reporter
-        .clear_service_status("toolgate.v1.PolicyService")
-        .await;
-    reporter.clear_service_status(LIVENESS).await;
-    let _ = stop_tx.send(());
-    match tokio::time::timeout(config.shutdown_grace, &mut server).await {
-        Ok(finished) => finished??,
-        Err(_) => {
-            tracing::warn!(grace = ?config.shutdown_grace, "grace period over; dropping calls still running");
-            server.abort();
-        }
-    }
-    tracing::info!("toolgate stopped");
-    Ok(())
+    connections::admit(incoming, limits, metrics, drain)
 }
 
 /// What `/metrics` shows: the counters plus gauges read from the state at scrape time.

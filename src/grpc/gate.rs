@@ -367,11 +367,7 @@ impl RequestIds {
         // Without randomness ids are still unique within the process.
         let _ = getrandom::fill(&mut seed);
         RequestIds {
-            prefix: seed
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .chain(["-".into()])
-                .collect(),
+            prefix: format!("{}-", crate::policy::canonical::hex(&seed)),
             next: AtomicU64::new(1),
         }
     }
