@@ -17,6 +17,58 @@ use tracing_subscriber::fmt::format::{JsonFields, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::registry::LookupSpan;
 
+/// The call a line is logged in, as the formats here write it: what the call's `rpc` span
+/// would show (`rpc{method=Decide request_id="…"}:` in text, `method` and `request_id` in
+/// JSON), without a span per call.
+///
+/// Creating, entering and closing a span cost about 3 400 instructions per Decide
+/// (BENCHMARKS.md), and only tracing-subscriber's own format (at a terminal) and
+/// OpenTelemetry need one. So the gate builds the span when [`call_spans`] says so, and
+/// otherwise runs the call in [`CALL`], which [`TextLine`] and [`FlatJson`] read.
+#[derive(Debug, Clone)]
+pub struct Call {
+    /// The RPC's name (`Decide`).
+    pub method: std::borrow::Cow<'static, str>,
+    /// The call's request id: short and printable (the gate checks a caller's).
+    pub request_id: http::HeaderValue,
+}
+
+impl Call {
+    fn request_id(&self) -> &str {
+        self.request_id.to_str().unwrap_or("")
+    }
+
+    /// The span's part of a text line, as [`TextFields`] writes the `rpc` span.
+    fn write_text(&self, line: &mut String) -> fmt::Result {
+        line.push_str("rpc{method=");
+        line.push_str(&self.method);
+        line.push_str(" request_id=");
+        debug_str(line, self.request_id())?;
+        line.push_str("}:");
+        Ok(())
+    }
+}
+
+tokio::task_local! {
+    /// The call being served, when it runs without a span (see [`Call`]).
+    pub static CALL: Call;
+}
+
+/// Whether calls get a real `rpc` span: yes unless [`set_call_spans`] said otherwise, so a
+/// program or test with a subscriber of its own sees the span.
+static CALL_SPANS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Whether the gate should build an `rpc` span for each call, or run it in [`CALL`].
+pub fn call_spans() -> bool {
+    CALL_SPANS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Set once at start-up: `false` when the log is written by [`TextLine`] or [`FlatJson`]
+/// and nothing else (OpenTelemetry) needs spans.
+pub fn set_call_spans(spans: bool) {
+    CALL_SPANS.store(spans, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// The text format's fields: the same `name=value` text as tracing-subscriber's
 /// `DefaultFields`, written without `core::fmt` for strings, integers and booleans. Every
 /// call's span passes through here (and every event at a terminal; elsewhere [`TextLine`]
@@ -71,6 +123,18 @@ fn plain(s: &str) -> bool {
     })
 }
 
+/// `value` as Debug prints it, without `core::fmt` when it is plain.
+fn debug_str(out: &mut String, value: &str) -> fmt::Result {
+    if plain(value) {
+        out.push('"');
+        out.push_str(value);
+        out.push('"');
+        Ok(())
+    } else {
+        write!(out, "{value:?}")
+    }
+}
+
 fn decimal(out: &mut String, mut n: u64) {
     let mut digits = [0u8; 20];
     let mut at = digits.len();
@@ -85,19 +149,43 @@ fn decimal(out: &mut String, mut n: u64) {
     out.extend(digits[at..].iter().map(|d| char::from(*d)));
 }
 
+impl TextVisitor {
+    /// A string value, as Debug prints it.
+    fn string(&mut self, value: &str) {
+        if self.result.is_ok() {
+            self.result = debug_str(&mut self.out, value);
+        }
+    }
+
+    /// Starts the message: a space unless it comes first.
+    fn start_message(&mut self) -> usize {
+        if self.out.len() > self.start {
+            self.out.push(' ');
+        }
+        self.out.len()
+    }
+
+    /// As tracing-subscriber does: no terminal escape sequence from a message (written
+    /// from `start` on).
+    fn escape_message(&mut self, start: usize) {
+        if self.out[start..].contains('\u{1b}') {
+            let text = self.out.split_off(start).replace('\u{1b}', "\\x1b");
+            self.out.push_str(&text);
+        }
+    }
+}
+
 impl Visit for TextVisitor {
     fn record_str(&mut self, field: &Field, value: &str) {
         if field.name() == "message" {
-            return self.record_debug(field, &format_args!("{value}"));
+            // A message given as a string (`message = "decision"`), written as it is
+            // without `core::fmt`.
+            let start = self.start_message();
+            self.out.push_str(value);
+            return self.escape_message(start);
         }
         self.name(field.name());
-        if plain(value) {
-            self.out.push('"');
-            self.out.push_str(value);
-            self.out.push('"');
-        } else if self.result.is_ok() {
-            self.result = write!(self.out, "{value:?}");
-        }
+        self.string(value);
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
@@ -123,17 +211,9 @@ impl Visit for TextVisitor {
             return;
         }
         if field.name() == "message" {
-            if self.out.len() > self.start {
-                self.out.push(' ');
-            }
-            let start = self.out.len();
+            let start = self.start_message();
             self.result = write!(self.out, "{value:?}");
-            // As tracing-subscriber does: no terminal escape sequence from a message.
-            if self.out[start..].contains('\u{1b}') {
-                let text = self.out.split_off(start).replace('\u{1b}', "\\x1b");
-                self.out.push_str(&text);
-            }
-            return;
+            return self.escape_message(start);
         }
         self.name(field.name());
         self.result = write!(self.out, "{value:?}");
@@ -188,7 +268,7 @@ pub struct LogGuard {
 
 impl LogWriter {
     /// How long the writer thread waits after each batch.
-    pub const PAUSE: std::time::Duration = std::time::Duration::from_millis(1);
+    pub const PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
 
     /// Starts the writer thread, writing into `out`; loggers wait once `max_pending`
     /// bytes are queued.
@@ -344,7 +424,9 @@ where
         // Events from the `log` crate carry their real target here.
         let normalized = tracing_log::NormalizeEvent::normalized_metadata(event);
         let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
-        let mut line = String::with_capacity(512);
+        let mut line = LINE.take();
+        line.clear();
+        line.reserve(512);
         if self.time {
             rfc3339_micros(std::time::SystemTime::now(), &mut line);
             line.push(' ');
@@ -356,8 +438,13 @@ where
             tracing::Level::WARN => " WARN ",
             tracing::Level::ERROR => "ERROR ",
         });
+        // The call's span first (it is the root), then any others the event is in.
+        let mut seen = false;
+        if let Ok(written) = CALL.try_with(|call| call.write_text(&mut line)) {
+            written?;
+            seen = true;
+        }
         if let Some(scope) = ctx.event_scope() {
-            let mut seen = false;
             for span in scope.from_root() {
                 seen = true;
                 line.push_str(span.metadata().name());
@@ -371,9 +458,9 @@ where
                 }
                 line.push(':');
             }
-            if seen {
-                line.push(' ');
-            }
+        }
+        if seen {
+            line.push(' ');
         }
         line.push_str(meta.target());
         line.push_str(": ");
@@ -383,8 +470,18 @@ where
         event.record(&mut fields);
         fields.result?;
         fields.out.push('\n');
-        writer.write_str(&fields.out)
+        let written = writer.write_str(&fields.out);
+        // An unusually long line's buffer is not kept.
+        if fields.out.capacity() <= 64 * 1024 {
+            LINE.set(fields.out);
+        }
+        written
     }
+}
+
+thread_local! {
+    /// [`TextLine`]'s buffer, kept between lines so a line allocates nothing.
+    static LINE: std::cell::Cell<String> = const { std::cell::Cell::new(String::new()) };
 }
 
 thread_local! {
@@ -441,6 +538,10 @@ where
         line.insert("timestamp".into(), now.to_string().into());
         line.insert("level".into(), meta.level().as_str().into());
         line.insert("target".into(), meta.target().into());
+        let _ = CALL.try_with(|call| {
+            line.insert("method".into(), call.method.as_ref().into());
+            line.insert("request_id".into(), call.request_id().into());
+        });
         if let Some(scope) = ctx.event_scope() {
             for span in scope.from_root() {
                 let extensions = span.extensions();
@@ -539,6 +640,8 @@ mod tests {
             );
             tracing::warn!("no fields");
             tracing::warn!("an escape \u{1b}[31m in the message");
+            tracing::info!(n = 1u64, message = "a message given as a string");
+            tracing::info!(message = "a string with an escape \u{1b}[31m");
         };
         let run = |fast: bool| {
             let out = Captured::default();
@@ -606,6 +709,82 @@ mod tests {
             "{ours}"
         );
         assert_eq!(ours.lines().count(), 5, "{ours}");
+    }
+
+    /// A call run in [`CALL`] is written as the gate's `rpc` span would have it, in text
+    /// and in JSON, with spans inside it after it.
+    #[test]
+    fn a_call_without_a_span_is_written_as_its_span_would_be() {
+        let emit = || {
+            tracing::info!(target: "toolgate::decision", message = "decision", verdict = "ALLOW");
+            let store = tracing::info_span!("store", op = "commit");
+            let _store = store.enter();
+            tracing::warn!(tenant = "acme", "inside");
+        };
+        let with_span = || {
+            let method = "Decide";
+            let span = tracing::info_span!(
+                "rpc",
+                %method,
+                request_id = "r-1",
+                otel.name = tracing::field::Empty,
+                otel.kind = tracing::field::Empty,
+            );
+            span.in_scope(emit);
+        };
+        let call = Call {
+            method: "Decide".into(),
+            request_id: http::HeaderValue::from_static("r-1"),
+        };
+        let without_span = || CALL.sync_scope(call.clone(), emit);
+        let text = |run: &dyn Fn()| {
+            let out = Captured::default();
+            let subscriber = tracing_subscriber::fmt()
+                .without_time()
+                .with_ansi(false)
+                .fmt_fields(TextFields)
+                .event_format(TextLine { time: false })
+                .with_writer(out.clone())
+                .finish();
+            tracing::subscriber::with_default(subscriber, run);
+            String::from_utf8(out.0.lock().unwrap().clone()).unwrap()
+        };
+        let (spanned, called) = (text(&with_span), text(&without_span));
+        assert_eq!(called, spanned);
+        assert!(
+            called.contains(r#" INFO rpc{method=Decide request_id="r-1"}: toolgate::decision: decision verdict="ALLOW""#),
+            "{called}"
+        );
+        assert!(
+            called.contains(r#"rpc{method=Decide request_id="r-1"}:store{op="commit"}: "#),
+            "{called}"
+        );
+        let json = |run: &dyn Fn()| {
+            let out = Captured::default();
+            let subscriber = tracing_subscriber::fmt()
+                .fmt_fields(JsonFields::new())
+                .event_format(FlatJson)
+                .with_writer(out.clone())
+                .finish();
+            tracing::subscriber::with_default(subscriber, run);
+            let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+            text.lines()
+                .map(|l| {
+                    let mut line: Value = serde_json::from_str(l).unwrap();
+                    line.as_object_mut().unwrap().remove("timestamp");
+                    line
+                })
+                .collect::<Vec<_>>()
+        };
+        let (spanned, called) = (json(&with_span), json(&without_span));
+        assert_eq!(called, spanned);
+        assert_eq!(called.len(), 2);
+        for line in &called {
+            assert_eq!(line["method"], "Decide", "{line}");
+            assert_eq!(line["request_id"], "r-1", "{line}");
+        }
+        assert_eq!(called[0]["message"], "decision");
+        assert_eq!(called[1]["op"], "commit");
     }
 
     /// With the time, a line starts as the default format's does: RFC 3339 in UTC to the

@@ -84,6 +84,10 @@ fn init_tracing(
         }
         None => (None, None),
     };
+    // Calls need a real span only for OpenTelemetry and for tracing-subscriber's own
+    // format; ours read the call from `logging::CALL` (cheaper per call).
+    let own_format = matches!(format, LogFormat::Json) || !ansi;
+    toolgate::logging::set_call_spans(traces.is_some() || !own_format);
     let registry = tracing_subscriber::registry().with(filter).with(traces);
     let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(ansi)

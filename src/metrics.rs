@@ -256,7 +256,9 @@ impl RpcMethod {
             .and_then(|(service, method)| {
                 RPC_METHODS
                     .iter()
-                    .position(|(_, s, m)| *s == service && *m == method)
+                    // The method first: most differ from it in length, while the
+                    // service is the same long name for most of the table.
+                    .position(|(_, s, m)| *m == method && *s == service)
             })
             .map_or(RpcMethod::UNKNOWN, RpcMethod)
     }

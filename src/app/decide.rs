@@ -103,6 +103,9 @@ impl App {
         // A field that does not apply is left out of the line (fewer bytes per Decide).
         tracing::info!(
             target: "toolgate::decision",
+            // A string rather than format arguments, so it is written without
+            // `core::fmt`; first, where a formatted message would be.
+            message = "decision",
             decision_id = outcome.decision_id.as_str(),
             tenant = caller.tenant.as_str(),
             key_id = caller.key_id.as_str(),
@@ -114,7 +117,6 @@ impl App {
             approval_id = outcome.approval.as_ref().map(|a| a.id.as_str()),
             requester = input.requester_id.as_ref().map(|p| p.as_str()),
             arguments_sha256 = arguments_sha256.as_deref(),
-            "decision"
         );
         Ok(outcome)
     }

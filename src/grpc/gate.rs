@@ -2,8 +2,9 @@
 //! concurrency limits, in that order.
 //!
 //! - **Request id.** Taken from the caller's `x-request-id` (service meshes set one) when
-//!   it is a short printable token, otherwise made here; it names the call's tracing span,
-//!   so every log line of the call carries it, and it is sent back as `x-request-id`.
+//!   it is a short printable token, otherwise made here; every log line of the call carries
+//!   it (through the call's `rpc` span, or [`crate::logging::Call`] when nothing needs a
+//!   span), and it is sent back as `x-request-id`.
 //! - **Authentication first.** The `authorization` header is checked against the key cache
 //!   before the call may hold anything: a call without a live key, or whose key's role may
 //!   not make it, is answered at once and never takes a place in the limits below. The
@@ -28,6 +29,7 @@ use crate::policy::Caller;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response};
 use http_body::{Frame, SizeHint};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
@@ -110,6 +112,46 @@ where
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let id = self.shared.ids.for_request(&req);
         let method = req.uri().path().rsplit_once('/').map_or("", |(_, m)| m);
+        let op = operation(method);
+        let context = CallContext::new(&req, method, op, &id);
+        // Take the service that was driven to ready, leave a fresh clone in its place.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let shared = self.shared.clone();
+        let answer = async move {
+            let mut response = match op {
+                Some(op) => shared.admit(op, req, inner).await,
+                // Not one of ours: tonic answers UNIMPLEMENTED.
+                None => call(inner, req).await,
+            };
+            response.headers_mut().insert(REQUEST_ID, id);
+            Ok(response)
+        };
+        match context {
+            CallContext::Span(span) => Box::pin(answer.instrument(span)),
+            CallContext::Call(call) => Box::pin(crate::logging::CALL.scope(call, answer)),
+        }
+    }
+}
+
+/// What gives the call's log lines its method and request id: its span, or, when nothing
+/// needs a span, the cheaper [`crate::logging::Call`].
+enum CallContext {
+    Span(tracing::Span),
+    Call(crate::logging::Call),
+}
+
+impl CallContext {
+    fn new<B>(req: &Request<B>, method: &str, op: Option<Operation>, id: &HeaderValue) -> Self {
+        if !crate::logging::call_spans() {
+            return CallContext::Call(crate::logging::Call {
+                method: match op {
+                    Some(op) => Cow::Borrowed(op.name()),
+                    None => Cow::Owned(method.to_owned()),
+                },
+                request_id: id.clone(),
+            });
+        }
         let span = tracing::info_span!(
             "rpc",
             %method,
@@ -118,23 +160,7 @@ where
             otel.kind = tracing::field::Empty,
         );
         crate::telemetry::continue_trace(&span, req.uri().path(), req.headers());
-        let op = operation(method);
-        // Take the service that was driven to ready, leave a fresh clone in its place.
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
-        let shared = self.shared.clone();
-        Box::pin(
-            async move {
-                let mut response = match op {
-                    Some(op) => shared.admit(op, req, inner).await,
-                    // Not one of ours: tonic answers UNIMPLEMENTED.
-                    None => call(inner, req).await,
-                };
-                response.headers_mut().insert(REQUEST_ID, id);
-                Ok(response)
-            }
-            .instrument(span),
-        )
+        CallContext::Span(span)
     }
 }
 

@@ -385,17 +385,22 @@ async fn every_decide_is_one_decision_log_event_without_the_arguments() {
     const SECRET: &str = "hunter2-Secret-Value-7f3a";
     let args = format!(r#"{{"user":"bob","password":"{SECRET}"}}"#);
     let mut answers = Vec::new();
+    let mut call_ids = Vec::new();
     for (tool, request_id) in [
         ("get_user", "r1"),
         ("reset_password", "r2"),
         ("drop_db", "r3"),
     ] {
-        let answer = client
+        let response = client
             .decide(with_key(&agent, ask(tool, &args, request_id)))
             .await
-            .expect("decide")
-            .into_inner();
-        answers.push(answer);
+            .expect("decide");
+        let call_id = response
+            .metadata()
+            .get("x-request-id")
+            .expect("x-request-id");
+        call_ids.push(call_id.to_str().expect("printable").to_owned());
+        answers.push(response.into_inner());
     }
     let ids: std::collections::HashSet<&str> =
         answers.iter().map(|a| a.decision_id.as_str()).collect();
@@ -409,8 +414,11 @@ async fn every_decide_is_one_decision_log_event_without_the_arguments() {
             .map(|f| f.as_str().map_or_else(|| f.to_string(), str::to_owned))
             .unwrap_or_else(|| panic!("{name} in {v}"))
     };
-    for (event, answer) in events.iter().zip(&answers) {
+    for ((event, answer), call_id) in events.iter().zip(&answers).zip(&call_ids) {
         assert_eq!(text(event, "decision_id"), answer.decision_id);
+        // The call's own id, as the answer carried it back.
+        assert_eq!(text(event, "request_id"), *call_id);
+        assert_eq!(text(event, "method"), "Decide");
         assert_eq!(text(event, "tenant"), "acme");
         assert_eq!(text(event, "integration"), "entra");
         assert_eq!(text(event, "revision"), answer.revision.to_string());
