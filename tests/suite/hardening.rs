@@ -632,7 +632,9 @@ async fn watch_streams_that_never_read_share_one_snapshot() {
     let admin = mint(&store, "acme", toolgate::policy::Role::Admin).await;
     let agent = mint(&store, "acme", toolgate::policy::Role::Agent).await;
     drop(store);
-    let server = Binary::serve(&db.url).await;
+    // Saving ten thousand tools is one store call that takes seconds in this debug build
+    // on a loaded machine, past the default `db_timeout` (5 s); the test is about memory.
+    let server = Binary::serve_with(&db.url, &["--db-timeout", "60s"]).await;
     let addr = server.addr;
     let mut client = toolgate::proto::v1::policy_service_client::PolicyServiceClient::connect(
         format!("http://{addr}"),
