@@ -105,13 +105,34 @@ impl TextVisitor {
         }
     }
 
-    /// Starts a field: ` name=` (no space before the first).
-    fn name(&mut self, name: &str) {
+    /// A space between fields (none before the first).
+    fn separate(&mut self) {
         if self.out.len() > self.start {
             self.out.push(' ');
         }
+    }
+
+    /// Starts a field: ` name=`.
+    fn name(&mut self, name: &str) {
+        self.separate();
         self.out.push_str(name);
         self.out.push('=');
+    }
+
+    /// A string value, as Debug prints it.
+    fn string(&mut self, value: &str) {
+        if self.result.is_ok() {
+            self.result = debug_str(&mut self.out, value);
+        }
+    }
+
+    /// As tracing-subscriber does: no terminal escape sequence from a message (written
+    /// from `start` on).
+    fn escape_message(&mut self, start: usize) {
+        if self.out[start..].contains('\u{1b}') {
+            let text = self.out.split_off(start).replace('\u{1b}', "\\x1b");
+            self.out.push_str(&text);
+        }
     }
 }
 
@@ -159,38 +180,13 @@ fn decimal(out: &mut String, mut n: u64) {
     out.extend(digits[at..].iter().map(|d| char::from(*d)));
 }
 
-impl TextVisitor {
-    /// A string value, as Debug prints it.
-    fn string(&mut self, value: &str) {
-        if self.result.is_ok() {
-            self.result = debug_str(&mut self.out, value);
-        }
-    }
-
-    /// Starts the message: a space unless it comes first.
-    fn start_message(&mut self) -> usize {
-        if self.out.len() > self.start {
-            self.out.push(' ');
-        }
-        self.out.len()
-    }
-
-    /// As tracing-subscriber does: no terminal escape sequence from a message (written
-    /// from `start` on).
-    fn escape_message(&mut self, start: usize) {
-        if self.out[start..].contains('\u{1b}') {
-            let text = self.out.split_off(start).replace('\u{1b}', "\\x1b");
-            self.out.push_str(&text);
-        }
-    }
-}
-
 impl Visit for TextVisitor {
     fn record_str(&mut self, field: &Field, value: &str) {
         if field.name() == "message" {
             // A message given as a string (`message = "decision"`), written as it is
             // without `core::fmt`.
-            let start = self.start_message();
+            self.separate();
+            let start = self.out.len();
             self.out.push_str(value);
             return self.escape_message(start);
         }
@@ -221,7 +217,8 @@ impl Visit for TextVisitor {
             return;
         }
         if field.name() == "message" {
-            let start = self.start_message();
+            self.separate();
+            let start = self.out.len();
             self.result = write!(self.out, "{value:?}");
             return self.escape_message(start);
         }
@@ -492,9 +489,6 @@ where
 thread_local! {
     /// [`TextLine`]'s buffer, kept between lines so a line allocates nothing.
     static LINE: std::cell::Cell<String> = const { std::cell::Cell::new(String::new()) };
-}
-
-thread_local! {
     /// The last second [`rfc3339_micros`] wrote, and its text up to the seconds.
     static SECOND: std::cell::Cell<(u64, [u8; 19])> = const { std::cell::Cell::new((u64::MAX, [0; 19])) };
 }
@@ -799,15 +793,8 @@ mod tests {
             "{called}"
         );
         let json = |run: &dyn Fn()| {
-            let out = Captured::default();
-            let subscriber = tracing_subscriber::fmt()
-                .fmt_fields(JsonFields::new())
-                .event_format(FlatJson)
-                .with_writer(out.clone())
-                .finish();
-            tracing::subscriber::with_default(subscriber, run);
-            let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
-            text.lines()
+            flat_json(run)
+                .lines()
                 .map(|l| {
                     let mut line: Value = serde_json::from_str(l).unwrap();
                     line.as_object_mut().unwrap().remove("timestamp");
@@ -846,20 +833,25 @@ mod tests {
         assert!(rest.starts_with(" INFO "), "{text}");
     }
 
-    #[test]
-    fn a_line_is_one_flat_object_with_the_span_fields_at_the_top() {
+    /// What `run` logs through the `--log-format json` format.
+    fn flat_json(run: &dyn Fn()) -> String {
         let out = Captured::default();
         let subscriber = tracing_subscriber::fmt()
             .fmt_fields(JsonFields::new())
             .event_format(FlatJson)
             .with_writer(out.clone())
             .finish();
-        tracing::subscriber::with_default(subscriber, || {
+        tracing::subscriber::with_default(subscriber, run);
+        String::from_utf8(out.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn a_line_is_one_flat_object_with_the_span_fields_at_the_top() {
+        let text = flat_json(&|| {
             let span = tracing::info_span!("rpc", method = "Decide", request_id = "r-1");
             let _in = span.enter();
             tracing::info!(tenant = "acme", revision = 7u64, ok = true, shown = %"a b", "saved");
         });
-        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
         assert_eq!(text.lines().count(), 1, "{text}");
         let line: Value = serde_json::from_str(text.trim()).expect("one JSON object");
         assert_eq!(line["level"], "INFO");
