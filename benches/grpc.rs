@@ -13,7 +13,9 @@
 //! `cargo bench --bench grpc -- --seconds 2` for a quicker look.
 //!
 //! The decision log's cost: `cargo bench --bench grpc -- --decision-log` compares toolgate
-//! with its decision log on (the default) and silenced, under h2load at 4x16.
+//! with its decision log on (the default) and silenced, under h2load at 4x16, one server
+//! after the other in alternating rounds; with `--together` both servers take their load
+//! at the same moment, so a change in the machine's speed falls on both alike.
 //!
 //! Profile: `cargo bench --bench grpc -- --callgrind 2000` runs both servers under
 //! `valgrind --tool=callgrind` and sends each 2 000 Decides one at a time after a warm-up,
@@ -47,7 +49,8 @@ fn main() {
     let rounds = common::arg("--rounds", 5);
     let seconds = common::arg("--seconds", 1) as u64;
     if std::env::args().any(|a| a == "--decision-log") {
-        runtime.block_on(decision_log_cost(rounds, seconds));
+        let together = std::env::args().any(|a| a == "--together");
+        runtime.block_on(decision_log_cost(rounds, seconds, together));
         return;
     }
     println!(
@@ -200,18 +203,54 @@ fn by_h2load(
 /// What the decision log costs Decide's throughput at 4x16 (h2load), the audit issue's
 /// budget: two toolgate servers with default settings, one with the decision log silenced
 /// (`RUST_LOG=info,toolgate::decision=off`), taking turns; each round's ratio is on / off.
-async fn decision_log_cost(rounds: usize, seconds: u64) {
+async fn decision_log_cost(rounds: usize, seconds: u64, together: bool) {
     let on = start_toolgate();
     let off = start_toolgate_logging(Some("info,toolgate::decision=off"));
     let request = on.prepare().await;
     off.prepare().await;
     let body = h2load_body(&request);
     let (connections, streams) = (4, 16);
+    let how = if together {
+        "both loaded at once"
+    } else {
+        "alternating"
+    };
     println!(
-        "decision log on / off, h2load {connections}x{streams}, {rounds} alternating rounds of {seconds} s:"
+        "decision log on / off, h2load {connections}x{streams}, {rounds} rounds of {seconds} s, {how}:"
     );
     let (mut ratios, mut cpu_ratios) = (Vec::new(), Vec::new());
     for round in 0..rounds {
+        if together {
+            // Calls per second and the server's CPU seconds per call, for both at once;
+            // this process reads only the log that is on.
+            let servers = [&on, &off].map(|t| cpu_seconds(t.server.child.id()));
+            let reader = cpu_seconds(std::process::id());
+            let [on_rate, off_rate] = std::thread::scope(|s| {
+                [&on, &off]
+                    .map(|t| {
+                        let body = body.path();
+                        s.spawn(move || h2load_run(t, body, connections, streams, seconds))
+                    })
+                    .map(|h| h.join().expect("h2load thread"))
+            });
+            let per_call = |t: &Target, before: f64, rate: f64| {
+                (cpu_seconds(t.server.child.id()) - before) / (rate * seconds as f64) * 1e6
+            };
+            let (on_cpu, off_cpu) = (
+                per_call(&on, servers[0], on_rate),
+                per_call(&off, servers[1], off_rate),
+            );
+            let reader = (cpu_seconds(std::process::id()) - reader) / (on_rate * seconds as f64);
+            println!(
+                "round {round}: on {on_rate:.0}/s, off {off_rate:.0}/s, {:.3}x; server CPU per \
+                 call on {on_cpu:.1} µs, off {off_cpu:.1} µs; log reader {:.2} µs",
+                on_rate / off_rate,
+                reader * 1e6
+            );
+            ratios.push(on_rate / off_rate);
+            cpu_ratios.push(on_cpu / off_cpu);
+            continue;
+        }
         // Calls per second, and CPU seconds per call of the server (its log thread
         // included) and of this process (which reads the server's log).
         let run = |target: &Target| {

@@ -7,6 +7,9 @@
 //! every span the event is in (root first: the `rpc` span gives `method` and
 //! `request_id`), then the event's own fields (`message` among them), a later one winning
 //! a name clash. The start-up settings (`config`) are a nested object.
+//!
+//! The decision log's line ([`Decision`]) is written here too, straight into the log when
+//! [`write_decisions`] says so, in the same text as the formats write its event.
 
 use serde_json::{Map, Value};
 use std::fmt::{self, Write as _};
@@ -432,25 +435,8 @@ where
         let normalized = tracing_log::NormalizeEvent::normalized_metadata(event);
         let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
         let mut line = LINE.take();
-        line.clear();
-        line.reserve(512);
-        if self.time {
-            rfc3339_micros(std::time::SystemTime::now(), &mut line);
-            line.push(' ');
-        }
-        line.push_str(match *meta.level() {
-            tracing::Level::TRACE => "TRACE ",
-            tracing::Level::DEBUG => "DEBUG ",
-            tracing::Level::INFO => " INFO ",
-            tracing::Level::WARN => " WARN ",
-            tracing::Level::ERROR => "ERROR ",
-        });
-        // The call's span first (it is the root), then any others the event is in.
-        let mut seen = false;
-        if let Ok(written) = CALL.try_with(|call| call.write_text(&mut line)) {
-            written?;
-            seen = true;
-        }
+        let mut seen = text_start(&mut line, self.time, *meta.level())?;
+        // Then any spans the event is in.
         if let Some(scope) = ctx.event_scope() {
             for span in scope.from_root() {
                 seen = true;
@@ -486,11 +472,34 @@ where
     }
 }
 
+/// Starts a text line in `line` (emptied first): the time, the level, and the call's
+/// context if the line is logged in a call run in [`CALL`]. Says whether it wrote that
+/// context (the span part of the line).
+fn text_start(line: &mut String, time: bool, level: tracing::Level) -> Result<bool, fmt::Error> {
+    line.clear();
+    line.reserve(512);
+    if time {
+        rfc3339_micros(std::time::SystemTime::now(), line);
+        line.push(' ');
+    }
+    line.push_str(match level {
+        tracing::Level::TRACE => "TRACE ",
+        tracing::Level::DEBUG => "DEBUG ",
+        tracing::Level::INFO => " INFO ",
+        tracing::Level::WARN => " WARN ",
+        tracing::Level::ERROR => "ERROR ",
+    });
+    match CALL.try_with(|call| call.write_text(line)) {
+        Ok(written) => written.map(|()| true),
+        Err(_) => Ok(false),
+    }
+}
+
 thread_local! {
     /// [`TextLine`]'s buffer, kept between lines so a line allocates nothing.
     static LINE: std::cell::Cell<String> = const { std::cell::Cell::new(String::new()) };
     /// The last second [`rfc3339_micros`] wrote, and its text up to the seconds.
-    static SECOND: std::cell::Cell<(u64, [u8; 19])> = const { std::cell::Cell::new((u64::MAX, [0; 19])) };
+    static SECOND: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
 }
 
 /// `at` as humantime's `format_rfc3339_micros` writes it (`2026-12-05T18:50:12.123456Z`);
@@ -502,14 +511,15 @@ fn rfc3339_micros(at: std::time::SystemTime, out: &mut String) {
         return;
     };
     let second = since.as_secs();
-    let (cached, mut text) = SECOND.get();
-    if cached != second {
-        let whole = humantime::format_rfc3339_seconds(at).to_string();
-        text.copy_from_slice(&whole.as_bytes()[..19]);
-        SECOND.set((second, text));
-    }
-    // Only ASCII digits and separators were written.
-    out.push_str(std::str::from_utf8(&text).unwrap_or_default());
+    SECOND.with_borrow_mut(|(cached, text)| {
+        if *cached != second {
+            // `2026-12-05T18:50:12Z` without the `Z`.
+            *text = humantime::format_rfc3339_seconds(at).to_string();
+            text.truncate(19);
+            *cached = second;
+        }
+        out.push_str(text);
+    });
     out.push('.');
     let micros = since.subsec_micros();
     let mut digits = [b'0'; 6];
@@ -596,6 +606,210 @@ impl Visit for Fields<'_> {
             return;
         }
         self.0.insert(field.name().into(), text.into());
+    }
+}
+
+/// One decision-log line: what a Decide asked and answered, never the arguments (their
+/// hash at most). Logged at INFO with the target `toolgate::decision`, so the log filter
+/// silences it (`RUST_LOG=info,toolgate::decision=off`).
+#[derive(Debug, Clone, Copy)]
+pub struct Decision<'a> {
+    pub decision_id: &'a str,
+    pub tenant: &'a str,
+    pub key_id: &'a str,
+    pub integration: &'a str,
+    pub tool: &'a str,
+    pub verdict: &'a str,
+    pub code: &'a str,
+    pub revision: u64,
+    pub approval_id: Option<&'a str>,
+    pub requester: Option<&'a str>,
+    pub arguments_sha256: Option<&'a str>,
+}
+
+/// The decision log's own writer: set by [`write_decisions`] when the log is written by
+/// [`TextLine`] or [`FlatJson`] alone.
+struct DecisionLines {
+    writer: LogWriter,
+    format: LineFormat,
+}
+
+static DECISION_LINES: std::sync::OnceLock<DecisionLines> = std::sync::OnceLock::new();
+
+/// The format of the lines [`write_decisions`] writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LineFormat {
+    /// As [`TextLine`] writes an event.
+    Text { time: bool },
+    /// As [`FlatJson`] writes an event.
+    Json,
+}
+
+/// Set once at start-up, when the log is written by [`TextLine`] or [`FlatJson`] into
+/// `writer` and nothing else reads events (no OpenTelemetry, no spans: see
+/// [`set_call_spans`]): decision lines are then written straight into `writer`, in the
+/// same text as the event would have been. A second call changes nothing.
+///
+/// Every Decide logs one line, and tracing's dispatch through the layers and its visiting
+/// of the eleven fields (a dynamic call for each, and a look-up of its name) cost about
+/// 1 500 of the line's 3 600 instructions (BENCHMARKS.md, "The decision log"); the
+/// performance budget for the decision log is 3 % of Decide's throughput.
+pub fn write_decisions(writer: LogWriter, format: LineFormat) {
+    let _ = DECISION_LINES.set(DecisionLines { writer, format });
+}
+
+impl Decision<'_> {
+    /// Logs the decision: straight into the log when [`write_decisions`] said so and the
+    /// log filter lets the line through, otherwise as a tracing event.
+    pub fn log(&self) {
+        match DECISION_LINES.get() {
+            Some(lines) => {
+                if tracing::enabled!(target: "toolgate::decision", tracing::Level::INFO) {
+                    lines.write(self);
+                }
+            }
+            None => self.event(),
+        }
+    }
+
+    /// The decision as a tracing event.
+    fn event(&self) {
+        // A field that does not apply is left out of the line.
+        tracing::info!(
+            target: "toolgate::decision",
+            // A string rather than format arguments, so it is written without
+            // `core::fmt`; first, where a formatted message would be.
+            message = "decision",
+            decision_id = self.decision_id,
+            tenant = self.tenant,
+            key_id = self.key_id,
+            integration = self.integration,
+            tool = self.tool,
+            verdict = self.verdict,
+            code = self.code,
+            revision = self.revision,
+            approval_id = self.approval_id,
+            requester = self.requester,
+            arguments_sha256 = self.arguments_sha256,
+        );
+    }
+
+    /// The line [`TextLine`] writes for [`Decision::event`].
+    fn text(&self, time: bool, line: &mut String) -> fmt::Result {
+        if text_start(line, time, tracing::Level::INFO)? {
+            line.push(' ');
+        }
+        // Each name with its punctuation is one literal, copied without a call.
+        line.push_str("toolgate::decision: decision decision_id=");
+        debug_str(line, self.decision_id)?;
+        line.push_str(" tenant=");
+        debug_str(line, self.tenant)?;
+        line.push_str(" key_id=");
+        debug_str(line, self.key_id)?;
+        line.push_str(" integration=");
+        debug_str(line, self.integration)?;
+        line.push_str(" tool=");
+        debug_str(line, self.tool)?;
+        line.push_str(" verdict=");
+        debug_str(line, self.verdict)?;
+        line.push_str(" code=");
+        debug_str(line, self.code)?;
+        line.push_str(" revision=");
+        decimal(line, self.revision);
+        if let Some(approval_id) = self.approval_id {
+            line.push_str(" approval_id=");
+            debug_str(line, approval_id)?;
+        }
+        if let Some(requester) = self.requester {
+            line.push_str(" requester=");
+            debug_str(line, requester)?;
+        }
+        if let Some(arguments_sha256) = self.arguments_sha256 {
+            line.push_str(" arguments_sha256=");
+            debug_str(line, arguments_sha256)?;
+        }
+        line.push('\n');
+        Ok(())
+    }
+
+    /// The line [`FlatJson`] writes for [`Decision::event`]: its keys in the order of
+    /// FlatJson's map (sorted).
+    fn json(&self, line: &mut String) {
+        line.clear();
+        line.reserve(512);
+        // Each name with its punctuation is one literal, copied without a call.
+        line.push('{');
+        if let Some(approval_id) = self.approval_id {
+            line.push_str("\"approval_id\":");
+            json_str(line, approval_id);
+            line.push(',');
+        }
+        if let Some(arguments_sha256) = self.arguments_sha256 {
+            line.push_str("\"arguments_sha256\":");
+            json_str(line, arguments_sha256);
+            line.push(',');
+        }
+        line.push_str("\"code\":");
+        json_str(line, self.code);
+        line.push_str(",\"decision_id\":");
+        json_str(line, self.decision_id);
+        line.push_str(",\"integration\":");
+        json_str(line, self.integration);
+        line.push_str(",\"key_id\":");
+        json_str(line, self.key_id);
+        line.push_str(",\"level\":\"INFO\",\"message\":\"decision\"");
+        let _ = CALL.try_with(|call| {
+            line.push_str(",\"method\":");
+            json_str(line, &call.method);
+            line.push_str(",\"request_id\":");
+            json_str(line, call.request_id());
+        });
+        if let Some(requester) = self.requester {
+            line.push_str(",\"requester\":");
+            json_str(line, requester);
+        }
+        line.push_str(",\"revision\":");
+        decimal(line, self.revision);
+        line.push_str(",\"target\":\"toolgate::decision\",\"tenant\":");
+        json_str(line, self.tenant);
+        line.push_str(",\"timestamp\":\"");
+        rfc3339_micros(std::time::SystemTime::now(), line);
+        line.push_str("\",\"tool\":");
+        json_str(line, self.tool);
+        line.push_str(",\"verdict\":");
+        json_str(line, self.verdict);
+        line.push_str("}\n");
+    }
+}
+
+impl DecisionLines {
+    fn write(&self, decision: &Decision<'_>) {
+        let mut line = LINE.take();
+        let written = match self.format {
+            LineFormat::Text { time } => decision.text(time, &mut line),
+            LineFormat::Json => {
+                decision.json(&mut line);
+                Ok(())
+            }
+        };
+        // Writing into a `String` does not fail; if it did, no half line is written.
+        if written.is_ok() {
+            self.writer.append(line.as_bytes());
+        }
+        if line.capacity() <= 64 * 1024 {
+            LINE.set(line);
+        }
+    }
+}
+
+/// `value` as a JSON string, as serde_json writes it.
+fn json_str(out: &mut String, value: &str) {
+    if plain(value) {
+        out.push('"');
+        out.push_str(value);
+        out.push('"');
+    } else {
+        out.push_str(&Value::from(value).to_string());
     }
 }
 
@@ -811,6 +1025,82 @@ mod tests {
         }
         assert_eq!(called[0]["message"], "decision");
         assert_eq!(called[1]["op"], "commit");
+    }
+
+    /// A decision line written straight into the log is, byte for byte, what [`TextLine`]
+    /// and [`FlatJson`] write for the decision's tracing event: in a call and outside one,
+    /// with every field and with the optional ones absent, with values that need escaping.
+    #[test]
+    fn a_decision_line_is_what_its_event_would_be() {
+        let full = Decision {
+            decision_id: "dec_8621e7d7a5e8_0000000001",
+            tenant: "acme",
+            key_id: "key_0123",
+            integration: "entra",
+            tool: "reset\tpassword",
+            verdict: "PENDING_APPROVAL",
+            code: "APPROVAL_REQUIRED",
+            revision: 42,
+            approval_id: Some("apr_1"),
+            requester: Some("al\"ice\\ \u{1b}[31m é"),
+            arguments_sha256: Some("9f86d081884c7d65"),
+        };
+        let bare = Decision {
+            verdict: "ALLOW",
+            code: "POLICY_AUTO",
+            revision: 0,
+            approval_id: None,
+            requester: None,
+            arguments_sha256: None,
+            ..full
+        };
+        let call = Call {
+            method: "Decide".into(),
+            request_id: http::HeaderValue::from_static("r-1"),
+        };
+        // The JSON line's time differs between the two ways of writing it.
+        let untimed = |line: &str| {
+            let at = line.find(r#""timestamp":""#).expect("a timestamp") + 13;
+            let end = at + line[at..].find('"').unwrap();
+            assert!(humantime::parse_rfc3339(&line[at..end]).is_ok(), "{line}");
+            format!("{}{}", &line[..at], &line[end..])
+        };
+        for decision in [full, bare] {
+            for in_call in [false, true] {
+                let run = |f: &dyn Fn()| {
+                    if in_call {
+                        CALL.sync_scope(call.clone(), f)
+                    } else {
+                        f()
+                    }
+                };
+                let out = Captured::default();
+                let subscriber = tracing_subscriber::fmt()
+                    .with_ansi(false)
+                    .fmt_fields(TextFields)
+                    .event_format(TextLine { time: false })
+                    .with_writer(out.clone())
+                    .finish();
+                tracing::subscriber::with_default(subscriber, || run(&|| decision.event()));
+                let event = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+                let direct = std::cell::RefCell::new(String::new());
+                run(&|| decision.text(false, &mut direct.borrow_mut()).unwrap());
+                assert_eq!(*direct.borrow(), event);
+                assert!(
+                    event.contains(" toolgate::decision: decision decision_id="),
+                    "{event}"
+                );
+                assert_eq!(event.contains("rpc{method=Decide"), in_call, "{event}");
+
+                let event = flat_json(&|| run(&|| decision.event()));
+                run(&|| decision.json(&mut direct.borrow_mut()));
+                let direct = direct.take();
+                assert_eq!(untimed(&direct), untimed(&event));
+                let parsed: Value = serde_json::from_str(&direct).unwrap();
+                assert_eq!(parsed["request_id"] == "r-1", in_call, "{direct}");
+                assert_eq!(parsed["requester"].as_str(), decision.requester, "{direct}");
+            }
+        }
     }
 
     /// With the time, a line starts as the default format's does: RFC 3339 in UTC to the

@@ -88,6 +88,16 @@ fn init_tracing(
     // format; ours read the call from `logging::CALL` (cheaper per call).
     let own_format = matches!(format, LogFormat::Json) || !ansi;
     toolgate::logging::set_call_spans(traces.is_some() || !own_format);
+    if own_format && traces.is_none() {
+        // Nothing else reads events, so decision lines go straight into the log.
+        toolgate::logging::write_decisions(
+            writer.clone(),
+            match format {
+                LogFormat::Json => toolgate::logging::LineFormat::Json,
+                LogFormat::Text => toolgate::logging::LineFormat::Text { time: true },
+            },
+        );
+    }
     let registry = tracing_subscriber::registry().with(filter).with(traces);
     let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(ansi)

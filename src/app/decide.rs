@@ -89,9 +89,9 @@ impl Default for DecisionIds {
 }
 
 impl App {
-    /// Decides one call, and records it in the decision log: one event (tracing target
-    /// `toolgate::decision`) per answer, with what was asked and answered and the
-    /// arguments' hash, never the arguments.
+    /// Decides one call, and records it in the decision log: one line (target
+    /// `toolgate::decision`, [`crate::logging::Decision`]) per answer, with what was asked
+    /// and answered and the arguments' hash, never the arguments.
     pub async fn decide(
         &self,
         caller: &Caller,
@@ -100,24 +100,20 @@ impl App {
         let (mut outcome, arguments_sha256) = self.decide_call(caller, &input).await?;
         outcome.decision_id = self.decision_ids.next();
         let decision = &outcome.decision;
-        // A field that does not apply is left out of the line (fewer bytes per Decide).
-        tracing::info!(
-            target: "toolgate::decision",
-            // A string rather than format arguments, so it is written without
-            // `core::fmt`; first, where a formatted message would be.
-            message = "decision",
-            decision_id = outcome.decision_id.as_str(),
-            tenant = caller.tenant.as_str(),
-            key_id = caller.key_id.as_str(),
-            integration = input.integration_id.as_str(),
-            tool = input.tool_name.as_str(),
-            verdict = <&str>::from(decision.verdict),
-            code = <&str>::from(decision.code),
-            revision = outcome.revision,
-            approval_id = outcome.approval.as_ref().map(|a| a.id.as_str()),
-            requester = input.requester_id.as_ref().map(|p| p.as_str()),
-            arguments_sha256 = arguments_sha256.as_deref(),
-        );
+        crate::logging::Decision {
+            decision_id: &outcome.decision_id,
+            tenant: caller.tenant.as_str(),
+            key_id: caller.key_id.as_str(),
+            integration: input.integration_id.as_str(),
+            tool: input.tool_name.as_str(),
+            verdict: decision.verdict.into(),
+            code: decision.code.into(),
+            revision: outcome.revision,
+            approval_id: outcome.approval.as_ref().map(|a| a.id.as_str()),
+            requester: input.requester_id.as_ref().map(|p| p.as_str()),
+            arguments_sha256: arguments_sha256.as_deref(),
+        }
+        .log();
         Ok(outcome)
     }
 

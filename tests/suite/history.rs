@@ -3,6 +3,7 @@
 //! the decision log.
 
 use crate::helpers::*;
+use std::time::Duration;
 use tonic::Code;
 use toolgate::policy::Role;
 use toolgate::proto::v1 as pb;
@@ -395,11 +396,7 @@ async fn every_decide_is_one_decision_log_event_without_the_arguments() {
             .decide(with_key(&agent, ask(tool, &args, request_id)))
             .await
             .expect("decide");
-        let call_id = response
-            .metadata()
-            .get("x-request-id")
-            .expect("x-request-id");
-        call_ids.push(call_id.to_str().expect("printable").to_owned());
+        call_ids.push(call_id(&response));
         answers.push(response.into_inner());
     }
     let ids: std::collections::HashSet<&str> =
@@ -451,6 +448,142 @@ async fn every_decide_is_one_decision_log_event_without_the_arguments() {
             "an argument value in the log: {line}"
         );
     }
+}
+
+/// The call's own id, as its answer carried it back (`x-request-id`).
+fn call_id<T>(response: &tonic::Response<T>) -> String {
+    let id = response
+        .metadata()
+        .get("x-request-id")
+        .expect("x-request-id");
+    id.to_str().expect("printable").to_owned()
+}
+
+/// `toolgate serve --log-format FORMAT` with `RUST_LOG=rust_log` on `url`: the agent asks
+/// for get_user twice, then the server is stopped with SIGTERM. Every line it logged (it
+/// writes what is queued as it stops), and each answer's decision id with the call's
+/// `x-request-id`.
+async fn two_decides_then_stop(
+    url: &str,
+    format: &str,
+    rust_log: &str,
+    agent: &str,
+) -> (Vec<String>, Vec<(String, String)>) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_toolgate"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", format])
+        .args(["--metrics-listen", "127.0.0.1:0", "--database-url", url])
+        .env("RUST_LOG", rust_log)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start toolgate");
+    let stderr = child.stderr.take().expect("stderr");
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut lines = Vec::new();
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            // `addr=127.0.0.1:PORT` in text, `"addr":"127.0.0.1:PORT"` in JSON.
+            if line.contains("toolgate serving")
+                && let Some(at) = line.find("addr")
+            {
+                let addr: String = line[at + 4..]
+                    .chars()
+                    .skip_while(|c| !c.is_ascii_digit())
+                    .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+                    .collect();
+                let _ = addr_tx.send(addr);
+            }
+            lines.push(line);
+        }
+        lines
+    });
+    let addr = tokio::task::spawn_blocking(move || addr_rx.recv_timeout(Duration::from_secs(60)))
+        .await
+        .expect("join")
+        .expect("`toolgate serving` with its address");
+    let mut client =
+        pb::policy_service_client::PolicyServiceClient::connect(format!("http://{addr}"))
+            .await
+            .expect("connect");
+    let mut answers = Vec::new();
+    for request_id in ["r1", "r2"] {
+        let response = client
+            .decide(with_key(agent, ask("get_user", "{}", request_id)))
+            .await
+            .expect("decide");
+        let call_id = call_id(&response);
+        answers.push((response.into_inner().decision_id, call_id));
+    }
+    let stopped = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(stopped.success());
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .expect("join")
+        .expect("wait");
+    assert!(status.success(), "{status}");
+    let lines = tokio::task::spawn_blocking(move || reader.join())
+        .await
+        .expect("join")
+        .expect("the log reader");
+    assert!(
+        lines.iter().any(|l| l.contains("toolgate stopped")),
+        "the log was read to its end: {lines:?}"
+    );
+    (lines, answers)
+}
+
+/// In the text format (standard error not a terminal), each Decide's line reads as
+/// tracing-subscriber's format would write the event: the time, the call's method and
+/// request id, the target, then the fields. The log filter silences the decision log and
+/// nothing else.
+#[tokio::test]
+async fn the_decision_log_as_text_and_silenced_by_the_log_filter() {
+    let app = spawn_app().await;
+    app.connect_sample().await;
+    let url = app.config.database_url.expose().to_owned();
+
+    let (lines, answers) = two_decides_then_stop(&url, "text", "info", &app.agent).await;
+    let decisions: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains(" toolgate::decision: "))
+        .collect();
+    assert_eq!(decisions.len(), 2, "one line per Decide: {lines:?}");
+    for (line, (decision_id, call_id)) in decisions.iter().zip(&answers) {
+        let (time, rest) = line.split_once(' ').expect("the time first");
+        assert!(humantime::parse_rfc3339(time).is_ok(), "{line}");
+        let start = format!(
+            r#" INFO rpc{{method=Decide request_id="{call_id}"}}: toolgate::decision: decision decision_id="{decision_id}" tenant="acme" key_id=""#
+        );
+        assert!(
+            rest.starts_with(&start),
+            "{line}\nshould start with\n{start}"
+        );
+        assert!(
+            rest.ends_with(
+                r#" integration="entra" tool="get_user" verdict="ALLOW" code="POLICY_AUTO" revision=1 requester="alice""#
+            ),
+            "{line}"
+        );
+    }
+
+    let (lines, answers) =
+        two_decides_then_stop(&url, "json", "info,toolgate::decision=off", &app.agent).await;
+    assert_eq!(answers.len(), 2);
+    assert!(
+        !lines.iter().any(|l| l.contains("toolgate::decision")),
+        "silenced: {lines:?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("toolgate serving")),
+        "other lines stay: {lines:?}"
+    );
 }
 
 /// One statement straight on the test's database, as someone with database access would
