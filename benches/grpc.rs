@@ -202,7 +202,8 @@ fn by_h2load(
 
 /// What the decision log costs Decide's throughput at 4x16 (h2load), the audit issue's
 /// budget: two toolgate servers with default settings, one with the decision log silenced
-/// (`RUST_LOG=info,toolgate::decision=off`), taking turns; each round's ratio is on / off.
+/// (`RUST_LOG=info,toolgate::decision=off`), taking turns (or, `together`, both loaded at
+/// the same moment); each round's ratio is on / off.
 async fn decision_log_cost(rounds: usize, seconds: u64, together: bool) {
     let on = start_toolgate();
     let off = start_toolgate_logging(Some("info,toolgate::decision=off"));

@@ -5,13 +5,14 @@
 //! request id under `span`/`spans`, so a collector has to know our span layout to find
 //! them. Here every line is one object with `timestamp`, `level`, `target`, the fields of
 //! every span the event is in (root first: the `rpc` span gives `method` and
-//! `request_id`), then the event's own fields (`message` among them), a later one winning
-//! a name clash. The start-up settings (`config`) are a nested object.
+//! `request_id`), then the event's own fields (`message` among them), in that order, a
+//! later one winning a name clash in the earlier one's place. The start-up settings
+//! (`config`) are a nested object.
 //!
 //! The decision log's line ([`Decision`]) is written here too, straight into the log when
 //! [`write_decisions`] says so, in the same text as the formats write its event.
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 use std::fmt::{self, Write as _};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
@@ -547,14 +548,14 @@ where
         event: &Event<'_>,
     ) -> fmt::Result {
         let meta = event.metadata();
-        let mut line = Map::new();
+        let mut line = Members::default();
         let now = humantime::format_rfc3339_micros(std::time::SystemTime::now());
-        line.insert("timestamp".into(), now.to_string().into());
-        line.insert("level".into(), meta.level().as_str().into());
-        line.insert("target".into(), meta.target().into());
+        line.set("timestamp", now.to_string().into());
+        line.set("level", meta.level().as_str().into());
+        line.set("target", meta.target().into());
         let _ = CALL.try_with(|call| {
-            line.insert("method".into(), call.method.as_ref().into());
-            line.insert("request_id".into(), call.request_id().into());
+            line.set("method", call.method.as_ref().into());
+            line.set("request_id", call.request_id().into());
         });
         if let Some(scope) = ctx.event_scope() {
             for span in scope.from_root() {
@@ -563,37 +564,74 @@ where
                     continue;
                 };
                 if let Ok(Value::Object(fields)) = serde_json::from_str(fields.as_str()) {
-                    line.extend(fields);
+                    // By name, whatever order serde_json's map keeps.
+                    let mut fields: Vec<(String, Value)> = fields.into_iter().collect();
+                    fields.sort_by(|a, b| a.0.cmp(&b.0));
+                    for (name, value) in fields {
+                        line.set(&name, value);
+                    }
                 }
             }
         }
         event.record(&mut Fields(&mut line));
-        writeln!(writer, "{}", Value::Object(line))
+        writer.write_str(&line.text())
+    }
+}
+
+/// A JSON line's members in the order they were first set (a later value for a name
+/// replaces the earlier one in its place). Not a `serde_json::Map`: that is sorted, or
+/// kept in insertion order when another crate in the same build turns on serde_json's
+/// `preserve_order`, and the line must read the same either way.
+#[derive(Default)]
+struct Members(Vec<(String, Value)>);
+
+impl Members {
+    fn set(&mut self, name: &str, value: Value) {
+        match self.0.iter_mut().find(|(n, _)| n == name) {
+            Some(member) => member.1 = value,
+            None => self.0.push((name.to_owned(), value)),
+        }
+    }
+
+    /// The line: one object, then a newline.
+    fn text(&self) -> String {
+        let mut out = String::with_capacity(512);
+        out.push('{');
+        for (i, (name, value)) in self.0.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            json_str(&mut out, name);
+            out.push(':');
+            out.push_str(&value.to_string());
+        }
+        out.push_str("}\n");
+        out
     }
 }
 
 /// Records an event's fields into the line.
-struct Fields<'a>(&'a mut Map<String, Value>);
+struct Fields<'a>(&'a mut Members);
 
 impl Visit for Fields<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.0.insert(field.name().into(), value.into());
+        self.0.set(field.name(), value.into());
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.0.insert(field.name().into(), value.into());
+        self.0.set(field.name(), value.into());
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.0.insert(field.name().into(), value.into());
+        self.0.set(field.name(), value.into());
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.0.insert(field.name().into(), value.into());
+        self.0.set(field.name(), value.into());
     }
 
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.0.insert(field.name().into(), value.into());
+        self.0.set(field.name(), value.into());
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
@@ -602,10 +640,10 @@ impl Visit for Fields<'_> {
         if field.name() == "config"
             && let Ok(object @ Value::Object(_)) = serde_json::from_str(&text)
         {
-            self.0.insert("config".into(), object);
+            self.0.set("config", object);
             return;
         }
-        self.0.insert(field.name().into(), text.into());
+        self.0.set(field.name(), text.into());
     }
 }
 
@@ -646,15 +684,19 @@ pub enum LineFormat {
 }
 
 /// Set once at start-up, when the log is written by [`TextLine`] or [`FlatJson`] into
-/// `writer` and nothing else reads events (no OpenTelemetry, no spans: see
-/// [`set_call_spans`]): decision lines are then written straight into `writer`, in the
-/// same text as the event would have been. A second call changes nothing.
+/// `writer` and nothing else reads events (no OpenTelemetry): decision lines are then
+/// written straight into `writer`, in the same text as the event would have been. Calls
+/// then run without a span ([`set_call_spans`]`(false)`), and no other span is current
+/// where a Decide logs (the store's spans exist only with OpenTelemetry). A second call
+/// changes nothing.
 ///
 /// Every Decide logs one line, and tracing's dispatch through the layers and its visiting
 /// of the eleven fields (a dynamic call for each, and a look-up of its name) cost about
 /// 1 500 of the line's 3 600 instructions (BENCHMARKS.md, "The decision log"); the
 /// performance budget for the decision log is 3 % of Decide's throughput.
 pub fn write_decisions(writer: LogWriter, format: LineFormat) {
+    // A span current at the decision would be missing from the line: calls get none.
+    set_call_spans(false);
     let _ = DECISION_LINES.set(DecisionLines { writer, format });
 }
 
@@ -664,12 +706,34 @@ impl Decision<'_> {
     pub fn log(&self) {
         match DECISION_LINES.get() {
             Some(lines) => {
-                if tracing::enabled!(target: "toolgate::decision", tracing::Level::INFO) {
+                if Decision::enabled() {
                     lines.write(self);
                 }
             }
             None => self.event(),
         }
+    }
+
+    /// Whether the log filter lets the decision's event through: asked with the event's
+    /// target, level and field names, so that every directive (field names included)
+    /// decides as it would for the event.
+    fn enabled() -> bool {
+        tracing::event_enabled!(
+            target: "toolgate::decision",
+            tracing::Level::INFO,
+            message,
+            decision_id,
+            tenant,
+            key_id,
+            integration,
+            tool,
+            verdict,
+            code,
+            revision,
+            approval_id,
+            requester,
+            arguments_sha256,
+        )
     }
 
     /// The decision as a tracing event.
@@ -732,52 +796,49 @@ impl Decision<'_> {
         Ok(())
     }
 
-    /// The line [`FlatJson`] writes for [`Decision::event`]: its keys in the order of
-    /// FlatJson's map (sorted).
+    /// The line [`FlatJson`] writes for [`Decision::event`]: the time, level and target,
+    /// the call, then the fields in the event's order.
     fn json(&self, line: &mut String) {
         line.clear();
         line.reserve(512);
         // Each name with its punctuation is one literal, copied without a call.
-        line.push('{');
-        if let Some(approval_id) = self.approval_id {
-            line.push_str("\"approval_id\":");
-            json_str(line, approval_id);
-            line.push(',');
-        }
-        if let Some(arguments_sha256) = self.arguments_sha256 {
-            line.push_str("\"arguments_sha256\":");
-            json_str(line, arguments_sha256);
-            line.push(',');
-        }
-        line.push_str("\"code\":");
-        json_str(line, self.code);
-        line.push_str(",\"decision_id\":");
-        json_str(line, self.decision_id);
-        line.push_str(",\"integration\":");
-        json_str(line, self.integration);
-        line.push_str(",\"key_id\":");
-        json_str(line, self.key_id);
-        line.push_str(",\"level\":\"INFO\",\"message\":\"decision\"");
+        line.push_str("{\"timestamp\":\"");
+        rfc3339_micros(std::time::SystemTime::now(), line);
+        line.push_str("\",\"level\":\"INFO\",\"target\":\"toolgate::decision\"");
         let _ = CALL.try_with(|call| {
             line.push_str(",\"method\":");
             json_str(line, &call.method);
             line.push_str(",\"request_id\":");
             json_str(line, call.request_id());
         });
+        line.push_str(",\"message\":\"decision\",\"decision_id\":");
+        json_str(line, self.decision_id);
+        line.push_str(",\"tenant\":");
+        json_str(line, self.tenant);
+        line.push_str(",\"key_id\":");
+        json_str(line, self.key_id);
+        line.push_str(",\"integration\":");
+        json_str(line, self.integration);
+        line.push_str(",\"tool\":");
+        json_str(line, self.tool);
+        line.push_str(",\"verdict\":");
+        json_str(line, self.verdict);
+        line.push_str(",\"code\":");
+        json_str(line, self.code);
+        line.push_str(",\"revision\":");
+        decimal(line, self.revision);
+        if let Some(approval_id) = self.approval_id {
+            line.push_str(",\"approval_id\":");
+            json_str(line, approval_id);
+        }
         if let Some(requester) = self.requester {
             line.push_str(",\"requester\":");
             json_str(line, requester);
         }
-        line.push_str(",\"revision\":");
-        decimal(line, self.revision);
-        line.push_str(",\"target\":\"toolgate::decision\",\"tenant\":");
-        json_str(line, self.tenant);
-        line.push_str(",\"timestamp\":\"");
-        rfc3339_micros(std::time::SystemTime::now(), line);
-        line.push_str("\",\"tool\":");
-        json_str(line, self.tool);
-        line.push_str(",\"verdict\":");
-        json_str(line, self.verdict);
+        if let Some(arguments_sha256) = self.arguments_sha256 {
+            line.push_str(",\"arguments_sha256\":");
+            json_str(line, arguments_sha256);
+        }
         line.push_str("}\n");
     }
 }
@@ -1100,6 +1161,52 @@ mod tests {
                 assert_eq!(parsed["request_id"] == "r-1", in_call, "{direct}");
                 assert_eq!(parsed["requester"].as_str(), decision.requester, "{direct}");
             }
+        }
+    }
+
+    /// The log filter lets the decision through, or not, exactly as it does its event:
+    /// by target, by level, by field name.
+    #[test]
+    fn the_filter_decides_for_a_decision_line_as_for_its_event() {
+        let decision = Decision {
+            decision_id: "dec_1",
+            tenant: "acme",
+            key_id: "key_1",
+            integration: "entra",
+            tool: "get_user",
+            verdict: "ALLOW",
+            code: "POLICY_AUTO",
+            revision: 1,
+            approval_id: None,
+            requester: None,
+            arguments_sha256: None,
+        };
+        for (filter, logged) in [
+            ("info", true),
+            ("info,toolgate::decision=off", false),
+            ("warn", false),
+            ("warn,toolgate::decision=info", true),
+            ("off", false),
+            ("info,[{addr}]=off", true),
+            ("info,[{tenant}]=off", false),
+            ("warn,toolgate[{tenant}]=info", true),
+            ("warn,toolgate[{addr}]=info", false),
+        ] {
+            let out = Captured::default();
+            let subscriber = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .fmt_fields(TextFields)
+                .event_format(TextLine { time: false })
+                .with_writer(out.clone())
+                .finish();
+            let enabled = tracing::subscriber::with_default(subscriber, || {
+                let enabled = Decision::enabled();
+                decision.event();
+                enabled
+            });
+            let written = !out.0.lock().unwrap().is_empty();
+            assert_eq!(written, logged, "the event under {filter:?}");
+            assert_eq!(enabled, logged, "the line under {filter:?}");
         }
     }
 

@@ -459,6 +459,17 @@ fn call_id<T>(response: &tonic::Response<T>) -> String {
     id.to_str().expect("printable").to_owned()
 }
 
+/// A server process that is killed if the test ends without stopping it.
+struct KilledOnDrop(std::process::Child);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        // Nothing happens to a process already waited for.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `toolgate serve --log-format FORMAT` with `RUST_LOG=rust_log` on `url`: the agent asks
 /// for get_user twice, then the server is stopped with SIGTERM. Every line it logged (it
 /// writes what is queued as it stops), and each answer's decision id with the call's
@@ -479,6 +490,7 @@ async fn two_decides_then_stop(
         .spawn()
         .expect("start toolgate");
     let stderr = child.stderr.take().expect("stderr");
+    let mut server = KilledOnDrop(child);
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     let reader = std::thread::spawn(move || {
         let mut lines = Vec::new();
@@ -519,11 +531,11 @@ async fn two_decides_then_stop(
         answers.push((response.into_inner().decision_id, call_id));
     }
     let stopped = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &server.0.id().to_string()])
         .status()
         .expect("kill");
     assert!(stopped.success());
-    let status = tokio::task::spawn_blocking(move || child.wait())
+    let status = tokio::task::spawn_blocking(move || server.0.wait())
         .await
         .expect("join")
         .expect("wait");
