@@ -763,34 +763,28 @@ impl Decision<'_> {
         if text_start(line, time, tracing::Level::INFO)? {
             line.push(' ');
         }
-        // Each name with its punctuation is one literal, copied without a call.
-        line.push_str("toolgate::decision: decision decision_id=");
-        debug_str(line, self.decision_id)?;
-        line.push_str(" tenant=");
-        debug_str(line, self.tenant)?;
-        line.push_str(" key_id=");
-        debug_str(line, self.key_id)?;
-        line.push_str(" integration=");
-        debug_str(line, self.integration)?;
-        line.push_str(" tool=");
-        debug_str(line, self.tool)?;
-        line.push_str(" verdict=");
-        debug_str(line, self.verdict)?;
-        line.push_str(" code=");
-        debug_str(line, self.code)?;
+        // Each name with its punctuation is one literal (inlined, so copied without a call).
+        text_member(
+            line,
+            "toolgate::decision: decision decision_id=",
+            self.decision_id,
+        )?;
+        text_member(line, " tenant=", self.tenant)?;
+        text_member(line, " key_id=", self.key_id)?;
+        text_member(line, " integration=", self.integration)?;
+        text_member(line, " tool=", self.tool)?;
+        text_member(line, " verdict=", self.verdict)?;
+        text_member(line, " code=", self.code)?;
         line.push_str(" revision=");
         decimal(line, self.revision);
         if let Some(approval_id) = self.approval_id {
-            line.push_str(" approval_id=");
-            debug_str(line, approval_id)?;
+            text_member(line, " approval_id=", approval_id)?;
         }
         if let Some(requester) = self.requester {
-            line.push_str(" requester=");
-            debug_str(line, requester)?;
+            text_member(line, " requester=", requester)?;
         }
         if let Some(arguments_sha256) = self.arguments_sha256 {
-            line.push_str(" arguments_sha256=");
-            debug_str(line, arguments_sha256)?;
+            text_member(line, " arguments_sha256=", arguments_sha256)?;
         }
         line.push('\n');
         Ok(())
@@ -801,43 +795,35 @@ impl Decision<'_> {
     fn json(&self, line: &mut String) {
         line.clear();
         line.reserve(512);
-        // Each name with its punctuation is one literal, copied without a call.
+        // Each name with its punctuation is one literal (inlined, so copied without a call).
         line.push_str("{\"timestamp\":\"");
         rfc3339_micros(std::time::SystemTime::now(), line);
         line.push_str("\",\"level\":\"INFO\",\"target\":\"toolgate::decision\"");
         let _ = CALL.try_with(|call| {
-            line.push_str(",\"method\":");
-            json_str(line, &call.method);
-            line.push_str(",\"request_id\":");
-            json_str(line, call.request_id());
+            json_member(line, ",\"method\":", &call.method);
+            json_member(line, ",\"request_id\":", call.request_id());
         });
-        line.push_str(",\"message\":\"decision\",\"decision_id\":");
-        json_str(line, self.decision_id);
-        line.push_str(",\"tenant\":");
-        json_str(line, self.tenant);
-        line.push_str(",\"key_id\":");
-        json_str(line, self.key_id);
-        line.push_str(",\"integration\":");
-        json_str(line, self.integration);
-        line.push_str(",\"tool\":");
-        json_str(line, self.tool);
-        line.push_str(",\"verdict\":");
-        json_str(line, self.verdict);
-        line.push_str(",\"code\":");
-        json_str(line, self.code);
+        json_member(
+            line,
+            ",\"message\":\"decision\",\"decision_id\":",
+            self.decision_id,
+        );
+        json_member(line, ",\"tenant\":", self.tenant);
+        json_member(line, ",\"key_id\":", self.key_id);
+        json_member(line, ",\"integration\":", self.integration);
+        json_member(line, ",\"tool\":", self.tool);
+        json_member(line, ",\"verdict\":", self.verdict);
+        json_member(line, ",\"code\":", self.code);
         line.push_str(",\"revision\":");
         decimal(line, self.revision);
         if let Some(approval_id) = self.approval_id {
-            line.push_str(",\"approval_id\":");
-            json_str(line, approval_id);
+            json_member(line, ",\"approval_id\":", approval_id);
         }
         if let Some(requester) = self.requester {
-            line.push_str(",\"requester\":");
-            json_str(line, requester);
+            json_member(line, ",\"requester\":", requester);
         }
         if let Some(arguments_sha256) = self.arguments_sha256 {
-            line.push_str(",\"arguments_sha256\":");
-            json_str(line, arguments_sha256);
+            json_member(line, ",\"arguments_sha256\":", arguments_sha256);
         }
         line.push_str("}\n");
     }
@@ -861,6 +847,20 @@ impl DecisionLines {
             LINE.set(line);
         }
     }
+}
+
+/// `name` (a literal with its punctuation, ` tenant=`), then `value` as Debug prints it.
+#[inline]
+fn text_member(line: &mut String, name: &str, value: &str) -> fmt::Result {
+    line.push_str(name);
+    debug_str(line, value)
+}
+
+/// `name` (a literal with its punctuation, `,"tenant":`), then `value` as a JSON string.
+#[inline]
+fn json_member(line: &mut String, name: &str, value: &str) {
+    line.push_str(name);
+    json_str(line, value);
 }
 
 /// `value` as a JSON string, as serde_json writes it.

@@ -84,44 +84,46 @@ fn init_tracing(
         }
         None => (None, None),
     };
-    // Calls need a real span only for OpenTelemetry and for tracing-subscriber's own
-    // format; ours read the call from `logging::CALL` (cheaper per call).
-    let own_format = matches!(format, LogFormat::Json) || !ansi;
-    toolgate::logging::set_call_spans(traces.is_some() || !own_format);
-    if own_format && traces.is_none() {
-        // Nothing else reads events, so decision lines go straight into the log.
-        toolgate::logging::write_decisions(
-            writer.clone(),
-            match format {
-                LogFormat::Json => toolgate::logging::LineFormat::Json,
-                LogFormat::Text => toolgate::logging::LineFormat::Text { time: true },
-            },
-        );
+    let own = own_format(format, ansi);
+    if let (Some(line), None) = (own, &traces) {
+        // Nothing else reads events: decision lines go straight into the log, and calls
+        // run without a span (our formats read the call from `logging::CALL`).
+        toolgate::logging::write_decisions(writer.clone(), line);
     }
     let registry = tracing_subscriber::registry().with(filter).with(traces);
     let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(ansi)
         .with_writer(writer);
-    match format {
-        LogFormat::Json => registry
+    match own {
+        Some(toolgate::logging::LineFormat::Json) => registry
             .with(
                 fmt.fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
                     .event_format(toolgate::logging::FlatJson),
             )
             .init(),
-        // At a terminal, tracing-subscriber's own format, in colour; elsewhere the same
-        // text without colours, written faster.
-        LogFormat::Text if ansi => registry
-            .with(fmt.fmt_fields(toolgate::logging::TextFields))
-            .init(),
-        LogFormat::Text => registry
+        Some(toolgate::logging::LineFormat::Text { time }) => registry
             .with(
                 fmt.fmt_fields(toolgate::logging::TextFields)
-                    .event_format(toolgate::logging::TextLine { time: true }),
+                    .event_format(toolgate::logging::TextLine { time }),
             )
+            .init(),
+        // At a terminal, tracing-subscriber's own format, in colour.
+        None => registry
+            .with(fmt.fmt_fields(toolgate::logging::TextFields))
             .init(),
     }
     Ok((guard, exported))
+}
+
+/// Which of toolgate's own line formats writes the log: JSON, or the text format when
+/// the log is not a terminal (the same text without colours, written faster). `None` at a
+/// terminal, where tracing-subscriber's own format writes it in colour.
+fn own_format(format: LogFormat, ansi: bool) -> Option<toolgate::logging::LineFormat> {
+    match format {
+        LogFormat::Json => Some(toolgate::logging::LineFormat::Json),
+        LogFormat::Text if ansi => None,
+        LogFormat::Text => Some(toolgate::logging::LineFormat::Text { time: true }),
+    }
 }
 
 /// Completes on SIGTERM or SIGINT.
