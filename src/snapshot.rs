@@ -14,6 +14,7 @@
 //! that snapshot.
 
 use crate::policy::{RevisionChanges, Tool, ToolChange};
+use crate::FastMap;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -77,7 +78,7 @@ impl Cell {
 pub struct TenantSnapshot {
     pub revision: u64,
     /// integration id → tool name → tool. Nested so a lookup borrows `&str` keys.
-    integrations: HashMap<String, HashMap<String, Arc<Tool>>>,
+    integrations: FastMap<String, FastMap<String, Arc<Tool>>>,
     /// What a transport encoded of this revision, made once and shared by its streams.
     pub encodings: Encodings,
 }
@@ -157,7 +158,7 @@ impl TenantSnapshot {
     }
 
     pub fn len(&self) -> usize {
-        self.integrations.values().map(HashMap::len).sum()
+        self.integrations.values().map(FastMap::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -212,7 +213,7 @@ pub struct Totals {
 /// Every tenant's snapshot.
 #[derive(Debug)]
 pub struct Snapshots {
-    tenants: RwLock<HashMap<String, Arc<Cell>>>,
+    tenants: RwLock<FastMap<String, Arc<Cell>>>,
     /// How many revisions a tenant's broadcast holds for a watcher that is behind.
     buffer: usize,
 }
@@ -230,7 +231,7 @@ impl Snapshots {
 
     pub fn with_buffer(buffer: usize) -> Self {
         Snapshots {
-            tenants: RwLock::new(HashMap::new()),
+            tenants: RwLock::default(),
             buffer: buffer.max(1),
         }
     }

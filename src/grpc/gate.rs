@@ -30,7 +30,6 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response};
 use http_body::{Frame, SizeHint};
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -289,14 +288,14 @@ fn operation(method: &str) -> Option<Operation> {
 /// nothing in progress is dropped once the map grows, so it holds about the busy ones.
 struct KeyPermits<K> {
     each: usize,
-    keys: Mutex<HashMap<K, Arc<Semaphore>>>,
+    keys: Mutex<crate::FastMap<K, Arc<Semaphore>>>,
 }
 
 impl<K: std::hash::Hash + Eq> KeyPermits<K> {
     fn new(each: usize) -> Self {
         KeyPermits {
             each,
-            keys: Mutex::new(HashMap::new()),
+            keys: Mutex::default(),
         }
     }
 

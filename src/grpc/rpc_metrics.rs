@@ -111,8 +111,10 @@ impl Drop for Call {
 
 /// The status a header map carries, if any; an unreadable one is `Unknown`.
 fn status_of(headers: &HeaderMap) -> Option<Code> {
+    // A `HeaderName`, not a `&str`: looking up by string parses the name on every call.
+    const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
     headers
-        .get("grpc-status")
+        .get(GRPC_STATUS)
         .map(|v| Code::from_bytes(v.as_bytes()))
 }
 
