@@ -5,7 +5,6 @@
 
 use crate::policy::Caller;
 use crate::policy::canonical::hex;
-use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
 /// A freshly minted key: `token` is shown once and never stored.
@@ -48,16 +47,20 @@ pub fn hash_token(token: &str) -> String {
 
 /// The hex SHA-256 of a token, on the stack: authenticating a call looks the key up
 /// without allocating.
+///
+/// Every call computes it, so it uses ring's SHA-256 (the same one HMACs webhooks):
+/// assembly with the CPU's SHA extensions where it has them and AVX2 or SSSE3 where it
+/// does not, where the `sha2` crate has the SHA extensions or portable Rust. On a CPU
+/// without them (many servers' Xeons; valgrind hides them too) ring's takes about half
+/// the instructions (`BENCHMARKS.md`). A unit test checks the two agree.
 pub struct TokenHash([u8; 64]);
 
 impl TokenHash {
     pub fn of(token: &str) -> Self {
         const DIGITS: &[u8; 16] = b"0123456789abcdef";
         let mut out = [0u8; 64];
-        for (pair, b) in out
-            .chunks_exact_mut(2)
-            .zip(Sha256::digest(token.as_bytes()))
-        {
+        let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+        for (pair, &b) in out.chunks_exact_mut(2).zip(digest.as_ref()) {
             pair[0] = DIGITS[usize::from(b >> 4)];
             pair[1] = DIGITS[usize::from(b & 0xf)];
         }
@@ -158,6 +161,21 @@ pub fn numbered_id(prefix: &str, n: u64, width: usize) -> String {
 mod tests {
 
     #[test]
+    fn a_token_hash_is_the_hex_sha256_of_the_token() {
+        use sha2::{Digest, Sha256};
+        // FIPS 180-2's example, then lengths around SHA-256's 64-byte blocks.
+        assert_eq!(
+            super::TokenHash::of("abc").as_str(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        for len in [0, 1, 55, 56, 63, 64, 65, 85, 119, 120, 128, 256] {
+            let token: String = (0..len).map(|i| char::from(b'!' + (i % 90) as u8)).collect();
+            let expected = super::hex(&Sha256::digest(token.as_bytes()));
+            assert_eq!(super::TokenHash::of(&token).as_str(), expected, "{len} bytes");
+        }
+    }
+
+    #[test]
     fn numbered_ids_write_what_format_writes() {
         for n in [0, 1, 0xf, 0x10, 0xabc, u64::from(u32::MAX), u64::MAX] {
             for width in [0, 1, 10, 16] {
@@ -196,6 +214,7 @@ mod tests {
     }
 
     use super::*;
+    use sha2::{Digest, Sha256};
 
     #[test]
     fn keys_are_unique_and_hash_to_what_is_stored() {
@@ -259,7 +278,7 @@ pub struct KeyCache {
 
 #[derive(Debug, Default)]
 struct Live {
-    by_hash: std::collections::HashMap<String, Arc<Caller>>,
+    by_hash: crate::FastMap<String, Arc<Caller>>,
     /// The ids of the keys in `by_hash`.
     ids: std::collections::HashSet<String>,
     generation: u64,
@@ -331,7 +350,7 @@ impl KeyCache {
     /// Replaces the whole cache with the store's live keys (revoked keys drop out), and
     /// tells the open streams.
     pub fn replace_all(&self, live: Vec<(String, Caller)>) {
-        let by_hash: std::collections::HashMap<_, _> =
+        let by_hash: crate::FastMap<_, _> =
             live.into_iter().map(|(k, c)| (k, Arc::new(c))).collect();
         let ids = by_hash.values().map(|c| c.key_id.clone()).collect();
         let generation = {
