@@ -33,11 +33,10 @@ use std::borrow::Cow;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::Status;
 use tonic::body::Body;
 use tonic::server::NamedService;
@@ -62,7 +61,7 @@ pub struct Gate<S> {
 /// What every call through the gate shares.
 struct Shared {
     app: Arc<App>,
-    permits: Arc<Semaphore>,
+    permits: Arc<Limit>,
     per_key: KeyPermits<String>,
     per_connection: KeyPermits<std::net::SocketAddr>,
     body_timeout: Duration,
@@ -73,7 +72,7 @@ impl<S> Gate<S> {
     pub fn new(inner: S, app: Arc<App>, limits: GateLimits) -> Self {
         let shared = Shared {
             app,
-            permits: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
+            permits: Limit::new(limits.max_concurrent_requests),
             per_key: KeyPermits::new(limits.max_concurrent_requests_per_key),
             per_connection: KeyPermits::new(limits.max_concurrent_requests_per_connection),
             body_timeout: limits.request_body_timeout,
@@ -208,7 +207,7 @@ impl Shared {
             tracing::warn!("call refused: {message}");
             Box::new(Status::resource_exhausted(message).into_http::<Body>())
         };
-        let global = self.permits.clone().try_acquire_owned().map_err(|_| {
+        let global = self.permits.try_take().ok_or_else(|| {
             shed(
                 Shed::Request,
                 "server overloaded (max_concurrent_requests); retry with backoff",
@@ -258,11 +257,48 @@ where
 }
 
 /// The places a unary call holds while it runs: global, its key's, its connection's.
-type Places = (
-    OwnedSemaphorePermit,
-    OwnedSemaphorePermit,
-    Option<OwnedSemaphorePermit>,
-);
+type Places = (Place, Place, Option<Place>);
+
+/// At most `max` calls in progress. A call that finds them all taken is refused, never
+/// queued, so a count is all it takes: cheaper than a semaphore, whose every release
+/// takes a lock for waiters these limits never have.
+struct Limit {
+    max: usize,
+    taken: AtomicUsize,
+}
+
+/// One place in a [`Limit`], given back when dropped.
+struct Place(Arc<Limit>);
+
+impl Limit {
+    fn new(max: usize) -> Arc<Self> {
+        Arc::new(Limit {
+            max,
+            taken: AtomicUsize::new(0),
+        })
+    }
+
+    /// A place, or `None` when all `max` are taken. Relaxed: nothing but the count
+    /// travels through it.
+    fn try_take(self: &Arc<Self>) -> Option<Place> {
+        self.taken
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Place(self.clone()))
+    }
+
+    fn in_use(&self) -> bool {
+        self.taken.load(Ordering::Relaxed) > 0
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.0.taken.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// The connection a request came on, by its peer address (what tonic records of it).
 fn peer<B>(req: &Request<B>) -> Option<std::net::SocketAddr> {
@@ -284,11 +320,11 @@ fn operation(method: &str) -> Option<Operation> {
         .find(|op| op.name() == method)
 }
 
-/// Places per API key (or per connection), made on the first call; a semaphore with
-/// nothing in progress is dropped once the map grows, so it holds about the busy ones.
+/// Places per API key (or per connection), made on the first call; a limit with nothing
+/// in progress is dropped once the map grows, so it holds about the busy ones.
 struct KeyPermits<K> {
     each: usize,
-    keys: Mutex<crate::FastMap<K, Arc<Semaphore>>>,
+    keys: Mutex<crate::FastMap<K, Arc<Limit>>>,
 }
 
 impl<K: std::hash::Hash + Eq> KeyPermits<K> {
@@ -299,28 +335,25 @@ impl<K: std::hash::Hash + Eq> KeyPermits<K> {
         }
     }
 
-    fn try_acquire<Q>(&self, key: &Q) -> Option<OwnedSemaphorePermit>
+    /// A place of `key`'s, taken under the map's lock so a limit in use is never dropped.
+    fn try_acquire<Q>(&self, key: &Q) -> Option<Place>
     where
         K: std::borrow::Borrow<Q>,
         Q: std::hash::Hash + Eq + ToOwned<Owned = K> + ?Sized,
     {
-        let semaphore = {
-            let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
-            match keys.get(key) {
-                Some(semaphore) => semaphore.clone(),
-                None => {
-                    // Drop the semaphores of keys with nothing in progress, so the map
-                    // stays about as small as the set of busy keys.
-                    if keys.len() >= 1024 {
-                        keys.retain(|_, s| s.available_permits() < self.each);
-                    }
-                    let semaphore = Arc::new(Semaphore::new(self.each));
-                    keys.insert(key.to_owned(), semaphore.clone());
-                    semaphore
-                }
-            }
-        };
-        semaphore.try_acquire_owned().ok()
+        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(limit) = keys.get(key) {
+            return limit.try_take();
+        }
+        // Drop the limits of keys with nothing in progress, so the map stays about as
+        // small as the set of busy keys.
+        if keys.len() >= 1024 {
+            keys.retain(|_, limit| limit.in_use());
+        }
+        let limit = Limit::new(self.each);
+        let place = limit.try_take();
+        keys.insert(key.to_owned(), limit);
+        place
     }
 }
 
@@ -471,5 +504,48 @@ mod tests {
         );
         drop(a1);
         assert!(permits.try_acquire("a").is_some());
+    }
+
+    #[test]
+    fn a_limit_never_lends_more_than_its_places() {
+        let limit = Limit::new(3);
+        let held = AtomicUsize::new(0);
+        let most = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    for _ in 0..20_000 {
+                        if let Some(place) = limit.try_take() {
+                            let now = held.fetch_add(1, Ordering::SeqCst) + 1;
+                            most.fetch_max(now, Ordering::SeqCst);
+                            held.fetch_sub(1, Ordering::SeqCst);
+                            drop(place);
+                        }
+                    }
+                });
+            }
+        });
+        assert!(most.load(Ordering::SeqCst) <= 3, "{most:?} held at once");
+        assert!(!limit.in_use(), "every place given back");
+        let all: Vec<_> = (0..3).filter_map(|_| limit.try_take()).collect();
+        assert_eq!(all.len(), 3, "all three free again");
+        assert!(limit.try_take().is_none());
+    }
+
+    #[test]
+    fn idle_keys_leave_the_map_once_it_grows_and_busy_ones_stay() {
+        let permits = KeyPermits::<String>::new(1);
+        let busy = permits.try_acquire("busy").expect("a place");
+        for i in 0..1100 {
+            drop(permits.try_acquire(format!("idle-{i}").as_str()));
+        }
+        let len = permits.keys.lock().unwrap().len();
+        assert!(len < 1100, "idle keys were dropped ({len} left)");
+        assert!(
+            permits.try_acquire("busy").is_none(),
+            "the busy key kept its limit, still taken"
+        );
+        drop(busy);
+        assert!(permits.try_acquire("busy").is_some());
     }
 }
