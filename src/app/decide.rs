@@ -49,8 +49,9 @@ pub struct DecideOutcome {
     pub decision: Decision,
     /// The snapshot revision the policy was read at.
     pub revision: u64,
-    /// The approval involved, if any.
-    pub approval: Option<Approval>,
+    /// The approval involved, if any. Boxed: held inline it would make every Decide's
+    /// answer (moved through each async layer on its way out) 400 bytes instead of 80.
+    pub approval: Option<Box<Approval>>,
     pub now: UnixMillis,
     /// Names this decision in the decision log and in the answer.
     pub decision_id: String,
@@ -184,7 +185,7 @@ impl App {
         DecideOutcome {
             decision,
             revision,
-            approval,
+            approval: approval.map(Box::new),
             now,
             decision_id: String::new(),
         }

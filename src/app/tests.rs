@@ -138,7 +138,7 @@ async fn requested(f: &Fixture) -> crate::policy::Approval {
         .app
         .decide(&agent(), ask("reset_password", "r1", ""))
         .await;
-    first.expect("ask").approval.expect("an approval")
+    *first.expect("ask").approval.expect("an approval")
 }
 
 /// The approval `id` as a decision on it reads it.
