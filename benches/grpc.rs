@@ -10,7 +10,10 @@
 //!
 //! Run: `cargo bench --bench grpc` (levels 1x1, 4x64, 50x1000; per level 5 rounds in which
 //! echo then toolgate each take 1 s of load after 300 ms of warm-up; medians reported);
-//! `cargo bench --bench grpc -- --seconds 2` for a quicker look.
+//! `cargo bench --bench grpc -- --seconds 2` for a quicker look. With h2load installed, the
+//! same levels are driven by h2load too, and each of its rows also gives the two servers'
+//! CPU time per call (from `/proc`), which the machine's changing speed moves less than a
+//! rate.
 //!
 //! The decision log's cost: `cargo bench --bench grpc -- --decision-log` compares toolgate
 //! with its decision log on (the default) and silenced, under h2load at 4x16, one server
@@ -173,12 +176,21 @@ fn by_h2load(
     );
     let mut verdicts = Vec::new();
     for (connections, streams) in H2LOAD_LEVELS {
-        let (mut e, mut t, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut e, mut t, mut ratios, mut cpu) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..rounds {
-            let run =
-                |target: &Target| h2load_run(target, body.path(), connections, streams, seconds);
-            let (echo_rate, toolgate_rate) = (run(echo), run(toolgate));
+            // Calls per second, and the server's CPU seconds per call (user + system, over
+            // the warm-up and the load; the same for both), which the machine's speed
+            // moves less than a rate.
+            let run = |target: &Target| {
+                let pid = target.server.child.id();
+                let before = cpu_seconds(pid);
+                let rate = h2load_run(target, body.path(), connections, streams, seconds);
+                let calls = rate * (seconds as f64 + 0.3);
+                (rate, (cpu_seconds(pid) - before) / calls)
+            };
+            let ((echo_rate, echo_cpu), (toolgate_rate, toolgate_cpu)) = (run(echo), run(toolgate));
             ratios.push(toolgate_rate / echo_rate);
+            cpu.push(toolgate_cpu / echo_cpu);
             e.push(echo_rate);
             t.push(toolgate_rate);
         }
@@ -186,9 +198,10 @@ fn by_h2load(
         let ratio = median(ratios.into_iter());
         let level = format!("{connections}x{streams}");
         println!(
-            "{level:<9} {:>12.0} {:>12.0} {ratio:>6.2}x   (rounds {lo:.2}-{hi:.2})",
+            "{level:<9} {:>12.0} {:>12.0} {ratio:>6.2}x   (rounds {lo:.2}-{hi:.2}; server CPU per call {:.2}x echo's)",
             median(e.into_iter()),
-            median(t.into_iter())
+            median(t.into_iter()),
+            median(cpu.into_iter())
         );
         if connections > 1 {
             verdicts.push(format!(

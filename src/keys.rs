@@ -169,9 +169,15 @@ mod tests {
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
         for len in [0, 1, 55, 56, 63, 64, 65, 85, 119, 120, 128, 256] {
-            let token: String = (0..len).map(|i| char::from(b'!' + (i % 90) as u8)).collect();
+            let token: String = (0..len)
+                .map(|i| char::from(b'!' + (i % 90) as u8))
+                .collect();
             let expected = super::hex(&Sha256::digest(token.as_bytes()));
-            assert_eq!(super::TokenHash::of(&token).as_str(), expected, "{len} bytes");
+            assert_eq!(
+                super::TokenHash::of(&token).as_str(),
+                expected,
+                "{len} bytes"
+            );
         }
     }
 

@@ -13,8 +13,8 @@
 //! snapshot under the cell's read lock, so every event it then receives is newer than
 //! that snapshot.
 
-use crate::policy::{RevisionChanges, Tool, ToolChange};
 use crate::FastMap;
+use crate::policy::{RevisionChanges, Tool, ToolChange};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
