@@ -31,6 +31,7 @@ use crate::app::{App, Operation};
 use crate::policy::Caller;
 use crate::proto::v1 as pb;
 use bytes::{Buf, Bytes};
+use futures_util::future::Either;
 use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body::Frame;
 use http_body_util::BodyExt;
@@ -89,7 +90,9 @@ where
 {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = BoxFuture<Result<Response<Body>, Infallible>>;
+    /// Every other call's future as it is (boxing it again would cost each Decide an
+    /// allocation), or WatchConfig's.
+    type Future = Either<S::Future, BoxFuture<Result<Response<Body>, Infallible>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -97,17 +100,16 @@ where
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         if req.uri().path() != WATCH_CONFIG_PATH {
-            let future = self.inner.call(req);
-            return Box::pin(future);
+            return Either::Left(self.inner.call(req));
         }
         let app = self.app.clone();
         let body_timeout = self.body_timeout;
-        Box::pin(async move {
+        Either::Right(Box::pin(async move {
             Ok(match serve(app, req, body_timeout).await {
                 Ok(frames) => stream_response(frames),
                 Err(status) => status.into_http::<Body>(),
             })
-        })
+        }))
     }
 }
 
