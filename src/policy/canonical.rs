@@ -369,17 +369,30 @@ impl<'de> Visitor<'de> for JsonVisitor {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Json, A::Error> {
         let mut members: Vec<(String, Json)> = Vec::new();
-        let mut seen: HashSet<String> = HashSet::new();
+        // Duplicate keys are looked for along the members while there are few (most
+        // arguments: no set to allocate, no name to copy), in a set of the names once
+        // there are `SET_FROM` of them (so a large object stays linear).
+        let mut seen: Option<HashSet<String>> = None;
         while let Some(name) = map.next_key::<String>()? {
-            if !seen.insert(name.clone()) {
+            let duplicate = match &mut seen {
+                Some(seen) => !seen.insert(name.clone()),
+                None => members.iter().any(|(known, _)| *known == name),
+            };
+            if duplicate {
                 return Err(de::Error::custom(format!("duplicate object key {name:?}")));
             }
             let value = map.next_value_seed(Seed)?;
             members.push((name, value));
+            if seen.is_none() && members.len() >= SET_FROM {
+                seen = Some(members.iter().map(|(known, _)| known.clone()).collect());
+            }
         }
         Ok(Json::Object(members))
     }
 }
+
+/// How many members an object has before its duplicate keys are looked for in a set.
+const SET_FROM: usize = 16;
 
 struct Seed;
 
@@ -485,6 +498,32 @@ mod tests {
     fn strings_escape_only_what_rfc8785_escapes() {
         assert_eq!(canon(r#""\u007f\u2028/""#), "\"\u{7f}\u{2028}/\"");
         assert_eq!(canon(r#""\u0001\b\f\t""#), r#""\u0001\b\f\t""#);
+    }
+
+    #[test]
+    fn duplicate_keys_are_rejected_in_objects_of_every_size() {
+        // Before, at and after the member count where the look-up moves to a set: the
+        // duplicate of the first key, of the key just before the move, and of one after.
+        for size in [1, 2, SET_FROM - 1, SET_FROM, SET_FROM + 1, 3 * SET_FROM] {
+            let keys: Vec<String> = (0..size).map(|i| format!("k{i}")).collect();
+            let object = |extra: &str| {
+                let mut members: Vec<String> =
+                    keys.iter().map(|k| format!("\"{k}\":{}", 1)).collect();
+                members.push(format!("\"{extra}\":2"));
+                format!("{{{}}}", members.join(","))
+            };
+            assert!(
+                parse_arguments(&object("new"), 1 << 16).is_ok(),
+                "{size} members"
+            );
+            for again in [0, size.saturating_sub(1), size / 2].map(|i| keys[i].clone()) {
+                let err = parse_arguments(&object(&again), 1 << 16).unwrap_err();
+                assert!(
+                    err.0.contains(&format!("duplicate object key \"{again}\"")),
+                    "{size} members, {again} again: {err}"
+                );
+            }
+        }
     }
 
     #[test]
