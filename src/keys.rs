@@ -51,8 +51,8 @@ pub fn hash_token(token: &str) -> String {
 /// Every call computes it, so it uses ring's SHA-256 (the same one HMACs webhooks):
 /// assembly with the CPU's SHA extensions where it has them and AVX2 or SSSE3 where it
 /// does not, where the `sha2` crate has the SHA extensions or portable Rust. On a CPU
-/// without them (many servers' Xeons; valgrind hides them too) ring's takes about half
-/// the instructions (`BENCHMARKS.md`). A unit test checks the two agree.
+/// without them (many servers' Xeons; valgrind hides them too) ring's takes far fewer
+/// instructions (`BENCHMARKS.md` has the figures). A unit test checks the two agree.
 pub struct TokenHash([u8; 64]);
 
 impl TokenHash {

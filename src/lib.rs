@@ -45,8 +45,8 @@ pub use server::{run, serve};
 
 /// The hash map of the maps every Decide looks up (the key cache, the tenants' snapshots
 /// and their tools, the gate's per-key and per-connection places): foldhash, randomly
-/// seeded per process and per map, instead of std's SipHash, which took about 130
-/// instructions more per look-up (`BENCHMARKS.md`). Their keys are hashes of live keys,
+/// seeded per process and per map, instead of std's SipHash, which cost each Decide
+/// more (`BENCHMARKS.md` has the figure). Their keys are hashes of live keys,
 /// names an admin set, authenticated key ids and peer addresses; maps whose keys anyone
 /// may choose (the refused-token cache, say) keep std's hasher.
 pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;

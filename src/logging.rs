@@ -1045,18 +1045,7 @@ mod tests {
             request_id: http::HeaderValue::from_static("r-1"),
         };
         let without_span = || CALL.sync_scope(call.clone(), emit);
-        let text = |run: &dyn Fn()| {
-            let out = Captured::default();
-            let subscriber = tracing_subscriber::fmt()
-                .without_time()
-                .with_ansi(false)
-                .fmt_fields(TextFields)
-                .event_format(TextLine { time: false })
-                .with_writer(out.clone())
-                .finish();
-            tracing::subscriber::with_default(subscriber, run);
-            String::from_utf8(out.0.lock().unwrap().clone()).unwrap()
-        };
+        let text = |run: &dyn Fn()| text_line(false, run);
         let (spanned, called) = (text(&with_span), text(&without_span));
         assert_eq!(called, spanned);
         assert!(
@@ -1135,15 +1124,7 @@ mod tests {
                         f()
                     }
                 };
-                let out = Captured::default();
-                let subscriber = tracing_subscriber::fmt()
-                    .with_ansi(false)
-                    .fmt_fields(TextFields)
-                    .event_format(TextLine { time: false })
-                    .with_writer(out.clone())
-                    .finish();
-                tracing::subscriber::with_default(subscriber, || run(&|| decision.event()));
-                let event = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+                let event = text_line(false, &|| run(&|| decision.event()));
                 let direct = std::cell::RefCell::new(String::new());
                 run(&|| decision.text(false, &mut direct.borrow_mut()).unwrap());
                 assert_eq!(*direct.borrow(), event);
@@ -1214,20 +1195,25 @@ mod tests {
     /// microsecond, then a space.
     #[test]
     fn text_line_starts_with_the_time_as_the_default_format_does() {
-        let out = Captured::default();
-        let subscriber = tracing_subscriber::fmt()
-            .with_ansi(false)
-            .fmt_fields(TextFields)
-            .event_format(TextLine { time: true })
-            .with_writer(out.clone())
-            .finish();
-        tracing::subscriber::with_default(subscriber, || tracing::info!("hello"));
-        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let text = text_line(true, &|| tracing::info!("hello"));
         let (time, rest) = text.split_once(' ').expect("a space after the time");
         assert_eq!(time.len(), "2026-12-05T15:46:36.800832Z".len(), "{text}");
         assert!(time.ends_with('Z') && time.as_bytes()[10] == b'T', "{text}");
         assert!(humantime::parse_rfc3339(time).is_ok(), "{text}");
         assert!(rest.starts_with(" INFO "), "{text}");
+    }
+
+    /// What `run` logs through toolgate's text format (`TextLine`, with or without time).
+    fn text_line(time: bool, run: &dyn Fn()) -> String {
+        let out = Captured::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .fmt_fields(TextFields)
+            .event_format(TextLine { time })
+            .with_writer(out.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, run);
+        String::from_utf8(out.0.lock().unwrap().clone()).unwrap()
     }
 
     /// What `run` logs through the `--log-format json` format.

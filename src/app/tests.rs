@@ -2,7 +2,7 @@
 //! called directly, as every transport calls it.
 
 use super::approvals::SubmitInput;
-use super::decide::DecideInput;
+use super::decide::{DecideInput, DecideOutcome};
 use super::save::SaveRequest;
 use super::watch::ConfigStart;
 use super::*;
@@ -134,11 +134,17 @@ async fn connected(f: &Fixture) {
 /// Connects, syncs the directory, and has alice ask for `reset_password` (request `r1`).
 async fn requested(f: &Fixture) -> crate::policy::Approval {
     connected(f).await;
-    let first = f
+    let first = decided(f, "reset_password", "r1", "").await;
+    *first.approval.expect("an approval")
+}
+
+/// Alice's Decide of `tool` as the agent, under `request_id`, presenting `approval_id`.
+async fn decided(f: &Fixture, tool: &str, request_id: &str, approval_id: &str) -> DecideOutcome {
+    let outcome = f
         .app
-        .decide(&agent(), ask("reset_password", "r1", ""))
+        .decide(&agent(), ask(tool, request_id, approval_id))
         .await;
-    *first.expect("ask").approval.expect("an approval")
+    outcome.expect("decide")
 }
 
 /// The approval `id` as a decision on it reads it.
@@ -254,20 +260,12 @@ async fn a_save_planned_on_a_revision_another_process_moved_is_planned_again() {
 async fn auto_is_allowed_and_unknown_tools_are_denied_from_the_snapshot() {
     let f = fixture().await;
     connected(&f).await;
-    let allow = f
-        .app
-        .decide(&agent(), ask("get_user", "", ""))
-        .await
-        .expect("decide");
+    let allow = decided(&f, "get_user", "", "").await;
     assert_eq!(
         (allow.decision.verdict, allow.decision.code),
         (Verdict::Allow, DecisionCode::PolicyAuto)
     );
-    let unknown = f
-        .app
-        .decide(&agent(), ask("drop_tables", "", ""))
-        .await
-        .expect("decide");
+    let unknown = decided(&f, "drop_tables", "", "").await;
     assert_eq!(unknown.decision.code, DecisionCode::UnknownTool);
     let bad = f
         .app
@@ -289,18 +287,10 @@ async fn auto_is_allowed_and_unknown_tools_are_denied_from_the_snapshot() {
 async fn an_approval_is_requested_approved_by_a_technician_and_allows_exactly_once() {
     let f = fixture().await;
     connected(&f).await;
-    let first = f
-        .app
-        .decide(&agent(), ask("reset_password", "r1", ""))
-        .await
-        .expect("ask");
+    let first = decided(&f, "reset_password", "r1", "").await;
     assert_eq!(first.decision.code, DecisionCode::ApprovalRequired);
     let approval = first.approval.expect("approval");
-    let again = f
-        .app
-        .decide(&agent(), ask("reset_password", "r1", ""))
-        .await
-        .expect("ask again");
+    let again = decided(&f, "reset_password", "r1", "").await;
     assert_eq!(
         again.approval.map(|a| a.id),
         Some(approval.id.clone()),
@@ -330,20 +320,12 @@ async fn an_approval_is_requested_approved_by_a_technician_and_allows_exactly_on
         .expect("approve");
     assert_eq!(approved.state, ApprovalState::Approved);
 
-    let go = f
-        .app
-        .decide(&agent(), ask("reset_password", "r1", &approval.id))
-        .await
-        .expect("use");
+    let go = decided(&f, "reset_password", "r1", &approval.id).await;
     assert_eq!(
         (go.decision.verdict, go.decision.code),
         (Verdict::Allow, DecisionCode::ApprovalGranted)
     );
-    let other = f
-        .app
-        .decide(&agent(), ask("reset_password", "r2", &approval.id))
-        .await
-        .expect("reuse");
+    let other = decided(&f, "reset_password", "r2", &approval.id).await;
     assert_eq!(
         (other.decision.verdict, other.decision.code),
         (Verdict::Deny, DecisionCode::ApprovalConsumed)
@@ -482,11 +464,7 @@ async fn the_sweep_expires_due_approvals_and_a_late_use_is_denied() {
         [approval.id.as_str()]
     );
     assert_eq!(expired[0].1.state, ApprovalState::Expired);
-    let late = f
-        .app
-        .decide(&agent(), ask("reset_password", "r1", &approval.id))
-        .await
-        .expect("decide");
+    let late = decided(&f, "reset_password", "r1", &approval.id).await;
     assert_eq!(late.decision.code, DecisionCode::ApprovalExpired);
 }
 

@@ -503,12 +503,11 @@ mod tests {
     #[test]
     fn duplicate_keys_are_rejected_in_objects_of_every_size() {
         // Before, at and after the member count where the look-up moves to a set: the
-        // duplicate of the first key, of the key just before the move, and of one after.
+        // duplicate of the first key, of the last, and of one in the middle.
         for size in [1, 2, SET_FROM - 1, SET_FROM, SET_FROM + 1, 3 * SET_FROM] {
             let keys: Vec<String> = (0..size).map(|i| format!("k{i}")).collect();
             let object = |extra: &str| {
-                let mut members: Vec<String> =
-                    keys.iter().map(|k| format!("\"{k}\":{}", 1)).collect();
+                let mut members: Vec<String> = keys.iter().map(|k| format!("\"{k}\":1")).collect();
                 members.push(format!("\"{extra}\":2"));
                 format!("{{{}}}", members.join(","))
             };
