@@ -7,8 +7,8 @@ use crate::app::{App, Limits};
 use crate::config::{Config, TlsFiles};
 use crate::grpc::PolicyApi;
 use crate::grpc::connections::{self, ConnectionLimits};
-use crate::grpc::frames::WatchConfigRoute;
 use crate::grpc::gate::{Gate, GateLimits};
+use crate::grpc::routes::{RouteSettings, Routes};
 use crate::grpc::rpc_metrics::RpcMetricsLayer;
 use crate::hub::ApprovalHub;
 use crate::metrics::{Gauges, Metrics, serve_metrics};
@@ -377,11 +377,8 @@ async fn build_app(
 }
 
 /// PolicyService as every way in calls it: behind the gate (request ids, authentication,
-/// limits), with WatchConfig served from shared frames in front of the generated service.
-fn policy_api(
-    app: &Arc<App>,
-    config: &Config,
-) -> Gate<WatchConfigRoute<PolicyServiceServer<PolicyApi>>> {
+/// limits), with WatchConfig and Decide served in front of the generated service.
+fn policy_api(app: &Arc<App>, config: &Config) -> Gate<Routes<PolicyServiceServer<PolicyApi>>> {
     let api = PolicyServiceServer::new(PolicyApi::new(app.clone()))
         .max_decoding_message_size(config.max_message_bytes);
     let limits = GateLimits {
@@ -390,7 +387,11 @@ fn policy_api(
         max_concurrent_requests_per_connection: config.max_concurrent_requests_per_connection,
         request_body_timeout: config.request_body_timeout,
     };
-    let api = WatchConfigRoute::new(api, app.clone(), config.request_body_timeout);
+    let routes = RouteSettings {
+        max_message_bytes: config.max_message_bytes,
+        request_body_timeout: config.request_body_timeout,
+    };
+    let api = Routes::new(api, app.clone(), routes);
     Gate::new(api, app.clone(), limits)
 }
 

@@ -4,9 +4,9 @@
 //! connection holds the encoded message until the client's flow-control window takes it.
 //! A tenant's snapshot is the same bytes for every agent that watches it, and a client that
 //! never opens its window would keep its own copy of it for as long as it liked (with ten
-//! thousand tools, about a mebibyte per stream). So this one route is served here, beside
-//! the generated service, and everything else about the call is unchanged: the gate has
-//! already authenticated it, the metrics layer reads its status from the trailers.
+//! thousand tools, about a mebibyte per stream). So this one method is served here (through
+//! [`super::routes::Routes`]), and everything else about the call is unchanged: the gate
+//! has already authenticated it, the metrics layer reads its status from the trailers.
 //!
 //! - **Encoded once.** A snapshot, and the change that made the current revision, are
 //!   encoded once per revision and view and kept in that revision's
@@ -26,27 +26,22 @@
 //!   takes a fresh snapshot). A queued frame it had not begun is replaced by a fresh
 //!   snapshot instead.
 
+use super::routes;
 use super::watch::{ConfigFrames, OutFrame, watch_config};
 use crate::app::{App, Operation};
-use crate::policy::Caller;
 use crate::proto::v1 as pb;
-use bytes::{Buf, Bytes};
-use futures_util::future::Either;
+use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body::Frame;
-use http_body_util::BodyExt;
 use prost::Message;
-use std::convert::Infallible;
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tonic::Status;
 use tonic::body::Body;
-use tonic::server::NamedService;
 
-/// The route served here.
+/// The method served here.
 pub const WATCH_CONFIG_PATH: &str = "/toolgate.v1.PolicyService/WatchConfig";
 
 /// Most bytes of a frame handed to the connection at once.
@@ -55,117 +50,33 @@ pub const CHUNK: usize = 16 * 1024;
 /// Largest WatchConfig request accepted (it carries an id and a revision).
 const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
-/// Serves [`WATCH_CONFIG_PATH`] from shared frames and passes every other call to `inner`.
-#[derive(Clone)]
-pub struct WatchConfigRoute<S> {
-    inner: S,
-    app: Arc<App>,
-    body_timeout: Duration,
-}
-
-impl<S> WatchConfigRoute<S> {
-    /// `body_timeout` bounds the wait for the request message, as for unary calls.
-    pub fn new(inner: S, app: Arc<App>, body_timeout: Duration) -> Self {
-        WatchConfigRoute {
-            inner,
-            app,
-            body_timeout,
-        }
-    }
-}
-
-impl<S: NamedService> NamedService for WatchConfigRoute<S> {
-    const NAME: &'static str = S::NAME;
-}
-
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
-impl<S> tower_service::Service<Request<Body>> for WatchConfigRoute<S>
-where
-    S: tower_service::Service<Request<Body>, Response = Response<Body>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Response<Body>;
-    type Error = Infallible;
-    /// Every other call's future as it is (boxing it again would cost each Decide an
-    /// allocation), or WatchConfig's.
-    type Future = Either<S::Future, BoxFuture<Result<Response<Body>, Infallible>>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
-        if req.uri().path() != WATCH_CONFIG_PATH {
-            return Either::Left(self.inner.call(req));
-        }
-        let app = self.app.clone();
-        let body_timeout = self.body_timeout;
-        Either::Right(Box::pin(async move {
-            Ok(match serve(app, req, body_timeout).await {
-                Ok(frames) => stream_response(frames),
-                Err(status) => status.into_http::<Body>(),
-            })
-        }))
+/// Serves one WatchConfig call ([`super::routes::Routes`] sends it here): the stream of
+/// frames, or the status that refused it.
+pub async fn serve(app: Arc<App>, req: Request<Body>, body_timeout: Duration) -> Response<Body> {
+    match open(app, req, body_timeout).await {
+        Ok(frames) => stream_response(frames),
+        Err(status) => status.into_http::<Body>(),
     }
 }
 
 /// Authenticates (unless the gate has), reads the request, and opens the stream.
-async fn serve(
+async fn open(
     app: Arc<App>,
     req: Request<Body>,
     body_timeout: Duration,
 ) -> Result<ConfigFrames, Status> {
-    let caller = match req.extensions().get::<Arc<Caller>>() {
-        Some(caller) => caller.clone(),
-        None => {
-            let header = req.headers().get(http::header::AUTHORIZATION);
-            app.authenticate(header.map(|v| v.as_bytes()), Operation::WatchConfig)
-                .await?
-        }
-    };
-    if let Some(encoding) = req.headers().get("grpc-encoding")
-        && encoding.as_bytes() != b"identity"
-    {
-        return Err(Status::unimplemented(
-            "request: compressed messages are not accepted; send it uncompressed",
-        ));
-    }
-    let body = http_body_util::Limited::new(req.into_body(), MAX_REQUEST_BYTES + 5);
-    let collected = tokio::time::timeout(body_timeout, body.collect())
-        .await
-        .map_err(|_| Status::deadline_exceeded("request: the message did not arrive in time"))?
-        .map_err(|e| Status::invalid_argument(format!("request: {e}")))?;
-    let message = one_message(collected.to_bytes())?;
+    let (parts, body) = req.into_parts();
+    let caller = routes::caller(&app, &parts, Operation::WatchConfig).await?;
+    // Streams do not pass the gate's body deadline; this call's message is bounded here.
+    let message = tokio::time::timeout(
+        body_timeout,
+        routes::read_message(&parts.headers, body, MAX_REQUEST_BYTES),
+    )
+    .await
+    .map_err(|_| Status::deadline_exceeded("request: the message did not arrive in time"))??;
     let request = pb::WatchConfigRequest::decode(message)
         .map_err(|e| Status::invalid_argument(format!("request: not a WatchConfigRequest: {e}")))?;
     Ok(watch_config(app, caller, request).await?)
-}
-
-/// The one uncompressed message of a unary request body.
-fn one_message(mut body: Bytes) -> Result<Bytes, Status> {
-    if body.len() < 5 {
-        return Err(Status::invalid_argument(
-            "request: expected one length-prefixed message",
-        ));
-    }
-    let compressed = body.get_u8();
-    let len = body.get_u32() as usize;
-    if compressed != 0 {
-        return Err(Status::unimplemented(
-            "request: compressed messages are not accepted; send it uncompressed",
-        ));
-    }
-    if len != body.len() {
-        return Err(Status::invalid_argument(format!(
-            "request: expected one message of {len} bytes, got {} bytes",
-            body.len()
-        )));
-    }
-    Ok(body)
 }
 
 fn stream_response(frames: ConfigFrames) -> Response<Body> {
@@ -286,23 +197,5 @@ impl http_body::Body for FrameBody {
 
     fn is_end_stream(&self) -> bool {
         self.done
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_request_is_exactly_one_uncompressed_message() {
-        let framed = Bytes::from(vec![0, 0, 0, 0, 2, 8, 1]);
-        assert_eq!(one_message(framed).unwrap().as_ref(), &[8, 1]);
-        let short = one_message(Bytes::from(vec![0, 0, 0])).unwrap_err();
-        assert_eq!(short.code(), tonic::Code::InvalidArgument);
-        let extra = one_message(Bytes::from(vec![0, 0, 0, 0, 1, 8, 1])).unwrap_err();
-        assert_eq!(extra.code(), tonic::Code::InvalidArgument);
-        assert!(extra.message().contains("expected one message of 1 bytes"));
-        let compressed = one_message(Bytes::from(vec![1, 0, 0, 0, 0])).unwrap_err();
-        assert_eq!(compressed.code(), tonic::Code::Unimplemented);
     }
 }

@@ -6,6 +6,7 @@ pub mod convert;
 pub mod error;
 pub mod frames;
 pub mod gate;
+pub mod routes;
 pub mod rpc_metrics;
 mod watch;
 
@@ -138,6 +139,41 @@ fn set_policy_from_proto(req: pb::SetPolicyRequest) -> Result<SaveRequest, Field
     })
 }
 
+/// One Decide from its caller (or the failure to find one) and its message: the answer,
+/// with its time and any error counted.
+async fn decide(
+    app: &App,
+    caller: Result<Arc<Caller>, Status>,
+    request: pb::DecideRequest,
+) -> Result<pb::DecideResponse, Status> {
+    let started = std::time::Instant::now();
+    let outcome = match caller {
+        Ok(caller) => match decide_input(request) {
+            Ok(input) => app.decide(&caller, input).await.map_err(Status::from),
+            Err(e) => Err(invalid(e)),
+        },
+        Err(status) => Err(status),
+    };
+    let metrics = &app.metrics;
+    metrics
+        .decide_seconds
+        .observe(started.elapsed().as_secs_f64());
+    match outcome {
+        Ok(out) => Ok(pb::DecideResponse {
+            verdict: verdict_to_proto(out.decision.verdict) as i32,
+            code: code_to_proto(out.decision.code) as i32,
+            reason: out.decision.reason.into_owned(),
+            revision: out.revision,
+            approval: out.approval.map(|a| approval_to_proto(&a, out.now)),
+            decision_id: out.decision_id,
+        }),
+        Err(status) => {
+            metrics.decide_error(status.code());
+            Err(status)
+        }
+    }
+}
+
 /// A server stream as tonic takes it: polled directly, one allocation per stream.
 type Stream<T> = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
 
@@ -212,36 +248,16 @@ impl PolicyService for PolicyApi {
         Ok(Response::new(pb::UpsertPeopleResponse { upserted }))
     }
 
+    /// Never reached in a server: [`routes::Routes`] answers Decide in front of this
+    /// service, through the same [`decide`].
     async fn decide(
         &self,
         request: Request<pb::DecideRequest>,
     ) -> Result<Response<pb::DecideResponse>, Status> {
-        let started = std::time::Instant::now();
-        let outcome = match self.caller(&request, Operation::Decide).await {
-            Ok(caller) => match decide_input(request.into_inner()) {
-                Ok(input) => self.app.decide(&caller, input).await.map_err(Status::from),
-                Err(e) => Err(invalid(e)),
-            },
-            Err(status) => Err(status),
-        };
-        let metrics = &self.app.metrics;
-        metrics
-            .decide_seconds
-            .observe(started.elapsed().as_secs_f64());
-        match outcome {
-            Ok(out) => Ok(Response::new(pb::DecideResponse {
-                verdict: verdict_to_proto(out.decision.verdict) as i32,
-                code: code_to_proto(out.decision.code) as i32,
-                reason: out.decision.reason.into_owned(),
-                revision: out.revision,
-                approval: out.approval.map(|a| approval_to_proto(&a, out.now)),
-                decision_id: out.decision_id,
-            })),
-            Err(status) => {
-                metrics.decide_error(status.code());
-                Err(status)
-            }
-        }
+        let caller = self.caller(&request, Operation::Decide).await;
+        decide(&self.app, caller, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn submit_approval(
@@ -396,14 +412,14 @@ impl PolicyService for PolicyApi {
 
     type WatchConfigStream = Stream<pb::WatchConfigResponse>;
 
-    /// Never reached in a server: [`frames::WatchConfigRoute`] serves this method in front
-    /// of the generated service, from frames shared between streams.
+    /// Never reached in a server: [`routes::Routes`] serves this method in front of the
+    /// generated service, from frames shared between streams ([`frames`]).
     async fn watch_config(
         &self,
         _request: Request<pb::WatchConfigRequest>,
     ) -> Result<Response<Self::WatchConfigStream>, Status> {
         Err(Status::unimplemented(
-            "WatchConfig is served by grpc::frames::WatchConfigRoute in front of this service",
+            "WatchConfig is served by grpc::routes::Routes in front of this service",
         ))
     }
 

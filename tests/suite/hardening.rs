@@ -126,8 +126,21 @@ async fn a_key_that_never_sends_bodies_holds_only_its_own_places_and_only_until_
     assert_eq!(verdict(&r), (Verdict::Allow, DecisionCode::PolicyAuto));
 }
 
-/// Sends `body` as one gRPC message (uncompressed, length-prefixed) to Decide with `key`.
+/// Sends `message` as one gRPC message (uncompressed, length-prefixed) to Decide with `key`.
 async fn decide_raw(addr: std::net::SocketAddr, key: &str, message: &[u8]) -> Option<i32> {
+    decide_body(addr, key, framed(message)).await
+}
+
+/// `message` with gRPC's prefix: not compressed, then its length.
+fn framed(message: &[u8]) -> Vec<u8> {
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(message);
+    frame
+}
+
+/// Sends `body` as it is as the request body of a Decide with `key`.
+async fn decide_body(addr: std::net::SocketAddr, key: &str, body: Vec<u8>) -> Option<i32> {
     let tcp = TcpStream::connect(addr).await.expect("connect");
     let (client, connection) = h2::client::handshake(tcp).await.expect("HTTP/2 handshake");
     tokio::spawn(connection);
@@ -138,12 +151,58 @@ async fn decide_raw(addr: std::net::SocketAddr, key: &str, message: &[u8]) -> Op
         .header("authorization", format!("Bearer {key}"))
         .body(())
         .expect("request");
-    let (answer, mut body) = client.send_request(request, false).expect("send");
-    let mut frame = vec![0u8];
-    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
-    frame.extend_from_slice(message);
-    body.send_data(frame.into(), true).expect("send body");
+    let (answer, mut sender) = client.send_request(request, false).expect("send");
+    sender.send_data(body.into(), true).expect("send body");
     grpc_status(answer).await
+}
+
+#[tokio::test]
+async fn a_decide_body_is_one_message_within_max_message_bytes() {
+    let app = spawn_app_with(|c| {
+        c.max_message_bytes = 4096;
+        c.max_arguments_bytes = 1024;
+    })
+    .await;
+    app.connect_sample().await;
+    let ask = |arguments: String| prost::Message::encode_to_vec(&ask("get_user", &arguments, "r1"));
+    let fits = ask(format!(r#"{{"user":"{}"}}"#, "a".repeat(100)));
+    assert_eq!(decide_raw(app.addr, &app.agent, &fits).await, Some(0));
+    // Over max_message_bytes: refused from its length, as tonic refuses other methods'.
+    let over = ask(format!(r#"{{"user":"{}"}}"#, "a".repeat(5000)));
+    assert_eq!(
+        decide_raw(app.addr, &app.agent, &over).await,
+        Some(tonic::Code::OutOfRange as i32)
+    );
+    // Two messages, a message and a stray byte, a message cut short: not one message.
+    let mut two = framed(&fits);
+    two.extend_from_slice(&framed(&fits));
+    let mut stray = framed(&fits);
+    stray.push(0);
+    let mut short = framed(&fits);
+    short.pop();
+    for (what, body) in [
+        ("two", two),
+        ("stray", stray),
+        ("short", short),
+        ("empty", vec![]),
+    ] {
+        assert_eq!(
+            decide_body(app.addr, &app.agent, body).await,
+            Some(tonic::Code::InvalidArgument as i32),
+            "{what}"
+        );
+    }
+    // Each counted once, with its status, as every call is.
+    let metrics = app.scrape().await;
+    let handled = |code: &str| {
+        metrics.get(&format!(
+            "grpc_server_handled_total{{grpc_type=\"unary\",grpc_service=\"toolgate.v1.PolicyService\",\
+             grpc_method=\"Decide\",grpc_code=\"{code}\"}}"
+        ))
+    };
+    assert_eq!(handled("OK"), 1.0);
+    assert_eq!(handled("OutOfRange"), 1.0);
+    assert_eq!(handled("InvalidArgument"), 4.0);
 }
 
 #[tokio::test]
