@@ -96,9 +96,9 @@ impl App {
     pub async fn decide(
         &self,
         caller: &Caller,
-        input: DecideInput,
+        input: &DecideInput,
     ) -> Result<DecideOutcome, AppError> {
-        let (mut outcome, arguments_sha256) = self.decide_call(caller, &input).await?;
+        let (mut outcome, arguments_sha256) = self.decide_call(caller, input).await?;
         outcome.decision_id = self.decision_ids.next();
         let decision = &outcome.decision;
         crate::logging::Decision {
@@ -138,8 +138,26 @@ impl App {
             PolicyOutcome::Final(decision) => {
                 return Ok((self.decided(decision, snapshot.revision, None, now), None));
             }
-            PolicyOutcome::NeedsApproval(tool) => tool.clone(),
+            PolicyOutcome::NeedsApproval(tool) => tool,
         };
+        // Boxed: the approval steps' store futures would otherwise sit inline in every
+        // Decide's future, fast path included (see `auth`).
+        let (decision, approval, arguments_sha256) =
+            Box::pin(self.by_approval(caller, input, tool, &args, now)).await?;
+        let outcome = self.decided(decision, snapshot.revision, approval, now);
+        Ok((outcome, Some(arguments_sha256)))
+    }
+
+    /// Steps 2 and 3 of Decide, for a tool that needs approval: ask for one, or use the one
+    /// presented. Also the canonical arguments' hash.
+    async fn by_approval(
+        &self,
+        caller: &Caller,
+        input: &DecideInput,
+        tool: &Tool,
+        args: &canonical::Json,
+        now: UnixMillis,
+    ) -> Result<(Decision, Option<Approval>, String), AppError> {
         let required = |field: &'static str| {
             FieldError::new(field, "is required for a tool that needs approval")
         };
@@ -157,20 +175,17 @@ impl App {
                 .ok_or_else(|| required("request_id"))?
                 .as_str(),
         };
-        let canon = canonical::canonical_arguments(&args);
+        let canon = canonical::canonical_arguments(args);
         let arguments_sha256 = canon.sha256.clone();
-        // Boxed: the approval path's store futures would otherwise sit inline in every
-        // Decide's future, fast path included (see `auth`).
         let (decision, approval) = match &input.approval_id {
-            None => Box::pin(self.first_ask(caller, &tool, &asked, canon, now)).await?,
+            None => self.first_ask(caller, tool, &asked, canon, now).await?,
             Some(id) => {
-                let id = id.as_str();
-                let sha256 = &canon.sha256;
-                Box::pin(self.ask_with_approval(caller, &tool, id, &asked, sha256, now)).await?
+                let (id, sha256) = (id.as_str(), &canon.sha256);
+                self.ask_with_approval(caller, tool, id, &asked, sha256, now)
+                    .await?
             }
         };
-        let outcome = self.decided(decision, snapshot.revision, approval, now);
-        Ok((outcome, Some(arguments_sha256)))
+        Ok((decision, approval, arguments_sha256))
     }
 
     /// A Decide's answer, counted by verdict and code.

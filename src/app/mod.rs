@@ -200,10 +200,14 @@ impl App {
         let Some(min) = min else {
             return Ok(self.snapshots.get(tenant));
         };
-        let reached = self
-            .snapshots
-            .wait_for_revision(tenant, min, self.limits.min_revision_wait)
-            .await;
+        // Boxed, like the store calls on the Decide path (see `auth`): the wait's timer
+        // held inline would make every Decide's future larger, waiting or not.
+        let reached = Box::pin(self.snapshots.wait_for_revision(
+            tenant,
+            min,
+            self.limits.min_revision_wait,
+        ))
+        .await;
         reached.map_err(|have| {
             AppError::Unavailable(format!(
                 "min_revision: this server is at revision {have}, behind {min}; retry"

@@ -142,7 +142,7 @@ async fn requested(f: &Fixture) -> crate::policy::Approval {
 async fn decided(f: &Fixture, tool: &str, request_id: &str, approval_id: &str) -> DecideOutcome {
     let outcome = f
         .app
-        .decide(&agent(), ask(tool, request_id, approval_id))
+        .decide(&agent(), &ask(tool, request_id, approval_id))
         .await;
     outcome.expect("decide")
 }
@@ -271,7 +271,7 @@ async fn auto_is_allowed_and_unknown_tools_are_denied_from_the_snapshot() {
         .app
         .decide(
             &agent(),
-            DecideInput {
+            &DecideInput {
                 arguments_json: "[1]".into(),
                 ..ask("get_user", "", "")
             },

@@ -66,14 +66,14 @@ async fn open(
     body_timeout: Duration,
 ) -> Result<ConfigFrames, Status> {
     let (parts, body) = req.into_parts();
-    let caller = routes::caller(&app, &parts, Operation::WatchConfig).await?;
+    routes::uncompressed(&parts.headers)?;
+    let caller = routes::Asker::of(&parts)
+        .caller(&app, Operation::WatchConfig)
+        .await?;
     // Streams do not pass the gate's body deadline; this call's message is bounded here.
-    let message = tokio::time::timeout(
-        body_timeout,
-        routes::read_message(&parts.headers, body, MAX_REQUEST_BYTES),
-    )
-    .await
-    .map_err(|_| Status::deadline_exceeded("request: the message did not arrive in time"))??;
+    let message = tokio::time::timeout(body_timeout, routes::read_message(body, MAX_REQUEST_BYTES))
+        .await
+        .map_err(|_| Status::deadline_exceeded("request: the message did not arrive in time"))??;
     let request = pb::WatchConfigRequest::decode(message)
         .map_err(|e| Status::invalid_argument(format!("request: not a WatchConfigRequest: {e}")))?;
     Ok(watch_config(app, caller, request).await?)

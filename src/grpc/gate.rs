@@ -107,23 +107,30 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         let id = self.shared.ids.for_request(&req);
         let method = req.uri().path().rsplit_once('/').map_or("", |(_, m)| m);
         let op = operation(method);
         let context = CallContext::new(&req, method, op, &id);
         // Take the service that was driven to ready, leave a fresh clone in its place.
         let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = std::mem::replace(&mut self.inner, clone);
         let shared = self.shared.clone();
+        // One async block that holds the request once: an async fn's arguments stay in its
+        // future beside whatever it awaits, so passing the request down through two of them
+        // made every call's future (boxed below) three copies of it larger.
         let answer = async move {
-            let mut response = match op {
-                Some(op) => shared.admit(op, req, inner).await,
+            let places = match op {
+                Some(op) => match shared.admit(op, &mut req).await {
+                    Ok(places) => places,
+                    Err(refusal) => return Ok(with_id(*refusal, id)),
+                },
                 // Not one of ours: tonic answers UNIMPLEMENTED.
-                None => call(inner, req).await,
+                None => None,
             };
-            response.headers_mut().insert(REQUEST_ID, id);
-            Ok(response)
+            let Ok(response) = inner.call(req).await;
+            drop(places);
+            Ok(with_id(response, id))
         };
         match context {
             CallContext::Span(span) => Box::pin(answer.instrument(span)),
@@ -163,11 +170,14 @@ impl CallContext {
 }
 
 impl Shared {
-    /// Authenticates `req`, takes its places in the limits, and calls the service.
-    async fn admit<S>(&self, op: Operation, mut req: Request<Body>, inner: S) -> Response<Body>
-    where
-        S: tower_service::Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
-    {
+    /// Authenticates `req` and takes its places in the limits (none for a stream), or
+    /// answers the refusal. The caller found goes into the request's extensions.
+    #[allow(clippy::result_large_err)]
+    async fn admit(
+        &self,
+        op: Operation,
+        req: &mut Request<Body>,
+    ) -> Result<Option<Places>, Box<Response<Body>>> {
         let header = req.headers().get(http::header::AUTHORIZATION);
         let caller = match self
             .app
@@ -175,24 +185,20 @@ impl Shared {
             .await
         {
             Ok(caller) => caller,
-            Err(e) => return self.refuse(op, e),
+            Err(e) => return Err(Box::new(self.refuse(op, e))),
         };
         let streaming = matches!(op, Operation::WatchConfig | Operation::WatchApprovals);
         let places = if streaming {
             None
         } else {
-            match self.places(&caller, peer(&req)) {
-                Ok(places) => Some(places),
-                Err(response) => return *response,
-            }
+            Some(self.places(&caller, peer(req))?)
         };
         req.extensions_mut().insert(caller);
         if !streaming {
-            req = req.map(|body| Body::new(Deadline::new(body, self.body_timeout)));
+            let body = std::mem::take(req.body_mut());
+            *req.body_mut() = Body::new(Deadline::new(body, self.body_timeout));
         }
-        let response = call(inner, req).await;
-        drop(places);
-        response
+        Ok(places)
     }
 
     /// A place in the global limit and in the caller's key's, or the refusal.
@@ -236,24 +242,18 @@ impl Shared {
     /// The answer to a call that may not pass: its status, counted like a Decide's when it
     /// is one.
     fn refuse(&self, op: Operation, e: AppError) -> Response<Body> {
-        let status = Status::from(e);
+        let mut status = Status::from(e);
         if op == Operation::Decide {
-            let metrics = &self.app.metrics;
-            metrics.decide_seconds.observe(0.0);
-            metrics.decide_error(status.code());
+            status = super::decide_refused(&self.app, status);
         }
         status.into_http::<Body>()
     }
 }
 
-async fn call<S>(mut inner: S, req: Request<Body>) -> Response<Body>
-where
-    S: tower_service::Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
-{
-    match inner.call(req).await {
-        Ok(response) => response,
-        Err(never) => match never {},
-    }
+/// `response` with the call's request id.
+fn with_id(mut response: Response<Body>, id: HeaderValue) -> Response<Body> {
+    response.headers_mut().insert(REQUEST_ID, id);
+    response
 }
 
 /// The places a unary call holds while it runs: global, its key's, its connection's.

@@ -22,6 +22,7 @@ use crate::proto::v1::policy_service_server::PolicyService;
 use crate::store::IntegrationMeta;
 use convert::*;
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
@@ -139,39 +140,50 @@ fn set_policy_from_proto(req: pb::SetPolicyRequest) -> Result<SaveRequest, Field
     })
 }
 
-/// One Decide from its caller (or the failure to find one) and its message: the answer,
-/// with its time and any error counted.
-async fn decide(
-    app: &App,
-    caller: Result<Arc<Caller>, Status>,
+/// One Decide by `caller`: its request checked and converted, the decision, the answer;
+/// its time and any error counted.
+///
+/// A plain function returning the future, so that the future holds the converted request
+/// only (an async fn would hold the request as well as what it converts it to).
+fn decide<'a>(
+    app: &'a App,
+    caller: &'a Caller,
     request: pb::DecideRequest,
-) -> Result<pb::DecideResponse, Status> {
+) -> impl Future<Output = Result<pb::DecideResponse, Status>> + Send + 'a {
     let started = std::time::Instant::now();
-    let outcome = match caller {
-        Ok(caller) => match decide_input(request) {
-            Ok(input) => app.decide(&caller, input).await.map_err(Status::from),
-            Err(e) => Err(invalid(e)),
-        },
-        Err(status) => Err(status),
-    };
-    let metrics = &app.metrics;
-    metrics
-        .decide_seconds
-        .observe(started.elapsed().as_secs_f64());
-    match outcome {
-        Ok(out) => Ok(pb::DecideResponse {
-            verdict: verdict_to_proto(out.decision.verdict) as i32,
-            code: code_to_proto(out.decision.code) as i32,
-            reason: out.decision.reason.into_owned(),
-            revision: out.revision,
-            approval: out.approval.map(|a| approval_to_proto(&a, out.now)),
-            decision_id: out.decision_id,
-        }),
-        Err(status) => {
-            metrics.decide_error(status.code());
-            Err(status)
+    let input = decide_input(request).map_err(invalid);
+    async move {
+        let outcome = match input {
+            Ok(ref input) => app.decide(caller, input).await.map_err(Status::from),
+            Err(status) => Err(status),
+        };
+        let metrics = &app.metrics;
+        metrics
+            .decide_seconds
+            .observe(started.elapsed().as_secs_f64());
+        match outcome {
+            Ok(out) => Ok(pb::DecideResponse {
+                verdict: verdict_to_proto(out.decision.verdict) as i32,
+                code: code_to_proto(out.decision.code) as i32,
+                reason: out.decision.reason.into_owned(),
+                revision: out.revision,
+                approval: out.approval.map(|a| approval_to_proto(&a, out.now)),
+                decision_id: out.decision_id,
+            }),
+            Err(status) => {
+                metrics.decide_error(status.code());
+                Err(status)
+            }
         }
     }
+}
+
+/// A Decide refused before it could ask (its caller is not known, or may not decide):
+/// counted as answered with `status`, in no time.
+fn decide_refused(app: &App, status: Status) -> Status {
+    app.metrics.decide_seconds.observe(0.0);
+    app.metrics.decide_error(status.code());
+    status
 }
 
 /// A server stream as tonic takes it: polled directly, one allocation per stream.
@@ -254,8 +266,11 @@ impl PolicyService for PolicyApi {
         &self,
         request: Request<pb::DecideRequest>,
     ) -> Result<Response<pb::DecideResponse>, Status> {
-        let caller = self.caller(&request, Operation::Decide).await;
-        decide(&self.app, caller, request.into_inner())
+        let caller = match self.caller(&request, Operation::Decide).await {
+            Ok(caller) => caller,
+            Err(status) => return Err(decide_refused(&self.app, status)),
+        };
+        decide(&self.app, &caller, request.into_inner())
             .await
             .map(Response::new)
     }

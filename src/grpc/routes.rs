@@ -95,9 +95,16 @@ where
         let app = self.app.clone();
         let settings = self.settings;
         match req.uri().path() {
-            DECIDE_PATH => Either::Right(Box::pin(async move {
-                Ok(decide(app, req, settings.max_message_bytes).await)
-            })),
+            DECIDE_PATH => {
+                // Taken apart here, so that the call's future holds only what it uses.
+                let (parts, body) = req.into_parts();
+                if let Err(status) = uncompressed(&parts.headers) {
+                    return Either::Right(Box::pin(std::future::ready(Ok(status.into_http()))));
+                }
+                let asker = Asker::of(&parts);
+                let max = settings.max_message_bytes;
+                Either::Right(Box::pin(decide(app, asker, body, max)))
+            }
             frames::WATCH_CONFIG_PATH => Either::Right(Box::pin(async move {
                 Ok(frames::serve(app, req, settings.request_body_timeout).await)
             })),
@@ -106,35 +113,57 @@ where
     }
 }
 
-/// One Decide: its message read and decoded, the caller's, the decision, the answer.
-async fn decide(app: Arc<App>, req: Request<Body>, max_message_bytes: usize) -> Response<Body> {
-    let (parts, body) = req.into_parts();
-    let request = match read_message(&parts.headers, body, max_message_bytes).await {
+/// One Decide: its message read and decoded, its caller's, the decision, the answer.
+async fn decide(
+    app: Arc<App>,
+    asker: Asker,
+    body: Body,
+    max_message_bytes: usize,
+) -> Result<Response<Body>, Infallible> {
+    let request = match read_message(body, max_message_bytes).await {
         Ok(message) => match pb::DecideRequest::decode(message) {
             Ok(request) => request,
-            Err(e) => return not_protobuf(e).into_http(),
+            Err(e) => return Ok(not_protobuf(e).into_http()),
         },
-        Err(status) => return status.into_http(),
+        Err(status) => return Ok(status.into_http()),
     };
-    let caller = caller(&app, &parts, Operation::Decide).await;
-    match super::decide(&app, caller, request).await {
+    let caller = match asker.caller(&app, Operation::Decide).await {
+        Ok(caller) => caller,
+        Err(status) => return Ok(super::decide_refused(&app, status).into_http()),
+    };
+    Ok(match super::decide(&app, &caller, request).await {
         Ok(answer) => unary_response(&answer),
         Err(status) => status.into_http(),
-    }
+    })
 }
 
-/// The caller the gate authenticated for `op`, or, without the gate, from the
-/// `authorization` header.
-pub(super) async fn caller(
-    app: &App,
-    parts: &http::request::Parts,
-    op: Operation,
-) -> Result<Arc<Caller>, Status> {
-    if let Some(caller) = parts.extensions.get::<Arc<Caller>>() {
-        return Ok(caller.clone());
+/// Who makes a call: the caller the gate authenticated, or, in a service without the gate,
+/// the `authorization` header to authenticate.
+pub(super) enum Asker {
+    Known(Arc<Caller>),
+    Unchecked(Option<HeaderValue>),
+}
+
+impl Asker {
+    pub(super) fn of(parts: &http::request::Parts) -> Self {
+        match parts.extensions.get::<Arc<Caller>>() {
+            Some(caller) => Asker::Known(caller.clone()),
+            None => Asker::Unchecked(parts.headers.get(http::header::AUTHORIZATION).cloned()),
+        }
     }
-    let header = parts.headers.get(http::header::AUTHORIZATION);
-    Ok(app.authenticate(header.map(|v| v.as_bytes()), op).await?)
+
+    /// The caller, authenticated for `op` unless the gate has done it.
+    pub(super) async fn caller(self, app: &App, op: Operation) -> Result<Arc<Caller>, Status> {
+        match self {
+            Asker::Known(caller) => Ok(caller),
+            // Boxed: behind the gate this never runs, and inline it would make every
+            // call's future larger.
+            Asker::Unchecked(header) => {
+                let header = header.as_ref().map(|v| v.as_bytes());
+                Ok(Box::pin(app.authenticate(header, op)).await?)
+            }
+        }
+    }
 }
 
 /// The same status tonic's decoder gives through [`crate::proto::Decoder`]: the sender's
@@ -145,18 +174,17 @@ fn not_protobuf(e: prost::DecodeError) -> Status {
     ))
 }
 
-/// The one message of a unary request: uncompressed, at most `max` bytes, and nothing
-/// after it. A message that came in one piece (almost every one) is not copied.
-pub(super) async fn read_message(
-    headers: &HeaderMap,
-    body: Body,
-    max: usize,
-) -> Result<Bytes, Status> {
-    if let Some(encoding) = headers.get(GRPC_ENCODING)
-        && encoding.as_bytes() != b"identity"
-    {
-        return Err(compressed());
+/// Refuses a request whose messages are compressed (`grpc-encoding` other than identity).
+pub(super) fn uncompressed(headers: &HeaderMap) -> Result<(), Status> {
+    match headers.get(GRPC_ENCODING) {
+        Some(encoding) if encoding.as_bytes() != b"identity" => Err(compressed()),
+        _ => Ok(()),
     }
+}
+
+/// The one message of a unary request body: at most `max` bytes, not compressed, and
+/// nothing after it. A message that came in one piece (almost every one) is not copied.
+pub(super) async fn read_message(body: Body, max: usize) -> Result<Bytes, Status> {
     let mut body = std::pin::pin!(body);
     let mut whole = Bytes::new();
     let mut pieces: Option<BytesMut> = None;
@@ -293,7 +321,7 @@ mod tests {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        runtime.block_on(read_message(&HeaderMap::new(), body_of(pieces), max))
+        runtime.block_on(read_message(body_of(pieces), max))
     }
 
     #[test]
@@ -340,14 +368,11 @@ mod tests {
     #[test]
     fn a_compressed_request_is_refused_by_its_header() {
         let mut headers = HeaderMap::new();
-        headers.insert("grpc-encoding", HeaderValue::from_static("gzip"));
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        let body = body_of(&[&[0, 0, 0, 0, 0]]);
-        let refused = runtime
-            .block_on(read_message(&headers, body, 64))
-            .unwrap_err();
+        assert!(uncompressed(&headers).is_ok());
+        headers.insert(GRPC_ENCODING, HeaderValue::from_static("identity"));
+        assert!(uncompressed(&headers).is_ok());
+        headers.insert(GRPC_ENCODING, HeaderValue::from_static("gzip"));
+        let refused = uncompressed(&headers).unwrap_err();
         assert_eq!(refused.code(), tonic::Code::Unimplemented);
     }
 
