@@ -19,7 +19,7 @@ use crate::proto::v1 as pb;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::future::Either;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
-use http_body::{Frame, SizeHint};
+use http_body::Frame;
 use http_body_util::BodyExt;
 use prost::Message;
 use std::convert::Infallible;
@@ -267,7 +267,8 @@ fn unary_response<M: Message>(message: &M) -> Response<Body> {
     response
 }
 
-/// The body of a unary answer: the message, then the trailers.
+/// The body of a unary answer: the message, then the trailers. Its size is left unknown,
+/// as tonic's is: told it, hyper adds a `content-length` header every call would encode.
 struct UnaryBody {
     message: Option<Bytes>,
     done: bool,
@@ -296,10 +297,6 @@ impl http_body::Body for UnaryBody {
 
     fn is_end_stream(&self) -> bool {
         self.done
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.message.as_ref().map_or(0, |m| m.len() as u64))
     }
 }
 
