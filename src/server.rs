@@ -226,14 +226,6 @@ pub async fn serve(
     tracing::info!(addr = %metrics_addr, "metrics serving at /metrics");
 
     let tools = app.load_snapshots().await?;
-    let sweeper = AbortOnDropHandle::new(tokio::spawn(sweep_expired(
-        app.clone(),
-        config.expiry_sweep,
-    )));
-    let deliveries = AbortOnDropHandle::new(tokio::spawn(crate::delivery::worker::run(
-        app.clone(),
-        crate::delivery::worker::WorkerSettings::from(&config),
-    )));
     let (reporter, health_service) = tonic_health::server::health_reporter();
     reporter
         .set_service_status(LIVENESS, ServingStatus::Serving)
@@ -244,30 +236,14 @@ pub async fn serve(
         draining: Arc::new(AtomicBool::new(false)),
     };
     health.report(true).await;
-    let follower = AbortOnDropHandle::new(tokio::spawn(follow(
-        app.clone(),
-        FollowSettings {
-            catch_up_interval: config.catch_up_interval,
-            approval_poll_interval: config.approval_poll_interval,
-            key_refresh_interval: config.key_refresh_interval,
-            db_unavailable_after: config.db_unavailable_after,
-        },
-        health.clone(),
-    )));
+    let background = start_background(&app, &config, &health);
     let api = policy_api(&app, &config);
     // The HTTP listener: Slack's clicks, and the console, which calls this same stack.
     let _http_server = match listeners.http {
         Some(listener) => Some(start_http(listener, app.clone(), api.clone(), &config)?),
         None => None,
     };
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    let (reflection_v1, reflection_v1alpha) = reflection()?;
 
     let addr = listeners.grpc.local_addr()?;
     let incoming = incoming(listeners.grpc, &config, metrics.clone(), drain.clone());
@@ -289,15 +265,53 @@ pub async fn serve(
         finished = &mut server => return Ok(finished??),
         () = shutdown => {}
     }
-    drain_and_stop(
-        &config,
-        &health,
-        [follower, deliveries, sweeper],
-        &drain,
-        stop_tx,
-        server,
-    )
-    .await
+    drain_and_stop(&config, &health, background, &drain, stop_tx, server).await
+}
+
+/// The tasks beside the server: the expiry sweep, the delivery worker, and the follower
+/// (other replicas' changes, the key refresh, health while the database is away).
+fn start_background(
+    app: &Arc<App>,
+    config: &Config,
+    health: &Health,
+) -> [AbortOnDropHandle<()>; 3] {
+    let sweeper = tokio::spawn(sweep_expired(app.clone(), config.expiry_sweep));
+    let deliveries = tokio::spawn(crate::delivery::worker::run(
+        app.clone(),
+        crate::delivery::worker::WorkerSettings::from(config),
+    ));
+    let follower = tokio::spawn(follow(
+        app.clone(),
+        FollowSettings {
+            catch_up_interval: config.catch_up_interval,
+            approval_poll_interval: config.approval_poll_interval,
+            key_refresh_interval: config.key_refresh_interval,
+            db_unavailable_after: config.db_unavailable_after,
+        },
+        health.clone(),
+    ));
+    [follower, deliveries, sweeper].map(AbortOnDropHandle::new)
+}
+
+/// Server reflection, v1 and v1alpha, over toolgate's and the health service's
+/// descriptors.
+fn reflection() -> Result<
+    (
+        tonic_reflection::server::v1::ServerReflectionServer<
+            impl tonic_reflection::server::v1::ServerReflection,
+        >,
+        tonic_reflection::server::v1alpha::ServerReflectionServer<
+            impl tonic_reflection::server::v1alpha::ServerReflection,
+        >,
+    ),
+    RunError,
+> {
+    let builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    Ok((builder().build_v1()?, builder().build_v1alpha()?))
 }
 
 /// The shutdown: health NOT_SERVING, serving on for `shutdown_delay` while load balancers

@@ -31,7 +31,7 @@ use super::watch::{ConfigFrames, OutFrame, watch_config};
 use crate::app::{App, Operation};
 use crate::proto::v1 as pb;
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Request, Response};
+use http::{HeaderMap, Request, Response};
 use http_body::Frame;
 use prost::Message;
 use std::pin::Pin;
@@ -80,16 +80,11 @@ async fn open(
 }
 
 fn stream_response(frames: ConfigFrames) -> Response<Body> {
-    let mut response = Response::new(Body::new(FrameBody {
+    routes::grpc_response(Body::new(FrameBody {
         frames,
         sending: None,
         done: false,
-    }));
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/grpc"),
-    );
-    response
+    }))
 }
 
 /// A frame part-way sent: the rest of it, and where it stands.

@@ -27,6 +27,7 @@ use crate::app::{App, AppError, Operation};
 use crate::metrics::Shed;
 use crate::policy::Caller;
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use http::{HeaderValue, Request, Response};
 use http_body::{Frame, SizeHint};
 use std::borrow::Cow;
@@ -89,8 +90,6 @@ impl<S: NamedService> NamedService for Gate<S> {
     const NAME: &'static str = S::NAME;
 }
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
 impl<S> tower_service::Service<Request<Body>> for Gate<S>
 where
     S: tower_service::Service<Request<Body>, Response = Response<Body>, Error = Infallible>
@@ -101,7 +100,7 @@ where
 {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = BoxFuture<Result<Response<Body>, Infallible>>;
+    type Future = BoxFuture<'static, Result<Response<Body>, Infallible>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)

@@ -17,13 +17,12 @@ use crate::app::{App, Operation};
 use crate::policy::Caller;
 use crate::proto::v1 as pb;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use futures_util::future::Either;
+use futures_util::future::{BoxFuture, Either};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
 use http_body::Frame;
 use http_body_util::BodyExt;
 use prost::Message;
 use std::convert::Infallible;
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -71,8 +70,6 @@ impl<S: NamedService> NamedService for Routes<S> {
     const NAME: &'static str = S::NAME;
 }
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
 impl<S> tower_service::Service<Request<Body>> for Routes<S>
 where
     S: tower_service::Service<Request<Body>, Response = Response<Body>, Error = Infallible>
@@ -85,7 +82,7 @@ where
     type Error = Infallible;
     /// Every other call's future as it is (boxing it again would cost each an allocation),
     /// or one of ours.
-    type Future = Either<S::Future, BoxFuture<Result<Response<Body>, Infallible>>>;
+    type Future = Either<S::Future, BoxFuture<'static, Result<Response<Body>, Infallible>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -256,10 +253,15 @@ fn unary_response<M: Message>(message: &M) -> Response<Body> {
     // A Decide answer is a few hundred bytes; u32 is the wire format's limit.
     framed.put_u32(len as u32);
     message.encode_raw(&mut framed);
-    let mut response = Response::new(Body::new(UnaryBody {
+    grpc_response(Body::new(UnaryBody {
         message: Some(framed.freeze()),
         done: false,
-    }));
+    }))
+}
+
+/// A gRPC answer with `body`: its messages, then its status in the trailers.
+pub(super) fn grpc_response(body: Body) -> Response<Body> {
+    let mut response = Response::new(body);
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/grpc"),
