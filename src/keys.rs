@@ -138,23 +138,41 @@ pub fn random_id(prefix: &str) -> Result<String, getrandom::Error> {
     Ok(format!("{prefix}{}", hex(&bytes)))
 }
 
-/// `prefix` then `n` in lower-case hex, at least `width` digits: the request and decision
-/// ids every call makes, built without `core::fmt` (BENCHMARKS.md, the profile).
+/// `prefix` then `n` in lower-case hex, at least `width` digits: the decision ids every
+/// Decide makes, built without `core::fmt` (BENCHMARKS.md, the profile).
 pub fn numbered_id(prefix: &str, n: u64, width: usize) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut digits = [b'0'; 16];
-    let mut at = digits.len();
-    let mut rest = n;
-    while rest > 0 || at == digits.len() {
-        at -= 1;
-        digits[at] = DIGITS[(rest & 0xf) as usize];
-        rest >>= 4;
-    }
-    let start = at.min(digits.len().saturating_sub(width));
-    let mut id = String::with_capacity(prefix.len() + digits.len() - start);
+    let digits = HexDigits::of(n, width);
+    let mut id = String::with_capacity(prefix.len() + digits.as_bytes().len());
     id.push_str(prefix);
-    id.extend(digits[start..].iter().map(|d| char::from(*d)));
+    id.extend(digits.as_bytes().iter().map(|d| char::from(*d)));
     id
+}
+
+/// `n` in lower-case hex, at least `width` digits (at most 16), on the stack.
+pub struct HexDigits {
+    digits: [u8; 16],
+    start: usize,
+}
+
+impl HexDigits {
+    pub fn of(n: u64, width: usize) -> Self {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut digits = [b'0'; 16];
+        let mut at = digits.len();
+        let mut rest = n;
+        while rest > 0 || at == digits.len() {
+            at -= 1;
+            digits[at] = DIGITS[(rest & 0xf) as usize];
+            rest >>= 4;
+        }
+        let start = at.min(digits.len().saturating_sub(width));
+        HexDigits { digits, start }
+    }
+
+    /// The digits, as ASCII.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.digits[self.start..]
+    }
 }
 
 #[cfg(test)]
@@ -237,22 +255,25 @@ mod tests {
     }
 }
 
-/// Whether `token` has the shape of a key [`generate`] makes (`tg_k<16 hex>_<64 hex>`).
-/// Anything else cannot be a key, and is refused without a look-up.
+/// Whether `token` has the shape of a key [`generate`] makes (`tg_k<16 hex>_<64 hex>`, 85
+/// bytes). Anything else cannot be a key, and is refused without a look-up.
 pub fn well_formed(token: &str) -> bool {
     // Every byte looked at, without stopping at the first bad one: the loop then runs
     // many bytes per instruction, on every call's key.
-    let hex = |s: &str, len: usize| {
-        s.len() == len
-            && s.bytes()
-                .fold(true, |ok, b| ok & matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    let hex = |s: &[u8]| {
+        s.iter()
+            .fold(true, |ok, b| ok & matches!(b, b'0'..=b'9' | b'a'..=b'f'))
     };
-    token.len() <= MAX_TOKEN_BYTES
-        && token
-            .strip_prefix("tg_k")
-            .and_then(|rest| rest.split_once('_'))
-            .is_some_and(|(id, secret)| hex(id, 16) && hex(secret, 64))
+    let t = token.as_bytes();
+    t.len() == TOKEN_BYTES
+        && t.starts_with(b"tg_k")
+        && t[20] == b'_'
+        && hex(&t[4..20])
+        && hex(&t[21..])
 }
+
+/// The length of every token [`generate`] makes.
+const TOKEN_BYTES: usize = "tg_k".len() + 16 + "_".len() + 64;
 
 /// Most tokens remembered as unknown; the set is emptied when it fills up (and at every
 /// reload), so it stays bounded whatever a client sends.
@@ -413,6 +434,18 @@ mod cache_tests {
             assert!(!well_formed(bad), "{bad}");
         }
         assert!(!well_formed(&format!("{}0", key.token)));
+        // The separator elsewhere, at the same length.
+        let t = &key.token;
+        let moved = format!("{}_{}{}", &t[..19], &t[19..20], &t[21..]);
+        assert_eq!(moved.len(), key.token.len());
+        assert!(!well_formed(&moved), "{moved}");
+        // A byte out of place anywhere.
+        for at in 0..key.token.len() {
+            let mut bad = key.token.clone().into_bytes();
+            bad[at] = if at == 20 { b'0' } else { b'G' };
+            let bad = String::from_utf8(bad).unwrap();
+            assert!(!well_formed(&bad), "{bad}");
+        }
     }
 
     #[test]

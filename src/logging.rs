@@ -34,12 +34,79 @@ pub struct Call {
     /// The RPC's name (`Decide`).
     pub method: std::borrow::Cow<'static, str>,
     /// The call's request id: short and printable (the gate checks a caller's).
-    pub request_id: http::HeaderValue,
+    pub request_id: CallId,
+}
+
+/// A call's request id as its log lines carry it: the caller's, as the header value it
+/// came in (a clone shares its bytes), or one the server made, held inline. A made id
+/// held as a header value would be cloned here and sent in the answer, and the first clone
+/// of bytes not yet shared allocates (BENCHMARKS.md, "Transport defaults and four small
+/// cuts").
+#[derive(Debug, Clone)]
+pub enum CallId {
+    Given(http::HeaderValue),
+    Made(MadeId),
+}
+
+impl CallId {
+    pub fn as_str(&self) -> &str {
+        match self {
+            CallId::Given(value) => value.to_str().unwrap_or(""),
+            CallId::Made(id) => id.as_str(),
+        }
+    }
+}
+
+impl From<http::HeaderValue> for CallId {
+    fn from(value: http::HeaderValue) -> Self {
+        CallId::Given(value)
+    }
+}
+
+/// A request id the server made: `prefix` then a number in hex, inline.
+#[derive(Clone, Copy)]
+pub struct MadeId {
+    text: [u8; MadeId::MAX],
+    len: u8,
+}
+
+impl MadeId {
+    /// The longest a made id may be.
+    pub const MAX: usize = 40;
+
+    /// `prefix` then `n` in lower-case hex; `None` when the prefix leaves no room or is
+    /// not ASCII.
+    pub fn new(prefix: &str, n: u64) -> Option<MadeId> {
+        let digits = crate::keys::HexDigits::of(n, 1);
+        let (prefix, digits) = (prefix.as_bytes(), digits.as_bytes());
+        let len = prefix.len() + digits.len();
+        if len > MadeId::MAX || !prefix.is_ascii() {
+            return None;
+        }
+        let mut text = [0u8; MadeId::MAX];
+        text[..prefix.len()].copy_from_slice(prefix);
+        text[prefix.len()..len].copy_from_slice(digits);
+        Some(MadeId {
+            text,
+            len: len as u8,
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ASCII is ever written.
+        std::str::from_utf8(&self.text[..usize::from(self.len)]).unwrap_or("")
+    }
+}
+
+impl fmt::Debug for MadeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
 }
 
 impl Call {
     fn request_id(&self) -> &str {
-        self.request_id.to_str().unwrap_or("")
+        self.request_id.as_str()
     }
 
     /// The span's part of a text line, as [`TextFields`] writes the `rpc` span.
@@ -764,17 +831,17 @@ impl Decision<'_> {
             line.push(' ');
         }
         // Each name with its punctuation is one literal (inlined, so copied without a call).
-        text_member(
+        made_member(
             line,
             "toolgate::decision: decision decision_id=",
             self.decision_id,
-        )?;
+        );
         text_member(line, " tenant=", self.tenant)?;
         text_member(line, " key_id=", self.key_id)?;
         text_member(line, " integration=", self.integration)?;
         text_member(line, " tool=", self.tool)?;
-        text_member(line, " verdict=", self.verdict)?;
-        text_member(line, " code=", self.code)?;
+        made_member(line, " verdict=", self.verdict);
+        made_member(line, " code=", self.code);
         line.push_str(" revision=");
         decimal(line, self.revision);
         if let Some(approval_id) = self.approval_id {
@@ -803,7 +870,7 @@ impl Decision<'_> {
             json_member(line, ",\"method\":", &call.method);
             json_member(line, ",\"request_id\":", call.request_id());
         });
-        json_member(
+        made_member(
             line,
             ",\"message\":\"decision\",\"decision_id\":",
             self.decision_id,
@@ -812,8 +879,8 @@ impl Decision<'_> {
         json_member(line, ",\"key_id\":", self.key_id);
         json_member(line, ",\"integration\":", self.integration);
         json_member(line, ",\"tool\":", self.tool);
-        json_member(line, ",\"verdict\":", self.verdict);
-        json_member(line, ",\"code\":", self.code);
+        made_member(line, ",\"verdict\":", self.verdict);
+        made_member(line, ",\"code\":", self.code);
         line.push_str(",\"revision\":");
         decimal(line, self.revision);
         if let Some(approval_id) = self.approval_id {
@@ -854,6 +921,18 @@ impl DecisionLines {
 fn text_member(line: &mut String, name: &str, value: &str) -> fmt::Result {
     line.push_str(name);
     debug_str(line, value)
+}
+
+/// `name` (a literal with its punctuation), then `value` between quotes, unchecked: for the
+/// values this server makes plain (the decision id, the verdict's and code's names), which
+/// Debug and JSON both write so. Checking them cost every Decide about 150 instructions.
+#[inline]
+fn made_member(line: &mut String, name: &str, value: &str) {
+    debug_assert!(plain(value), "{value:?}");
+    line.push_str(name);
+    line.push('"');
+    line.push_str(value);
+    line.push('"');
 }
 
 /// `name` (a literal with its punctuation, `,"tenant":`), then `value` as a JSON string.
@@ -1042,7 +1121,7 @@ mod tests {
         };
         let call = Call {
             method: "Decide".into(),
-            request_id: http::HeaderValue::from_static("r-1"),
+            request_id: http::HeaderValue::from_static("r-1").into(),
         };
         let without_span = || CALL.sync_scope(call.clone(), emit);
         let text = |run: &dyn Fn()| text_line(false, run);
@@ -1106,7 +1185,7 @@ mod tests {
         };
         let call = Call {
             method: "Decide".into(),
-            request_id: http::HeaderValue::from_static("r-1"),
+            request_id: http::HeaderValue::from_static("r-1").into(),
         };
         // The JSON line's time differs between the two ways of writing it.
         let untimed = |line: &str| {

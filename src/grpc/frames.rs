@@ -71,9 +71,7 @@ async fn open(
         .caller(&app, Operation::WatchConfig)
         .await?;
     // Streams do not pass the gate's body deadline; this call's message is bounded here.
-    let message = tokio::time::timeout(body_timeout, routes::read_message(body, MAX_REQUEST_BYTES))
-        .await
-        .map_err(|_| Status::deadline_exceeded("request: the message did not arrive in time"))??;
+    let message = routes::read_message(body, MAX_REQUEST_BYTES, body_timeout).await?;
     let request = pb::WatchConfigRequest::decode(message)
         .map_err(|e| Status::invalid_argument(format!("request: not a WatchConfigRequest: {e}")))?;
     Ok(watch_config(app, caller, request).await?)

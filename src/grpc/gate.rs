@@ -24,6 +24,7 @@
 //! Health and reflection do not pass through the gate: probes must answer under load.
 
 use crate::app::{App, AppError, Operation};
+use crate::logging::{CallId, MadeId};
 use crate::metrics::Shed;
 use crate::policy::Caller;
 use bytes::Bytes;
@@ -107,10 +108,10 @@ where
     }
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
-        let id = self.shared.ids.for_request(&req);
+        let (id, logged) = self.shared.ids.for_request(&req);
         let method = req.uri().path().rsplit_once('/').map_or("", |(_, m)| m);
         let op = operation(method);
-        let context = CallContext::new(&req, method, op, &id);
+        let context = CallContext::new(&req, method, op, &id, logged);
         // Take the service that was driven to ready, leave a fresh clone in its place.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -146,14 +147,20 @@ enum CallContext {
 }
 
 impl CallContext {
-    fn new<B>(req: &Request<B>, method: &str, op: Option<Operation>, id: &HeaderValue) -> Self {
+    fn new<B>(
+        req: &Request<B>,
+        method: &str,
+        op: Option<Operation>,
+        id: &HeaderValue,
+        logged: CallId,
+    ) -> Self {
         if !crate::logging::call_spans() {
             return CallContext::Call(crate::logging::Call {
                 method: match op {
                     Some(op) => Cow::Borrowed(op.name()),
                     None => Cow::Owned(method.to_owned()),
                 },
-                request_id: id.clone(),
+                request_id: logged,
             });
         }
         let span = tracing::info_span!(
@@ -193,7 +200,9 @@ impl Shared {
             Some(self.places(&caller, peer(req))?)
         };
         req.extensions_mut().insert(caller);
-        if !streaming {
+        // Decide's route reads its body within the same limit itself, without a boxed
+        // wrapper around it ([`super::routes`]).
+        if !streaming && op != Operation::Decide {
             let body = std::mem::take(req.body_mut());
             *req.body_mut() = Body::new(Deadline::new(body, self.body_timeout));
         }
@@ -359,14 +368,14 @@ impl<K: std::hash::Hash + Eq> KeyPermits<K> {
 
 /// A request body that must be complete within a time limit, counted from the first moment
 /// it was not ready (so a body that is there at once costs no timer).
-struct Deadline {
-    inner: Body,
+pub(super) struct Deadline<B = Body> {
+    inner: B,
     limit: Duration,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
-impl Deadline {
-    fn new(inner: Body, limit: Duration) -> Self {
+impl<B> Deadline<B> {
+    pub(super) fn new(inner: B, limit: Duration) -> Self {
         Deadline {
             inner,
             limit,
@@ -375,7 +384,10 @@ impl Deadline {
     }
 }
 
-impl http_body::Body for Deadline {
+impl<B> http_body::Body for Deadline<B>
+where
+    B: http_body::Body<Data = Bytes, Error = Status> + Unpin,
+{
     type Data = Bytes;
     type Error = Status;
 
@@ -430,21 +442,33 @@ impl RequestIds {
         }
     }
 
-    /// The id as the response header that carries it back. It is marked sensitive, which
-    /// HPACK sends as never indexed: every call's id is new, and indexing it would only
-    /// churn the connection's header table (the callgrind profile showed the comparing and
-    /// evicting; `BENCHMARKS.md` has the figure).
-    fn for_request<B>(&self, req: &Request<B>) -> HeaderValue {
-        let mut id = match req.headers().get(REQUEST_ID) {
-            Some(given) if given.to_str().is_ok_and(usable_id) => given.clone(),
+    /// The id as the response header that carries it back, and as the call's log lines
+    /// carry it. The header is marked sensitive, which HPACK sends as never indexed: every
+    /// call's id is new, and indexing it would only churn the connection's header table
+    /// (the callgrind profile showed the comparing and evicting; `BENCHMARKS.md` has the
+    /// figure).
+    fn for_request<B>(&self, req: &Request<B>) -> (HeaderValue, CallId) {
+        let (mut id, logged) = match req.headers().get(REQUEST_ID) {
+            Some(given) if given.to_str().is_ok_and(usable_id) => {
+                (given.clone(), CallId::Given(given.clone()))
+            }
             _ => {
                 let n = self.next.fetch_add(1, Ordering::Relaxed);
-                HeaderValue::try_from(crate::keys::numbered_id(&self.prefix, n, 1))
-                    .unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+                match MadeId::new(&self.prefix, n) {
+                    Some(made) => (
+                        HeaderValue::from_bytes(made.as_str().as_bytes())
+                            .unwrap_or_else(|_| HeaderValue::from_static("invalid")),
+                        CallId::Made(made),
+                    ),
+                    None => {
+                        let invalid = HeaderValue::from_static("invalid");
+                        (invalid.clone(), CallId::Given(invalid))
+                    }
+                }
             }
         };
         id.set_sensitive(true);
-        id
+        (id, logged)
     }
 }
 
@@ -470,15 +494,26 @@ mod tests {
                 .header("x-request-id", v)
                 .body(())
                 .unwrap();
-            ids.for_request(&req).to_str().unwrap().to_owned()
+            let (id, logged) = ids.for_request(&req);
+            assert_eq!(
+                logged.as_str(),
+                id.to_str().unwrap(),
+                "the log has the same id"
+            );
+            id.to_str().unwrap().to_owned()
         };
         assert_eq!(with("4bf92f35-77b3-4da6"), "4bf92f35-77b3-4da6");
         let forged = with("a\" level=error");
         assert!(forged.starts_with(&ids.prefix), "{forged}");
         let long = with(&"x".repeat(MAX_ID_LEN + 1));
         assert!(long.starts_with(&ids.prefix), "{long}");
-        let a = ids.for_request(&Request::new(()));
-        let b = ids.for_request(&Request::new(()));
+        let (a, a_logged) = ids.for_request(&Request::new(()));
+        let (b, _) = ids.for_request(&Request::new(()));
+        assert_eq!(
+            a_logged.as_str(),
+            a.to_str().unwrap(),
+            "the log has the same id"
+        );
         assert_ne!(a, b);
         assert!(a.is_sensitive(), "ids are sent never indexed");
     }

@@ -140,7 +140,11 @@ where
         let mut call = this.call.take();
         Poll::Ready(match result {
             Ok(response) => {
-                if let (Some(call), Some(code)) = (&mut call, status_of(response.headers())) {
+                // Only a trailers-only answer (its body empty) has its status in the
+                // headers: any other's headers are not searched for one.
+                if response.body().is_end_stream()
+                    && let (Some(call), Some(code)) = (&mut call, status_of(response.headers()))
+                {
                     call.finish(code);
                 }
                 Ok(response.map(|inner| RecordedBody { inner, call }))
