@@ -220,7 +220,7 @@ pub struct ServeArgs {
     /// Longest a unary call may take, e.g. 10s (a shorter grpc-timeout from the client wins) [default: none].
     #[arg(long, env = "TOOLGATE_REQUEST_TIMEOUT")]
     pub request_timeout: Option<String>,
-    /// HTTP/2 ping to an idle connection this often; 0 = never [default: 60s].
+    /// HTTP/2 ping to an idle connection this often; 0 = never [default: 0, never: TCP keepalive finds vanished peers].
     #[arg(long, env = "TOOLGATE_KEEPALIVE_INTERVAL")]
     pub keepalive_interval: Option<String>,
     /// A connection whose ping is unanswered this long is closed [default: 20s].
@@ -463,7 +463,11 @@ impl Default for Config {
             // 10-30 µs of latency at low concurrency (benches/grpc.rs). Clients' own
             // grpc-timeout is always honoured.
             request_timeout: None,
-            keepalive_interval: Some(Duration::from_secs(60)),
+            // Off, as in tonic and Envoy: TCP keepalive (server.rs) already finds a peer
+            // that vanished, while hyper's ping timer costs every call about 1 100
+            // instructions (BENCHMARKS.md, "Transport defaults and three small cuts").
+            // Behind a mesh either reaches only the sidecar.
+            keepalive_interval: None,
             keepalive_timeout: Duration::from_secs(20),
             max_connection_age: Some(Duration::from_secs(30 * 60)),
             max_connection_age_grace: Duration::from_secs(30),
@@ -892,7 +896,7 @@ mod tests {
         assert_eq!(config.max_connection_age, None);
         assert_eq!(config.request_timeout, Some(Duration::from_secs(3)));
         assert_eq!(Config::default().request_timeout, None);
-        assert_eq!(config.keepalive_interval, Some(Duration::from_secs(60)));
+        assert_eq!(config.keepalive_interval, None);
         let half = ServeArgs {
             tls_cert: Some("cert.pem".into()),
             ..ServeArgs::default()
@@ -1014,7 +1018,7 @@ mod tests {
             handshake_timeout = "15s"
             max_watch_streams = 13
             request_timeout = "8s"
-            keepalive_interval = "0"
+            keepalive_interval = "45s"
             keepalive_timeout = "9s"
             max_connection_age = "1h"
             max_connection_age_grace = "10s"
