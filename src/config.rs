@@ -465,7 +465,7 @@ impl Default for Config {
             request_timeout: None,
             // Off, as in tonic and Envoy: TCP keepalive (server.rs) already finds a peer
             // that vanished, while hyper's ping timer costs every call about 1 100
-            // instructions (BENCHMARKS.md, "Transport defaults and three small cuts").
+            // instructions (BENCHMARKS.md, "Keepalive off, and small cuts").
             // Behind a mesh either reaches only the sidecar.
             keepalive_interval: None,
             keepalive_timeout: Duration::from_secs(20),

@@ -40,8 +40,7 @@ pub struct Call {
 /// A call's request id as its log lines carry it: the caller's, as the header value it
 /// came in (a clone shares its bytes), or one the server made, held inline. A made id
 /// held as a header value would be cloned here and sent in the answer, and the first clone
-/// of bytes not yet shared allocates (BENCHMARKS.md, "Transport defaults and four small
-/// cuts").
+/// of bytes not yet shared allocates (BENCHMARKS.md, "Keepalive off, and small cuts").
 #[derive(Debug, Clone)]
 pub enum CallId {
     Given(http::HeaderValue),

@@ -251,7 +251,7 @@ impl RpcMethod {
 
     /// The method a request path (`/package.Service/Method`) names: one look-up of the
     /// whole path, where splitting it and comparing both halves along the table cost about
-    /// 300 instructions a call (BENCHMARKS.md, "Transport defaults and three small cuts").
+    /// 300 instructions a call (BENCHMARKS.md, "Keepalive off, and small cuts").
     pub fn of_path(path: &str) -> RpcMethod {
         static PATHS: std::sync::LazyLock<crate::FastMap<String, RpcMethod>> =
             std::sync::LazyLock::new(|| {
