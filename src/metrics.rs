@@ -383,7 +383,7 @@ pub struct Metrics {
     registry: Registry,
     /// Each verdict's natural codes are resolved at start; any other pair on its first
     /// occurrence, so pairs that never occur are not shown.
-    decisions: [[OnceLock<Counter>; CODES.len()]; VERDICTS.len()],
+    decisions: DecisionCounters,
     decisions_family: Family<Labels<2>, Counter>,
     /// By gRPC code; `OK` (never an error) is counted nowhere.
     decide_errors: [Counter; GRPC_CODES.len()],
@@ -435,6 +435,85 @@ where
     (family, handles)
 }
 
+/// `metric`, registered in `r` under `name` with `help`, for the caller to keep.
+fn registered<M>(r: &mut Registry, name: &str, help: &str, metric: M) -> M
+where
+    M: prometheus_client::registry::Metric + Clone,
+{
+    r.register(name, help, metric.clone());
+    metric
+}
+
+/// Decide's answers, by verdict then code.
+type DecisionCounters = [[OnceLock<Counter>; CODES.len()]; VERDICTS.len()];
+
+/// Decide's answers by verdict and code, its errors by gRPC code, and its time.
+fn register_decide(
+    r: &mut Registry,
+) -> (
+    DecisionCounters,
+    Family<Labels<2>, Counter>,
+    [Counter; GRPC_CODES.len()],
+    Histogram,
+) {
+    let decisions_family = Family::<Labels<2>, Counter>::default();
+    let decisions: DecisionCounters = Default::default();
+    for (v, (verdict, vname)) in VERDICTS.iter().enumerate() {
+        for (c, (code, cname)) in CODES.iter().enumerate() {
+            if natural_verdict(*code) == *verdict {
+                let counter =
+                    decisions_family.get_or_create_owned(&[("verdict", vname), ("code", cname)]);
+                let _ = decisions[v][c].set(counter);
+            }
+        }
+    }
+    r.register(
+        "toolgate_decisions",
+        "Decide answers by verdict and code",
+        decisions_family.clone(),
+    );
+    let errors = Family::<Labels<1>, Counter>::default();
+    let decide_errors = std::array::from_fn(|i| match i {
+        0 => Counter::default(),
+        _ => errors.get_or_create_owned(&[("grpc_code", GRPC_CODES[i])]),
+    });
+    r.register(
+        "toolgate_decide_errors",
+        "Decide calls answered with an error status instead of a decision",
+        errors,
+    );
+    let decide_seconds = registered(
+        r,
+        "toolgate_decide_duration_seconds",
+        "Time to answer a Decide, from the request's arrival to its answer",
+        Histogram::new(LATENCY_BOUNDS.iter().copied()),
+    );
+    (decisions, decisions_family, decide_errors, decide_seconds)
+}
+
+/// Failed store calls by operation and kind, and the store calls' time.
+fn register_store(r: &mut Registry) -> ([[Counter; 2]; StoreOp::ALL.len()], Histogram) {
+    let family = Family::<Labels<2>, Counter>::default();
+    let store_errors = std::array::from_fn(|i| {
+        let op = StoreOp::ALL[i].as_str();
+        ["unavailable", "other"]
+            .map(|kind| family.get_or_create_owned(&[("op", op), ("kind", kind)]))
+    });
+    r.register(
+        "toolgate_store_errors",
+        "Failed store calls by operation; kind=unavailable is an unreachable, slow or busy \
+             database, kind=other anything else",
+        family,
+    );
+    let store_seconds = registered(
+        r,
+        "toolgate_store_duration_seconds",
+        "Time of store calls, from requests and from background work",
+        Histogram::new(LATENCY_BOUNDS.iter().copied()),
+    );
+    (store_errors, store_seconds)
+}
+
 impl Metrics {
     pub fn new(backend: &'static str) -> Self {
         let mut r = Registry::default();
@@ -448,45 +527,14 @@ impl Metrics {
             "Build of this server; the value is 1",
             build_info,
         );
-        let serving = Gauge::default();
-        r.register(
+        let serving = registered(
+            &mut r,
             "toolgate_serving",
             "1 while health is SERVING, 0 while loading, in a database outage or draining",
-            serving.clone(),
+            Gauge::default(),
         );
 
-        let decisions_family = Family::<Labels<2>, Counter>::default();
-        let decisions: [[OnceLock<Counter>; CODES.len()]; VERDICTS.len()] = Default::default();
-        for (v, (verdict, vname)) in VERDICTS.iter().enumerate() {
-            for (c, (code, cname)) in CODES.iter().enumerate() {
-                if natural_verdict(*code) == *verdict {
-                    let counter = decisions_family
-                        .get_or_create_owned(&[("verdict", vname), ("code", cname)]);
-                    let _ = decisions[v][c].set(counter);
-                }
-            }
-        }
-        r.register(
-            "toolgate_decisions",
-            "Decide answers by verdict and code",
-            decisions_family.clone(),
-        );
-        let errors = Family::<Labels<1>, Counter>::default();
-        let decide_errors = std::array::from_fn(|i| match i {
-            0 => Counter::default(),
-            _ => errors.get_or_create_owned(&[("grpc_code", GRPC_CODES[i])]),
-        });
-        r.register(
-            "toolgate_decide_errors",
-            "Decide calls answered with an error status instead of a decision",
-            errors,
-        );
-        let decide_seconds = Histogram::new(LATENCY_BOUNDS.iter().copied());
-        r.register(
-            "toolgate_decide_duration_seconds",
-            "Time to answer a Decide, from the request's arrival to its answer",
-            decide_seconds.clone(),
-        );
+        let (decisions, decisions_family, decide_errors, decide_seconds) = register_decide(&mut r);
 
         let (family, approvals) = one_label(
             "event",
@@ -516,11 +564,11 @@ impl Metrics {
             "Calls refused with RESOURCE_EXHAUSTED because a concurrency limit was reached",
             family,
         );
-        let connections_open = Gauge::default();
-        r.register(
+        let connections_open = registered(
+            &mut r,
             "toolgate_connections_open",
             "Open connections to the gRPC port (at most max_connections)",
-            connections_open.clone(),
+            Gauge::default(),
         );
         let (family, connections_refused) = one_label("reason", REFUSALS);
         r.register(
@@ -530,64 +578,47 @@ impl Metrics {
             family,
         );
 
-        let tenants = Gauge::default();
-        r.register(
+        let tenants = registered(
+            &mut r,
             "toolgate_tenants",
             "Tenants in this replica's snapshot",
-            tenants.clone(),
+            Gauge::default(),
         );
-        let tools = Gauge::default();
-        r.register(
+        let tools = registered(
+            &mut r,
             "toolgate_tools",
             "Tools in this replica's snapshot, over all tenants",
-            tools.clone(),
+            Gauge::default(),
         );
-        let revision_sum = Gauge::default();
-        r.register(
+        let revision_sum = registered(
+            &mut r,
             "toolgate_revision_sum",
             "Sum over tenants of the revision this replica serves; replicas that agree show \
              the same value",
-            revision_sum.clone(),
+            Gauge::default(),
         );
-        let revisions_followed = Counter::default();
-        r.register(
+        let revisions_followed = registered(
+            &mut r,
             "toolgate_revisions_followed",
             "Revisions saved by another replica (or process) applied to this one's snapshot",
-            revisions_followed.clone(),
+            Counter::default(),
         );
-        let propagation_seconds = Histogram::new(PROPAGATION_BOUNDS.iter().copied());
-        r.register(
+        let propagation_seconds = registered(
+            &mut r,
             "toolgate_propagation_lag_seconds",
             "From another replica's commit of a revision to its arrival in this replica's \
              snapshot (across replicas' clocks)",
-            propagation_seconds.clone(),
+            Histogram::new(PROPAGATION_BOUNDS.iter().copied()),
         );
-        let staleness_seconds = Gauge::default();
-        r.register(
+        let staleness_seconds = registered(
+            &mut r,
             "toolgate_snapshot_staleness_seconds",
             "Time since this replica last read the database successfully; the snapshot may \
              lag other replicas' saves by this much",
-            staleness_seconds.clone(),
+            Gauge::default(),
         );
 
-        let family = Family::<Labels<2>, Counter>::default();
-        let store_errors = std::array::from_fn(|i| {
-            let op = StoreOp::ALL[i].as_str();
-            ["unavailable", "other"]
-                .map(|kind| family.get_or_create_owned(&[("op", op), ("kind", kind)]))
-        });
-        r.register(
-            "toolgate_store_errors",
-            "Failed store calls by operation; kind=unavailable is an unreachable, slow or busy \
-             database, kind=other anything else",
-            family,
-        );
-        let store_seconds = Histogram::new(LATENCY_BOUNDS.iter().copied());
-        r.register(
-            "toolgate_store_duration_seconds",
-            "Time of store calls, from requests and from background work",
-            store_seconds.clone(),
-        );
+        let (store_errors, store_seconds) = register_store(&mut r);
 
         let deliveries = DeliveryMetrics::register(&mut r);
         let rpcs = register_rpcs(&mut r);

@@ -346,8 +346,12 @@ mod tests {
         let first = futures_util::stream::iter([first]);
         let stalled = first.chain(futures_util::stream::pending());
         let body = Body::new(http_body_util::StreamBody::new(stalled));
-        let late = read_message(body, 64, Duration::from_millis(50))
+        // Bounded here too, so that a read the deadline does not end fails the test
+        // instead of hanging it.
+        let read = read_message(body, 64, Duration::from_millis(50));
+        let late = tokio::time::timeout(Duration::from_secs(10), read)
             .await
+            .expect("the deadline ends the read")
             .unwrap_err();
         assert_eq!(late.code(), tonic::Code::DeadlineExceeded, "{late:?}");
         assert!(late.message().contains("request_body_timeout"), "{late:?}");
