@@ -20,10 +20,15 @@
 //! after the other in alternating rounds; with `--together` both servers take their load
 //! at the same moment, so a change in the machine's speed falls on both alike.
 //!
+//! One h2load level alone: `cargo bench --bench grpc -- --h2load-level 4x16` (no Rust
+//! driver, no other level; add `--rounds 9 --seconds 2` for a steadier median).
+//!
 //! Profile: `cargo bench --bench grpc -- --callgrind 2000` runs both servers under
 //! `valgrind --tool=callgrind` and sends each 2 000 Decides one at a time after a warm-up,
 //! counting only those: it prints instructions per call for both (repeatable, unlike
-//! timings on a shared machine) and leaves the profiles for `callgrind_annotate`.
+//! timings on a shared machine) and leaves the profiles for `callgrind_annotate`. With
+//! `--h2load-level 4x16` h2load sends the counted calls at that level instead, so the
+//! counts include what concurrency shares out (fewer system calls and wake-ups per call).
 
 mod common;
 
@@ -44,9 +49,10 @@ fn main() {
         runtime.block_on(common::bare::serve_bare(pb::WatchConfigResponse::default()));
         return;
     }
+    let only = h2load_level();
     let calls = common::arg("--callgrind", 0);
     if calls > 0 {
-        runtime.block_on(callgrind(calls));
+        runtime.block_on(callgrind(calls, only));
         return;
     }
     let rounds = common::arg("--rounds", 5);
@@ -80,7 +86,9 @@ fn main() {
             "level", "server", "calls/s", "p50 µs", "p99 µs"
         );
         let mut verdicts = Vec::new();
-        for (connections, in_flight) in LEVELS {
+        // `--h2load-level`: h2load alone.
+        let levels: &[(usize, usize)] = if only.is_some() { &[] } else { &LEVELS };
+        for &(connections, in_flight) in levels {
             let level = format!("{connections}x{in_flight}");
             // Echo and toolgate take turns, so a slow spell of this shared machine falls on
             // both; each figure is the median over the rounds, each ratio the median of the
@@ -130,7 +138,15 @@ fn main() {
                 ));
             }
         }
-        verdicts.extend(by_h2load(&echo, &toolgate, &request, rounds, seconds));
+        let h2load_levels = only.map_or(H2LOAD_LEVELS.to_vec(), |level| vec![level]);
+        verdicts.extend(by_h2load(
+            &echo,
+            &toolgate,
+            &request,
+            &h2load_levels,
+            rounds,
+            seconds,
+        ));
         println!();
         println!(
             "log: {} lines from toolgate (a decision log line per Decide), read from its \
@@ -146,6 +162,15 @@ fn main() {
 /// Levels for h2load: (connections, streams in flight per connection).
 const H2LOAD_LEVELS: [(usize, usize); 3] = [(1, 1), (4, 16), (50, 20)];
 
+/// `--h2load-level CxS`, if given: h2load alone, at that level only.
+fn h2load_level() -> Option<(usize, usize)> {
+    let text = common::text_arg("--h2load-level")?;
+    let level = text
+        .split_once('x')
+        .and_then(|(c, s)| Some((c.parse().ok()?, s.parse().ok()?)));
+    Some(level.expect("--h2load-level takes connections x streams, e.g. 4x16"))
+}
+
 /// The same comparison driven by h2load, nghttp2's HTTP/2 load generator (written by
 /// neither side): the same request bytes, as one gRPC frame, to each server in turn.
 /// Skipped, loudly, when h2load is not installed (Debian: `apt-get install nghttp2-client`).
@@ -153,6 +178,7 @@ fn by_h2load(
     echo: &Target,
     toolgate: &Target,
     request: &pb::DecideRequest,
+    levels: &[(usize, usize)],
     rounds: usize,
     seconds: u64,
 ) -> Vec<String> {
@@ -175,7 +201,7 @@ fn by_h2load(
         "level", "echo/s", "toolgate/s", "ratio"
     );
     let mut verdicts = Vec::new();
-    for (connections, streams) in H2LOAD_LEVELS {
+    for &(connections, streams) in levels {
         let (mut e, mut t, mut ratios, mut cpu) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..rounds {
             // Calls per second, and the server's CPU seconds per call (user + system, over
@@ -339,9 +365,7 @@ fn h2load_body(request: &pb::DecideRequest) -> tempfile::NamedTempFile {
     body
 }
 
-/// One h2load run of `seconds` against `target`: completed Decides per second. Every
-/// request must succeed (an error answer is still HTTP 200, so the check is on h2load's
-/// own count of failed and errored requests and on the server having answered).
+/// One h2load run of `seconds` against `target`: completed Decides per second.
 fn h2load_run(
     target: &Target,
     body: &std::path::Path,
@@ -349,9 +373,34 @@ fn h2load_run(
     streams: usize,
     seconds: u64,
 ) -> f64 {
+    let seconds = seconds.to_string();
+    let text = h2load(
+        target,
+        body,
+        (connections, streams),
+        &["-D", &seconds, "--warm-up-time", "300ms"],
+    );
+    text.lines()
+        .find_map(|l| l.strip_prefix("finished in "))
+        .and_then(|l| l.split(", ").nth(1))
+        .and_then(|r| r.strip_suffix(" req/s"))
+        .and_then(|r| r.trim().parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("h2load printed no rate:\n{text}"))
+}
+
+/// Runs h2load against `target`'s Decide at `(connections, streams)` with `extra` flags (how
+/// long, or how many calls), and returns what it printed. Every request must succeed (an
+/// error answer is still HTTP 200, so the check is on h2load's own count of failed and
+/// errored requests and on the server having answered).
+fn h2load(
+    target: &Target,
+    body: &std::path::Path,
+    (connections, streams): (usize, usize),
+    extra: &[&str],
+) -> String {
     let out = std::process::Command::new("h2load")
         .args(["-c", &connections.to_string(), "-m", &streams.to_string()])
-        .args(["-D", &seconds.to_string(), "--warm-up-time", "300ms"])
+        .args(extra)
         .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
         .args(["-H", &format!("authorization: Bearer {}", target.agent)])
         .arg("-d")
@@ -362,23 +411,14 @@ fn h2load_run(
         ))
         .output()
         .expect("run h2load");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let rate = text
-        .lines()
-        .find_map(|l| l.strip_prefix("finished in "))
-        .and_then(|l| l.split(", ").nth(1))
-        .and_then(|r| r.strip_suffix(" req/s"))
-        .and_then(|r| r.trim().parse::<f64>().ok())
-        .unwrap_or_else(|| {
-            let err = String::from_utf8_lossy(&out.stderr);
-            panic!("h2load printed no rate:\n{text}{err}")
-        });
-    let failed = text
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let succeeded = text
         .lines()
         .find(|l| l.starts_with("requests: "))
         .is_some_and(|l| l.contains(" 0 failed, 0 errored"));
-    assert!(failed, "h2load saw failures:\n{text}");
-    rate
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(succeeded, "h2load saw failures:\n{text}{err}");
+    text
 }
 
 /// The lowest and the highest of `values`.
@@ -397,8 +437,8 @@ fn median(values: impl Iterator<Item = f64>) -> f64 {
 }
 
 /// Instructions per Decide in each server, counted by callgrind between a warm-up and the
-/// end of `calls` sequential calls.
-async fn callgrind(calls: usize) {
+/// end of `calls` sequential calls (or, with `level`, `calls` sent by h2load at that level).
+async fn callgrind(calls: usize, level: Option<(usize, usize)>) {
     let dir = std::env::temp_dir().join(format!("toolgate-callgrind-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("profile dir");
     common::wrap_servers(format!(
@@ -408,6 +448,7 @@ async fn callgrind(calls: usize) {
     let mut toolgate = start_toolgate();
     let request = toolgate.prepare().await;
     let mut echo = start_echo(&toolgate.agent);
+    let body = h2load_body(&request);
     let mut per_call = Vec::new();
     for (name, target) in [("echo", &mut echo), ("toolgate", &mut toolgate)] {
         let pid = target.server.child.id().to_string();
@@ -421,8 +462,15 @@ async fn callgrind(calls: usize) {
             one(&mut client).await;
         }
         control(&["-z", &pid]);
-        for _ in 0..calls {
-            one(&mut client).await;
+        match level {
+            Some(level) => {
+                h2load(target, body.path(), level, &["-n", &calls.to_string()]);
+            }
+            None => {
+                for _ in 0..calls {
+                    one(&mut client).await;
+                }
+            }
         }
         control(&["-d", &pid]);
         target.server.stop();

@@ -398,7 +398,6 @@ fn policy_api(app: &Arc<App>, config: &Config) -> Gate<Routes<PolicyServiceServe
     let limits = GateLimits {
         max_concurrent_requests: config.max_concurrent_requests,
         max_concurrent_requests_per_key: config.max_concurrent_requests_per_key,
-        max_concurrent_requests_per_connection: config.max_concurrent_requests_per_connection,
         request_body_timeout: config.request_body_timeout,
     };
     let routes = RouteSettings {
@@ -455,6 +454,7 @@ fn incoming(
     let limits = ConnectionLimits {
         max_connections: config.max_connections,
         handshake_timeout: config.handshake_timeout,
+        max_concurrent_requests_per_connection: config.max_concurrent_requests_per_connection,
     };
     connections::admit(incoming, limits, metrics, drain)
 }

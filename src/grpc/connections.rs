@@ -9,7 +9,13 @@
 //! HTTP/2 that is the client's preface and SETTINGS answering the server's SETTINGS; with
 //! TLS it is the client's part of the TLS handshake answering the server's (its HTTP/2
 //! preface follows, inside the limit on connections).
+//!
+//! Each connection also carries its own count of the calls in progress on it
+//! (`max_concurrent_requests_per_connection`), handed to every request it brings in
+//! [`ConnectionInfo`]: the gate takes a place there without a shared map or lock, and the
+//! count goes with the connection when it closes.
 
+use super::gate::Limit;
 use crate::metrics::{ConnectionRefusal, Metrics};
 use std::future::Future;
 use std::io;
@@ -32,6 +38,8 @@ pub const HANDSHAKE_BYTES: usize = 24 + 9;
 pub struct ConnectionLimits {
     pub max_connections: usize,
     pub handshake_timeout: Duration,
+    /// Unary calls in progress at once on one connection.
+    pub max_concurrent_requests_per_connection: usize,
 }
 
 /// Admits the accepted connections of `incoming` within `limits`; `drain` is cancelled when
@@ -67,8 +75,13 @@ where
             wrote: false,
             answered: false,
         };
+        let info = ConnectionInfo {
+            tcp: stream.connect_info(),
+            calls: Limit::new(limits.max_concurrent_requests_per_connection),
+        };
         Some(Ok(Admitted {
             stream,
+            info,
             handshake: Some(Box::new(handshake)),
             place: Place {
                 _permit: permit,
@@ -82,6 +95,7 @@ where
 /// until the handshake is done.
 pub struct Admitted {
     stream: TcpStream,
+    info: ConnectionInfo,
     handshake: Option<Box<Handshake>>,
     place: Place,
 }
@@ -192,10 +206,20 @@ impl AsyncWrite for Admitted {
     }
 }
 
-impl Connected for Admitted {
-    type ConnectInfo = TcpConnectInfo;
+/// What every request on a connection carries in its extensions (tonic puts it there; with
+/// TLS, inside a `TlsConnectInfo`).
+#[derive(Clone)]
+pub struct ConnectionInfo {
+    /// The connection's addresses.
+    pub tcp: TcpConnectInfo,
+    /// The unary calls in progress on it.
+    pub(super) calls: Arc<Limit>,
+}
 
-    fn connect_info(&self) -> TcpConnectInfo {
-        self.stream.connect_info()
+impl Connected for Admitted {
+    type ConnectInfo = ConnectionInfo;
+
+    fn connect_info(&self) -> ConnectionInfo {
+        self.info.clone()
     }
 }

@@ -11,7 +11,8 @@
 //!   caller found travels to the handler in the request's extensions.
 //! - **Load shedding.** At most `max_concurrent_requests` unary calls run at once, at most
 //!   `max_concurrent_requests_per_key` of one API key and at most
-//!   `max_concurrent_requests_per_connection` on one connection. One more is answered
+//!   `max_concurrent_requests_per_connection` on one connection (counted by the connection
+//!   itself, [`super::connections::ConnectionInfo`]). One more is answered
 //!   RESOURCE_EXHAUSTED at once rather than queued, so an overloaded replica stays
 //!   responsive, one key or one connection cannot take every place, and clients (or the
 //!   mesh) retry elsewhere. Watch streams are long-lived and are bounded by
@@ -49,7 +50,6 @@ use tracing::Instrument;
 pub struct GateLimits {
     pub max_concurrent_requests: usize,
     pub max_concurrent_requests_per_key: usize,
-    pub max_concurrent_requests_per_connection: usize,
     pub request_body_timeout: Duration,
 }
 
@@ -64,8 +64,7 @@ pub struct Gate<S> {
 struct Shared {
     app: Arc<App>,
     permits: Arc<Limit>,
-    per_key: KeyPermits<String>,
-    per_connection: KeyPermits<std::net::SocketAddr>,
+    per_key: KeyPermits,
     body_timeout: Duration,
     ids: RequestIds,
 }
@@ -76,7 +75,6 @@ impl<S> Gate<S> {
             app,
             permits: Limit::new(limits.max_concurrent_requests),
             per_key: KeyPermits::new(limits.max_concurrent_requests_per_key),
-            per_connection: KeyPermits::new(limits.max_concurrent_requests_per_connection),
             body_timeout: limits.request_body_timeout,
             ids: RequestIds::new(),
         };
@@ -197,7 +195,7 @@ impl Shared {
         let places = if streaming {
             None
         } else {
-            Some(self.places(&caller, peer(req))?)
+            Some(self.places(&caller, connection_calls(req))?)
         };
         req.extensions_mut().insert(caller);
         // Decide's route reads its body within the same limit itself, without a boxed
@@ -209,12 +207,13 @@ impl Shared {
         Ok(places)
     }
 
-    /// A place in the global limit and in the caller's key's, or the refusal.
+    /// A place in the global limit, in the caller's key's and in the connection's, or the
+    /// refusal.
     #[allow(clippy::result_large_err)]
     fn places(
         &self,
         caller: &Caller,
-        peer: Option<std::net::SocketAddr>,
+        connection: Option<&Arc<Limit>>,
     ) -> Result<Places, Box<Response<Body>>> {
         let shed = |what: Shed, message: &'static str| {
             self.app.metrics.shed(what);
@@ -234,8 +233,8 @@ impl Shared {
                  retry with backoff",
             )
         })?;
-        let connection = match peer {
-            Some(peer) => Some(self.per_connection.try_acquire(&peer).ok_or_else(|| {
+        let connection = match connection {
+            Some(calls) => Some(calls.try_take().ok_or_else(|| {
                 shed(
                     Shed::Request,
                     "too many calls in progress on this connection \
@@ -270,7 +269,7 @@ type Places = (Place, Place, Option<Place>);
 /// At most `max` calls in progress. A call that finds them all taken is refused, never
 /// queued, so a count is all it takes: cheaper than a semaphore, whose every release
 /// takes a lock for waiters these limits never have.
-struct Limit {
+pub(super) struct Limit {
     max: usize,
     taken: AtomicUsize,
 }
@@ -279,7 +278,7 @@ struct Limit {
 struct Place(Arc<Limit>);
 
 impl Limit {
-    fn new(max: usize) -> Arc<Self> {
+    pub(super) fn new(max: usize) -> Arc<Self> {
         Arc::new(Limit {
             max,
             taken: AtomicUsize::new(0),
@@ -309,16 +308,18 @@ impl Drop for Place {
     }
 }
 
-/// The connection a request came on, by its peer address (what tonic records of it).
-fn peer<B>(req: &Request<B>) -> Option<std::net::SocketAddr> {
-    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+/// The count of calls in progress on the connection a request came on (none for a request
+/// that did not come through [`super::connections::admit`]).
+fn connection_calls<B>(req: &Request<B>) -> Option<&Arc<Limit>> {
+    use super::connections::ConnectionInfo;
+    use tonic::transport::server::TlsConnectInfo;
     let extensions = req.extensions();
-    let tcp = extensions.get::<TcpConnectInfo>().or_else(|| {
+    let info = extensions.get::<ConnectionInfo>().or_else(|| {
         extensions
-            .get::<TlsConnectInfo<TcpConnectInfo>>()
+            .get::<TlsConnectInfo<ConnectionInfo>>()
             .map(|tls| tls.get_ref())
     });
-    tcp.and_then(|info| info.remote_addr())
+    info.map(|info| &info.calls)
 }
 
 /// The operation a PolicyService method name stands for.
@@ -329,14 +330,14 @@ fn operation(method: &str) -> Option<Operation> {
         .find(|op| op.name() == method)
 }
 
-/// Places per API key (or per connection), made on the first call; a limit with nothing
-/// in progress is dropped once the map grows, so it holds about the busy ones.
-struct KeyPermits<K> {
+/// Places per API key, made on the first call; a limit with nothing in progress is dropped
+/// once the map grows, so it holds about the busy ones.
+struct KeyPermits {
     each: usize,
-    keys: Mutex<crate::FastMap<K, Arc<Limit>>>,
+    keys: Mutex<crate::FastMap<String, Arc<Limit>>>,
 }
 
-impl<K: std::hash::Hash + Eq> KeyPermits<K> {
+impl KeyPermits {
     fn new(each: usize) -> Self {
         KeyPermits {
             each,
@@ -345,11 +346,7 @@ impl<K: std::hash::Hash + Eq> KeyPermits<K> {
     }
 
     /// A place of `key`'s, taken under the map's lock so a limit in use is never dropped.
-    fn try_acquire<Q>(&self, key: &Q) -> Option<Place>
-    where
-        K: std::borrow::Borrow<Q>,
-        Q: std::hash::Hash + Eq + ToOwned<Owned = K> + ?Sized,
-    {
+    fn try_acquire(&self, key: &str) -> Option<Place> {
         let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(limit) = keys.get(key) {
             return limit.try_take();
@@ -528,7 +525,7 @@ mod tests {
 
     #[test]
     fn a_key_has_its_own_places() {
-        let permits = KeyPermits::<String>::new(2);
+        let permits = KeyPermits::new(2);
         let a1 = permits.try_acquire("a");
         let a2 = permits.try_acquire("a");
         assert!(a1.is_some() && a2.is_some());
@@ -569,7 +566,7 @@ mod tests {
 
     #[test]
     fn idle_keys_leave_the_map_once_it_grows_and_busy_ones_stay() {
-        let permits = KeyPermits::<String>::new(1);
+        let permits = KeyPermits::new(1);
         let busy = permits.try_acquire("busy").expect("a place");
         for i in 0..1100 {
             drop(permits.try_acquire(format!("idle-{i}").as_str()));

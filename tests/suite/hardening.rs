@@ -14,10 +14,21 @@ async fn open_held_streams(
     key: Option<&str>,
     n: usize,
 ) -> Vec<(h2::client::ResponseFuture, h2::SendStream<bytes::Bytes>)> {
-    let tcp = TcpStream::connect(addr).await.expect("connect");
-    let (client, connection) = h2::client::handshake(tcp).await.expect("HTTP/2 handshake");
-    tokio::spawn(connection);
-    let mut client = client;
+    held_streams_on(raw_connection(addr).await, addr, key, n)
+        .await
+        .1
+}
+
+/// [`open_held_streams`] on a connection already open; the connection is handed back.
+async fn held_streams_on(
+    mut client: h2::client::SendRequest<bytes::Bytes>,
+    addr: std::net::SocketAddr,
+    key: Option<&str>,
+    n: usize,
+) -> (
+    h2::client::SendRequest<bytes::Bytes>,
+    Vec<(h2::client::ResponseFuture, h2::SendStream<bytes::Bytes>)>,
+) {
     let mut held = Vec::with_capacity(n);
     for _ in 0..n {
         client = client.ready().await.expect("stream capacity");
@@ -31,7 +42,7 @@ async fn open_held_streams(
         let request = request.body(()).expect("request");
         held.push(client.send_request(request, false).expect("send headers"));
     }
-    held
+    (client, held)
 }
 
 /// The gRPC status of a stream's answer (trailers-only responses carry it in the headers).
@@ -124,6 +135,57 @@ async fn a_key_that_never_sends_bodies_holds_only_its_own_places_and_only_until_
         .expect("the attacker's key has places again")
         .into_inner();
     assert_eq!(verdict(&r), (Verdict::Allow, DecisionCode::PolicyAuto));
+}
+
+#[tokio::test]
+async fn a_connection_holds_at_most_its_own_places_and_gets_them_back() {
+    let app = spawn_app_with(|c| {
+        c.max_concurrent_requests = 64;
+        c.max_concurrent_requests_per_key = 64;
+        c.max_concurrent_requests_per_connection = 4;
+        c.request_body_timeout = Duration::from_secs(1);
+    })
+    .await;
+    app.connect_sample().await;
+    let key = app.mint("acme", toolgate::policy::Role::Agent).await;
+    let (connection, held) =
+        held_streams_on(raw_connection(app.addr).await, app.addr, Some(&key), 10).await;
+    let (answers, streams): (Vec<_>, Vec<_>) = held.into_iter().unzip();
+    let statuses = tokio::spawn(async move {
+        let mut statuses = Vec::new();
+        for answer in answers {
+            statuses.push(grpc_status(answer).await);
+        }
+        statuses
+    });
+    // The same key on another connection is not held up.
+    let r = app
+        .client
+        .clone()
+        .decide(with_key(&key, ask("get_user", "{}", "other-connection")))
+        .await
+        .expect("another connection has places")
+        .into_inner();
+    assert_eq!(verdict(&r), (Verdict::Allow, DecisionCode::PolicyAuto));
+    // Four streams took the connection's places and ended when their bodies did not
+    // arrive in time; the other six were shed at once.
+    let statuses = tokio::time::timeout(Duration::from_secs(30), statuses)
+        .await
+        .expect("every held stream ends (request_body_timeout)")
+        .expect("statuses");
+    let count = |code: tonic::Code| statuses.iter().filter(|s| **s == Some(code as i32)).count();
+    assert_eq!(count(tonic::Code::DeadlineExceeded), 4, "{statuses:?}");
+    assert_eq!(count(tonic::Code::ResourceExhausted), 6, "{statuses:?}");
+    drop(streams);
+    // The connection's places came back: four more streams on it take them.
+    let (_connection, again) = held_streams_on(connection, app.addr, Some(&key), 4).await;
+    for (answer, _stream) in again {
+        assert_eq!(
+            grpc_status(answer).await,
+            Some(tonic::Code::DeadlineExceeded as i32),
+            "a place, held until the body timeout"
+        );
+    }
 }
 
 /// Sends `message` as one gRPC message (uncompressed, length-prefixed) to Decide with `key`.
