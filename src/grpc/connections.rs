@@ -206,8 +206,8 @@ impl AsyncWrite for Admitted {
     }
 }
 
-/// What every request on a connection carries in its extensions (tonic puts it there; with
-/// TLS, inside a `TlsConnectInfo`).
+/// What every request on a connection carries in its extensions (tonic puts it there, with
+/// TLS too).
 #[derive(Clone)]
 pub struct ConnectionInfo {
     /// The connection's addresses.

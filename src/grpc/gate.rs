@@ -309,17 +309,13 @@ impl Drop for Place {
 }
 
 /// The count of calls in progress on the connection a request came on (none for a request
-/// that did not come through [`super::connections::admit`]).
+/// that did not come through [`super::connections::admit`]). tonic puts the connection's
+/// info in every request's extensions, with TLS too (beside its `TlsConnectInfo`).
 fn connection_calls<B>(req: &Request<B>) -> Option<&Arc<Limit>> {
-    use super::connections::ConnectionInfo;
-    use tonic::transport::server::TlsConnectInfo;
-    let extensions = req.extensions();
-    let info = extensions.get::<ConnectionInfo>().or_else(|| {
-        extensions
-            .get::<TlsConnectInfo<ConnectionInfo>>()
-            .map(|tls| tls.get_ref())
-    });
-    info.map(|info| &info.calls)
+    let info = req
+        .extensions()
+        .get::<super::connections::ConnectionInfo>()?;
+    Some(&info.calls)
 }
 
 /// The operation a PolicyService method name stands for.

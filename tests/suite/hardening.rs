@@ -188,6 +188,52 @@ async fn a_connection_holds_at_most_its_own_places_and_gets_them_back() {
     }
 }
 
+#[tokio::test]
+async fn over_tls_a_connection_holds_at_most_its_own_places() {
+    use tokio_rustls::rustls::{self, pki_types};
+    let dir = tempfile::tempdir().unwrap();
+    let issued = rcgen::generate_simple_self_signed(vec!["toolgate.test".into()]).unwrap();
+    let cert = dir.path().join("tls.crt");
+    let key = dir.path().join("tls.key");
+    std::fs::write(&cert, issued.cert.pem()).unwrap();
+    std::fs::write(&key, issued.signing_key.serialize_pem()).unwrap();
+    let app = spawn_app_with(|c| {
+        c.tls = Some(toolgate::config::TlsFiles {
+            cert,
+            key,
+            client_ca: None,
+        });
+        c.max_concurrent_requests_per_connection = 2;
+        c.request_body_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(issued.cert.der().clone()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = TcpStream::connect(app.addr).await.expect("connect");
+    let name = pki_types::ServerName::try_from("toolgate.test").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake");
+    let (client, connection) = h2::client::handshake(tls).await.expect("HTTP/2 handshake");
+    tokio::spawn(connection);
+    let (_client, held) = held_streams_on(client, app.addr, Some(&app.agent), 5).await;
+    let mut statuses = Vec::new();
+    for (answer, _stream) in held {
+        statuses.push(grpc_status(answer).await);
+    }
+    let count = |code: tonic::Code| statuses.iter().filter(|s| **s == Some(code as i32)).count();
+    assert_eq!(count(tonic::Code::DeadlineExceeded), 2, "{statuses:?}");
+    assert_eq!(count(tonic::Code::ResourceExhausted), 3, "{statuses:?}");
+}
+
 /// Sends `message` as one gRPC message (uncompressed, length-prefixed) to Decide with `key`.
 async fn decide_raw(addr: std::net::SocketAddr, key: &str, message: &[u8]) -> Option<i32> {
     decide_body(addr, key, framed(message)).await
