@@ -766,6 +766,38 @@ pub fn write_decisions(writer: LogWriter, format: LineFormat) {
     let _ = DECISION_LINES.set(DecisionLines { writer, format });
 }
 
+/// The decision event's callsite for [`Decision::enabled`]: the target, level and field
+/// names of the event [`Decision::event`] sends, as tracing's macros would make its callsite.
+static DECISION_CALLSITE: tracing_core::callsite::DefaultCallsite =
+    tracing_core::callsite::DefaultCallsite::new(&DECISION_METADATA);
+
+static DECISION_METADATA: tracing::Metadata<'static> = tracing::Metadata::new(
+    "decision",
+    "toolgate::decision",
+    tracing::Level::INFO,
+    Some(file!()),
+    Some(line!()),
+    Some(module_path!()),
+    tracing_core::field::FieldSet::new(
+        &[
+            "message",
+            "decision_id",
+            "tenant",
+            "key_id",
+            "integration",
+            "tool",
+            "verdict",
+            "code",
+            "revision",
+            "approval_id",
+            "requester",
+            "arguments_sha256",
+        ],
+        tracing_core::identify_callsite!(&DECISION_CALLSITE),
+    ),
+    tracing_core::metadata::Kind::EVENT,
+);
+
 impl Decision<'_> {
     /// Logs the decision: straight into the log when [`write_decisions`] said so and the
     /// log filter lets the line through, otherwise as a tracing event.
@@ -780,26 +812,24 @@ impl Decision<'_> {
         }
     }
 
-    /// Whether the log filter lets the decision's event through: asked with the event's
-    /// target, level and field names, so that every directive (field names included)
-    /// decides as it would for the event.
+    /// Whether the log filter lets the decision's event through, decided as tracing decides
+    /// for an event: from the interest the subscribers registered for its callsite (by
+    /// target, level and field names), asking the subscriber only when that interest is
+    /// "sometimes". `event_enabled!` asks the subscriber on every call even when the
+    /// interest is "always", which cost every Decide the filter's whole walk (BENCHMARKS.md,
+    /// "The connection's own count, and what the rest is").
     fn enabled() -> bool {
-        tracing::event_enabled!(
-            target: "toolgate::decision",
-            tracing::Level::INFO,
-            message,
-            decision_id,
-            tenant,
-            key_id,
-            integration,
-            tool,
-            verdict,
-            code,
-            revision,
-            approval_id,
-            requester,
-            arguments_sha256,
-        )
+        use tracing::level_filters::{LevelFilter, STATIC_MAX_LEVEL};
+        if STATIC_MAX_LEVEL < tracing::Level::INFO || LevelFilter::current() < tracing::Level::INFO
+        {
+            return false;
+        }
+        let interest = DECISION_CALLSITE.interest();
+        if interest.is_never() {
+            return false;
+        }
+        interest.is_always()
+            || tracing::dispatcher::get_default(|current| current.enabled(&DECISION_METADATA))
     }
 
     /// The decision as a tracing event.
