@@ -389,14 +389,8 @@ pub struct Metrics {
     decide_errors: [Counter; GRPC_CODES.len()],
     pub decide_seconds: Histogram,
     approvals: [Counter; ApprovalEvent::ALL.len()],
-    watch_open: [Gauge; WATCHES.len()],
-    watch_total: AtomicUsize,
-    watch_resets: [Counter; WATCHES.len()],
-    shed: [Counter; SHEDS.len()],
-    connections_open: Gauge,
-    connections_refused: [Counter; REFUSALS.len()],
-    pub propagation_seconds: Histogram,
-    revisions_followed: Counter,
+    load: LoadMetrics,
+    pub snapshot: SnapshotMetrics,
     /// By operation, then `unavailable` / `other`.
     store_errors: [[Counter; 2]; StoreOp::ALL.len()],
     pub store_seconds: Histogram,
@@ -404,12 +398,6 @@ pub struct Metrics {
     rpcs: Box<[RpcSeries]>,
     /// Set at scrape time from [`Gauges`].
     serving: Gauge,
-    tenants: Gauge<u64, AtomicU64>,
-    tools: Gauge<u64, AtomicU64>,
-    revision_sum: Gauge<u64, AtomicU64>,
-    staleness_seconds: Gauge<f64, AtomicU64>,
-    /// Unix milliseconds of the follower's last successful read of the database.
-    last_db_ok_ms: AtomicU64,
     pub deliveries: DeliveryMetrics,
 }
 
@@ -514,6 +502,141 @@ fn register_store(r: &mut Registry) -> ([[Counter; 2]; StoreOp::ALL.len()], Hist
     (store_errors, store_seconds)
 }
 
+/// The server's load and what it turned away: open watch streams (bounded by
+/// `max_watch_streams`) and their resets, calls shed at a concurrency limit, open
+/// connections and those closed before they carried calls.
+#[derive(Debug)]
+struct LoadMetrics {
+    watch_open: [Gauge; WATCHES.len()],
+    watch_total: AtomicUsize,
+    watch_resets: [Counter; WATCHES.len()],
+    shed: [Counter; SHEDS.len()],
+    connections_open: Gauge,
+    connections_refused: [Counter; REFUSALS.len()],
+}
+
+impl LoadMetrics {
+    fn register(r: &mut Registry) -> Self {
+        let (family, watch_open) = one_label("watch", WATCHES);
+        r.register(
+            "toolgate_watch_streams",
+            "Open WatchConfig and WatchApprovals streams",
+            family,
+        );
+        let (family, watch_resets) = one_label("watch", WATCHES);
+        r.register(
+            "toolgate_watch_resets",
+            "Watchers that fell behind their buffer and were brought current (WatchConfig: a \
+             fresh snapshot)",
+            family,
+        );
+        let (family, shed) = one_label("kind", SHEDS);
+        r.register(
+            "toolgate_shed",
+            "Calls refused with RESOURCE_EXHAUSTED because a concurrency limit was reached",
+            family,
+        );
+        let connections_open = registered(
+            r,
+            "toolgate_connections_open",
+            "Open connections to the gRPC port (at most max_connections)",
+            Gauge::default(),
+        );
+        let (family, connections_refused) = one_label("reason", REFUSALS);
+        r.register(
+            "toolgate_connections_refused",
+            "Connections closed before they carried calls: over max_connections, or their \
+             handshake not done within handshake_timeout or when the server drained",
+            family,
+        );
+        LoadMetrics {
+            watch_open,
+            watch_total: AtomicUsize::new(0),
+            watch_resets,
+            shed,
+            connections_open,
+            connections_refused,
+        }
+    }
+}
+
+/// This replica's snapshot and how it follows the others': its sizes and the time since
+/// its last good read of the database (set at scrape time), the revisions it took from
+/// other replicas, and how long they took to arrive.
+#[derive(Debug)]
+pub struct SnapshotMetrics {
+    tenants: Gauge<u64, AtomicU64>,
+    tools: Gauge<u64, AtomicU64>,
+    revision_sum: Gauge<u64, AtomicU64>,
+    revisions_followed: Counter,
+    pub propagation_seconds: Histogram,
+    staleness_seconds: Gauge<f64, AtomicU64>,
+    /// Unix milliseconds of the follower's last successful read of the database.
+    last_db_ok_ms: AtomicU64,
+}
+
+impl SnapshotMetrics {
+    fn register(r: &mut Registry) -> Self {
+        let tenants = registered(
+            r,
+            "toolgate_tenants",
+            "Tenants in this replica's snapshot",
+            Gauge::default(),
+        );
+        let tools = registered(
+            r,
+            "toolgate_tools",
+            "Tools in this replica's snapshot, over all tenants",
+            Gauge::default(),
+        );
+        let revision_sum = registered(
+            r,
+            "toolgate_revision_sum",
+            "Sum over tenants of the revision this replica serves; replicas that agree show \
+             the same value",
+            Gauge::default(),
+        );
+        let revisions_followed = registered(
+            r,
+            "toolgate_revisions_followed",
+            "Revisions saved by another replica (or process) applied to this one's snapshot",
+            Counter::default(),
+        );
+        let propagation_seconds = registered(
+            r,
+            "toolgate_propagation_lag_seconds",
+            "From another replica's commit of a revision to its arrival in this replica's \
+             snapshot (across replicas' clocks)",
+            Histogram::new(PROPAGATION_BOUNDS.iter().copied()),
+        );
+        let staleness_seconds = registered(
+            r,
+            "toolgate_snapshot_staleness_seconds",
+            "Time since this replica last read the database successfully; the snapshot may \
+             lag other replicas' saves by this much",
+            Gauge::default(),
+        );
+        SnapshotMetrics {
+            tenants,
+            tools,
+            revision_sum,
+            revisions_followed,
+            propagation_seconds,
+            staleness_seconds,
+            last_db_ok_ms: AtomicU64::new(unix_ms()),
+        }
+    }
+
+    /// The gauges read at scrape time.
+    fn set(&self, g: &Gauges) {
+        self.tenants.set(g.tenants);
+        self.tools.set(g.tools);
+        self.revision_sum.set(g.revision_sum);
+        let age = unix_ms().saturating_sub(self.last_db_ok_ms.load(Relaxed));
+        self.staleness_seconds.set(age as f64 / 1000.0);
+    }
+}
+
 impl Metrics {
     pub fn new(backend: &'static str) -> Self {
         let mut r = Registry::default();
@@ -545,78 +668,8 @@ impl Metrics {
             "Approval changes this replica made, by event",
             family,
         );
-        let (family, watch_open) = one_label("watch", WATCHES);
-        r.register(
-            "toolgate_watch_streams",
-            "Open WatchConfig and WatchApprovals streams",
-            family,
-        );
-        let (family, watch_resets) = one_label("watch", WATCHES);
-        r.register(
-            "toolgate_watch_resets",
-            "Watchers that fell behind their buffer and were brought current (WatchConfig: a \
-             fresh snapshot)",
-            family,
-        );
-        let (family, shed) = one_label("kind", SHEDS);
-        r.register(
-            "toolgate_shed",
-            "Calls refused with RESOURCE_EXHAUSTED because a concurrency limit was reached",
-            family,
-        );
-        let connections_open = registered(
-            &mut r,
-            "toolgate_connections_open",
-            "Open connections to the gRPC port (at most max_connections)",
-            Gauge::default(),
-        );
-        let (family, connections_refused) = one_label("reason", REFUSALS);
-        r.register(
-            "toolgate_connections_refused",
-            "Connections closed before they carried calls: over max_connections, or their \
-             handshake not done within handshake_timeout or when the server drained",
-            family,
-        );
-
-        let tenants = registered(
-            &mut r,
-            "toolgate_tenants",
-            "Tenants in this replica's snapshot",
-            Gauge::default(),
-        );
-        let tools = registered(
-            &mut r,
-            "toolgate_tools",
-            "Tools in this replica's snapshot, over all tenants",
-            Gauge::default(),
-        );
-        let revision_sum = registered(
-            &mut r,
-            "toolgate_revision_sum",
-            "Sum over tenants of the revision this replica serves; replicas that agree show \
-             the same value",
-            Gauge::default(),
-        );
-        let revisions_followed = registered(
-            &mut r,
-            "toolgate_revisions_followed",
-            "Revisions saved by another replica (or process) applied to this one's snapshot",
-            Counter::default(),
-        );
-        let propagation_seconds = registered(
-            &mut r,
-            "toolgate_propagation_lag_seconds",
-            "From another replica's commit of a revision to its arrival in this replica's \
-             snapshot (across replicas' clocks)",
-            Histogram::new(PROPAGATION_BOUNDS.iter().copied()),
-        );
-        let staleness_seconds = registered(
-            &mut r,
-            "toolgate_snapshot_staleness_seconds",
-            "Time since this replica last read the database successfully; the snapshot may \
-             lag other replicas' saves by this much",
-            Gauge::default(),
-        );
+        let load = LoadMetrics::register(&mut r);
+        let snapshot = SnapshotMetrics::register(&mut r);
 
         let (store_errors, store_seconds) = register_store(&mut r);
 
@@ -632,23 +685,12 @@ impl Metrics {
             decide_errors,
             decide_seconds,
             approvals,
-            watch_open,
-            watch_total: AtomicUsize::new(0),
-            watch_resets,
-            shed,
-            connections_open,
-            connections_refused,
-            propagation_seconds,
-            revisions_followed,
+            load,
+            snapshot,
             store_errors,
             store_seconds,
             rpcs,
             serving,
-            tenants,
-            tools,
-            revision_sum,
-            staleness_seconds,
-            last_db_ok_ms: AtomicU64::new(unix_ms()),
             deliveries,
         }
     }
@@ -685,13 +727,13 @@ impl Metrics {
         which: Watch,
         limit: usize,
     ) -> Option<StreamGuard> {
-        let open = self.watch_total.fetch_add(1, Relaxed);
+        let open = self.load.watch_total.fetch_add(1, Relaxed);
         if open >= limit {
-            self.watch_total.fetch_sub(1, Relaxed);
+            self.load.watch_total.fetch_sub(1, Relaxed);
             self.shed(Shed::Watch);
             return None;
         }
-        self.watch_open[which as usize].inc();
+        self.load.watch_open[which as usize].inc();
         Some(StreamGuard {
             metrics: self.clone(),
             which,
@@ -699,28 +741,28 @@ impl Metrics {
     }
 
     pub fn watch_open(&self, which: Watch) -> i64 {
-        self.watch_open[which as usize].get()
+        self.load.watch_open[which as usize].get()
     }
 
     pub fn watch_reset(&self, which: Watch) {
-        self.watch_resets[which as usize].inc();
+        self.load.watch_resets[which as usize].inc();
     }
 
     pub fn shed(&self, what: Shed) {
-        self.shed[what as usize].inc();
+        self.load.shed[what as usize].inc();
     }
 
     pub fn connections_open(&self, delta: i64) {
-        self.connections_open.inc_by(delta);
+        self.load.connections_open.inc_by(delta);
     }
 
     pub fn connection_refused(&self, why: ConnectionRefusal) {
-        self.connections_refused[why as usize].inc();
+        self.load.connections_refused[why as usize].inc();
     }
 
     /// Revisions saved by another replica reached this one's snapshot.
     pub fn revisions_followed(&self, n: u64) {
-        self.revisions_followed.inc_by(n);
+        self.snapshot.revisions_followed.inc_by(n);
     }
 
     pub fn store_error(&self, op: StoreOp, unavailable: bool) {
@@ -728,7 +770,7 @@ impl Metrics {
     }
 
     pub fn database_ok(&self) {
-        self.last_db_ok_ms.store(unix_ms(), Relaxed);
+        self.snapshot.last_db_ok_ms.store(unix_ms(), Relaxed);
     }
 
     /// An RPC of `method` arrived.
@@ -750,11 +792,7 @@ impl Metrics {
     /// The Prometheus text exposition (format 0.0.4).
     pub fn render(&self, g: Gauges) -> String {
         self.serving.set(i64::from(g.serving));
-        self.tenants.set(g.tenants);
-        self.tools.set(g.tools);
-        self.revision_sum.set(g.revision_sum);
-        let age = unix_ms().saturating_sub(self.last_db_ok_ms.load(Relaxed));
-        self.staleness_seconds.set(age as f64 / 1000.0);
+        self.snapshot.set(&g);
         let mut out = String::with_capacity(64 * 1024);
         // Writing to a String cannot fail.
         let _ = prometheus_text::encode(&mut out, &self.registry);
@@ -809,8 +847,8 @@ pub struct StreamGuard {
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
-        self.metrics.watch_open[self.which as usize].dec();
-        self.metrics.watch_total.fetch_sub(1, Relaxed);
+        self.metrics.load.watch_open[self.which as usize].dec();
+        self.metrics.load.watch_total.fetch_sub(1, Relaxed);
     }
 }
 

@@ -132,6 +132,7 @@ pub async fn follow<H: HealthSwitch>(app: Arc<App>, settings: FollowSettings, sw
                                     let lag = UnixMillis::now().0.saturating_sub(at).max(0);
                                     app
                                         .metrics
+                                        .snapshot
                                         .propagation_seconds
                                         .observe(lag as f64 / 1000.0);
                                 }

@@ -45,6 +45,20 @@ async fn held_streams_on(
     (client, held)
 }
 
+/// The gRPC statuses of `answers`, in order.
+async fn statuses_of(answers: Vec<h2::client::ResponseFuture>) -> Vec<Option<i32>> {
+    let mut statuses = Vec::with_capacity(answers.len());
+    for answer in answers {
+        statuses.push(grpc_status(answer).await);
+    }
+    statuses
+}
+
+/// How many of `statuses` are `code`.
+fn count_of(statuses: &[Option<i32>], code: tonic::Code) -> usize {
+    statuses.iter().filter(|s| **s == Some(code as i32)).count()
+}
+
 /// The gRPC status of a stream's answer (trailers-only responses carry it in the headers).
 async fn grpc_status(response: h2::client::ResponseFuture) -> Option<i32> {
     let response = response.await.ok()?;
@@ -103,13 +117,7 @@ async fn a_key_that_never_sends_bodies_holds_only_its_own_places_and_only_until_
     let attacker = app.mint("acme", toolgate::policy::Role::Agent).await;
     let attack = open_held_streams(app.addr, Some(&attacker), 100).await;
     let (answers, streams): (Vec<_>, Vec<_>) = attack.into_iter().unzip();
-    let statuses = tokio::spawn(async move {
-        let mut statuses = Vec::new();
-        for answer in answers {
-            statuses.push(grpc_status(answer).await);
-        }
-        statuses
-    });
+    let statuses = tokio::spawn(statuses_of(answers));
     // Other keys are not held up while the attacker's streams are open.
     for i in 0..20 {
         let r = app
@@ -123,7 +131,7 @@ async fn a_key_that_never_sends_bodies_holds_only_its_own_places_and_only_until_
         .await
         .expect("every held stream ends (request_body_timeout)")
         .expect("statuses");
-    let count = |code: tonic::Code| statuses.iter().filter(|s| **s == Some(code as i32)).count();
+    let count = |code| count_of(&statuses, code);
     assert_eq!(count(tonic::Code::DeadlineExceeded), 16, "{statuses:?}");
     assert_eq!(count(tonic::Code::ResourceExhausted), 84, "{statuses:?}");
     drop(streams);
@@ -151,13 +159,7 @@ async fn a_connection_holds_at_most_its_own_places_and_gets_them_back() {
     let (connection, held) =
         held_streams_on(raw_connection(app.addr).await, app.addr, Some(&key), 10).await;
     let (answers, streams): (Vec<_>, Vec<_>) = held.into_iter().unzip();
-    let statuses = tokio::spawn(async move {
-        let mut statuses = Vec::new();
-        for answer in answers {
-            statuses.push(grpc_status(answer).await);
-        }
-        statuses
-    });
+    let statuses = tokio::spawn(statuses_of(answers));
     // The same key on another connection is not held up.
     let r = app
         .client
@@ -173,7 +175,7 @@ async fn a_connection_holds_at_most_its_own_places_and_gets_them_back() {
         .await
         .expect("every held stream ends (request_body_timeout)")
         .expect("statuses");
-    let count = |code: tonic::Code| statuses.iter().filter(|s| **s == Some(code as i32)).count();
+    let count = |code| count_of(&statuses, code);
     assert_eq!(count(tonic::Code::DeadlineExceeded), 4, "{statuses:?}");
     assert_eq!(count(tonic::Code::ResourceExhausted), 6, "{statuses:?}");
     drop(streams);
@@ -191,18 +193,9 @@ async fn a_connection_holds_at_most_its_own_places_and_gets_them_back() {
 #[tokio::test]
 async fn over_tls_a_connection_holds_at_most_its_own_places() {
     use tokio_rustls::rustls::{self, pki_types};
-    let dir = tempfile::tempdir().unwrap();
-    let issued = rcgen::generate_simple_self_signed(vec!["toolgate.test".into()]).unwrap();
-    let cert = dir.path().join("tls.crt");
-    let key = dir.path().join("tls.key");
-    std::fs::write(&cert, issued.cert.pem()).unwrap();
-    std::fs::write(&key, issued.signing_key.serialize_pem()).unwrap();
+    let (_dir, files, issued) = self_signed_tls();
     let app = spawn_app_with(|c| {
-        c.tls = Some(toolgate::config::TlsFiles {
-            cert,
-            key,
-            client_ca: None,
-        });
+        c.tls = Some(files);
         c.max_concurrent_requests_per_connection = 2;
         c.request_body_timeout = Duration::from_secs(1);
     })
@@ -225,11 +218,9 @@ async fn over_tls_a_connection_holds_at_most_its_own_places() {
     let (client, connection) = h2::client::handshake(tls).await.expect("HTTP/2 handshake");
     tokio::spawn(connection);
     let (_client, held) = held_streams_on(client, app.addr, Some(&app.agent), 5).await;
-    let mut statuses = Vec::new();
-    for (answer, _stream) in held {
-        statuses.push(grpc_status(answer).await);
-    }
-    let count = |code: tonic::Code| statuses.iter().filter(|s| **s == Some(code as i32)).count();
+    let (answers, _streams): (Vec<_>, Vec<_>) = held.into_iter().unzip();
+    let statuses = statuses_of(answers).await;
+    let count = |code| count_of(&statuses, code);
     assert_eq!(count(tonic::Code::DeadlineExceeded), 2, "{statuses:?}");
     assert_eq!(count(tonic::Code::ResourceExhausted), 3, "{statuses:?}");
 }

@@ -806,3 +806,24 @@ pub async fn audit(url: &str, args: &[&str]) -> (i32, String, String) {
         text(out.stderr),
     )
 }
+
+/// A self-signed certificate for `toolgate.test`, and its files in a temporary directory
+/// (kept while the directory lives) as the server's TLS settings.
+pub fn self_signed_tls() -> (
+    tempfile::TempDir,
+    toolgate::config::TlsFiles,
+    rcgen::CertifiedKey<rcgen::KeyPair>,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let issued = rcgen::generate_simple_self_signed(vec!["toolgate.test".into()]).unwrap();
+    let cert = dir.path().join("tls.crt");
+    let key = dir.path().join("tls.key");
+    std::fs::write(&cert, issued.cert.pem()).unwrap();
+    std::fs::write(&key, issued.signing_key.serialize_pem()).unwrap();
+    let files = toolgate::config::TlsFiles {
+        cert,
+        key,
+        client_ca: None,
+    };
+    (dir, files, issued)
+}

@@ -167,21 +167,9 @@ async fn a_message_over_max_message_bytes_is_refused_and_changes_nothing() {
 
 #[tokio::test]
 async fn tls_serves_clients_that_trust_the_certificate_and_refuses_plaintext() {
-    let dir = tempfile::tempdir().unwrap();
-    let issued = rcgen::generate_simple_self_signed(vec!["toolgate.test".into()]).unwrap();
+    let (_dir, files, issued) = self_signed_tls();
     let cert_pem = issued.cert.pem();
-    let cert = dir.path().join("tls.crt");
-    let key = dir.path().join("tls.key");
-    std::fs::write(&cert, &cert_pem).unwrap();
-    std::fs::write(&key, issued.signing_key.serialize_pem()).unwrap();
-    let app = spawn_app_with(|c| {
-        c.tls = Some(toolgate::config::TlsFiles {
-            cert,
-            key,
-            client_ca: None,
-        })
-    })
-    .await;
+    let app = spawn_app_with(|c| c.tls = Some(files)).await;
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(&cert_pem))
         .domain_name("toolgate.test");
