@@ -7,6 +7,7 @@ use crate::app::{App, Limits};
 use crate::config::{Config, TlsFiles};
 use crate::grpc::PolicyApi;
 use crate::grpc::connections::{self, ConnectionLimits};
+use crate::grpc::direct::DirectLayer;
 use crate::grpc::gate::{Gate, GateLimits};
 use crate::grpc::routes::{RouteSettings, Routes};
 use crate::grpc::rpc_metrics::RpcMetricsLayer;
@@ -248,13 +249,14 @@ pub async fn serve(
     let addr = listeners.grpc.local_addr()?;
     let incoming = incoming(listeners.grpc, &config, metrics.clone(), drain.clone());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    // Every call of every service passes the grpc_server_* metrics first.
+    // Every call of every service passes the grpc_server_* metrics first; PolicyService's
+    // then go straight to it, and tonic's router serves health and reflection.
     let server = grpc_builder(&config)?
         .layer(RpcMetricsLayer::new(metrics))
+        .layer(DirectLayer::new(api))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(api)
         .serve_with_incoming_shutdown(incoming, async {
             let _ = stop_rx.await;
         });

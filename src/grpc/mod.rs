@@ -3,6 +3,7 @@
 
 pub mod connections;
 pub mod convert;
+pub mod direct;
 pub mod error;
 pub mod frames;
 pub mod gate;
