@@ -125,22 +125,7 @@ pub async fn follow<H: HealthSwitch>(app: Arc<App>, settings: FollowSettings, sw
         tokio::select! {
             wakeup = next => match wakeup {
                 Some(Wakeup::Revision { tenant, revision, saved_at }) => {
-                    if app.snapshots.get(&tenant).revision < revision {
-                        match app.catch_up(&tenant).await {
-                            Ok(()) => {
-                                if let Some(at) = saved_at {
-                                    let lag = UnixMillis::now().0.saturating_sub(at).max(0);
-                                    app
-                                        .metrics
-                                        .snapshot
-                                        .propagation_seconds
-                                        .observe(lag as f64 / 1000.0);
-                                }
-                                health.ok().await
-                            }
-                            Err(e) => health.failed("catch up", &e).await,
-                        }
-                    }
+                    catch_up_to(&app, &mut health, &tenant, revision, saved_at).await
                 }
                 Some(Wakeup::Keys) => refresh_keys(&app, &mut health).await,
                 Some(Wakeup::Reconnected) => {
@@ -152,6 +137,33 @@ pub async fn follow<H: HealthSwitch>(app: Arc<App>, settings: FollowSettings, sw
             _ = poll.tick() => catch_up_all(&app, &mut health).await,
             _ = keys.tick() => refresh_keys(&app, &mut health).await,
         }
+    }
+}
+
+/// Another replica saved `tenant` at `revision` (at `saved_at`, when known): catch up
+/// unless this replica is there already, and record how long the change took to arrive.
+async fn catch_up_to<H: HealthSwitch>(
+    app: &App,
+    health: &mut DbHealth<H>,
+    tenant: &str,
+    revision: u64,
+    saved_at: Option<i64>,
+) {
+    if app.snapshots.get(tenant).revision >= revision {
+        return;
+    }
+    match app.catch_up(tenant).await {
+        Ok(()) => {
+            if let Some(at) = saved_at {
+                let lag = UnixMillis::now().0.saturating_sub(at).max(0);
+                app.metrics
+                    .snapshot
+                    .propagation_seconds
+                    .observe(lag as f64 / 1000.0);
+            }
+            health.ok().await
+        }
+        Err(e) => health.failed("catch up", &e).await,
     }
 }
 

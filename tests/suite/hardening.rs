@@ -54,9 +54,21 @@ async fn statuses_of(answers: Vec<h2::client::ResponseFuture>) -> Vec<Option<i32
     statuses
 }
 
-/// How many of `statuses` are `code`.
-fn count_of(statuses: &[Option<i32>], code: tonic::Code) -> usize {
-    statuses.iter().filter(|s| **s == Some(code as i32)).count()
+/// The statuses `task` collects, which must all come within 30 s (`request_body_timeout`
+/// ends the held streams).
+async fn statuses_in_time(task: tokio::task::JoinHandle<Vec<Option<i32>>>) -> Vec<Option<i32>> {
+    tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .expect("every held stream ends (request_body_timeout)")
+        .expect("statuses")
+}
+
+/// Of held streams' `statuses`: `held` took a place and ended when their body did not
+/// arrive in time, and `shed` were refused at once.
+fn assert_held_and_shed(statuses: &[Option<i32>], held: usize, shed: usize) {
+    let count = |code: tonic::Code| statuses.iter().filter(|s| **s == Some(code as i32)).count();
+    assert_eq!(count(tonic::Code::DeadlineExceeded), held, "{statuses:?}");
+    assert_eq!(count(tonic::Code::ResourceExhausted), shed, "{statuses:?}");
 }
 
 /// The gRPC status of a stream's answer (trailers-only responses carry it in the headers).
@@ -127,13 +139,7 @@ async fn a_key_that_never_sends_bodies_holds_only_its_own_places_and_only_until_
     }
     // 16 streams took the key's places and ended when their bodies did not arrive in
     // time; every other one was shed at once.
-    let statuses = tokio::time::timeout(Duration::from_secs(30), statuses)
-        .await
-        .expect("every held stream ends (request_body_timeout)")
-        .expect("statuses");
-    let count = |code| count_of(&statuses, code);
-    assert_eq!(count(tonic::Code::DeadlineExceeded), 16, "{statuses:?}");
-    assert_eq!(count(tonic::Code::ResourceExhausted), 84, "{statuses:?}");
+    assert_held_and_shed(&statuses_in_time(statuses).await, 16, 84);
     drop(streams);
     let r = app
         .client
@@ -171,13 +177,7 @@ async fn a_connection_holds_at_most_its_own_places_and_gets_them_back() {
     assert_eq!(verdict(&r), (Verdict::Allow, DecisionCode::PolicyAuto));
     // Four streams took the connection's places and ended when their bodies did not
     // arrive in time; the other six were shed at once.
-    let statuses = tokio::time::timeout(Duration::from_secs(30), statuses)
-        .await
-        .expect("every held stream ends (request_body_timeout)")
-        .expect("statuses");
-    let count = |code| count_of(&statuses, code);
-    assert_eq!(count(tonic::Code::DeadlineExceeded), 4, "{statuses:?}");
-    assert_eq!(count(tonic::Code::ResourceExhausted), 6, "{statuses:?}");
+    assert_held_and_shed(&statuses_in_time(statuses).await, 4, 6);
     drop(streams);
     // The connection's places came back: four more streams on it take them.
     let (_connection, again) = held_streams_on(connection, app.addr, Some(&key), 4).await;
@@ -219,10 +219,7 @@ async fn over_tls_a_connection_holds_at_most_its_own_places() {
     tokio::spawn(connection);
     let (_client, held) = held_streams_on(client, app.addr, Some(&app.agent), 5).await;
     let (answers, _streams): (Vec<_>, Vec<_>) = held.into_iter().unzip();
-    let statuses = statuses_of(answers).await;
-    let count = |code| count_of(&statuses, code);
-    assert_eq!(count(tonic::Code::DeadlineExceeded), 2, "{statuses:?}");
-    assert_eq!(count(tonic::Code::ResourceExhausted), 3, "{statuses:?}");
+    assert_held_and_shed(&statuses_of(answers).await, 2, 3);
 }
 
 /// Sends `message` as one gRPC message (uncompressed, length-prefixed) to Decide with `key`.
